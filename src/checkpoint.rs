@@ -1,0 +1,193 @@
+//! Checkpoint storage: `trials/<id>/ckpt-<epoch>/` directories on disk.
+//!
+//! A checkpoint is written into a hidden temporary directory and renamed
+//! into place, so a crash never leaves a half-written checkpoint that looks
+//! whole; the directory on disk is the truth a restarted trial resumes from.
+//! Retention keeps the last `keep` checkpoints of a trial plus its best one.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::trial::TrialId;
+
+/// One saved checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The epoch it was taken after.
+    pub epoch: u32,
+    /// The experiment's score at that epoch (bigger is better), if reported.
+    pub score: Option<f64>,
+    /// The trial's seed, for trainables that derive RNG streams from it.
+    pub seed: u64,
+    /// Where its files are.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+const META: &str = "checkpoint.json";
+
+/// The checkpoints of all trials of one experiment.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    root: PathBuf,
+    keep: usize,
+}
+
+impl CheckpointStore {
+    /// Stores checkpoints under `root`, keeping the last `keep` per trial plus the best.
+    pub fn new(root: impl Into<PathBuf>, keep: usize) -> Self {
+        CheckpointStore {
+            root: root.into(),
+            keep: keep.max(1),
+        }
+    }
+
+    /// The directory of one trial.
+    pub fn trial_dir(&self, trial: TrialId) -> PathBuf {
+        self.root.join(trial.to_string())
+    }
+
+    /// Writes a checkpoint: `write` fills a fresh directory, which then
+    /// appears under its final name atomically.
+    pub fn save(
+        &self,
+        trial: TrialId,
+        meta: &Checkpoint,
+        write: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> io::Result<Checkpoint> {
+        let dir = self.trial_dir(trial);
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".ckpt-{:06}.tmp", meta.epoch));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir(&tmp)?;
+        write(&tmp)?;
+        let json = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
+        fs::write(tmp.join(META), json)?;
+        let last = dir.join(format!("ckpt-{:06}", meta.epoch));
+        if last.exists() {
+            fs::remove_dir_all(&last)?; // an epoch re-run after a restart
+        }
+        fs::rename(&tmp, &last)?;
+        self.retain(trial)?;
+        Ok(Checkpoint {
+            dir: last,
+            ..meta.clone()
+        })
+    }
+
+    /// Every whole checkpoint of a trial, oldest first.
+    pub fn list(&self, trial: TrialId) -> Vec<Checkpoint> {
+        let Ok(entries) = fs::read_dir(self.trial_dir(trial)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Checkpoint> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ckpt-"))
+            .filter_map(|e| {
+                let bytes = fs::read(e.path().join(META)).ok()?;
+                let meta: Checkpoint = serde_json::from_slice(&bytes).ok()?;
+                Some(Checkpoint { dir: e.path(), ..meta })
+            })
+            .collect();
+        out.sort_by_key(|c| c.epoch);
+        out
+    }
+
+    /// The newest checkpoint of a trial: where a restart resumes.
+    pub fn latest(&self, trial: TrialId) -> Option<Checkpoint> {
+        self.list(trial).pop()
+    }
+
+    /// The checkpoint with the best score (latest on ties).
+    pub fn best(&self, trial: TrialId) -> Option<Checkpoint> {
+        best_of(&self.list(trial)).cloned()
+    }
+
+    /// Keeps only the best checkpoint of a trial (for pruned and failed trials).
+    pub fn keep_only_best(&self, trial: TrialId) -> io::Result<()> {
+        let all = self.list(trial);
+        let best = best_of(&all).map(|c| c.epoch);
+        for c in all.iter().filter(|c| Some(c.epoch) != best) {
+            fs::remove_dir_all(&c.dir)?;
+        }
+        Ok(())
+    }
+
+    fn retain(&self, trial: TrialId) -> io::Result<()> {
+        let all = self.list(trial);
+        if all.len() <= self.keep {
+            return Ok(());
+        }
+        let best = best_of(&all).map(|c| c.epoch);
+        for c in &all[..all.len() - self.keep] {
+            if Some(c.epoch) != best {
+                fs::remove_dir_all(&c.dir)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn best_of(all: &[Checkpoint]) -> Option<&Checkpoint> {
+    all.iter()
+        .filter(|c| c.score.is_some_and(f64::is_finite))
+        .max_by(|a, b| {
+            a.score
+                .unwrap()
+                .total_cmp(&b.score.unwrap())
+                .then(a.epoch.cmp(&b.epoch))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn save(store: &CheckpointStore, epoch: u32, score: f64) {
+        let meta = Checkpoint {
+            epoch,
+            score: Some(score),
+            seed: 1,
+            dir: PathBuf::new(),
+        };
+        store
+            .save(TrialId(3), &meta, |d| fs::write(d.join("w"), epoch.to_string()))
+            .unwrap();
+    }
+
+    #[test]
+    fn keeps_last_k_and_best() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(tmp.path(), 2);
+        for (epoch, score) in [(1, 0.5), (2, 0.9), (3, 0.6), (4, 0.7), (5, 0.65)] {
+            save(&store, epoch, score);
+        }
+        let epochs: Vec<u32> = store.list(TrialId(3)).iter().map(|c| c.epoch).collect();
+        assert_eq!(epochs, [2, 4, 5]);
+        assert_eq!(store.latest(TrialId(3)).unwrap().epoch, 5);
+        assert_eq!(store.best(TrialId(3)).unwrap().epoch, 2);
+        store.keep_only_best(TrialId(3)).unwrap();
+        assert_eq!(store.list(TrialId(3)).len(), 1);
+    }
+
+    #[test]
+    fn half_written_checkpoints_are_invisible() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(tmp.path(), 2);
+        save(&store, 1, 0.5);
+        let meta = Checkpoint {
+            epoch: 2,
+            score: None,
+            seed: 1,
+            dir: PathBuf::new(),
+        };
+        let err = store.save(TrialId(3), &meta, |_| Err(io::Error::other("disk full")));
+        assert!(err.is_err());
+        assert_eq!(store.latest(TrialId(3)).unwrap().epoch, 1);
+    }
+}

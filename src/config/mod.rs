@@ -1,0 +1,789 @@
+//! Experiment configuration: reading TOML or YAML, and validating every field
+//! before anything runs.
+//!
+//! Errors name the file, the key path (`train.lr`) and what was expected; the
+//! binary turns every [`ConfigError`] into exit code 2.
+
+mod space;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use space::{Domain, ParamValue, Params, SearchSpace};
+
+/// A configuration problem: which file, which key, and what is expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", file.display())]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML/YAML, or a key has the wrong shape.
+    #[error("{}: {key}: {message}", file.display())]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// Dotted key path, e.g. `train.lr` (`(document)` for syntax errors).
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A validated experiment: every section resolved, defaults filled in.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// `[experiment]`.
+    pub experiment: ExperimentConfig,
+    /// `[data]`.
+    pub data: DataConfig,
+    /// `[model]`: the model kind; its fields are part of [`Config::space`].
+    pub model: ModelKind,
+    /// `[train]` `max_epochs`: the training budget of one trial.
+    pub max_epochs: u32,
+    /// The fields of `[model]` and `[train]`, fixed or searched.
+    pub space: SearchSpace,
+    /// `[search]`.
+    pub search: SearchConfig,
+    /// `[scheduler]`.
+    pub scheduler: SchedulerConfig,
+    /// `[fault]`.
+    pub fault: FaultConfig,
+    /// `[chaos]`.
+    pub chaos: ChaosConfig,
+}
+
+/// `[experiment]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Names the run directory.
+    pub name: String,
+    /// The metric to optimise, as reported by the trainable.
+    #[serde(default = "default_metric")]
+    pub metric: String,
+    /// `max` or `min`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Seeds the searcher, trial seeds and chaos.
+    #[serde(default)]
+    pub seed: u64,
+    /// How many trials to run in all.
+    #[serde(default = "default_max_trials")]
+    pub max_trials: u32,
+    /// Slots used at once; defaults to the cores divided by `threads_per_trial`.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// libtorch threads per trial.
+    #[serde(default = "one")]
+    pub threads_per_trial: u32,
+}
+
+impl ExperimentConfig {
+    /// The number of trials that run at once.
+    pub fn slots(&self) -> u32 {
+        self.concurrency.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            (cores / self.threads_per_trial.max(1)).max(1)
+        })
+    }
+}
+
+/// Whether bigger or smaller is better.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Bigger is better (accuracy).
+    #[default]
+    Max,
+    /// Smaller is better (loss).
+    Min,
+}
+
+impl Mode {
+    /// Maps a metric value to a score where bigger is always better.
+    pub fn score(self, value: f64) -> f64 {
+        match self {
+            Mode::Max => value,
+            Mode::Min => -value,
+        }
+    }
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Where samples come from.
+    pub source: DataSource,
+    /// Share of the training samples held out for validation.
+    #[serde(default = "default_validation_fraction")]
+    pub validation_fraction: f64,
+    /// Directory of the files (fashion-mnist); relative to the config file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Use at most this many training samples (before the validation split).
+    #[serde(default)]
+    pub max_samples: Option<usize>,
+    /// Synthetic: number of samples.
+    #[serde(default = "default_samples")]
+    pub samples: usize,
+    /// Synthetic: number of features.
+    #[serde(default = "default_features")]
+    pub features: usize,
+    /// Synthetic: number of classes.
+    #[serde(default = "default_classes")]
+    pub classes: usize,
+    /// Seeds synthetic generation and the validation split.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// `[data] source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataSource {
+    /// A learnable classification set generated in memory.
+    Synthetic,
+    /// Zalando's Fashion-MNIST as gzipped IDX files.
+    FashionMnist,
+}
+
+/// The default Fashion-MNIST directory (Debian's `dataset-fashion-mnist`).
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// `[model] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// A multi-layer perceptron.
+    Mlp,
+}
+
+/// `[search]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// The search algorithm.
+    #[serde(default)]
+    pub algorithm: SearchAlgorithm,
+    /// Grid: values per continuous dimension.
+    #[serde(default = "default_grid_points")]
+    pub grid_points: u32,
+}
+
+/// `[search] algorithm`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchAlgorithm {
+    /// Every combination, in order.
+    Grid,
+    /// Independent seeded draws.
+    #[default]
+    Random,
+}
+
+/// `[scheduler]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// The early-stopping policy.
+    #[serde(default)]
+    pub kind: SchedulerKind,
+    /// Epochs before the first rung.
+    #[serde(default = "one")]
+    pub grace_epochs: u32,
+    /// Keep the top 1/reduction_factor at each rung.
+    #[serde(default = "default_reduction_factor")]
+    pub reduction_factor: u32,
+}
+
+/// `[scheduler] kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    /// Every trial trains to the end.
+    #[default]
+    Fifo,
+    /// Asynchronous successive halving.
+    Asha,
+}
+
+/// `[fault]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Restarts allowed per trial before it is `failed`.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// Checkpoint every this many epochs.
+    #[serde(default = "one")]
+    pub checkpoint_every: u32,
+    /// First restart delay; doubles with each restart (at most 30 s).
+    #[serde(default = "default_backoff_ms")]
+    pub restart_backoff_ms: u64,
+}
+
+/// `[chaos]`: failures injected on purpose, to test resilience.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosConfig {
+    /// Probability that a trial panics after reporting an epoch.
+    #[serde(default)]
+    pub panic_probability: f64,
+}
+
+fn default_metric() -> String {
+    "val_accuracy".into()
+}
+fn default_max_trials() -> u32 {
+    16
+}
+fn one() -> u32 {
+    1
+}
+fn default_validation_fraction() -> f64 {
+    0.1
+}
+fn default_samples() -> usize {
+    2000
+}
+fn default_features() -> usize {
+    20
+}
+fn default_classes() -> usize {
+    4
+}
+fn default_grid_points() -> u32 {
+    3
+}
+fn default_reduction_factor() -> u32 {
+    3
+}
+fn default_max_restarts() -> u32 {
+    3
+}
+fn default_backoff_ms() -> u64 {
+    200
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: SearchAlgorithm::default(),
+            grid_points: default_grid_points(),
+        }
+    }
+}
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            kind: SchedulerKind::default(),
+            grace_epochs: 1,
+            reduction_factor: default_reduction_factor(),
+        }
+    }
+}
+impl Default for FaultConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: default_max_restarts(),
+            checkpoint_every: 1,
+            restart_backoff_ms: default_backoff_ms(),
+        }
+    }
+}
+
+/// The file as written, before validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    experiment: ExperimentConfig,
+    data: DataConfig,
+    model: BTreeMap<String, Domain>,
+    #[serde(default)]
+    train: BTreeMap<String, Domain>,
+    #[serde(default)]
+    search: SearchConfig,
+    #[serde(default)]
+    scheduler: SchedulerConfig,
+    #[serde(default)]
+    fault: FaultConfig,
+    #[serde(default)]
+    chaos: ChaosConfig,
+}
+
+/// The type and range a `[model]`/`[train]` field must have.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    Int { min: i64 },
+    Float { min: f64, min_open: bool, max: Option<f64> },
+    OneOf(&'static [&'static str]),
+}
+
+struct Field {
+    name: &'static str,
+    expect: Expect,
+    default: fn() -> ParamValue,
+}
+
+const MLP_FIELDS: &[Field] = &[
+    Field {
+        name: "hidden_layers",
+        expect: Expect::Int { min: 0 },
+        default: || ParamValue::Int(1),
+    },
+    Field {
+        name: "hidden_units",
+        expect: Expect::Int { min: 1 },
+        default: || ParamValue::Int(128),
+    },
+    Field {
+        name: "dropout",
+        expect: Expect::Float {
+            min: 0.0,
+            min_open: false,
+            max: Some(1.0),
+        },
+        default: || ParamValue::Float(0.0),
+    },
+];
+
+/// Optimizer names the trainables understand.
+pub const OPTIMIZERS: &[&str] = &["adam", "sgd"];
+
+const TRAIN_FIELDS: &[Field] = &[
+    Field {
+        name: "optimizer",
+        expect: Expect::OneOf(OPTIMIZERS),
+        default: || ParamValue::Str("adam".into()),
+    },
+    Field {
+        name: "lr",
+        expect: Expect::Float {
+            min: 0.0,
+            min_open: true,
+            max: None,
+        },
+        default: || ParamValue::Float(1e-3),
+    },
+    Field {
+        name: "batch_size",
+        expect: Expect::Int { min: 1 },
+        default: || ParamValue::Int(128),
+    },
+    Field {
+        name: "momentum",
+        expect: Expect::Float {
+            min: 0.0,
+            min_open: false,
+            max: Some(1.0),
+        },
+        default: || ParamValue::Float(0.9),
+    },
+    Field {
+        name: "weight_decay",
+        expect: Expect::Float {
+            min: 0.0,
+            min_open: false,
+            max: None,
+        },
+        default: || ParamValue::Float(0.0),
+    },
+];
+
+/// Metrics the built-in trainables report each epoch.
+pub const MLP_METRICS: &[&str] = &["val_accuracy", "val_loss", "train_loss"];
+
+impl Config {
+    /// Reads and validates a config file; YAML for `.yaml`/`.yml`, TOML otherwise.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+        let mut config = Self::parse(&text, yaml, path)?;
+        config.resolve_paths(path);
+        config.check_files(path)?;
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `file` is only used in messages.
+    pub fn parse(text: &str, yaml: bool, file: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if yaml {
+            let de = serde_norway::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| path_error(file, e))?
+        } else {
+            let de = toml::Deserializer::parse(text)
+                .map_err(|e| ConfigError::invalid(file, "(document)", e.to_string().trim_end()))?;
+            serde_path_to_error::deserialize(de).map_err(|e| path_error(file, e))?
+        };
+        Self::validate(raw, file)
+    }
+
+    fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigError> {
+        let bad = |key: &str, msg: String| ConfigError::invalid(file, key, msg);
+        let e = &raw.experiment;
+        if e.name.trim().is_empty() {
+            return Err(bad("experiment.name", "expected a non-empty name".into()));
+        }
+        if let Some(c) = e
+            .name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return Err(bad(
+                "experiment.name",
+                format!("`{c}` is not allowed: the name names a directory; use letters, digits, '-', '_' and '.'"),
+            ));
+        }
+        if e.max_trials == 0 {
+            return Err(bad("experiment.max_trials", "expected at least 1".into()));
+        }
+        if e.concurrency == Some(0) {
+            return Err(bad("experiment.concurrency", "expected at least 1".into()));
+        }
+        if e.threads_per_trial == 0 {
+            return Err(bad("experiment.threads_per_trial", "expected at least 1".into()));
+        }
+        if !MLP_METRICS.contains(&e.metric.as_str()) {
+            return Err(bad(
+                "experiment.metric",
+                format!(
+                    "`{}` is not reported by the model; expected one of {}",
+                    e.metric,
+                    MLP_METRICS.join(", ")
+                ),
+            ));
+        }
+        let d = &raw.data;
+        if !(d.validation_fraction > 0.0 && d.validation_fraction < 1.0) {
+            return Err(bad(
+                "data.validation_fraction",
+                format!(
+                    "expected a number strictly between 0 and 1, got {}",
+                    d.validation_fraction
+                ),
+            ));
+        }
+        if d.source == DataSource::Synthetic {
+            if d.features == 0 {
+                return Err(bad("data.features", "expected at least 1".into()));
+            }
+            if d.classes < 2 {
+                return Err(bad("data.classes", format!("expected at least 2, got {}", d.classes)));
+            }
+            if d.samples < 10 {
+                return Err(bad("data.samples", format!("expected at least 10, got {}", d.samples)));
+            }
+        }
+        if d.max_samples == Some(0) {
+            return Err(bad("data.max_samples", "expected at least 1".into()));
+        }
+
+        let mut model = raw.model;
+        let model_kind = match model.remove("kind") {
+            None => return Err(bad("model.kind", "missing; expected \"mlp\"".into())),
+            Some(Domain::Fixed(ParamValue::Str(s))) if s == "mlp" => ModelKind::Mlp,
+            Some(Domain::Fixed(ParamValue::Str(s))) => {
+                return Err(bad("model.kind", format!("unknown model kind `{s}`; expected \"mlp\"")))
+            }
+            Some(_) => return Err(bad("model.kind", "expected a string such as \"mlp\"".into())),
+        };
+        let mut space = SearchSpace::new();
+        fill_section(&mut space, "model", model, MLP_FIELDS, file)?;
+
+        let mut train = raw.train;
+        let max_epochs = match train.remove("max_epochs") {
+            None => 10,
+            Some(Domain::Fixed(v)) => match v.as_i64() {
+                Some(n) if (1..=100_000).contains(&n) => n as u32,
+                _ => {
+                    return Err(bad(
+                        "train.max_epochs",
+                        format!("expected an integer from 1 to 100000, got {v}"),
+                    ))
+                }
+            },
+            Some(_) => {
+                return Err(bad(
+                    "train.max_epochs",
+                    "expected a fixed integer: it is the budget the scheduler works with, not a searched value".into(),
+                ))
+            }
+        };
+        fill_section(&mut space, "train", train, TRAIN_FIELDS, file)?;
+
+        if raw.search.grid_points == 0 {
+            return Err(bad("search.grid_points", "expected at least 1".into()));
+        }
+        let s = &raw.scheduler;
+        if s.grace_epochs == 0 || s.grace_epochs > max_epochs {
+            return Err(bad(
+                "scheduler.grace_epochs",
+                format!("expected 1 to train.max_epochs ({max_epochs}), got {}", s.grace_epochs),
+            ));
+        }
+        if s.reduction_factor < 2 {
+            return Err(bad(
+                "scheduler.reduction_factor",
+                format!("expected at least 2, got {}", s.reduction_factor),
+            ));
+        }
+        if raw.fault.checkpoint_every == 0 {
+            return Err(bad("fault.checkpoint_every", "expected at least 1 (epochs)".into()));
+        }
+        let p = raw.chaos.panic_probability;
+        if !(0.0..=1.0).contains(&p) {
+            return Err(bad(
+                "chaos.panic_probability",
+                format!("expected a probability from 0 to 1, got {p}"),
+            ));
+        }
+        Ok(Config {
+            experiment: raw.experiment,
+            data: raw.data,
+            model: model_kind,
+            max_epochs,
+            space,
+            search: raw.search,
+            scheduler: raw.scheduler,
+            fault: raw.fault,
+            chaos: raw.chaos,
+        })
+    }
+
+    /// Makes a relative `data.path` relative to the config file's directory.
+    fn resolve_paths(&mut self, file: &Path) {
+        if let Some(p) = &self.data.path {
+            if p.is_relative() {
+                let base = file.parent().unwrap_or(Path::new("."));
+                self.data.path = Some(base.join(p));
+            }
+        }
+    }
+
+    /// Checks that the files the config names exist, before anything runs.
+    fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
+        if self.data.source != DataSource::FashionMnist {
+            return Ok(());
+        }
+        let dir = self.data_dir();
+        for name in crate::data::FASHION_FILES {
+            let f = dir.join(name);
+            if !f.is_file() {
+                let hint = if self.data.path.is_none() {
+                    " (install Debian's dataset-fashion-mnist, or set data.path)"
+                } else {
+                    ""
+                };
+                return Err(ConfigError::invalid(
+                    file,
+                    "data.path",
+                    format!(
+                        "{} does not exist; expected the Fashion-MNIST file {name} in {}{hint}",
+                        f.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory holding the data files.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR))
+    }
+}
+
+fn path_error<E: std::fmt::Display>(file: &Path, e: serde_path_to_error::Error<E>) -> ConfigError {
+    let key = e.path().to_string();
+    let key = if key == "." { "(document)".to_owned() } else { key };
+    let message = e.inner().to_string();
+    // toml prefixes its own position report; keep the first useful line.
+    let message = message
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    ConfigError::invalid(file, key, message)
+}
+
+fn fill_section(
+    space: &mut SearchSpace,
+    section: &str,
+    mut given: BTreeMap<String, Domain>,
+    fields: &[Field],
+    file: &Path,
+) -> Result<(), ConfigError> {
+    if let Some(unknown) = given.keys().find(|k| !fields.iter().any(|f| f.name == k.as_str())) {
+        let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
+        let extra = if section == "model" { "kind, " } else { "max_epochs, " };
+        return Err(ConfigError::invalid(
+            file,
+            format!("{section}.{unknown}"),
+            format!("unknown key; expected one of {extra}{}", known.join(", ")),
+        ));
+    }
+    for field in fields {
+        let key = format!("{section}.{}", field.name);
+        let domain = given
+            .remove(field.name)
+            .unwrap_or_else(|| Domain::Fixed((field.default)()));
+        let domain = check_field(&domain, field.expect).map_err(|m| ConfigError::invalid(file, &key, m))?;
+        space.insert(field.name, domain);
+    }
+    Ok(())
+}
+
+/// Checks a domain against what its field expects; returns it normalised
+/// (integers written for float fields become floats).
+fn check_field(domain: &Domain, expect: Expect) -> Result<Domain, String> {
+    domain.check()?;
+    let value = |v: &ParamValue| check_value(v, expect);
+    Ok(match (domain, expect) {
+        (Domain::Fixed(v), _) => Domain::Fixed(value(v)?),
+        (Domain::Choice(vs), _) => Domain::Choice(vs.iter().map(value).collect::<Result<_, _>>()?),
+        (Domain::Uniform { low, high } | Domain::LogUniform { low, high }, Expect::Float { .. }) => {
+            value(&ParamValue::Float(*low))?;
+            value(&ParamValue::Float(*high))?;
+            domain.clone()
+        }
+        (Domain::Int { low, high, .. }, Expect::Int { .. }) => {
+            value(&ParamValue::Int(*low))?;
+            value(&ParamValue::Int(*high))?;
+            domain.clone()
+        }
+        (_, expect) => return Err(format!("this distribution does not fit: expected {}", describe(expect))),
+    })
+}
+
+fn check_value(v: &ParamValue, expect: Expect) -> Result<ParamValue, String> {
+    match expect {
+        Expect::Int { min } => match v {
+            ParamValue::Int(i) if *i >= min => Ok(v.clone()),
+            _ => Err(format!("expected {}, got {v}", describe(expect))),
+        },
+        Expect::Float { min, min_open, max } => {
+            let Some(x) = v.as_f64() else {
+                return Err(format!("expected {}, got {v}", describe(expect)));
+            };
+            let low_ok = if min_open { x > min } else { x >= min };
+            let high_ok = max.is_none_or(|m| x < m);
+            if low_ok && high_ok && x.is_finite() {
+                Ok(ParamValue::Float(x))
+            } else {
+                Err(format!("expected {}, got {v}", describe(expect)))
+            }
+        }
+        Expect::OneOf(names) => match v.as_str() {
+            Some(s) if names.contains(&s) => Ok(v.clone()),
+            _ => Err(format!("expected {}, got {v}", describe(expect))),
+        },
+    }
+}
+
+fn describe(expect: Expect) -> String {
+    match expect {
+        Expect::Int { min } => format!("an integer >= {min} (or {{ int = [a, b] }}, {{ choice = [...] }})"),
+        Expect::Float { min, min_open, max } => {
+            let low = if min_open {
+                format!("> {min}")
+            } else {
+                format!(">= {min}")
+            };
+            let high = max.map(|m| format!(" and < {m}")).unwrap_or_default();
+            format!("a number {low}{high} (or {{ uniform = [a, b] }}, {{ loguniform = [a, b] }}, {{ choice = [...] }})")
+        }
+        Expect::OneOf(names) => format!("one of {} (or {{ choice = [...] }} of them)", names.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[experiment]
+name = "t"
+[data]
+source = "synthetic"
+[model]
+kind = "mlp"
+hidden_units = { int = [8, 64], log = true }
+[train]
+lr = { loguniform = [1e-4, 1e-1] }
+optimizer = { choice = ["adam", "sgd"] }
+max_epochs = 3
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, false, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn good_config_resolves_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.max_epochs, 3);
+        assert_eq!(c.experiment.metric, "val_accuracy");
+        let searched: Vec<&str> = c.space.searched().collect();
+        assert_eq!(searched, ["hidden_units", "optimizer", "lr"]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (GOOD.replace("lr = {", "lrr = {"), "train.lrr"),
+            (GOOD.replace("[1e-4, 1e-1]", "[1e-1, 1e-4]"), "train.lr"),
+            (GOOD.replace("\"sgd\"", "\"adamw\""), "train.optimizer"),
+            (
+                GOOD.replace("max_epochs = 3", "max_epochs = { int = [1, 3] }"),
+                "train.max_epochs",
+            ),
+            (
+                GOOD.replace("source = \"synthetic\"", "source = \"mnist\""),
+                "data.source",
+            ),
+            (
+                GOOD.replace("name = \"t\"", "name = \"t\"\nseed = \"x\""),
+                "experiment.seed",
+            ),
+        ];
+        for (text, key) in cases {
+            match parse(&text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("expected an error at {key}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn yaml_reads_the_same_keys() {
+        let yaml = "experiment: {name: t}\ndata: {source: synthetic}\nmodel: {kind: mlp, dropout: {uniform: [0.0, 0.5]}}\ntrain: {max_epochs: 2}\n";
+        let c = Config::parse(yaml, true, Path::new("t.yaml")).unwrap();
+        assert_eq!(c.space.searched().collect::<Vec<_>>(), ["dropout"]);
+    }
+}

@@ -1,0 +1,294 @@
+//! The run directory: what a sweep leaves on disk.
+//!
+//! ```text
+//! DIR/config.toml         the config as given
+//! DIR/results.jsonl       every report, one JSON object per line
+//! DIR/status.json         every trial's standing (rewritten atomically)
+//! DIR/leaderboard.csv     trials ranked by the experiment metric
+//! DIR/trials/<id>/        checkpoints
+//! DIR/best/               params.json, model.json, the best weights
+//! DIR/gauntlet.log        the log
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::Mode;
+use crate::schedule::Decision;
+use crate::supervision::rank;
+use crate::trial::{Report, Standing};
+
+/// A run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+/// `status.json`: the state of every trial of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// The experiment name.
+    pub experiment: String,
+    /// The metric.
+    pub metric: String,
+    /// Its direction.
+    pub mode: Mode,
+    /// Whether the sweep spent its whole budget.
+    pub finished: bool,
+    /// Every trial.
+    pub trials: Vec<Standing>,
+}
+
+/// A run directory that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct RunDirError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl RunDir {
+    /// Creates (or reuses) a run directory.
+    pub fn create(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(root.join("trials"))?;
+        Ok(RunDir { root })
+    }
+
+    /// Opens an existing run directory.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, RunDirError> {
+        let root = root.into();
+        if !root.join("status.json").is_file() {
+            return Err(RunDirError {
+                path: root.clone(),
+                message: "not a run directory: expected status.json in it (made by `gauntlet run`)".into(),
+            });
+        }
+        Ok(RunDir { root })
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where checkpoints go.
+    pub fn trials_dir(&self) -> PathBuf {
+        self.root.join("trials")
+    }
+
+    /// Where the best model goes.
+    pub fn best_dir(&self) -> PathBuf {
+        self.root.join("best")
+    }
+
+    /// The log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("gauntlet.log")
+    }
+
+    /// Keeps a copy of the config as given.
+    pub fn save_config(&self, source: &Path) -> io::Result<()> {
+        let name = match source.extension().and_then(|e| e.to_str()) {
+            Some(ext @ ("yaml" | "yml")) => format!("config.{ext}"),
+            _ => "config.toml".into(),
+        };
+        fs::copy(source, self.root.join(name)).map(drop)
+    }
+
+    /// Opens `results.jsonl` for appending.
+    pub fn results_log(&self) -> io::Result<ResultsLog> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("results.jsonl"))?;
+        Ok(ResultsLog {
+            out: BufWriter::new(file),
+        })
+    }
+
+    /// Rewrites `status.json` atomically.
+    pub fn write_status(
+        &self,
+        experiment: &str,
+        metric: &str,
+        mode: Mode,
+        finished: bool,
+        trials: &[Standing],
+    ) -> io::Result<()> {
+        let doc = StatusDoc {
+            experiment: experiment.into(),
+            metric: metric.into(),
+            mode,
+            finished,
+            trials: trials.to_vec(),
+        };
+        write_atomic(
+            &self.root.join("status.json"),
+            &serde_json::to_vec_pretty(&doc).map_err(io::Error::other)?,
+        )
+    }
+
+    /// Reads `status.json`.
+    pub fn read_status(&self) -> Result<StatusDoc, RunDirError> {
+        let path = self.root.join("status.json");
+        let bytes = fs::read(&path).map_err(|e| RunDirError {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| RunDirError {
+            path,
+            message: format!(
+                "not a valid status file at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        })
+    }
+
+    /// Writes `leaderboard.csv`: ranked trials, then those without a metric.
+    pub fn write_leaderboard(&self, standings: &[Standing], metric: &str, mode: Mode) -> io::Result<()> {
+        let ranked = rank(standings, mode);
+        let rest = standings.iter().filter(|s| !ranked.iter().any(|r| r.id == s.id));
+        let param_names: Vec<&String> = standings.first().map(|s| s.params.keys().collect()).unwrap_or_default();
+        let tmp = self.root.join(".leaderboard.csv.tmp");
+        {
+            let mut w = csv::Writer::from_path(&tmp).map_err(io::Error::other)?;
+            let mut header = vec![
+                "rank".to_owned(),
+                "trial".into(),
+                "status".into(),
+                metric.into(),
+                "best_epoch".into(),
+            ];
+            header.extend(["epochs".into(), "restarts".into()]);
+            header.extend(param_names.iter().map(|n| n.to_string()));
+            w.write_record(&header).map_err(io::Error::other)?;
+            for (i, s) in ranked
+                .iter()
+                .copied()
+                .enumerate()
+                .map(|(i, s)| (Some(i + 1), s))
+                .chain(rest.map(|s| (None, s)))
+            {
+                let mut row = vec![
+                    i.map(|r| r.to_string()).unwrap_or_default(),
+                    s.id.to_string(),
+                    s.status.to_string(),
+                    s.best_metric.map(|m| m.to_string()).unwrap_or_default(),
+                    s.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
+                    s.epochs.to_string(),
+                    s.restarts.to_string(),
+                ];
+                row.extend(
+                    param_names
+                        .iter()
+                        .map(|n| s.params.get(*n).map(|v| v.to_string()).unwrap_or_default()),
+                );
+                w.write_record(&row).map_err(io::Error::other)?;
+            }
+            w.flush()?;
+        }
+        fs::rename(tmp, self.root.join("leaderboard.csv"))
+    }
+
+    /// Writes `best/`: the trial's params, the model description and the
+    /// files of its best checkpoint (the weights).
+    pub fn write_best(
+        &self,
+        best: &Standing,
+        checkpoint: Option<&Checkpoint>,
+        model: Option<&serde_json::Value>,
+        metric: &str,
+    ) -> io::Result<()> {
+        let dir = self.best_dir();
+        let tmp = self.root.join(".best.tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        fs::write(
+            tmp.join("params.json"),
+            serde_json::to_vec_pretty(&best.params).map_err(io::Error::other)?,
+        )?;
+        let about = serde_json::json!({
+            "trial": best.id,
+            "metric": metric,
+            "best_metric": best.best_metric,
+            "best_epoch": best.best_epoch,
+            "checkpoint_epoch": checkpoint.map(|c| c.epoch),
+        });
+        fs::write(
+            tmp.join("trial.json"),
+            serde_json::to_vec_pretty(&about).map_err(io::Error::other)?,
+        )?;
+        if let Some(model) = model {
+            fs::write(
+                tmp.join("model.json"),
+                serde_json::to_vec_pretty(model).map_err(io::Error::other)?,
+            )?;
+        }
+        if let Some(c) = checkpoint {
+            for entry in fs::read_dir(&c.dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                // The optimizer state is for resuming, not for predicting.
+                if name.to_string_lossy().starts_with("optimizer") || name == "checkpoint.json" {
+                    continue;
+                }
+                fs::copy(entry.path(), tmp.join(name))?;
+            }
+        }
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        fs::rename(tmp, dir)
+    }
+}
+
+/// `results.jsonl`, buffered; flushed by the leaderboard twice a second.
+pub struct ResultsLog {
+    out: BufWriter<File>,
+}
+
+#[derive(Serialize)]
+struct ResultLine<'a> {
+    trial: u32,
+    attempt: u32,
+    epoch: u32,
+    decision: Decision,
+    #[serde(flatten)]
+    metrics: std::collections::BTreeMap<&'a str, f64>,
+}
+
+impl ResultsLog {
+    /// Appends one report.
+    pub fn append(&mut self, report: &Report, decision: Decision) -> io::Result<()> {
+        let line = ResultLine {
+            trial: report.trial.0,
+            attempt: report.attempt,
+            epoch: report.epoch,
+            decision,
+            metrics: report.metrics.iter().map(|(n, v)| (n.as_str(), *v)).collect(),
+        };
+        serde_json::to_writer(&mut self.out, &line).map_err(io::Error::other)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Pushes buffered lines to the file.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes)?;
+    fs::rename(tmp, path)
+}

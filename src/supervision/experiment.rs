@@ -1,0 +1,374 @@
+//! ExperimentSupervisor: proposes trials, keeps at most `concurrency` of them
+//! alive, and owns the restart policy. Trial crashes arrive as supervision
+//! events (the TrialActor failed); normal ends arrive as messages.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::oneshot;
+
+use super::leaderboard::{self, Leaderboard, LeaderboardMsg};
+use super::slots::SlotPool;
+use super::trial::{self, AttemptEnd, TrialActor, TrialMsg};
+use super::{backoff, rank, Settings, SweepError};
+use crate::config::Params;
+use crate::schedule::Scheduler;
+use crate::search::Searcher;
+use crate::trainable::ContextSettings;
+use crate::trial::{trial_seed, Standing, TrialId, TrialStatus};
+
+pub(super) type Outcome = Result<(Vec<Standing>, bool), SweepError>;
+
+pub(super) struct ExperimentSupervisor;
+
+pub(super) struct Args {
+    pub(super) settings: Arc<Settings>,
+    pub(super) searcher: Searcher,
+    pub(super) scheduler: Scheduler,
+    pub(super) done: oneshot::Sender<Outcome>,
+}
+
+pub(super) enum ExperimentMsg {
+    /// Propose and start trials while slots are free.
+    Fill,
+    /// A trial attempt ended without crashing.
+    Ended { id: TrialId, end: AttemptEnd },
+    /// A crashed trial's backoff is over: start its next attempt.
+    Respawn(TrialId),
+    /// Stop: running trials stop at their next report and stay resumable.
+    Interrupt,
+}
+
+struct LiveTrial {
+    params: Params,
+    seed: u64,
+    restarts: u32,
+    actor: Option<ActorRef<TrialMsg>>,
+}
+
+pub(super) struct State {
+    settings: Arc<Settings>,
+    context: Arc<ContextSettings>,
+    searcher: Searcher,
+    leaderboard: ActorRef<LeaderboardMsg>,
+    slots: Option<SlotPool>,
+    proposed: u32,
+    exhausted: bool,
+    interrupted: bool,
+    live: BTreeMap<TrialId, LiveTrial>,
+    by_actor: HashMap<ActorId, TrialId>,
+    done: Option<oneshot::Sender<Outcome>>,
+}
+
+impl Actor for ExperimentSupervisor {
+    type Msg = ExperimentMsg;
+    type State = State;
+    type Arguments = Args;
+
+    async fn pre_start(&self, myself: ActorRef<ExperimentMsg>, args: Args) -> Result<State, ActorProcessingErr> {
+        let settings = args.settings;
+        let (leaderboard, _) = Actor::spawn_linked(
+            None,
+            Leaderboard,
+            leaderboard::Args {
+                settings: settings.clone(),
+                scheduler: args.scheduler,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let slots = SlotPool::start(
+            settings.concurrency,
+            settings.threads_per_trial,
+            settings.trainable.clone(),
+        )?;
+        let context = Arc::new(ContextSettings {
+            metric: settings.metric.clone(),
+            mode: settings.mode,
+            max_epochs: settings.max_epochs,
+            checkpoint_every: settings.fault.checkpoint_every,
+            threads: settings.threads_per_trial,
+            panic_probability: settings.chaos.panic_probability,
+        });
+        myself.cast(ExperimentMsg::Fill)?;
+        Ok(State {
+            settings,
+            context,
+            searcher: args.searcher,
+            leaderboard,
+            slots: Some(slots),
+            proposed: 0,
+            exhausted: false,
+            interrupted: false,
+            live: BTreeMap::new(),
+            by_actor: HashMap::new(),
+            done: Some(args.done),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ExperimentMsg>,
+        msg: ExperimentMsg,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ExperimentMsg::Fill => self.fill(&myself, state).await?,
+            ExperimentMsg::Ended { id, end } => {
+                let status = match &end {
+                    AttemptEnd::Completed => TrialStatus::Completed,
+                    AttemptEnd::Pruned => TrialStatus::Pruned,
+                    AttemptEnd::Cancelled => TrialStatus::Paused,
+                    AttemptEnd::Diverged(_) => TrialStatus::Diverged,
+                    AttemptEnd::Invalid(_) | AttemptEnd::Crashed(_) => TrialStatus::Failed,
+                };
+                let error = match end {
+                    AttemptEnd::Diverged(m) | AttemptEnd::Invalid(m) | AttemptEnd::Crashed(m) => Some(m),
+                    _ => None,
+                };
+                self.end_trial(state, id, status, error);
+                self.fill(&myself, state).await?;
+            }
+            ExperimentMsg::Respawn(id) => {
+                if state.interrupted {
+                    self.end_trial(state, id, TrialStatus::Paused, None);
+                    self.fill(&myself, state).await?;
+                } else if state.live.contains_key(&id) {
+                    self.spawn_attempt(&myself, state, id).await;
+                }
+            }
+            ExperimentMsg::Interrupt => {
+                state.interrupted = true;
+                for t in state.live.values() {
+                    if let Some(actor) = &t.actor {
+                        let _ = actor.cast(TrialMsg::Cancel);
+                    }
+                }
+                self.fill(&myself, state).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ExperimentMsg>,
+        event: SupervisionEvent,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if cell.get_id() == state.leaderboard.get_id() {
+                    return self.abort(&myself, state, format!("the leaderboard failed: {err}"));
+                }
+                let Some(id) = state.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                self.on_crash(&myself, state, id, err.to_string()).await?;
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                if cell.get_id() == state.leaderboard.get_id() && state.done.is_some() {
+                    return self.abort(&myself, state, "the leaderboard stopped".into());
+                }
+                state.by_actor.remove(&cell.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<ExperimentMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
+        if let Some(slots) = state.slots.take() {
+            // Slot threads finish their current job (cancelled) and exit.
+            let _ = tokio::task::spawn_blocking(move || slots.join()).await;
+        }
+        Ok(())
+    }
+}
+
+impl ExperimentSupervisor {
+    /// Starts new trials while there are free slots and budget; finishes the
+    /// experiment when nothing is left to run.
+    async fn fill(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
+        let s = state.settings.clone();
+        while !state.interrupted
+            && !state.exhausted
+            && state.live.len() < s.concurrency as usize
+            && state.proposed < s.max_trials
+        {
+            let Some(params) = state.searcher.propose(&s.space) else {
+                state.exhausted = true;
+                break;
+            };
+            let id = TrialId(state.proposed);
+            state.proposed += 1;
+            state.leaderboard.cast(LeaderboardMsg::Proposed {
+                id,
+                params: params.clone(),
+            })?;
+            let seed = trial_seed(s.seed, id);
+            state.live.insert(
+                id,
+                LiveTrial {
+                    params,
+                    seed,
+                    restarts: 0,
+                    actor: None,
+                },
+            );
+            self.spawn_attempt(myself, state, id).await;
+        }
+        if state.live.is_empty() && (state.interrupted || state.exhausted || state.proposed >= s.max_trials) {
+            self.finish(myself, state).await?;
+        }
+        Ok(())
+    }
+
+    async fn spawn_attempt(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State, id: TrialId) {
+        let Some(t) = state.live.get(&id) else { return };
+        let resume = if t.restarts > 0 {
+            state.settings.checkpoints.latest(id)
+        } else {
+            None
+        };
+        let slots = state
+            .slots
+            .as_ref()
+            .map(SlotPool::queue)
+            .expect("slots live as long as the supervisor");
+        let args = trial::Args {
+            id,
+            attempt: t.restarts,
+            seed: t.seed,
+            params: t.params.clone(),
+            resume,
+            settings: state.settings.clone(),
+            context: state.context.clone(),
+            leaderboard: state.leaderboard.clone(),
+            supervisor: myself.clone(),
+            slots,
+        };
+        match Actor::spawn_linked(None, TrialActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                state.by_actor.insert(actor.get_id(), id);
+                if let Some(t) = state.live.get_mut(&id) {
+                    t.actor = Some(actor);
+                }
+            }
+            // A trial that cannot even start counts as a crash.
+            Err(e) => {
+                let _ = myself.cast(ExperimentMsg::Ended {
+                    id,
+                    end: AttemptEnd::Crashed(format!("cannot start: {e}")),
+                });
+            }
+        }
+    }
+
+    /// The restart policy: back off and restart from the last checkpoint, or
+    /// give up after `max_restarts`.
+    async fn on_crash(
+        &self,
+        myself: &ActorRef<ExperimentMsg>,
+        state: &mut State,
+        id: TrialId,
+        error: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let max = state.settings.fault.max_restarts;
+        let Some(t) = state.live.get_mut(&id) else {
+            return Ok(());
+        };
+        t.actor = None;
+        if state.interrupted {
+            self.end_trial(state, id, TrialStatus::Paused, Some(error));
+            return self.fill(myself, state).await;
+        }
+        t.restarts += 1;
+        let restarts = t.restarts;
+        if restarts > max {
+            tracing::warn!(trial = %id, "failed after {max} restarts: {error}");
+            let error = format!("{error} (gave up after {max} restarts)");
+            self.end_trial(state, id, TrialStatus::Failed, Some(error));
+            return self.fill(myself, state).await;
+        }
+        let delay = backoff(state.settings.fault.restart_backoff_ms, restarts);
+        tracing::info!(trial = %id, restarts, ?delay, "restarting from the last checkpoint: {error}");
+        state
+            .leaderboard
+            .cast(LeaderboardMsg::Restarting { id, restarts, error })?;
+        myself.send_after(delay, move || ExperimentMsg::Respawn(id));
+        Ok(())
+    }
+
+    fn end_trial(&self, state: &mut State, id: TrialId, status: TrialStatus, error: Option<String>) {
+        let Some(t) = state.live.remove(&id) else { return };
+        if let Some(actor) = t.actor {
+            state.by_actor.remove(&actor.get_id());
+        }
+        if matches!(
+            status,
+            TrialStatus::Pruned | TrialStatus::Failed | TrialStatus::Diverged
+        ) {
+            if let Err(e) = state.settings.checkpoints.keep_only_best(id) {
+                tracing::warn!(trial = %id, "cannot trim checkpoints: {e}");
+            }
+        }
+        let _ = state.leaderboard.cast(LeaderboardMsg::Ended { id, status, error });
+    }
+
+    async fn finish(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
+        let Some(done) = state.done.take() else { return Ok(()) };
+        let standings = match state.leaderboard.call(LeaderboardMsg::Snapshot, None).await {
+            Ok(ractor::rpc::CallResult::Success(s)) => s,
+            other => {
+                let _ = done.send(Err(SweepError::Aborted(format!("no leaderboard snapshot: {other:?}"))));
+                myself.stop(None);
+                return Ok(());
+            }
+        };
+        let s = &state.settings;
+        let written = match &s.run_dir {
+            Some(dir) => write_outputs(dir, s, &standings, state.interrupted).map_err(SweepError::RunDir),
+            None => Ok(()),
+        };
+        let _ = done.send(written.map(|()| (standings, state.interrupted)));
+        state.leaderboard.stop(None);
+        myself.stop(None);
+        Ok(())
+    }
+
+    fn abort(
+        &self,
+        myself: &ActorRef<ExperimentMsg>,
+        state: &mut State,
+        why: String,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(done) = state.done.take() {
+            let _ = done.send(Err(SweepError::Aborted(why)));
+        }
+        for t in state.live.values() {
+            if let Some(actor) = &t.actor {
+                actor.stop(None);
+            }
+        }
+        myself.stop(None);
+        Ok(())
+    }
+}
+
+fn write_outputs(
+    dir: &crate::run_dir::RunDir,
+    s: &Settings,
+    standings: &[Standing],
+    interrupted: bool,
+) -> std::io::Result<()> {
+    dir.write_status(&s.name, &s.metric, s.mode, !interrupted, standings)?;
+    dir.write_leaderboard(standings, &s.metric, s.mode)?;
+    if let Some(best) = rank(standings, s.mode).first() {
+        let checkpoint = s.checkpoints.best(best.id);
+        let model = s.trainable.describe(&best.params);
+        dir.write_best(best, checkpoint.as_ref(), model.as_ref(), &s.metric)?;
+    }
+    Ok(())
+}

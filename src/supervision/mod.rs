@@ -1,0 +1,355 @@
+//! The supervision tree: actors that own the lifecycles of an experiment.
+//!
+//! ```text
+//! ExperimentSupervisor        proposes trials, spawns and restarts TrialActors
+//! ├── Leaderboard             every report lands here; asks the scheduler
+//! └── TrialActor ×N           one attempt of one trial on a slot thread
+//! ```
+//! A trial that panics makes its TrialActor fail; the supervisor's
+//! `handle_supervisor_evt` restarts it from its last checkpoint after a
+//! backoff, up to `max_restarts`, then marks it `failed`. Actors carry
+//! messages and own lifecycles; the decisions are made by the pure policies
+//! in [`crate::search`] and [`crate::schedule`].
+
+mod experiment;
+mod leaderboard;
+mod slots;
+mod trial;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::Actor;
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::{ChaosConfig, Config, FaultConfig, Mode, SchedulerConfig, SearchAlgorithm, SearchSpace};
+use crate::run_dir::RunDir;
+use crate::schedule::Scheduler;
+use crate::search::Searcher;
+use crate::trainable::Trainable;
+use crate::trial::{Standing, TrialStatus};
+
+pub use leaderboard::SweepEvent;
+
+/// Called by the leaderboard for every event; must be quick.
+pub type Observer = Arc<dyn Fn(&SweepEvent) + Send + Sync>;
+
+/// Why a sweep could not run to the end.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// An actor could not be started.
+    #[error("cannot start the {what}: {message}")]
+    Spawn {
+        /// Which actor.
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The slot threads could not be started.
+    #[error("cannot start slot threads: {0}")]
+    Threads(std::io::Error),
+    /// The run directory could not be written.
+    #[error("run directory: {0}")]
+    RunDir(std::io::Error),
+    /// The engine stopped without a result.
+    #[error("the experiment stopped unexpectedly: {0}")]
+    Aborted(String),
+}
+
+/// The result of a sweep.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Every trial, by id.
+    pub standings: Vec<Standing>,
+    /// The experiment's metric.
+    pub metric: String,
+    /// Its direction.
+    pub mode: Mode,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Whether the sweep was interrupted before its budget was spent.
+    pub interrupted: bool,
+}
+
+impl Summary {
+    /// The trial with the best metric.
+    pub fn best(&self) -> Option<&Standing> {
+        self.ranked().into_iter().next()
+    }
+
+    /// Trials with a metric, best first.
+    pub fn ranked(&self) -> Vec<&Standing> {
+        rank(&self.standings, self.mode)
+    }
+
+    /// How many trials ended with `status`.
+    pub fn count(&self, status: TrialStatus) -> usize {
+        self.standings.iter().filter(|s| s.status == status).count()
+    }
+}
+
+/// Trials with a finite metric, best first (ties: lower id first).
+pub fn rank(standings: &[Standing], mode: Mode) -> Vec<&Standing> {
+    let mut out: Vec<&Standing> = standings
+        .iter()
+        .filter(|s| s.best_metric.is_some_and(f64::is_finite))
+        .collect();
+    out.sort_by(|a, b| {
+        let (x, y) = (mode.score(a.best_metric.unwrap()), mode.score(b.best_metric.unwrap()));
+        y.total_cmp(&x).then(a.id.cmp(&b.id))
+    });
+    out
+}
+
+/// Everything the actors share about one experiment.
+pub(crate) struct Settings {
+    pub name: String,
+    pub space: SearchSpace,
+    pub metric: String,
+    pub mode: Mode,
+    pub seed: u64,
+    pub max_trials: u32,
+    pub concurrency: u32,
+    pub threads_per_trial: u32,
+    pub max_epochs: u32,
+    pub fault: FaultConfig,
+    pub chaos: ChaosConfig,
+    pub trainable: Arc<dyn Trainable>,
+    pub checkpoints: CheckpointStore,
+    pub run_dir: Option<Arc<RunDir>>,
+    pub observer: Option<Observer>,
+}
+
+/// A sweep, configured and ready to run: the library's entry point.
+///
+/// ```no_run
+/// use gauntlet::{Domain, SearchSpace, Sweep, TrainError, TrialContext};
+/// let space = SearchSpace::new().with("x", Domain::Uniform { low: -1.0, high: 1.0 });
+/// let summary = Sweep::new("demo", space, |ctx: &mut TrialContext| -> Result<(), TrainError> {
+///     let x = ctx.float("x")?;
+///     for epoch in ctx.first_epoch()..=ctx.max_epochs() {
+///         ctx.report(epoch, &[("score", -(x * x) * f64::from(epoch))])?;
+///     }
+///     Ok(())
+/// })
+/// .metric("score")
+/// .max_trials(20)
+/// .run_blocking()
+/// .unwrap();
+/// println!("best: {:?}", summary.best());
+/// ```
+pub struct Sweep {
+    name: String,
+    space: SearchSpace,
+    trainable: Arc<dyn Trainable>,
+    metric: String,
+    mode: Mode,
+    seed: u64,
+    max_trials: u32,
+    concurrency: u32,
+    threads_per_trial: u32,
+    max_epochs: u32,
+    algorithm: SearchAlgorithm,
+    grid_points: u32,
+    scheduler: SchedulerConfig,
+    fault: FaultConfig,
+    chaos: ChaosConfig,
+    run_dir: Option<Arc<RunDir>>,
+    observer: Option<Observer>,
+}
+
+impl Sweep {
+    /// A sweep of `trainable` over `space` with defaults: random search,
+    /// FIFO, 16 trials, 10 epochs, one slot per core, metric `val_accuracy` maximised.
+    pub fn new(name: impl Into<String>, space: SearchSpace, trainable: impl Trainable) -> Self {
+        Sweep {
+            name: name.into(),
+            space,
+            trainable: Arc::new(trainable),
+            metric: "val_accuracy".into(),
+            mode: Mode::Max,
+            seed: 0,
+            max_trials: 16,
+            concurrency: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            threads_per_trial: 1,
+            max_epochs: 10,
+            algorithm: SearchAlgorithm::Random,
+            grid_points: 3,
+            scheduler: SchedulerConfig::default(),
+            fault: FaultConfig::default(),
+            chaos: ChaosConfig::default(),
+            run_dir: None,
+            observer: None,
+        }
+    }
+
+    /// A sweep as a config file describes it.
+    pub fn from_config(config: &Config, trainable: impl Trainable) -> Self {
+        let e = &config.experiment;
+        Sweep::new(e.name.clone(), config.space.clone(), trainable)
+            .metric(e.metric.clone(), e.mode)
+            .seed(e.seed)
+            .max_trials(e.max_trials)
+            .concurrency(e.slots())
+            .threads_per_trial(e.threads_per_trial)
+            .max_epochs(config.max_epochs)
+            .search(config.search.algorithm, config.search.grid_points)
+            .scheduler(config.scheduler.clone())
+            .fault(config.fault.clone())
+            .chaos(config.chaos.clone())
+    }
+
+    /// The metric to optimise and its direction.
+    pub fn metric(mut self, metric: impl Into<String>, mode: Mode) -> Self {
+        self.metric = metric.into();
+        self.mode = mode;
+        self
+    }
+    /// The experiment seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// The number of trials.
+    pub fn max_trials(mut self, n: u32) -> Self {
+        self.max_trials = n.max(1);
+        self
+    }
+    /// Slots used at once.
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+    /// libtorch threads per trial.
+    pub fn threads_per_trial(mut self, n: u32) -> Self {
+        self.threads_per_trial = n.max(1);
+        self
+    }
+    /// The epoch budget of one trial.
+    pub fn max_epochs(mut self, n: u32) -> Self {
+        self.max_epochs = n.max(1);
+        self
+    }
+    /// The search algorithm.
+    pub fn search(mut self, algorithm: SearchAlgorithm, grid_points: u32) -> Self {
+        self.algorithm = algorithm;
+        self.grid_points = grid_points.max(1);
+        self
+    }
+    /// The early-stopping policy.
+    pub fn scheduler(mut self, scheduler: SchedulerConfig) -> Self {
+        self.scheduler = scheduler;
+        self
+    }
+    /// Restart policy and checkpoint cadence.
+    pub fn fault(mut self, fault: FaultConfig) -> Self {
+        self.fault = fault;
+        self
+    }
+    /// Injected failures.
+    pub fn chaos(mut self, chaos: ChaosConfig) -> Self {
+        self.chaos = chaos;
+        self
+    }
+    /// Writes results, checkpoints and the best model into a run directory.
+    pub fn run_dir(mut self, dir: RunDir) -> Self {
+        self.run_dir = Some(Arc::new(dir));
+        self
+    }
+    /// Receives every event (progress displays).
+    pub fn observer(mut self, observer: impl Fn(&SweepEvent) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// Runs the sweep to the end on the current tokio runtime.
+    pub async fn run(self) -> Result<Summary, SweepError> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Runs until the budget is spent or `interrupt` resolves; then running
+    /// trials stop at their next report and the summary says `interrupted`.
+    pub async fn run_until(self, interrupt: impl std::future::Future<Output = ()>) -> Result<Summary, SweepError> {
+        let started = Instant::now();
+        // Checkpoints live in the run directory, or in a temporary one that
+        // lives as long as the sweep.
+        let scratch;
+        let checkpoints = match &self.run_dir {
+            Some(dir) => CheckpointStore::new(dir.trials_dir(), 2),
+            None => {
+                scratch = tempfile::tempdir().map_err(SweepError::RunDir)?;
+                CheckpointStore::new(scratch.path(), 2)
+            }
+        };
+        let searcher = Searcher::new(self.algorithm, &self.space, self.seed, self.grid_points);
+        let scheduler = Scheduler::new(&self.scheduler, self.max_epochs);
+        let settings = Arc::new(Settings {
+            name: self.name,
+            space: self.space,
+            metric: self.metric,
+            mode: self.mode,
+            seed: self.seed,
+            max_trials: self.max_trials,
+            concurrency: self.concurrency,
+            threads_per_trial: self.threads_per_trial,
+            max_epochs: self.max_epochs,
+            fault: self.fault,
+            chaos: self.chaos,
+            trainable: self.trainable,
+            checkpoints,
+            run_dir: self.run_dir,
+            observer: self.observer,
+        });
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let args = experiment::Args {
+            settings: settings.clone(),
+            searcher,
+            scheduler,
+            done: done_tx,
+        };
+        let (actor, handle) = Actor::spawn(
+            Some(format!("experiment-{}", settings.name)),
+            experiment::ExperimentSupervisor,
+            args,
+        )
+        .await
+        .map_err(|e| SweepError::Spawn {
+            what: "experiment supervisor",
+            message: e.to_string(),
+        })?;
+        tokio::pin!(interrupt);
+        tokio::pin!(done_rx);
+        let outcome = tokio::select! {
+            r = &mut done_rx => r,
+            _ = &mut interrupt => {
+                let _ = actor.cast(experiment::ExperimentMsg::Interrupt);
+                done_rx.await
+            }
+        };
+        let _ = handle.await;
+        let (standings, interrupted) = outcome.map_err(|_| SweepError::Aborted("no summary was sent".into()))??;
+        Ok(Summary {
+            standings,
+            metric: settings.metric.clone(),
+            mode: settings.mode,
+            elapsed: started.elapsed(),
+            interrupted,
+        })
+    }
+
+    /// Runs the sweep on a runtime of its own.
+    pub fn run_blocking(self) -> Result<Summary, SweepError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(SweepError::Threads)?;
+        rt.block_on(self.run())
+    }
+}
+
+/// The restart delay after the `restarts`-th crash: doubling from the base, at most 30 s.
+pub fn backoff(base_ms: u64, restarts: u32) -> Duration {
+    let ms = base_ms.saturating_mul(1u64 << restarts.saturating_sub(1).min(16));
+    Duration::from_millis(ms.min(30_000))
+}

@@ -1,0 +1,66 @@
+//! Slots: dedicated OS threads that run trials, one trial per slot at a
+//! time. Training never runs on a tokio worker; the actors only hand jobs
+//! to this pool and receive messages back.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::trainable::Trainable;
+
+/// A unit of work for a slot thread.
+pub(super) type Job = Box<dyn FnOnce() + Send>;
+
+/// The slot threads of one experiment.
+pub(super) struct SlotPool {
+    queue: Sender<Job>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Where jobs are submitted; cheap to clone.
+#[derive(Clone)]
+pub(super) struct SlotQueue(Sender<Job>);
+
+impl SlotQueue {
+    /// Hands a job to the next free slot. Fails only when the pool is gone.
+    pub(super) fn submit(&self, job: Job) -> Result<(), String> {
+        self.0.send(job).map_err(|_| "the slot pool has shut down".to_owned())
+    }
+}
+
+impl SlotPool {
+    /// Starts `slots` threads, each initialised for `threads` libtorch threads.
+    pub(super) fn start(slots: u32, threads: u32, trainable: Arc<dyn Trainable>) -> std::io::Result<Self> {
+        let (queue, jobs) = crossbeam_channel::unbounded::<Job>();
+        let threads = (0..slots.max(1))
+            .map(|i| {
+                let jobs: Receiver<Job> = jobs.clone();
+                let trainable = trainable.clone();
+                std::thread::Builder::new()
+                    .name(format!("gauntlet-slot-{i}"))
+                    .spawn(move || {
+                        trainable.init_thread(threads);
+                        drop(trainable);
+                        for job in jobs {
+                            job();
+                        }
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(SlotPool { queue, threads })
+    }
+
+    /// The submission side.
+    pub(super) fn queue(&self) -> SlotQueue {
+        SlotQueue(self.queue.clone())
+    }
+
+    /// Closes the queue and waits for running jobs to return.
+    pub(super) fn join(self) {
+        drop(self.queue);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The built-in libtorch trainable: a multi-layer perceptron classifier.
+//!
+//! Weights are initialised from the trial's own seeded RNG and batches are
+//! shuffled from a stream derived from (seed, epoch), so a trial restarted
+//! from a checkpoint trains the same batches it would have trained. The
+//! data set arrives once per process as `Arc`s and is wrapped, not copied,
+//! into tensors for each trial.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::optim::Optimizer;
+use super::{Stop, TrainError, Trainable, TrialContext};
+use crate::config::Params;
+use crate::data::{Dataset, Split};
+
+/// The weights file inside a checkpoint and in `best/`.
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// What an MLP looks like: enough to rebuild it for prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MlpSpec {
+    /// Input features.
+    pub inputs: usize,
+    /// Hidden layer widths.
+    pub hidden: Vec<usize>,
+    /// Output classes.
+    pub classes: usize,
+    /// Dropout after each hidden layer (training only).
+    pub dropout: f64,
+}
+
+impl MlpSpec {
+    /// The spec a trial's parameters describe.
+    pub fn from_params(ctx: &TrialContext, data: &Dataset) -> Result<Self, TrainError> {
+        let layers = ctx.int("hidden_layers")?;
+        let units = ctx.int("hidden_units")?;
+        if !(0..=64).contains(&layers) || !(1..=1 << 20).contains(&units) {
+            return Err(TrainError::Invalid(format!(
+                "hidden_layers {layers} or hidden_units {units} out of range"
+            )));
+        }
+        Ok(MlpSpec {
+            inputs: data.features,
+            hidden: vec![units as usize; layers as usize],
+            classes: data.classes,
+            dropout: ctx.float("dropout")?,
+        })
+    }
+
+    /// Layer sizes from input to output.
+    fn sizes(&self) -> Vec<usize> {
+        std::iter::once(self.inputs)
+            .chain(self.hidden.iter().copied())
+            .chain([self.classes])
+            .collect()
+    }
+}
+
+/// An MLP's weights: one (weight, bias) pair per layer.
+pub struct Mlp {
+    spec: MlpSpec,
+    params: Vec<Tensor>,
+}
+
+impl Mlp {
+    /// A freshly initialised network (PyTorch's default `Linear` init:
+    /// uniform in ±1/sqrt(fan_in)), drawn from `seed`.
+    pub fn new(spec: MlpSpec, seed: u64, device: Device) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let sizes = spec.sizes();
+        let mut params = Vec::new();
+        for pair in sizes.windows(2) {
+            let (fan_in, fan_out) = (pair[0], pair[1]);
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let mut uniform = |n: usize, shape: &[i64]| {
+                let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+                Tensor::from_slice(&v)
+                    .view(shape)
+                    .to_device(device)
+                    .set_requires_grad(true)
+            };
+            params.push(uniform(fan_in * fan_out, &[fan_out as i64, fan_in as i64]));
+            params.push(uniform(fan_out, &[fan_out as i64]));
+        }
+        Mlp { spec, params }
+    }
+
+    /// Loads weights written by [`Mlp::save`].
+    pub fn load(spec: MlpSpec, file: &Path, device: Device) -> Result<Self, TrainError> {
+        let mut mlp = Mlp::new(spec, 0, device);
+        let saved = read_named(file)?;
+        mlp.restore(&saved)?;
+        Ok(mlp)
+    }
+
+    fn names(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.params.len()).map(|i| format!("layer{}.{}", i / 2, if i % 2 == 0 { "weight" } else { "bias" }))
+    }
+
+    fn restore(&mut self, saved: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        let names: Vec<String> = self.names().collect();
+        for (name, p) in names.iter().zip(self.params.iter_mut()) {
+            let src = saved
+                .get(name)
+                .ok_or_else(|| TrainError::Failed(format!("weights lack {name}")))?;
+            tch::no_grad(|| p.f_copy_(src)).map_err(|e| TrainError::Failed(format!("restoring {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the weights as safetensors.
+    pub fn save(&self, file: &Path) -> std::io::Result<()> {
+        let named: Vec<(String, Tensor)> = self
+            .names()
+            .zip(self.params.iter().map(|p| p.to_device(Device::Cpu)))
+            .collect();
+        Tensor::write_safetensors(&named, file).map_err(std::io::Error::other)
+    }
+
+    /// Logits for a batch of inputs.
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        let layers = self.params.len() / 2;
+        let mut h = xs.shallow_clone();
+        for l in 0..layers {
+            h = h.linear(&self.params[2 * l], Some(&self.params[2 * l + 1]));
+            if l + 1 < layers {
+                h = h.relu();
+                if self.spec.dropout > 0.0 {
+                    h = h.dropout(self.spec.dropout, train);
+                }
+            }
+        }
+        h
+    }
+
+    /// Class probabilities for a batch of inputs.
+    pub fn predict(&self, xs: &Tensor) -> Tensor {
+        tch::no_grad(|| self.forward(xs, false).softmax(-1, Kind::Float))
+    }
+}
+
+fn read_named(file: &Path) -> Result<HashMap<String, Tensor>, TrainError> {
+    Tensor::read_safetensors(file)
+        .map(|v| v.into_iter().collect())
+        .map_err(|e| TrainError::Failed(format!("reading {}: {e}", file.display())))
+}
+
+/// Trains [`Mlp`]s on one shared data set.
+pub struct MlpTrainable {
+    data: Arc<Dataset>,
+    device: Device,
+}
+
+impl MlpTrainable {
+    /// A trainable over `data`, on CUDA when libtorch sees a GPU, else CPU.
+    pub fn new(data: Arc<Dataset>) -> Self {
+        MlpTrainable {
+            data,
+            device: Device::cuda_if_available(),
+        }
+    }
+
+    /// The device trials train on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+}
+
+/// A split wrapped as tensors without copying (CPU), or copied once to the GPU.
+struct Tensors {
+    x: Tensor,
+    y: Tensor,
+    _keep: Split,
+}
+
+fn tensors(split: &Split, features: usize, device: Device) -> Tensors {
+    let rows = split.rows() as i64;
+    // SAFETY: the tensors borrow the split's buffers, which `_keep` holds
+    // alive for as long as the tensors; they are never written to.
+    let (x, y) = unsafe {
+        (
+            Tensor::from_blob(
+                split.x.as_ptr().cast(),
+                &[rows, features as i64],
+                &[],
+                Kind::Float,
+                Device::Cpu,
+            ),
+            Tensor::from_blob(split.y.as_ptr().cast(), &[rows], &[], Kind::Int64, Device::Cpu),
+        )
+    };
+    let (x, y) = if device == Device::Cpu {
+        (x, y)
+    } else {
+        (x.to_device(device), y.to_device(device))
+    };
+    Tensors {
+        x,
+        y,
+        _keep: split.clone(),
+    }
+}
+
+impl Trainable for MlpTrainable {
+    fn init_thread(&self, threads: u32) {
+        tch::set_num_threads(threads as i32);
+    }
+
+    fn describe(&self, params: &Params) -> Option<serde_json::Value> {
+        let int = |name: &str| params.get(name).and_then(|v| v.as_i64()).unwrap_or(0) as usize;
+        let spec = MlpSpec {
+            inputs: self.data.features,
+            hidden: vec![int("hidden_units"); int("hidden_layers")],
+            classes: self.data.classes,
+            dropout: params.get("dropout").and_then(|v| v.as_f64()).unwrap_or(0.0),
+        };
+        Some(serde_json::json!({
+            "kind": "mlp",
+            "spec": spec,
+            "weights": WEIGHTS_FILE,
+            "class_names": self.data.class_names,
+            "input": "features as float32, as in training",
+        }))
+    }
+
+    fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {
+        let spec = MlpSpec::from_params(ctx, &self.data)?;
+        let batch = ctx.int("batch_size")?.max(1);
+        let mut mlp = Mlp::new(spec, ctx.seed(), self.device);
+        let mut opt = Optimizer::new(
+            ctx.string("optimizer")?,
+            ctx.float("lr")?,
+            ctx.float("momentum")?,
+            ctx.float("weight_decay")?,
+            &mlp.params,
+        )?;
+        if let Some(ckpt) = ctx.resume() {
+            mlp.restore(&read_named(&ckpt.dir.join(WEIGHTS_FILE))?)?;
+            opt.load(&read_named(&ckpt.dir.join(OPTIMIZER_FILE))?)?;
+        }
+        let train = tensors(&self.data.train, self.data.features, self.device);
+        let val = tensors(&self.data.validation, self.data.features, self.device);
+        let rows = self.data.train.rows();
+        for epoch in ctx.first_epoch()..=ctx.max_epochs() {
+            let epoch_seed = ctx.seed() ^ (u64::from(epoch) << 40);
+            tch::manual_seed(epoch_seed as i64); // dropout masks
+            let mut order: Vec<i64> = (0..rows as i64).collect();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed));
+            let order = Tensor::from_slice(&order).to_device(self.device);
+            let (mut loss_sum, mut batches) = (0.0, 0);
+            for start in (0..rows as i64).step_by(batch as usize) {
+                let len = batch.min(rows as i64 - start);
+                let idx = order.narrow(0, start, len);
+                let xs = train.x.index_select(0, &idx);
+                let ys = train.y.index_select(0, &idx);
+                Optimizer::zero_grad(&mut mlp.params);
+                let loss = mlp.forward(&xs, true).cross_entropy_for_logits(&ys);
+                loss.backward();
+                opt.step(&mlp.params);
+                loss_sum += loss.double_value(&[]);
+                batches += 1;
+            }
+            let train_loss = loss_sum / f64::from(batches.max(1));
+            let (val_loss, val_accuracy) = evaluate(&mlp, &val);
+            let verdict = ctx.report(
+                epoch,
+                &[
+                    ("val_accuracy", val_accuracy),
+                    ("val_loss", val_loss),
+                    ("train_loss", train_loss),
+                ],
+            );
+            let completed = verdict == Err(TrainError::Stopped(Stop::Completed));
+            let last = completed || epoch == ctx.max_epochs();
+            if (verdict.is_ok() || completed) && (ctx.checkpoint_due(epoch) || last) {
+                ctx.save_checkpoint(epoch, |dir| {
+                    mlp.save(&dir.join(WEIGHTS_FILE))?;
+                    Tensor::write_safetensors(&opt.state(), dir.join(OPTIMIZER_FILE)).map_err(std::io::Error::other)
+                })?;
+            }
+            verdict?;
+        }
+        Ok(())
+    }
+}
+
+fn evaluate(mlp: &Mlp, val: &Tensors) -> (f64, f64) {
+    tch::no_grad(|| {
+        let rows = val.y.size()[0];
+        let (mut loss, mut correct) = (0.0, 0.0);
+        for start in (0..rows).step_by(4096) {
+            let len = 4096.min(rows - start);
+            let logits = mlp.forward(&val.x.narrow(0, start, len), false);
+            let ys = val.y.narrow(0, start, len);
+            loss += logits.cross_entropy_for_logits(&ys).double_value(&[]) * len as f64;
+            correct += logits
+                .argmax(-1, false)
+                .eq_tensor(&ys)
+                .to_kind(Kind::Float)
+                .sum(Kind::Float)
+                .double_value(&[]);
+        }
+        (loss / rows as f64, correct / rows as f64)
+    })
+}

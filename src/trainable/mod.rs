@@ -1,0 +1,282 @@
+//! Trainables: the code that trains one trial, and the context it trains in.
+//!
+//! A [`Trainable`] receives a [`TrialContext`]: the trial's parameters and
+//! seed, the checkpoint to resume from, and the way to report an epoch and
+//! save a checkpoint. It runs on a dedicated slot thread, never on a tokio
+//! worker, and knows nothing of actors. [`mlp`] is the built-in libtorch
+//! trainable; closures are trainables too, which is how tests and
+//! benchmarks run sweeps without libtorch.
+
+pub mod mlp;
+pub mod optim;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::config::{Mode, Params};
+use crate::schedule::Decision;
+use crate::trial::{splitmix64, Report, TrialId};
+
+/// Trains one trial. Implemented for closures `Fn(&mut TrialContext) -> Result<(), TrainError>`.
+pub trait Trainable: Send + Sync + 'static {
+    /// Trains until the budget is spent or a report says stop (`?` on
+    /// [`TrialContext::report`] propagates the stop). Resume from
+    /// [`TrialContext::resume`] when it is set.
+    fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError>;
+
+    /// Called once on each slot thread before it runs trials.
+    fn init_thread(&self, _threads: u32) {}
+
+    /// Describes the model a trial with `params` trains, for `best/model.json`.
+    fn describe(&self, _params: &Params) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+impl<F> Trainable for F
+where
+    F: Fn(&mut TrialContext) -> Result<(), TrainError> + Send + Sync + 'static,
+{
+    fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {
+        self(ctx)
+    }
+}
+
+/// Why a trial attempt stopped short of its budget, or failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TrainError {
+    /// The scheduler or the sweep said stop: not a failure.
+    #[error("stopped: {0:?}")]
+    Stopped(Stop),
+    /// The loss became NaN or infinite: the trial is `diverged`, not restarted.
+    #[error("diverged: {0}")]
+    Diverged(String),
+    /// Bad parameters for this trainable: the trial fails without restarts.
+    #[error("invalid parameters: {0}")]
+    Invalid(String),
+    /// Anything else (I/O, libtorch): a crash, restarted from the last checkpoint.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<std::io::Error> for TrainError {
+    fn from(e: std::io::Error) -> Self {
+        TrainError::Failed(e.to_string())
+    }
+}
+
+/// Why a report said stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The scheduler pruned the trial.
+    Pruned,
+    /// The trial reached its epoch budget.
+    Completed,
+    /// The sweep is shutting down; the trial will continue on resume.
+    Cancelled,
+}
+
+/// Where reports go: the leaderboard's side of the context.
+pub trait ReportSink: Send {
+    /// Records a report and returns the scheduler's decision; `None` when
+    /// the sweep is gone (the trial then stops as cancelled).
+    fn report(&mut self, report: Report) -> Option<Decision>;
+}
+
+/// Settings a context needs from the experiment.
+#[derive(Debug, Clone)]
+pub struct ContextSettings {
+    /// The experiment's metric.
+    pub metric: String,
+    /// Its direction.
+    pub mode: Mode,
+    /// The epoch budget.
+    pub max_epochs: u32,
+    /// Checkpoint every this many epochs.
+    pub checkpoint_every: u32,
+    /// libtorch threads for this trial.
+    pub threads: u32,
+    /// Probability of an injected panic after each report.
+    pub panic_probability: f64,
+}
+
+/// Everything a trial attempt sees of the engine.
+pub struct TrialContext {
+    id: TrialId,
+    attempt: u32,
+    seed: u64,
+    params: Params,
+    resume: Option<Checkpoint>,
+    settings: Arc<ContextSettings>,
+    sink: Box<dyn ReportSink>,
+    store: CheckpointStore,
+    cancel: Arc<AtomicBool>,
+    last_score: Option<(u32, f64)>,
+    chaos: ChaCha8Rng,
+}
+
+impl TrialContext {
+    /// A context for one attempt of one trial.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: TrialId,
+        attempt: u32,
+        seed: u64,
+        params: Params,
+        resume: Option<Checkpoint>,
+        settings: Arc<ContextSettings>,
+        sink: Box<dyn ReportSink>,
+        store: CheckpointStore,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
+        let chaos = ChaCha8Rng::seed_from_u64(splitmix64(seed ^ 0xC4A0_5000 ^ u64::from(attempt) << 32));
+        TrialContext {
+            id,
+            attempt,
+            seed,
+            params,
+            resume,
+            settings,
+            sink,
+            store,
+            cancel,
+            last_score: None,
+            chaos,
+        }
+    }
+
+    /// The trial's id.
+    pub fn id(&self) -> TrialId {
+        self.id
+    }
+
+    /// 0 on the first run, n after the n-th restart.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The trial's seed (the same on every attempt).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The trial's hyperparameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The checkpoint to resume from, if this attempt is a restart.
+    pub fn resume(&self) -> Option<&Checkpoint> {
+        self.resume.as_ref()
+    }
+
+    /// The first epoch this attempt trains (1, or one past the checkpoint).
+    pub fn first_epoch(&self) -> u32 {
+        self.resume.as_ref().map_or(1, |c| c.epoch + 1)
+    }
+
+    /// The epoch budget.
+    pub fn max_epochs(&self) -> u32 {
+        self.settings.max_epochs
+    }
+
+    /// libtorch threads for this trial.
+    pub fn threads(&self) -> u32 {
+        self.settings.threads
+    }
+
+    /// Whether the sweep asked this trial to stop (checked by `report` too).
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Reports an epoch's metrics. Returns `Err(TrainError::Stopped(..))`
+    /// when the trial must stop (propagate it with `?`) and
+    /// `Err(TrainError::Diverged(..))` when a loss or the metric is not finite.
+    pub fn report(&mut self, epoch: u32, metrics: &[(&str, f64)]) -> Result<(), TrainError> {
+        let report = Report {
+            trial: self.id,
+            attempt: self.attempt,
+            epoch,
+            metrics: metrics.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
+        };
+        let decision = self.sink.report(report).ok_or(TrainError::Stopped(Stop::Cancelled))?;
+        if let Some((name, v)) = metrics
+            .iter()
+            .find(|(n, v)| !v.is_finite() && (*n == self.settings.metric || n.ends_with("loss")))
+        {
+            return Err(TrainError::Diverged(format!("{name} is {v} at epoch {epoch}")));
+        }
+        if let Some((_, v)) = metrics.iter().find(|(n, _)| *n == self.settings.metric) {
+            self.last_score = Some((epoch, self.settings.mode.score(*v)));
+        }
+        match decision {
+            Decision::Prune => return Err(TrainError::Stopped(Stop::Pruned)),
+            Decision::Complete => return Err(TrainError::Stopped(Stop::Completed)),
+            Decision::Continue => {}
+        }
+        if self.cancelled() {
+            return Err(TrainError::Stopped(Stop::Cancelled));
+        }
+        if self.settings.panic_probability > 0.0 && self.chaos.random::<f64>() < self.settings.panic_probability {
+            panic!(
+                "chaos: injected panic after epoch {epoch} of trial {} (attempt {})",
+                self.id, self.attempt
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether `epoch` is due for a checkpoint (`fault.checkpoint_every`).
+    pub fn checkpoint_due(&self, epoch: u32) -> bool {
+        epoch % self.settings.checkpoint_every.max(1) == 0
+    }
+
+    /// Saves a checkpoint for `epoch`: `write` puts the trainable's files in
+    /// the directory it is given; the engine adds the epoch, score and seed.
+    pub fn save_checkpoint(
+        &mut self,
+        epoch: u32,
+        write: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<Checkpoint, TrainError> {
+        let score = self.last_score.filter(|(e, _)| *e == epoch).map(|(_, s)| s);
+        let meta = Checkpoint {
+            epoch,
+            score,
+            seed: self.seed,
+            dir: Default::default(),
+        };
+        self.store
+            .save(self.id, &meta, write)
+            .map_err(|e| TrainError::Failed(format!("writing checkpoint of epoch {epoch}: {e}")))
+    }
+
+    /// Reads a parameter as an integer.
+    pub fn int(&self, name: &str) -> Result<i64, TrainError> {
+        self.params
+            .get(name)
+            .and_then(|v| v.as_i64())
+            .ok_or_else(|| TrainError::Invalid(format!("parameter `{name}` missing or not an integer")))
+    }
+
+    /// Reads a parameter as a float.
+    pub fn float(&self, name: &str) -> Result<f64, TrainError> {
+        self.params
+            .get(name)
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| TrainError::Invalid(format!("parameter `{name}` missing or not a number")))
+    }
+
+    /// Reads a parameter as a string.
+    pub fn string(&self, name: &str) -> Result<&str, TrainError> {
+        self.params
+            .get(name)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| TrainError::Invalid(format!("parameter `{name}` missing or not a string")))
+    }
+}
