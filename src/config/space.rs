@@ -213,10 +213,15 @@ impl Domain {
             Domain::Fixed(v) => vec![v.clone()],
             Domain::Choice(values) => values.clone(),
             Domain::Uniform { low, high } => spaced(*low, *high).into_iter().map(ParamValue::Float).collect(),
-            Domain::LogUniform { low, high } => spaced(low.ln(), high.ln())
-                .into_iter()
-                .map(|x| ParamValue::Float(x.exp().clamp(*low, *high)))
-                .collect(),
+            Domain::LogUniform { low, high } => {
+                let mut xs: Vec<f64> = spaced(low.ln(), high.ln()).into_iter().map(f64::exp).collect();
+                if xs.len() > 1 {
+                    // Exact endpoints, not exp(ln(x)).
+                    let last = xs.len() - 1;
+                    (xs[0], xs[last]) = (*low, *high);
+                }
+                xs.into_iter().map(ParamValue::Float).collect()
+            }
             Domain::Int { low, high, log } => {
                 let count = (high - low + 1) as usize;
                 if count <= points {

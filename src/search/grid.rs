@@ -73,15 +73,17 @@ mod tests {
             )
             .with("lr", Domain::LogUniform { low: 1e-3, high: 1e-1 })
             .with("fixed", Domain::Fixed(ParamValue::Int(5)));
-        let mut grid = GridSearch::new(&space, 2);
-        assert_eq!(grid.size(), 2 * 3 * 2);
+        let mut grid = GridSearch::new(&space, 3);
+        assert_eq!(grid.size(), 2 * 3 * 3);
         let all: Vec<Params> = std::iter::from_fn(|| grid.propose(&space)).collect();
-        assert_eq!(all.len(), 12);
+        assert_eq!(all.len(), 18);
         for (i, a) in all.iter().enumerate() {
             assert!(all[i + 1..].iter().all(|b| a != b), "duplicate {a:?}");
             assert_eq!(a["fixed"], ParamValue::Int(5));
         }
         assert_eq!(all[0]["lr"], ParamValue::Float(1e-3));
-        assert_eq!(all[1]["lr"].as_f64().unwrap(), 1e-1);
+        assert_eq!(all[2]["lr"], ParamValue::Float(1e-1));
+        assert!((all[1]["lr"].as_f64().unwrap() - 1e-2).abs() < 1e-12);
+        assert!((all[2]["lr"].as_f64().unwrap() - 1e-1).abs() < 1e-12);
     }
 }

@@ -1,0 +1,99 @@
+//! Helpers shared by the CLI tests: the real binary, real files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn gauntlet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+}
+
+/// Runs the binary in `cwd` with `args`.
+pub fn run_in(cwd: &Path, args: &[&str]) -> Output {
+    gauntlet()
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("the gauntlet binary runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A synthetic-data experiment; `extra` is appended (later keys override
+/// earlier sections only when they are in new sections, so pass whole sections).
+pub fn synthetic_config(name: &str, body: &str) -> String {
+    format!(
+        r#"
+[experiment]
+name = "{name}"
+seed = 3
+{body}
+"#
+    )
+}
+
+pub const SYNTHETIC_DATA: &str = r#"
+[data]
+source = "synthetic"
+samples = 1200
+features = 12
+classes = 3
+validation_fraction = 0.25
+"#;
+
+pub const MLP_MODEL: &str = r#"
+[model]
+kind = "mlp"
+hidden_layers = { int = [1, 2] }
+hidden_units = { int = [8, 64], log = true }
+dropout = { uniform = [0.0, 0.2] }
+"#;
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `gauntlet status DIR --json`, parsed.
+pub fn status_json(dir: &Path) -> serde_json::Value {
+    let o = gauntlet()
+        .args(["status", dir.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "status failed: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("status --json prints JSON")
+}
+
+/// Every line of `results.jsonl`.
+pub fn results(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each results line is JSON"))
+        .collect()
+}
+
+/// Runs a config through `gauntlet run`, asserting success; returns the run
+/// dir (a new one each call: `run-1`, `run-2`, ...).
+pub fn run_ok(tmp: &Path, config: &str) -> PathBuf {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let cfg = write(tmp, &format!("exp-{n}.toml"), config);
+    let out = tmp.join(format!("run-{n}"));
+    let o = run_in(tmp, &["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "run failed ({:?}):\n{}\n{}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    out
+}
