@@ -2,10 +2,10 @@
 //! asks the scheduler policy for a decision, answers the trial's slot thread,
 //! appends the report to `results.jsonl`, and keeps `status.json` fresh.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_channel::{bounded, Receiver, Sender};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::Settings;
@@ -62,7 +62,7 @@ pub enum SweepEvent {
 }
 
 pub(super) enum LeaderboardMsg {
-    Report(Report, SyncSender<Decision>),
+    Report(Report, Sender<Decision>),
     Proposed {
         id: TrialId,
         params: Params,
@@ -89,13 +89,15 @@ pub(super) enum LeaderboardMsg {
 /// comes back on a channel the thread blocks on (no tokio on slot threads).
 pub(super) struct LeaderboardSink {
     leaderboard: ActorRef<LeaderboardMsg>,
-    reply_tx: SyncSender<Decision>,
+    reply_tx: Sender<Decision>,
     reply_rx: Receiver<Decision>,
 }
 
 impl LeaderboardSink {
     pub(super) fn new(leaderboard: ActorRef<LeaderboardMsg>) -> Self {
-        let (reply_tx, reply_rx) = sync_channel(1);
+        // crossbeam's receive spins briefly before parking: replies come back
+        // within microseconds, and a park/unpark pair costs more than that.
+        let (reply_tx, reply_rx) = bounded(1);
         LeaderboardSink {
             leaderboard,
             reply_tx,
