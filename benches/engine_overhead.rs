@@ -30,7 +30,10 @@ fn noop(ctx: &mut TrialContext) -> Result<(), TrainError> {
 fn main() {
     let trials: u32 = std::env::var("GAUNTLET_BENCH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     println!("{trials} no-op trials, random search, up to 10 reports each");
-    println!("{:<10} {:>5} {:>10} {:>12} {:>12} {:>8}", "scheduler", "slots", "seconds", "trials/s", "reports/s", "pruned");
+    println!(
+        "{:<10} {:>5} {:>10} {:>12} {:>12} {:>8}",
+        "scheduler", "slots", "seconds", "trials/s", "reports/s", "pruned"
+    );
     for kind in [SchedulerKind::Fifo, SchedulerKind::Asha] {
         for slots in [1, 2, 4] {
             let started = Instant::now();

@@ -39,10 +39,7 @@ pub struct CheckpointStore {
 impl CheckpointStore {
     /// Stores checkpoints under `root`, keeping the last `keep` per trial plus the best.
     pub fn new(root: impl Into<PathBuf>, keep: usize) -> Self {
-        CheckpointStore {
-            root: root.into(),
-            keep: keep.max(1),
-        }
+        CheckpointStore { root: root.into(), keep: keep.max(1) }
     }
 
     /// The directory of one trial.
@@ -74,10 +71,7 @@ impl CheckpointStore {
         }
         fs::rename(&tmp, &last)?;
         self.retain(trial)?;
-        Ok(Checkpoint {
-            dir: last,
-            ..meta.clone()
-        })
+        Ok(Checkpoint { dir: last, ..meta.clone() })
     }
 
     /// Every whole checkpoint of a trial, oldest first.
@@ -136,12 +130,7 @@ impl CheckpointStore {
 fn best_of(all: &[Checkpoint]) -> Option<&Checkpoint> {
     all.iter()
         .filter(|c| c.score.is_some_and(f64::is_finite))
-        .max_by(|a, b| {
-            a.score
-                .unwrap()
-                .total_cmp(&b.score.unwrap())
-                .then(a.epoch.cmp(&b.epoch))
-        })
+        .max_by(|a, b| a.score.unwrap().total_cmp(&b.score.unwrap()).then(a.epoch.cmp(&b.epoch)))
 }
 
 #[cfg(test)]
@@ -149,15 +138,8 @@ mod tests {
     use super::*;
 
     fn save(store: &CheckpointStore, epoch: u32, score: f64) {
-        let meta = Checkpoint {
-            epoch,
-            score: Some(score),
-            seed: 1,
-            dir: PathBuf::new(),
-        };
-        store
-            .save(TrialId(3), &meta, |d| fs::write(d.join("w"), epoch.to_string()))
-            .unwrap();
+        let meta = Checkpoint { epoch, score: Some(score), seed: 1, dir: PathBuf::new() };
+        store.save(TrialId(3), &meta, |d| fs::write(d.join("w"), epoch.to_string())).unwrap();
     }
 
     #[test]
@@ -180,12 +162,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = CheckpointStore::new(tmp.path(), 2);
         save(&store, 1, 0.5);
-        let meta = Checkpoint {
-            epoch: 2,
-            score: None,
-            seed: 1,
-            dir: PathBuf::new(),
-        };
+        let meta = Checkpoint { epoch: 2, score: None, seed: 1, dir: PathBuf::new() };
         let err = store.save(TrialId(3), &meta, |_| Err(io::Error::other("disk full")));
         assert!(err.is_err());
         assert_eq!(store.latest(TrialId(3)).unwrap().epoch, 1);

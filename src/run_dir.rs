@@ -104,13 +104,8 @@ impl RunDir {
 
     /// Opens `results.jsonl` for appending.
     pub fn results_log(&self) -> io::Result<ResultsLog> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join("results.jsonl"))?;
-        Ok(ResultsLog {
-            out: BufWriter::new(file),
-        })
+        let file = OpenOptions::new().create(true).append(true).open(self.root.join("results.jsonl"))?;
+        Ok(ResultsLog { out: BufWriter::new(file) })
     }
 
     /// Rewrites `status.json` atomically.
@@ -122,33 +117,18 @@ impl RunDir {
         finished: bool,
         trials: &[Standing],
     ) -> io::Result<()> {
-        let doc = StatusDoc {
-            experiment: experiment.into(),
-            metric: metric.into(),
-            mode,
-            finished,
-            trials: trials.to_vec(),
-        };
-        write_atomic(
-            &self.root.join("status.json"),
-            &serde_json::to_vec_pretty(&doc).map_err(io::Error::other)?,
-        )
+        let doc =
+            StatusDoc { experiment: experiment.into(), metric: metric.into(), mode, finished, trials: trials.to_vec() };
+        write_atomic(&self.root.join("status.json"), &serde_json::to_vec_pretty(&doc).map_err(io::Error::other)?)
     }
 
     /// Reads `status.json`.
     pub fn read_status(&self) -> Result<StatusDoc, RunDirError> {
         let path = self.root.join("status.json");
-        let bytes = fs::read(&path).map_err(|e| RunDirError {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let bytes = fs::read(&path).map_err(|e| RunDirError { path: path.clone(), message: e.to_string() })?;
         serde_json::from_slice(&bytes).map_err(|e| RunDirError {
             path,
-            message: format!(
-                "not a valid status file at line {}, column {}: {e}",
-                e.line(),
-                e.column()
-            ),
+            message: format!("not a valid status file at line {}, column {}: {e}", e.line(), e.column()),
         })
     }
 
@@ -160,22 +140,13 @@ impl RunDir {
         let tmp = self.root.join(".leaderboard.csv.tmp");
         {
             let mut w = csv::Writer::from_path(&tmp).map_err(io::Error::other)?;
-            let mut header = vec![
-                "rank".to_owned(),
-                "trial".into(),
-                "status".into(),
-                metric.into(),
-                "best_epoch".into(),
-            ];
+            let mut header =
+                vec!["rank".to_owned(), "trial".into(), "status".into(), metric.into(), "best_epoch".into()];
             header.extend(["epochs".into(), "restarts".into()]);
             header.extend(param_names.iter().map(|n| n.to_string()));
             w.write_record(&header).map_err(io::Error::other)?;
-            for (i, s) in ranked
-                .iter()
-                .copied()
-                .enumerate()
-                .map(|(i, s)| (Some(i + 1), s))
-                .chain(rest.map(|s| (None, s)))
+            for (i, s) in
+                ranked.iter().copied().enumerate().map(|(i, s)| (Some(i + 1), s)).chain(rest.map(|s| (None, s)))
             {
                 let mut row = vec![
                     i.map(|r| r.to_string()).unwrap_or_default(),
@@ -186,11 +157,7 @@ impl RunDir {
                     s.epochs.to_string(),
                     s.restarts.to_string(),
                 ];
-                row.extend(
-                    param_names
-                        .iter()
-                        .map(|n| s.params.get(*n).map(|v| v.to_string()).unwrap_or_default()),
-                );
+                row.extend(param_names.iter().map(|n| s.params.get(*n).map(|v| v.to_string()).unwrap_or_default()));
                 w.write_record(&row).map_err(io::Error::other)?;
             }
             w.flush()?;
@@ -213,10 +180,7 @@ impl RunDir {
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir_all(&tmp)?;
-        fs::write(
-            tmp.join("params.json"),
-            serde_json::to_vec_pretty(&best.params).map_err(io::Error::other)?,
-        )?;
+        fs::write(tmp.join("params.json"), serde_json::to_vec_pretty(&best.params).map_err(io::Error::other)?)?;
         let about = serde_json::json!({
             "trial": best.id,
             "metric": metric,
@@ -224,15 +188,9 @@ impl RunDir {
             "best_epoch": best.best_epoch,
             "checkpoint_epoch": checkpoint.map(|c| c.epoch),
         });
-        fs::write(
-            tmp.join("trial.json"),
-            serde_json::to_vec_pretty(&about).map_err(io::Error::other)?,
-        )?;
+        fs::write(tmp.join("trial.json"), serde_json::to_vec_pretty(&about).map_err(io::Error::other)?)?;
         if let Some(model) = model {
-            fs::write(
-                tmp.join("model.json"),
-                serde_json::to_vec_pretty(model).map_err(io::Error::other)?,
-            )?;
+            fs::write(tmp.join("model.json"), serde_json::to_vec_pretty(model).map_err(io::Error::other)?)?;
         }
         if let Some(c) = checkpoint {
             for entry in fs::read_dir(&c.dir)? {

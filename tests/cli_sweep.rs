@@ -67,30 +67,19 @@ fn asha_sweep_completes_and_prunes_early() {
     // Every epoch of every trial is in results.jsonl exactly once.
     let epochs: u64 = trials.iter().map(|t| t["epochs"].as_u64().unwrap()).sum();
     assert_eq!(lines.len() as u64, epochs);
-    let keys: HashSet<(u64, u64)> = lines
-        .iter()
-        .map(|l| (l["trial"].as_u64().unwrap(), l["epoch"].as_u64().unwrap()))
-        .collect();
+    let keys: HashSet<(u64, u64)> =
+        lines.iter().map(|l| (l["trial"].as_u64().unwrap(), l["epoch"].as_u64().unwrap())).collect();
     assert_eq!(keys.len(), lines.len());
 
     // Outputs: leaderboard, best model with params and a model description.
     let csv = std::fs::read_to_string(dir.join("leaderboard.csv")).unwrap();
     assert_eq!(csv.lines().count(), 13);
     assert!(csv.starts_with("rank,trial,status,val_accuracy"));
-    for f in [
-        "best/params.json",
-        "best/model.json",
-        "best/weights.safetensors",
-        "gauntlet.log",
-        "config.toml",
-    ] {
+    for f in ["best/params.json", "best/model.json", "best/weights.safetensors", "gauntlet.log", "config.toml"] {
         assert!(dir.join(f).is_file(), "missing {f}");
     }
     let best: Value = serde_json::from_slice(&std::fs::read(dir.join("best/trial.json")).unwrap()).unwrap();
-    let top = trials
-        .iter()
-        .map(|t| t["best_metric"].as_f64().unwrap())
-        .fold(f64::MIN, f64::max);
+    let top = trials.iter().map(|t| t["best_metric"].as_f64().unwrap()).fold(f64::MIN, f64::max);
     assert_eq!(best["best_metric"].as_f64().unwrap(), top);
     // It learned something: 3 classes, chance is 1/3.
     assert!(top > 0.6, "best accuracy {top}");
@@ -100,19 +89,11 @@ fn asha_sweep_completes_and_prunes_early() {
 #[test]
 fn same_seed_gives_the_same_trials() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = asha_config("seeded")
-        .replace("max_trials = 12", "max_trials = 4")
-        .replace("max_epochs = 9", "max_epochs = 2");
+    let config =
+        asha_config("seeded").replace("max_trials = 12", "max_trials = 4").replace("max_epochs = 9", "max_epochs = 2");
     let a = status_json(&run_ok(tmp.path(), &config));
     let b = status_json(&run_ok(tmp.path(), &config));
-    let params = |s: &Value| {
-        s["trials"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["params"].clone())
-            .collect::<Vec<_>>()
-    };
+    let params = |s: &Value| s["trials"].as_array().unwrap().iter().map(|t| t["params"].clone()).collect::<Vec<_>>();
     assert_eq!(params(&a), params(&b));
     let c = status_json(&run_ok(tmp.path(), &config.replace("seed = 3", "seed = 4")));
     assert_ne!(params(&a), params(&c));
@@ -157,10 +138,7 @@ train: { max_epochs: 2, lr: { loguniform: [0.001, 0.01] } }
 "#;
     let cfg = write(tmp.path(), "exp.yaml", yaml);
     let out = tmp.path().join("run");
-    let o = run_in(
-        tmp.path(),
-        &["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"],
-    );
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let summary: Value = serde_json::from_slice(&o.stdout).expect("--json prints one JSON document");
     assert_eq!(summary["trials"].as_array().unwrap().len(), 2);
@@ -171,9 +149,8 @@ train: { max_epochs: 2, lr: { loguniform: [0.001, 0.01] } }
 #[test]
 fn status_table_lists_every_trial() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = asha_config("table")
-        .replace("max_trials = 12", "max_trials = 3")
-        .replace("max_epochs = 9", "max_epochs = 1");
+    let config =
+        asha_config("table").replace("max_trials = 12", "max_trials = 3").replace("max_epochs = 9", "max_epochs = 1");
     let dir = run_ok(tmp.path(), &config);
     let o = gauntlet().args(["status", dir.to_str().unwrap()]).output().unwrap();
     assert!(o.status.success());
@@ -185,16 +162,12 @@ fn status_table_lists_every_trial() {
 #[test]
 fn refuses_to_overwrite_a_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = asha_config("twice")
-        .replace("max_trials = 12", "max_trials = 1")
-        .replace("max_epochs = 9", "max_epochs = 1");
+    let config =
+        asha_config("twice").replace("max_trials = 12", "max_trials = 1").replace("max_epochs = 9", "max_epochs = 1");
     let dir = run_ok(tmp.path(), &config);
     let cfg = tmp.path().join("exp-again.toml");
     std::fs::write(&cfg, &config).unwrap();
-    let o = run_in(
-        tmp.path(),
-        &["run", cfg.to_str().unwrap(), "--out", dir.to_str().unwrap()],
-    );
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("already holds a run"), "{}", stderr(&o));
 }

@@ -25,33 +25,13 @@ max_epochs = 2
 
 /// (what is changed, replacement, the key the message must name, a phrase it must contain)
 const CASES: &[(&str, &str, &str, &str)] = &[
-    (
-        "max_trials = 2",
-        "max_trials = \"two\"",
-        "experiment.max_trials",
-        "invalid type",
-    ),
-    (
-        "max_trials = 2",
-        "max_trials = 0",
-        "experiment.max_trials",
-        "at least 1",
-    ),
+    ("max_trials = 2", "max_trials = \"two\"", "experiment.max_trials", "invalid type"),
+    ("max_trials = 2", "max_trials = 0", "experiment.max_trials", "at least 1"),
     ("[1e-4, 1e-1]", "[1e-1, 1e-4]", "train.lr", "empty range"),
     ("[1e-4, 1e-1]", "[0.0, 1e-1]", "train.lr", "0 < low"),
-    (
-        "{ choice = [\"adam\", \"sgd\"] }",
-        "{ choice = [] }",
-        "train.optimizer",
-        "empty choice",
-    ),
+    ("{ choice = [\"adam\", \"sgd\"] }", "{ choice = [] }", "train.optimizer", "empty choice"),
     ("\"sgd\"", "\"rmsprop\"", "train.optimizer", "one of adam, sgd"),
-    (
-        "hidden_units = { int = [8, 64] }",
-        "hidden_unit = 8",
-        "model.hidden_unit",
-        "unknown key",
-    ),
+    ("hidden_units = { int = [8, 64] }", "hidden_unit = 8", "model.hidden_unit", "unknown key"),
     (
         "hidden_units = { int = [8, 64] }",
         "hidden_units = { uniform = [8, 64] }",
@@ -64,30 +44,10 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "model.hidden_units",
         "unknown field `step`",
     ),
-    (
-        "kind = \"mlp\"",
-        "kind = \"transformer\"",
-        "model.kind",
-        "unknown model kind",
-    ),
-    (
-        "max_epochs = 2",
-        "max_epochs = { int = [1, 5] }",
-        "train.max_epochs",
-        "fixed integer",
-    ),
-    (
-        "source = \"synthetic\"",
-        "source = \"imagenet\"",
-        "data.source",
-        "unknown variant",
-    ),
-    (
-        "source = \"synthetic\"",
-        "source = \"fashion-mnist\"\npath = \"/nonexistent/fm\"",
-        "data.path",
-        "does not exist",
-    ),
+    ("kind = \"mlp\"", "kind = \"transformer\"", "model.kind", "unknown model kind"),
+    ("max_epochs = 2", "max_epochs = { int = [1, 5] }", "train.max_epochs", "fixed integer"),
+    ("source = \"synthetic\"", "source = \"imagenet\"", "data.source", "unknown variant"),
+    ("source = \"synthetic\"", "source = \"fashion-mnist\"\npath = \"/nonexistent/fm\"", "data.path", "does not exist"),
     (
         "source = \"synthetic\"",
         "source = \"synthetic\"\nvalidation_fraction = 1.5",
@@ -95,30 +55,10 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "between 0 and 1",
     ),
     ("[data]", "[dataa]\nx = 1\n[data]", "dataa", "unknown field"),
-    (
-        "name = \"good\"",
-        "name = \"good\"\nmode = \"maximize\"",
-        "experiment.mode",
-        "unknown variant",
-    ),
-    (
-        "name = \"good\"",
-        "name = \"good\"\nmetric = \"accuracy\"",
-        "experiment.metric",
-        "val_accuracy",
-    ),
-    (
-        "name = \"good\"",
-        "name = \"bad/name\"",
-        "experiment.name",
-        "not allowed",
-    ),
-    (
-        "max_epochs = 2",
-        "max_epochs = 2\n[chaos]\npanic_probability = 2.0",
-        "chaos.panic_probability",
-        "probability",
-    ),
+    ("name = \"good\"", "name = \"good\"\nmode = \"maximize\"", "experiment.mode", "unknown variant"),
+    ("name = \"good\"", "name = \"good\"\nmetric = \"accuracy\"", "experiment.metric", "val_accuracy"),
+    ("name = \"good\"", "name = \"bad/name\"", "experiment.name", "not allowed"),
+    ("max_epochs = 2", "max_epochs = 2\n[chaos]\npanic_probability = 2.0", "chaos.panic_probability", "probability"),
     (
         "max_epochs = 2",
         "max_epochs = 2\n[scheduler]\nkind = \"asha\"\nreduction_factor = 1",
@@ -131,12 +71,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
 #[test]
 fn bad_configs_exit_2_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();
-    assert!(run_in(
-        tmp.path(),
-        &["validate", write(tmp.path(), "good.toml", GOOD).to_str().unwrap()]
-    )
-    .status
-    .success());
+    assert!(run_in(tmp.path(), &["validate", write(tmp.path(), "good.toml", GOOD).to_str().unwrap()]).status.success());
     for (i, (from, to, key, phrase)) in CASES.iter().enumerate() {
         assert!(GOOD.contains(from), "case {i}: `{from}` not in the base config");
         let text = GOOD.replacen(from, to, 1);
@@ -145,10 +80,7 @@ fn bad_configs_exit_2_naming_the_key() {
             let o = run_in(tmp.path(), &[command, file.to_str().unwrap()]);
             let err = stderr(&o);
             assert_eq!(o.status.code(), Some(2), "case {i} ({command}): {err}");
-            assert!(
-                err.contains(&format!("bad{i}.toml: {key}")),
-                "case {i} ({command}) must name {key}: {err}"
-            );
+            assert!(err.contains(&format!("bad{i}.toml: {key}")), "case {i} ({command}) must name {key}: {err}");
             assert!(err.contains(phrase), "case {i} ({command}) must say `{phrase}`: {err}");
             assert!(!err.contains("panicked"), "case {i}: {err}");
         }
@@ -164,11 +96,7 @@ fn yaml_errors_name_the_key_too() {
     let file = write(tmp.path(), "bad.yaml", yaml);
     let o = run_in(tmp.path(), &["validate", file.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("bad.yaml: model.dropout: empty range"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("bad.yaml: model.dropout: empty range"), "{}", stderr(&o));
 }
 
 #[test]

@@ -14,11 +14,7 @@ fn space() -> SearchSpace {
 }
 
 fn fault(max_restarts: u32) -> FaultConfig {
-    FaultConfig {
-        max_restarts,
-        checkpoint_every: 1,
-        restart_backoff_ms: 5,
-    }
+    FaultConfig { max_restarts, checkpoint_every: 1, restart_backoff_ms: 5 }
 }
 
 /// Reports `x` every epoch; `score` is the metric.
@@ -100,25 +96,14 @@ fn errors_are_restarted_then_failed_and_the_sweep_goes_on() {
     .fault(fault(2))
     .run_blocking()
     .unwrap();
-    let failed: Vec<_> = summary
-        .standings
-        .iter()
-        .filter(|s| s.status == TrialStatus::Failed)
-        .collect();
+    let failed: Vec<_> = summary.standings.iter().filter(|s| s.status == TrialStatus::Failed).collect();
     assert!(!failed.is_empty() && failed.len() < 10);
-    assert_eq!(
-        attempts.load(Ordering::SeqCst),
-        failed.len() * 3,
-        "1 attempt + 2 restarts each"
-    );
+    assert_eq!(attempts.load(Ordering::SeqCst), failed.len() * 3, "1 attempt + 2 restarts each");
     for f in failed {
         assert_eq!(f.restarts, 2);
         assert!(f.error.as_deref().unwrap().starts_with("disk on fire"));
     }
-    assert_eq!(
-        summary.count(TrialStatus::Completed) + summary.count(TrialStatus::Failed),
-        10
-    );
+    assert_eq!(summary.count(TrialStatus::Completed) + summary.count(TrialStatus::Failed), 10);
 }
 
 #[test]
@@ -139,11 +124,7 @@ fn nan_loss_is_diverged_and_not_restarted() {
     .unwrap();
     let t = &summary.standings[0];
     assert_eq!(t.status, TrialStatus::Diverged);
-    assert!(
-        t.error.as_deref().unwrap().contains("train_loss is NaN at epoch 2"),
-        "{:?}",
-        t.error
-    );
+    assert!(t.error.as_deref().unwrap().contains("train_loss is NaN at epoch 2"), "{:?}", t.error);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
@@ -183,23 +164,13 @@ fn asha_prunes_poor_trials_within_one_epoch() {
     .max_trials(27)
     .max_epochs(9)
     .concurrency(1)
-    .scheduler(SchedulerConfig {
-        kind: SchedulerKind::Asha,
-        grace_epochs: 1,
-        reduction_factor: 3,
-    })
+    .scheduler(SchedulerConfig { kind: SchedulerKind::Asha, grace_epochs: 1, reduction_factor: 3 })
     .run_blocking()
     .unwrap();
     let pruned = summary.count(TrialStatus::Pruned);
     assert!(pruned >= 9, "pruned only {pruned} of 27");
     for s in &summary.standings {
-        let (_, ran) = epochs_run
-            .lock()
-            .unwrap()
-            .iter()
-            .copied()
-            .find(|(id, _)| *id == s.id)
-            .unwrap();
+        let (_, ran) = epochs_run.lock().unwrap().iter().copied().find(|(id, _)| *id == s.id).unwrap();
         // The trial stopped right after the report that pruned it.
         assert_eq!(ran, s.epochs, "trial {} trained past its prune", s.id);
         if s.status == TrialStatus::Pruned {
@@ -208,11 +179,7 @@ fn asha_prunes_poor_trials_within_one_epoch() {
     }
     // Minimising: the best trial has the smallest loss.
     let best = summary.best().unwrap();
-    let min = summary
-        .standings
-        .iter()
-        .filter_map(|s| s.best_metric)
-        .fold(f64::MAX, f64::min);
+    let min = summary.standings.iter().filter_map(|s| s.best_metric).fold(f64::MAX, f64::min);
     assert_eq!(best.best_metric, Some(min));
 }
 
@@ -233,20 +200,10 @@ fn interrupting_pauses_running_trials() {
     .max_epochs(1000)
     .concurrency(2)
     .observer(move |e| ev.lock().unwrap().push(e.clone()));
-    let summary = rt
-        .block_on(async { sweep.run_until(tokio::time::sleep(Duration::from_millis(200))).await })
-        .unwrap();
+    let summary = rt.block_on(async { sweep.run_until(tokio::time::sleep(Duration::from_millis(200))).await }).unwrap();
     assert!(summary.interrupted);
     assert_eq!(summary.standings.len(), 2, "no new trials after the interrupt");
-    assert!(summary
-        .standings
-        .iter()
-        .all(|s| s.status == TrialStatus::Paused && s.epochs > 0));
-    let ended = events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| matches!(e, SweepEvent::Ended { .. }))
-        .count();
+    assert!(summary.standings.iter().all(|s| s.status == TrialStatus::Paused && s.epochs > 0));
+    let ended = events.lock().unwrap().iter().filter(|e| matches!(e, SweepEvent::Ended { .. })).count();
     assert_eq!(ended, 2);
 }

@@ -55,8 +55,7 @@ enum Command {
 
 /// Whether an error is the user's input (exit code 2) rather than a failure.
 pub fn is_usage_error(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.is::<ConfigError>() || c.is::<DataError>() || c.is::<RunDirError>() || c.is::<UsageError>())
+    e.chain().any(|c| c.is::<ConfigError>() || c.is::<DataError>() || c.is::<RunDirError>() || c.is::<UsageError>())
 }
 
 /// A command-line mistake.
@@ -95,13 +94,7 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         let state = if doc.finished { "finished" } else { "not finished" };
-        println!(
-            "{} — {} trials, {state}; metric {} ({:?})",
-            doc.experiment,
-            doc.trials.len(),
-            doc.metric,
-            doc.mode
-        );
+        println!("{} — {} trials, {state}; metric {} ({:?})", doc.experiment, doc.trials.len(), doc.metric, doc.mode);
         print!("{}", table::standings(&doc.trials, &doc.metric, doc.mode, usize::MAX));
     }
     Ok(ExitCode::SUCCESS)
@@ -114,53 +107,37 @@ fn run_experiment(config_path: &Path, out: Option<PathBuf>, json: bool) -> anyho
         PathBuf::from("runs").join(format!("{}-{stamp}", config.experiment.name))
     });
     if dir.join("status.json").exists() {
-        return Err(UsageError(format!(
-            "{} already holds a run; choose another --out (or delete it)",
-            dir.display()
-        ))
-        .into());
+        return Err(
+            UsageError(format!("{} already holds a run; choose another --out (or delete it)", dir.display())).into()
+        );
     }
+    // Bad data is bad input too: find out before a run directory appears.
+    let started = Instant::now();
+    let data = Arc::new(Dataset::load(&config)?);
+    let loaded = started.elapsed();
     let run_dir = RunDir::create(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
-    run_dir
-        .save_config(config_path)
-        .context("cannot copy the config into the run directory")?;
+    run_dir.save_config(config_path).context("cannot copy the config into the run directory")?;
     let _log = init_logging(&run_dir)?;
     install_panic_hook();
     tracing::info!(config = %config_path.display(), dir = %dir.display(), "starting experiment {}", config.experiment.name);
-
-    let started = Instant::now();
-    let data = Arc::new(Dataset::load(&config)?);
     tracing::info!(
         train = data.train.rows(),
         validation = data.validation.rows(),
         features = data.features,
-        "data loaded in {:.1?}",
-        started.elapsed()
+        "data loaded in {loaded:.1?}"
     );
     let trainable = MlpTrainable::new(data);
     tracing::info!(device = ?trainable.device(), "training device");
 
-    let progress = progress::Progress::new(
-        config.experiment.max_trials,
-        &config.experiment.metric,
-        config.experiment.mode,
-    );
+    let progress =
+        progress::Progress::new(config.experiment.max_trials, &config.experiment.metric, config.experiment.mode);
     let observer = progress.clone();
-    let sweep = Sweep::from_config(&config, trainable)
-        .run_dir(run_dir.clone())
-        .observer(move |e| observer.on_event(e));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let sweep = Sweep::from_config(&config, trainable).run_dir(run_dir.clone()).observer(move |e| observer.on_event(e));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let summary = runtime.block_on(sweep.run_until(shutdown_signal()))?;
     progress.finish();
     report(&summary, &run_dir, json)?;
-    Ok(if summary.interrupted {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
 }
 
 fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()> {
@@ -185,25 +162,31 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
         summary.count(Pruned),
         summary.count(Failed),
         summary.count(Diverged),
-        if summary.interrupted {
-            format!(", {} paused (interrupted)", summary.count(Paused))
-        } else {
-            String::new()
-        },
+        if summary.interrupted { format!(", {} paused (interrupted)", summary.count(Paused)) } else { String::new() },
     );
-    print!(
-        "{}",
-        table::standings(&summary.standings, &summary.metric, summary.mode, 10)
-    );
+    print!("{}", table::standings(&summary.standings, &summary.metric, summary.mode, 10));
     match rank(&summary.standings, summary.mode).first() {
-        Some(best) => println!(
-            "\nbest: trial {} with {} = {:.4} at epoch {}; model in {}",
-            best.id,
-            summary.metric,
-            best.best_metric.unwrap_or(f64::NAN),
-            best.best_epoch.unwrap_or(0),
-            run_dir.best_dir().display()
-        ),
+        Some(best) => {
+            // best/ holds the best checkpoint, which may be of another epoch
+            // than the best report (checkpoint_every > 1, ties).
+            let weights = std::fs::read(run_dir.best_dir().join("trial.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["checkpoint_epoch"].as_u64());
+            let note = match weights {
+                None => " (no checkpoint was saved: params only)".to_owned(),
+                Some(e) if Some(e as u32) != best.best_epoch => format!(" (weights of epoch {e})"),
+                Some(_) => String::new(),
+            };
+            println!(
+                "\nbest: trial {} with {} = {:.4} at epoch {}; model in {}{note}",
+                best.id,
+                summary.metric,
+                best.best_metric.unwrap_or(f64::NAN),
+                best.best_epoch.unwrap_or(0),
+                run_dir.best_dir().display()
+            )
+        }
         None => println!("\nno trial reported {}", summary.metric),
     }
     println!("results: {}", run_dir.root().display());
@@ -234,18 +217,8 @@ fn init_logging(run_dir: &RunDir) -> anyhow::Result<tracing_appender::non_blocki
     let file_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ractor=warn"));
     let stderr_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,ractor=error"));
     tracing_subscriber::registry()
-        .with(
-            fmt::layer()
-                .with_writer(writer)
-                .with_ansi(false)
-                .with_filter(file_filter),
-        )
-        .with(
-            fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false)
-                .with_filter(stderr_filter),
-        )
+        .with(fmt::layer().with_writer(writer).with_ansi(false).with_filter(file_filter))
+        .with(fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(stderr_filter))
         .init();
     Ok(guard)
 }
@@ -255,9 +228,7 @@ fn init_logging(run_dir: &RunDir) -> anyhow::Result<tracing_appender::non_blocki
 fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let on_slot = std::thread::current()
-            .name()
-            .is_some_and(|n| n.starts_with("gauntlet-slot"));
+        let on_slot = std::thread::current().name().is_some_and(|n| n.starts_with("gauntlet-slot"));
         if on_slot {
             tracing::debug!("{info}");
         } else {

@@ -58,11 +58,7 @@ impl Progress {
                 }
                 String::new()
             }
-            SweepEvent::Restarting {
-                id,
-                restarts,
-                ref error,
-            } => {
+            SweepEvent::Restarting { id, restarts, ref error } => {
                 format!("trial {id} crashed, restart {restarts}: {error}")
             }
             SweepEvent::Ended { id, status, best } => {
@@ -103,10 +99,7 @@ impl Progress {
 
 impl Inner {
     fn summary(&self) -> String {
-        let best = self
-            .best
-            .map(|(id, v)| format!(" · best {} {v:.4} (trial {id})", self.metric))
-            .unwrap_or_default();
+        let best = self.best.map(|(id, v)| format!(" · best {} {v:.4} (trial {id})", self.metric)).unwrap_or_default();
         format!(
             "running {} · done {} · pruned {} · failed {} · diverged {}{best}",
             self.running, self.ended[COMPLETED], self.ended[PRUNED], self.ended[FAILED], self.ended[DIVERGED]

@@ -15,29 +15,14 @@ pub fn standings(all: &[Standing], metric: &str, mode: Mode, limit: usize) -> St
     // Only parameters that vary are worth a column.
     let params: Vec<&String> = all
         .first()
-        .map(|s| {
-            s.params
-                .keys()
-                .filter(|k| all.iter().any(|o| o.params.get(*k) != s.params.get(*k)))
-                .collect()
-        })
+        .map(|s| s.params.keys().filter(|k| all.iter().any(|o| o.params.get(*k) != s.params.get(*k))).collect())
         .unwrap_or_default();
-    let mut header = vec![
-        "rank".to_owned(),
-        "trial".into(),
-        "status".into(),
-        metric.into(),
-        "epochs".into(),
-        "restarts".into(),
-    ];
+    let mut header =
+        vec!["rank".to_owned(), "trial".into(), "status".into(), metric.into(), "epochs".into(), "restarts".into()];
     header.extend(params.iter().map(|p| p.to_string()));
     let mut table = vec![header];
     for s in &rows {
-        let place = ranked
-            .iter()
-            .position(|r| r.id == s.id)
-            .map(|i| (i + 1).to_string())
-            .unwrap_or_default();
+        let place = ranked.iter().position(|r| r.id == s.id).map(|i| (i + 1).to_string()).unwrap_or_default();
         let mut row = vec![
             place,
             s.id.to_string(),
@@ -46,16 +31,11 @@ pub fn standings(all: &[Standing], metric: &str, mode: Mode, limit: usize) -> St
             s.epochs.to_string(),
             s.restarts.to_string(),
         ];
-        row.extend(
-            params
-                .iter()
-                .map(|p| s.params.get(*p).map(|v| v.to_string()).unwrap_or_default()),
-        );
+        row.extend(params.iter().map(|p| s.params.get(*p).map(|v| v.to_string()).unwrap_or_default()));
         table.push(row);
     }
-    let widths: Vec<usize> = (0..table[0].len())
-        .map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> =
+        (0..table[0].len()).map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in &table {
         let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();

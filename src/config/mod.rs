@@ -38,11 +38,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            file: file.to_owned(),
-            key: key.into(),
-            message: message.into(),
-        }
+        ConfigError::Invalid { file: file.to_owned(), key: key.into(), message: message.into() }
     }
 }
 
@@ -285,28 +281,17 @@ fn default_backoff_ms() -> u64 {
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        Self {
-            algorithm: SearchAlgorithm::default(),
-            grid_points: default_grid_points(),
-        }
+        Self { algorithm: SearchAlgorithm::default(), grid_points: default_grid_points() }
     }
 }
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self {
-            kind: SchedulerKind::default(),
-            grace_epochs: 1,
-            reduction_factor: default_reduction_factor(),
-        }
+        Self { kind: SchedulerKind::default(), grace_epochs: 1, reduction_factor: default_reduction_factor() }
     }
 }
 impl Default for FaultConfig {
     fn default() -> Self {
-        Self {
-            max_restarts: default_max_restarts(),
-            checkpoint_every: 1,
-            restart_backoff_ms: default_backoff_ms(),
-        }
+        Self { max_restarts: default_max_restarts(), checkpoint_every: 1, restart_backoff_ms: default_backoff_ms() }
     }
 }
 
@@ -332,7 +317,7 @@ struct RawConfig {
 /// The type and range a `[model]`/`[train]` field must have.
 #[derive(Debug, Clone, Copy)]
 enum Expect {
-    Int { min: i64 },
+    Int { min: i64, max: i64 },
     Float { min: f64, min_open: bool, max: Option<f64> },
     OneOf(&'static [&'static str]),
 }
@@ -344,23 +329,11 @@ struct Field {
 }
 
 const MLP_FIELDS: &[Field] = &[
-    Field {
-        name: "hidden_layers",
-        expect: Expect::Int { min: 0 },
-        default: || ParamValue::Int(1),
-    },
-    Field {
-        name: "hidden_units",
-        expect: Expect::Int { min: 1 },
-        default: || ParamValue::Int(128),
-    },
+    Field { name: "hidden_layers", expect: Expect::Int { min: 0, max: 64 }, default: || ParamValue::Int(1) },
+    Field { name: "hidden_units", expect: Expect::Int { min: 1, max: 1 << 20 }, default: || ParamValue::Int(128) },
     Field {
         name: "dropout",
-        expect: Expect::Float {
-            min: 0.0,
-            min_open: false,
-            max: Some(1.0),
-        },
+        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
         default: || ParamValue::Float(0.0),
     },
 ];
@@ -369,41 +342,21 @@ const MLP_FIELDS: &[Field] = &[
 pub const OPTIMIZERS: &[&str] = &["adam", "sgd"];
 
 const TRAIN_FIELDS: &[Field] = &[
-    Field {
-        name: "optimizer",
-        expect: Expect::OneOf(OPTIMIZERS),
-        default: || ParamValue::Str("adam".into()),
-    },
+    Field { name: "optimizer", expect: Expect::OneOf(OPTIMIZERS), default: || ParamValue::Str("adam".into()) },
     Field {
         name: "lr",
-        expect: Expect::Float {
-            min: 0.0,
-            min_open: true,
-            max: None,
-        },
+        expect: Expect::Float { min: 0.0, min_open: true, max: None },
         default: || ParamValue::Float(1e-3),
     },
-    Field {
-        name: "batch_size",
-        expect: Expect::Int { min: 1 },
-        default: || ParamValue::Int(128),
-    },
+    Field { name: "batch_size", expect: Expect::Int { min: 1, max: 1 << 24 }, default: || ParamValue::Int(128) },
     Field {
         name: "momentum",
-        expect: Expect::Float {
-            min: 0.0,
-            min_open: false,
-            max: Some(1.0),
-        },
+        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
         default: || ParamValue::Float(0.9),
     },
     Field {
         name: "weight_decay",
-        expect: Expect::Float {
-            min: 0.0,
-            min_open: false,
-            max: None,
-        },
+        expect: Expect::Float { min: 0.0, min_open: false, max: None },
         default: || ParamValue::Float(0.0),
     },
 ];
@@ -414,10 +367,8 @@ pub const MLP_METRICS: &[&str] = &["val_accuracy", "val_loss", "train_loss"];
 impl Config {
     /// Reads and validates a config file; YAML for `.yaml`/`.yml`, TOML otherwise.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
         let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
         let mut config = Self::parse(&text, yaml, path)?;
         config.resolve_paths(path);
@@ -444,11 +395,7 @@ impl Config {
         if e.name.trim().is_empty() {
             return Err(bad("experiment.name", "expected a non-empty name".into()));
         }
-        if let Some(c) = e
-            .name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        {
+        if let Some(c) = e.name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
             return Err(bad(
                 "experiment.name",
                 format!("`{c}` is not allowed: the name names a directory; use letters, digits, '-', '_' and '.'"),
@@ -466,36 +413,32 @@ impl Config {
         if !MLP_METRICS.contains(&e.metric.as_str()) {
             return Err(bad(
                 "experiment.metric",
-                format!(
-                    "`{}` is not reported by the model; expected one of {}",
-                    e.metric,
-                    MLP_METRICS.join(", ")
-                ),
+                format!("`{}` is not reported by the model; expected one of {}", e.metric, MLP_METRICS.join(", ")),
             ));
         }
         let d = &raw.data;
         if !(d.validation_fraction > 0.0 && d.validation_fraction < 1.0) {
             return Err(bad(
                 "data.validation_fraction",
-                format!(
-                    "expected a number strictly between 0 and 1, got {}",
-                    d.validation_fraction
-                ),
+                format!("expected a number strictly between 0 and 1, got {}", d.validation_fraction),
             ));
         }
         if d.source == DataSource::Synthetic {
-            if d.features == 0 {
-                return Err(bad("data.features", "expected at least 1".into()));
+            if !(1..=100_000).contains(&d.features) {
+                return Err(bad("data.features", format!("expected 1 to 100000, got {}", d.features)));
             }
-            if d.classes < 2 {
-                return Err(bad("data.classes", format!("expected at least 2, got {}", d.classes)));
+            if !(2..=10_000).contains(&d.classes) {
+                return Err(bad("data.classes", format!("expected 2 to 10000, got {}", d.classes)));
             }
-            if d.samples < 10 {
-                return Err(bad("data.samples", format!("expected at least 10, got {}", d.samples)));
+            if d.samples < 10 || d.samples.saturating_mul(d.features) > 500_000_000 {
+                return Err(bad(
+                    "data.samples",
+                    format!("expected at least 10 and samples x features at most 5e8, got {}", d.samples),
+                ));
             }
         }
-        if d.max_samples == Some(0) {
-            return Err(bad("data.max_samples", "expected at least 1".into()));
+        if d.max_samples.is_some_and(|n| n < 2) {
+            return Err(bad("data.max_samples", "expected at least 2 (one to train on, one to validate)".into()));
         }
 
         let mut model = raw.model;
@@ -515,12 +458,7 @@ impl Config {
             None => 10,
             Some(Domain::Fixed(v)) => match v.as_i64() {
                 Some(n) if (1..=100_000).contains(&n) => n as u32,
-                _ => {
-                    return Err(bad(
-                        "train.max_epochs",
-                        format!("expected an integer from 1 to 100000, got {v}"),
-                    ))
-                }
+                _ => return Err(bad("train.max_epochs", format!("expected an integer from 1 to 100000, got {v}"))),
             },
             Some(_) => {
                 return Err(bad(
@@ -542,20 +480,14 @@ impl Config {
             ));
         }
         if s.reduction_factor < 2 {
-            return Err(bad(
-                "scheduler.reduction_factor",
-                format!("expected at least 2, got {}", s.reduction_factor),
-            ));
+            return Err(bad("scheduler.reduction_factor", format!("expected at least 2, got {}", s.reduction_factor)));
         }
         if raw.fault.checkpoint_every == 0 {
             return Err(bad("fault.checkpoint_every", "expected at least 1 (epochs)".into()));
         }
         let p = raw.chaos.panic_probability;
         if !(0.0..=1.0).contains(&p) {
-            return Err(bad(
-                "chaos.panic_probability",
-                format!("expected a probability from 0 to 1, got {p}"),
-            ));
+            return Err(bad("chaos.panic_probability", format!("expected a probability from 0 to 1, got {p}")));
         }
         Ok(Config {
             experiment: raw.experiment,
@@ -610,10 +542,7 @@ impl Config {
 
     /// The directory holding the data files.
     pub fn data_dir(&self) -> PathBuf {
-        self.data
-            .path
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR))
+        self.data.path.clone().unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR))
     }
 }
 
@@ -622,13 +551,7 @@ fn path_error<E: std::fmt::Display>(file: &Path, e: serde_path_to_error::Error<E
     let key = if key == "." { "(document)".to_owned() } else { key };
     let message = e.inner().to_string();
     // toml prefixes its own position report; keep the first useful line.
-    let message = message
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
-        .unwrap_or("")
-        .trim()
-        .to_owned();
+    let message = message.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("").trim().to_owned();
     ConfigError::invalid(file, key, message)
 }
 
@@ -650,9 +573,7 @@ fn fill_section(
     }
     for field in fields {
         let key = format!("{section}.{}", field.name);
-        let domain = given
-            .remove(field.name)
-            .unwrap_or_else(|| Domain::Fixed((field.default)()));
+        let domain = given.remove(field.name).unwrap_or_else(|| Domain::Fixed((field.default)()));
         let domain = check_field(&domain, field.expect).map_err(|m| ConfigError::invalid(file, &key, m))?;
         space.insert(field.name, domain);
     }
@@ -683,8 +604,8 @@ fn check_field(domain: &Domain, expect: Expect) -> Result<Domain, String> {
 
 fn check_value(v: &ParamValue, expect: Expect) -> Result<ParamValue, String> {
     match expect {
-        Expect::Int { min } => match v {
-            ParamValue::Int(i) if *i >= min => Ok(v.clone()),
+        Expect::Int { min, max } => match v {
+            ParamValue::Int(i) if (min..=max).contains(i) => Ok(v.clone()),
             _ => Err(format!("expected {}, got {v}", describe(expect))),
         },
         Expect::Float { min, min_open, max } => {
@@ -708,13 +629,11 @@ fn check_value(v: &ParamValue, expect: Expect) -> Result<ParamValue, String> {
 
 fn describe(expect: Expect) -> String {
     match expect {
-        Expect::Int { min } => format!("an integer >= {min} (or {{ int = [a, b] }}, {{ choice = [...] }})"),
+        Expect::Int { min, max } => {
+            format!("an integer from {min} to {max} (or {{ int = [a, b] }}, {{ choice = [...] }})")
+        }
         Expect::Float { min, min_open, max } => {
-            let low = if min_open {
-                format!("> {min}")
-            } else {
-                format!(">= {min}")
-            };
+            let low = if min_open { format!("> {min}") } else { format!(">= {min}") };
             let high = max.map(|m| format!(" and < {m}")).unwrap_or_default();
             format!("a number {low}{high} (or {{ uniform = [a, b] }}, {{ loguniform = [a, b] }}, {{ choice = [...] }})")
         }
@@ -759,18 +678,9 @@ max_epochs = 3
             (GOOD.replace("lr = {", "lrr = {"), "train.lrr"),
             (GOOD.replace("[1e-4, 1e-1]", "[1e-1, 1e-4]"), "train.lr"),
             (GOOD.replace("\"sgd\"", "\"adamw\""), "train.optimizer"),
-            (
-                GOOD.replace("max_epochs = 3", "max_epochs = { int = [1, 3] }"),
-                "train.max_epochs",
-            ),
-            (
-                GOOD.replace("source = \"synthetic\"", "source = \"mnist\""),
-                "data.source",
-            ),
-            (
-                GOOD.replace("name = \"t\"", "name = \"t\"\nseed = \"x\""),
-                "experiment.seed",
-            ),
+            (GOOD.replace("max_epochs = 3", "max_epochs = { int = [1, 3] }"), "train.max_epochs"),
+            (GOOD.replace("source = \"synthetic\"", "source = \"mnist\""), "data.source"),
+            (GOOD.replace("name = \"t\"", "name = \"t\"\nseed = \"x\""), "experiment.seed"),
         ];
         for (text, key) in cases {
             match parse(&text) {

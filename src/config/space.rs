@@ -164,14 +164,10 @@ impl Domain {
                     return Err("empty choice: give at least one value".into());
                 }
                 let first = values[0].type_name();
-                match values
-                    .iter()
-                    .find(|v| v.type_name() != first && !both_numeric(v, &values[0]))
-                {
-                    Some(other) => Err(format!(
-                        "choice mixes {first} and {}: give values of one type",
-                        other.type_name()
-                    )),
+                match values.iter().find(|v| v.type_name() != first && !both_numeric(v, &values[0])) {
+                    Some(other) => {
+                        Err(format!("choice mixes {first} and {}: give values of one type", other.type_name()))
+                    }
                     None => Ok(()),
                 }
             }
@@ -205,9 +201,7 @@ impl Domain {
             if points == 1 || lo == hi {
                 return vec![(lo + hi) / 2.0];
             }
-            (0..points)
-                .map(|i| lerp(lo, hi, i as f64 / (points - 1) as f64))
-                .collect()
+            (0..points).map(|i| lerp(lo, hi, i as f64 / (points - 1) as f64)).collect()
         };
         match self {
             Domain::Fixed(v) => vec![v.clone()],
@@ -223,15 +217,12 @@ impl Domain {
                 xs.into_iter().map(ParamValue::Float).collect()
             }
             Domain::Int { low, high, log } => {
-                let count = (high - low + 1) as usize;
-                if count <= points {
+                let count = i128::from(*high) - i128::from(*low) + 1;
+                if count <= points as i128 {
                     return (*low..=*high).map(ParamValue::Int).collect();
                 }
                 let xs = if *log {
-                    spaced((*low as f64).ln(), (*high as f64).ln())
-                        .into_iter()
-                        .map(f64::exp)
-                        .collect()
+                    spaced((*low as f64).ln(), (*high as f64).ln()).into_iter().map(f64::exp).collect()
                 } else {
                     spaced(*low as f64, *high as f64)
                 };
@@ -285,10 +276,7 @@ impl SearchSpace {
 
     /// Names of the dimensions that are actually searched.
     pub fn searched(&self) -> impl Iterator<Item = &str> {
-        self.dims
-            .iter()
-            .filter(|(_, d)| d.is_searched())
-            .map(|(n, _)| n.as_str())
+        self.dims.iter().filter(|(_, d)| d.is_searched()).map(|(n, _)| n.as_str())
     }
 
     /// Draws one point.
@@ -324,9 +312,7 @@ impl<'de> Visitor<'de> for DomainVisitor {
         Ok(Domain::Fixed(ParamValue::Int(v)))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Domain, E> {
-        i64::try_from(v)
-            .map(|v| Domain::Fixed(ParamValue::Int(v)))
-            .map_err(|_| E::custom("integer too large"))
+        i64::try_from(v).map(|v| Domain::Fixed(ParamValue::Int(v))).map_err(|_| E::custom("integer too large"))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Domain, E> {
         Ok(Domain::Fixed(ParamValue::Float(v)))
@@ -335,9 +321,7 @@ impl<'de> Visitor<'de> for DomainVisitor {
         Ok(Domain::Fixed(ParamValue::Str(v.to_owned())))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<Domain, A::Error> {
-        Err(de::Error::custom(
-            "a bare list is ambiguous: write { choice = [...] } to search over values",
-        ))
+        Err(de::Error::custom("a bare list is ambiguous: write { choice = [...] } to search over values"))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Domain, A::Error> {
@@ -372,9 +356,7 @@ impl<'de> Visitor<'de> for DomainVisitor {
             match values {
                 [a, b] => match (a.as_f64(), b.as_f64()) {
                     (Some(a), Some(b)) => Ok((a, b)),
-                    _ => Err(de::Error::custom(format!(
-                        "`{name}` needs two numbers, as {name} = [low, high]"
-                    ))),
+                    _ => Err(de::Error::custom(format!("`{name}` needs two numbers, as {name} = [low, high]"))),
                 },
                 _ => Err(de::Error::custom(format!(
                     "`{name}` needs exactly two numbers, as {name} = [low, high]; got {}",
@@ -393,18 +375,10 @@ impl<'de> Visitor<'de> for DomainVisitor {
             }
             "int" => match values.as_slice() {
                 [a, b] => match (a.as_i64(), b.as_i64()) {
-                    (Some(low), Some(high)) => Domain::Int {
-                        low,
-                        high,
-                        log: log.unwrap_or(false),
-                    },
+                    (Some(low), Some(high)) => Domain::Int { low, high, log: log.unwrap_or(false) },
                     _ => return Err(de::Error::custom("`int` needs two integers, as int = [low, high]")),
                 },
-                _ => {
-                    return Err(de::Error::custom(
-                        "`int` needs exactly two integers, as int = [low, high]",
-                    ))
-                }
+                _ => return Err(de::Error::custom("`int` needs exactly two integers, as int = [low, high]")),
             },
             _ => Domain::Choice(values),
         })
@@ -421,11 +395,7 @@ mod tests {
     fn samples_stay_in_bounds() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let lu = Domain::LogUniform { low: 1e-4, high: 1e-1 };
-        let int_log = Domain::Int {
-            low: 32,
-            high: 512,
-            log: true,
-        };
+        let int_log = Domain::Int { low: 32, high: 512, log: true };
         for _ in 0..10_000 {
             let x = lu.sample(&mut rng).as_f64().unwrap();
             assert!((1e-4..=1e-1).contains(&x), "{x}");
@@ -437,14 +407,8 @@ mod tests {
     #[test]
     fn log_int_sampling_favours_small_values() {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
-        let d = Domain::Int {
-            low: 1,
-            high: 1000,
-            log: true,
-        };
-        let small = (0..10_000)
-            .filter(|_| d.sample(&mut rng).as_i64().unwrap() <= 31)
-            .count();
+        let d = Domain::Int { low: 1, high: 1000, log: true };
+        let small = (0..10_000).filter(|_| d.sample(&mut rng).as_i64().unwrap() <= 31).count();
         // On a log scale half the mass lies below sqrt(1000) ~ 31.6.
         assert!((4_500..5_500).contains(&small), "{small}");
     }
@@ -463,16 +427,7 @@ mod tests {
         let g: Vec<f64> = d.grid(3).iter().map(|v| v.as_f64().unwrap()).collect();
         assert_eq!(g.len(), 3);
         assert!((g[0] - 1e-4).abs() < 1e-12 && (g[1] - 1e-3).abs() < 1e-9 && (g[2] - 1e-2).abs() < 1e-9);
-        assert_eq!(
-            Domain::Int {
-                low: 1,
-                high: 3,
-                log: false
-            }
-            .grid(5)
-            .len(),
-            3
-        );
+        assert_eq!(Domain::Int { low: 1, high: 3, log: false }.grid(5).len(), 3);
     }
 
     #[test]
@@ -480,18 +435,8 @@ mod tests {
         assert!(Domain::Uniform { low: 1.0, high: 0.0 }.check().is_err());
         assert!(Domain::LogUniform { low: 0.0, high: 1.0 }.check().is_err());
         assert!(Domain::Choice(vec![]).check().is_err());
-        assert!(Domain::Int {
-            low: 0,
-            high: 4,
-            log: true
-        }
-        .check()
-        .is_err());
-        assert!(Domain::Choice(vec![ParamValue::Int(1), ParamValue::Str("a".into())])
-            .check()
-            .is_err());
-        assert!(Domain::Choice(vec![ParamValue::Int(1), ParamValue::Float(0.5)])
-            .check()
-            .is_ok());
+        assert!(Domain::Int { low: 0, high: 4, log: true }.check().is_err());
+        assert!(Domain::Choice(vec![ParamValue::Int(1), ParamValue::Str("a".into())]).check().is_err());
+        assert!(Domain::Choice(vec![ParamValue::Int(1), ParamValue::Float(0.5)]).check().is_ok());
     }
 }

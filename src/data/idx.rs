@@ -20,11 +20,7 @@ pub struct Idx {
 
 /// Reads an IDX file of unsigned bytes, gzipped or not.
 pub fn read_idx(path: &Path) -> Result<Idx, DataError> {
-    let err = |offset: Option<u64>, message: String| DataError {
-        file: path.to_owned(),
-        offset,
-        message,
-    };
+    let err = |offset: Option<u64>, message: String| DataError { file: path.to_owned(), offset, message };
     let raw = std::fs::read(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
@@ -40,19 +36,13 @@ pub fn read_idx(path: &Path) -> Result<Idx, DataError> {
 
 fn parse_idx(bytes: &[u8]) -> Result<Idx, (u64, String)> {
     if bytes.len() < 4 {
-        return Err((
-            0,
-            format!("file is {} bytes: expected a 4-byte IDX magic number", bytes.len()),
-        ));
+        return Err((0, format!("file is {} bytes: expected a 4-byte IDX magic number", bytes.len())));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err((0, "expected an IDX magic number starting with two zero bytes".into()));
     }
     if bytes[2] != 0x08 {
-        return Err((
-            2,
-            format!("element type 0x{:02x}: expected 0x08 (unsigned byte)", bytes[2]),
-        ));
+        return Err((2, format!("element type 0x{:02x}: expected 0x08 (unsigned byte)", bytes[2])));
     }
     let ndims = bytes[3] as usize;
     if ndims == 0 {
@@ -60,19 +50,12 @@ fn parse_idx(bytes: &[u8]) -> Result<Idx, (u64, String)> {
     }
     let header_len = 4 + 4 * ndims;
     if bytes.len() < header_len {
-        return Err((
-            bytes.len() as u64,
-            format!("file ends inside the header: expected {ndims} dimension sizes"),
-        ));
+        return Err((bytes.len() as u64, format!("file ends inside the header: expected {ndims} dimension sizes")));
     }
-    let dims: Vec<usize> = bytes[4..header_len]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
-    let expected = dims
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or((4, "dimensions overflow".to_string()))?;
+    let dims: Vec<usize> =
+        bytes[4..header_len].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
+    let expected =
+        dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or((4, "dimensions overflow".to_string()))?;
     let have = bytes.len() - header_len;
     if have != expected {
         return Err((
@@ -80,11 +63,7 @@ fn parse_idx(bytes: &[u8]) -> Result<Idx, (u64, String)> {
             format!("expected {expected} data bytes for dimensions {dims:?}, found {have}"),
         ));
     }
-    Ok(Idx {
-        dims,
-        data: bytes[header_len..].to_vec(),
-        header_len,
-    })
+    Ok(Idx { dims, data: bytes[header_len..].to_vec(), header_len })
 }
 
 #[cfg(test)]

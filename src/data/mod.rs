@@ -19,18 +19,8 @@ pub use idx::read_idx;
 pub const FASHION_FILES: [&str; 2] = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"];
 
 /// Fashion-MNIST's class names, by label.
-pub const FASHION_CLASSES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+pub const FASHION_CLASSES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 /// A data file that cannot be used: which file, where, and what was expected.
 #[derive(Debug, thiserror::Error)]
@@ -87,25 +77,17 @@ impl Dataset {
             DataSource::FashionMnist => {
                 let dir = config.data_dir();
                 let (x, y, features) = load_fashion(&dir)?;
-                (
-                    x,
-                    y,
-                    features,
-                    10,
-                    Some(FASHION_CLASSES.iter().map(|s| s.to_string()).collect()),
-                )
+                if y.len() < 2 {
+                    return Err(DataError {
+                        file: dir.join(FASHION_FILES[1]),
+                        offset: None,
+                        message: format!("{} samples: expected at least 2 (one to train on, one to validate)", y.len()),
+                    });
+                }
+                (x, y, features, 10, Some(FASHION_CLASSES.iter().map(|s| s.to_string()).collect()))
             }
         };
-        Ok(Self::split(
-            x,
-            y,
-            features,
-            classes,
-            names,
-            d.validation_fraction,
-            d.max_samples,
-            d.seed,
-        ))
+        Ok(Self::split(x, y, features, classes, names, d.validation_fraction, d.max_samples, d.seed))
     }
 
     /// Shuffles (seeded), caps at `max_samples`, and holds out a validation share.
@@ -125,19 +107,10 @@ impl Dataset {
         order.truncate(max_samples.unwrap_or(usize::MAX));
         let n_val = ((order.len() as f64 * validation_fraction).round() as usize).clamp(1, order.len() - 1);
         let take = |idx: &[usize]| Split {
-            x: idx
-                .iter()
-                .flat_map(|&i| x[i * features..(i + 1) * features].iter().copied())
-                .collect(),
+            x: idx.iter().flat_map(|&i| x[i * features..(i + 1) * features].iter().copied()).collect(),
             y: idx.iter().map(|&i| y[i]).collect(),
         };
-        Dataset {
-            features,
-            classes,
-            class_names,
-            validation: take(&order[..n_val]),
-            train: take(&order[n_val..]),
-        }
+        Dataset { features, classes, class_names, validation: take(&order[..n_val]), train: take(&order[n_val..]) }
     }
 }
 
@@ -149,20 +122,14 @@ fn load_fashion(dir: &Path) -> Result<(Vec<f32>, Vec<i64>, usize), DataError> {
         return Err(DataError {
             file: dir.join(FASHION_FILES[0]),
             offset: Some(3),
-            message: format!(
-                "expected 3 dimensions (images x rows x cols), found {}",
-                images.dims.len()
-            ),
+            message: format!("expected 3 dimensions (images x rows x cols), found {}", images.dims.len()),
         });
     }
     if labels.dims.len() != 1 || labels.dims[0] != images.dims[0] {
         return Err(DataError {
             file,
             offset: Some(4),
-            message: format!(
-                "expected {} labels (one per image), found dimensions {:?}",
-                images.dims[0], labels.dims
-            ),
+            message: format!("expected {} labels (one per image), found dimensions {:?}", images.dims[0], labels.dims),
         });
     }
     if let Some(pos) = labels.data.iter().position(|&l| l > 9) {

@@ -33,10 +33,7 @@ impl Asha {
         let rungs = Self::milestones(grace, eta, max_epochs)
             .into_iter()
             .filter(|&e| e < max_epochs)
-            .map(|epoch| Rung {
-                epoch,
-                scores: BTreeMap::new(),
-            })
+            .map(|epoch| Rung { epoch, scores: BTreeMap::new() })
             .collect();
         Asha { eta, max_epochs, rungs }
     }
@@ -118,17 +115,11 @@ mod tests {
         // 27 trials, eta 3, 9 epochs. Arrivals in increasing score: each new
         // arrival is the best so far, so nobody is pruned.
         let rising: Vec<f64> = (0..27).map(f64::from).collect();
-        assert_eq!(
-            waves(&mut Asha::new(1, 3, 9), &rising, 9),
-            [27, 27, 27, 27, 27, 27, 27, 27, 27]
-        );
+        assert_eq!(waves(&mut Asha::new(1, 3, 9), &rising, 9), [27, 27, 27, 27, 27, 27, 27, 27, 27]);
         // Decreasing scores: the first arrival is best; each later one is
         // outranked by at least max(1, n/3) earlier ones.
         let falling: Vec<f64> = (0..27).map(|i| f64::from(27 - i)).collect();
-        assert_eq!(
-            waves(&mut Asha::new(1, 3, 9), &falling, 9),
-            [27, 1, 1, 1, 1, 1, 1, 1, 1]
-        );
+        assert_eq!(waves(&mut Asha::new(1, 3, 9), &falling, 9), [27, 1, 1, 1, 1, 1, 1, 1, 1]);
     }
 
     #[test]

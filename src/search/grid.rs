@@ -16,16 +16,8 @@ pub struct GridSearch {
 impl GridSearch {
     /// A grid over `space` with `points` values per continuous dimension.
     pub fn new(space: &SearchSpace, points: usize) -> Self {
-        let size = space
-            .dims()
-            .iter()
-            .map(|(_, d)| d.grid(points).len() as u64)
-            .fold(1u64, |a, b| a.saturating_mul(b));
-        GridSearch {
-            points,
-            position: 0,
-            size,
-        }
+        let size = space.dims().iter().map(|(_, d)| d.grid(points).len() as u64).fold(1u64, |a, b| a.saturating_mul(b));
+        GridSearch { points, position: 0, size }
     }
 
     /// The number of combinations.
@@ -59,18 +51,8 @@ mod tests {
     #[test]
     fn visits_every_combination_once() {
         let space = SearchSpace::new()
-            .with(
-                "opt",
-                Domain::Choice(vec![ParamValue::Str("adam".into()), ParamValue::Str("sgd".into())]),
-            )
-            .with(
-                "layers",
-                Domain::Int {
-                    low: 1,
-                    high: 3,
-                    log: false,
-                },
-            )
+            .with("opt", Domain::Choice(vec![ParamValue::Str("adam".into()), ParamValue::Str("sgd".into())]))
+            .with("layers", Domain::Int { low: 1, high: 3, log: false })
             .with("lr", Domain::LogUniform { low: 1e-3, high: 1e-1 })
             .with("fixed", Domain::Fixed(ParamValue::Int(5)));
         let mut grid = GridSearch::new(&space, 3);

@@ -37,14 +37,7 @@ mod tests {
     fn space() -> SearchSpace {
         SearchSpace::new()
             .with("lr", Domain::LogUniform { low: 1e-4, high: 1e-1 })
-            .with(
-                "units",
-                Domain::Int {
-                    low: 8,
-                    high: 512,
-                    log: true,
-                },
-            )
+            .with("units", Domain::Int { low: 8, high: 512, log: true })
     }
 
     #[test]

@@ -71,18 +71,11 @@ impl Actor for ExperimentSupervisor {
         let (leaderboard, _) = Actor::spawn_linked(
             None,
             Leaderboard,
-            leaderboard::Args {
-                settings: settings.clone(),
-                scheduler: args.scheduler,
-            },
+            leaderboard::Args { settings: settings.clone(), scheduler: args.scheduler },
             myself.get_cell(),
         )
         .await?;
-        let slots = SlotPool::start(
-            settings.concurrency,
-            settings.threads_per_trial,
-            settings.trainable.clone(),
-        )?;
+        let slots = SlotPool::start(settings.concurrency, settings.threads_per_trial, settings.trainable.clone())?;
         let context = Arc::new(ContextSettings {
             metric: settings.metric.clone(),
             mode: settings.mode,
@@ -140,10 +133,17 @@ impl Actor for ExperimentSupervisor {
             }
             ExperimentMsg::Interrupt => {
                 state.interrupted = true;
-                for t in state.live.values() {
-                    if let Some(actor) = &t.actor {
-                        let _ = actor.cast(TrialMsg::Cancel);
+                let mut waiting = Vec::new();
+                for (id, t) in &state.live {
+                    match &t.actor {
+                        Some(actor) => {
+                            let _ = actor.cast(TrialMsg::Cancel);
+                        }
+                        None => waiting.push(*id), // backing off before a restart
                     }
+                }
+                for id in waiting {
+                    self.end_trial(state, id, TrialStatus::Paused, None);
                 }
                 self.fill(&myself, state).await?;
             }
@@ -203,20 +203,9 @@ impl ExperimentSupervisor {
             };
             let id = TrialId(state.proposed);
             state.proposed += 1;
-            state.leaderboard.cast(LeaderboardMsg::Proposed {
-                id,
-                params: params.clone(),
-            })?;
+            state.leaderboard.cast(LeaderboardMsg::Proposed { id, params: params.clone() })?;
             let seed = trial_seed(s.seed, id);
-            state.live.insert(
-                id,
-                LiveTrial {
-                    params,
-                    seed,
-                    restarts: 0,
-                    actor: None,
-                },
-            );
+            state.live.insert(id, LiveTrial { params, seed, restarts: 0, actor: None });
             self.spawn_attempt(myself, state, id).await;
         }
         if state.live.is_empty() && (state.interrupted || state.exhausted || state.proposed >= s.max_trials) {
@@ -227,16 +216,8 @@ impl ExperimentSupervisor {
 
     async fn spawn_attempt(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State, id: TrialId) {
         let Some(t) = state.live.get(&id) else { return };
-        let resume = if t.restarts > 0 {
-            state.settings.checkpoints.latest(id)
-        } else {
-            None
-        };
-        let slots = state
-            .slots
-            .as_ref()
-            .map(SlotPool::queue)
-            .expect("slots live as long as the supervisor");
+        let resume = if t.restarts > 0 { state.settings.checkpoints.latest(id) } else { None };
+        let slots = state.slots.as_ref().map(SlotPool::queue).expect("slots live as long as the supervisor");
         let args = trial::Args {
             id,
             attempt: t.restarts,
@@ -258,10 +239,10 @@ impl ExperimentSupervisor {
             }
             // A trial that cannot even start counts as a crash.
             Err(e) => {
-                let _ = myself.cast(ExperimentMsg::Ended {
-                    id,
-                    end: AttemptEnd::Crashed(format!("cannot start: {e}")),
-                });
+                let error = format!("cannot start: {e}");
+                if let Err(e) = Box::pin(self.on_crash(myself, state, id, error)).await {
+                    tracing::error!(trial = %id, "cannot handle a failed start: {e}");
+                }
             }
         }
     }
@@ -294,9 +275,7 @@ impl ExperimentSupervisor {
         }
         let delay = backoff(state.settings.fault.restart_backoff_ms, restarts);
         tracing::info!(trial = %id, restarts, ?delay, "restarting from the last checkpoint: {error}");
-        state
-            .leaderboard
-            .cast(LeaderboardMsg::Restarting { id, restarts, error })?;
+        state.leaderboard.cast(LeaderboardMsg::Restarting { id, restarts, error })?;
         myself.send_after(delay, move || ExperimentMsg::Respawn(id));
         Ok(())
     }
@@ -306,10 +285,7 @@ impl ExperimentSupervisor {
         if let Some(actor) = t.actor {
             state.by_actor.remove(&actor.get_id());
         }
-        if matches!(
-            status,
-            TrialStatus::Pruned | TrialStatus::Failed | TrialStatus::Diverged
-        ) {
+        if matches!(status, TrialStatus::Pruned | TrialStatus::Failed | TrialStatus::Diverged) {
             if let Err(e) = state.settings.checkpoints.keep_only_best(id) {
                 tracing::warn!(trial = %id, "cannot trim checkpoints: {e}");
             }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Sender};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::Settings;
@@ -63,24 +63,10 @@ pub enum SweepEvent {
 
 pub(super) enum LeaderboardMsg {
     Report(Report, Sender<Decision>),
-    Proposed {
-        id: TrialId,
-        params: Params,
-    },
-    Started {
-        id: TrialId,
-        attempt: u32,
-    },
-    Restarting {
-        id: TrialId,
-        restarts: u32,
-        error: String,
-    },
-    Ended {
-        id: TrialId,
-        status: TrialStatus,
-        error: Option<String>,
-    },
+    Proposed { id: TrialId, params: Params },
+    Started { id: TrialId, attempt: u32 },
+    Restarting { id: TrialId, restarts: u32, error: String },
+    Ended { id: TrialId, status: TrialStatus, error: Option<String> },
     Flush,
     Snapshot(RpcReplyPort<Vec<Standing>>),
 }
@@ -89,29 +75,23 @@ pub(super) enum LeaderboardMsg {
 /// comes back on a channel the thread blocks on (no tokio on slot threads).
 pub(super) struct LeaderboardSink {
     leaderboard: ActorRef<LeaderboardMsg>,
-    reply_tx: Sender<Decision>,
-    reply_rx: Receiver<Decision>,
 }
 
 impl LeaderboardSink {
     pub(super) fn new(leaderboard: ActorRef<LeaderboardMsg>) -> Self {
-        // crossbeam's receive spins briefly before parking: replies come back
-        // within microseconds, and a park/unpark pair costs more than that.
-        let (reply_tx, reply_rx) = bounded(1);
-        LeaderboardSink {
-            leaderboard,
-            reply_tx,
-            reply_rx,
-        }
+        LeaderboardSink { leaderboard }
     }
 }
 
 impl ReportSink for LeaderboardSink {
     fn report(&mut self, report: Report) -> Option<Decision> {
-        self.leaderboard
-            .cast(LeaderboardMsg::Report(report, self.reply_tx.clone()))
-            .ok()?;
-        self.reply_rx.recv().ok()
+        // One channel per report, its only sender inside the message: if the
+        // leaderboard dies with the message unanswered, `recv` errors instead
+        // of blocking this thread for ever. crossbeam's receive spins briefly
+        // before parking, and replies come back within microseconds.
+        let (reply, decision) = bounded(1);
+        self.leaderboard.cast(LeaderboardMsg::Report(report, reply)).ok()?;
+        decision.recv().ok()
     }
 }
 
@@ -173,12 +153,7 @@ impl State {
                 tracing::error!("cannot append to results.jsonl: {e}");
             }
         }
-        self.emit(SweepEvent::Reported {
-            id: report.trial,
-            epoch: report.epoch,
-            value,
-            decision,
-        });
+        self.emit(SweepEvent::Reported { id: report.trial, epoch: report.epoch, value, decision });
         decision
     }
 
@@ -218,13 +193,7 @@ impl Actor for Leaderboard {
         if results.is_some() {
             myself.send_interval(Duration::from_millis(500), || LeaderboardMsg::Flush);
         }
-        Ok(State {
-            settings: args.settings,
-            scheduler: args.scheduler,
-            standings: Vec::new(),
-            results,
-            dirty: true,
-        })
+        Ok(State { settings: args.settings, scheduler: args.scheduler, standings: Vec::new(), results, dirty: true })
     }
 
     async fn handle(
@@ -236,7 +205,7 @@ impl Actor for Leaderboard {
         match msg {
             LeaderboardMsg::Report(report, reply) => {
                 let decision = state.on_report(report);
-                let _ = reply.send(decision); // the thread may be gone; nothing to do then
+                let _ = reply.try_send(decision); // the thread may be gone; nothing to do then
             }
             LeaderboardMsg::Proposed { id, params } => {
                 debug_assert_eq!(id.0 as usize, state.standings.len(), "ids are dense");

@@ -45,6 +45,14 @@ pub enum SweepError {
         /// Why.
         message: String,
     },
+    /// A dimension of the search space is unusable.
+    #[error("search space `{name}`: {message}")]
+    Space {
+        /// The dimension.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The slot threads could not be started.
     #[error("cannot start slot threads: {0}")]
     Threads(std::io::Error),
@@ -90,10 +98,7 @@ impl Summary {
 
 /// Trials with a finite metric, best first (ties: lower id first).
 pub fn rank(standings: &[Standing], mode: Mode) -> Vec<&Standing> {
-    let mut out: Vec<&Standing> = standings
-        .iter()
-        .filter(|s| s.best_metric.is_some_and(f64::is_finite))
-        .collect();
+    let mut out: Vec<&Standing> = standings.iter().filter(|s| s.best_metric.is_some_and(f64::is_finite)).collect();
     out.sort_by(|a, b| {
         let (x, y) = (mode.score(a.best_metric.unwrap()), mode.score(b.best_metric.unwrap()));
         y.total_cmp(&x).then(a.id.cmp(&b.id))
@@ -123,7 +128,7 @@ pub(crate) struct Settings {
 /// A sweep, configured and ready to run: the library's entry point.
 ///
 /// ```no_run
-/// use gauntlet::{Domain, SearchSpace, Sweep, TrainError, TrialContext};
+/// use gauntlet::{Domain, Mode, SearchSpace, Sweep, TrainError, TrialContext};
 /// let space = SearchSpace::new().with("x", Domain::Uniform { low: -1.0, high: 1.0 });
 /// let summary = Sweep::new("demo", space, |ctx: &mut TrialContext| -> Result<(), TrainError> {
 ///     let x = ctx.float("x")?;
@@ -132,7 +137,7 @@ pub(crate) struct Settings {
 ///     }
 ///     Ok(())
 /// })
-/// .metric("score")
+/// .metric("score", Mode::Max)
 /// .max_trials(20)
 /// .run_blocking()
 /// .unwrap();
@@ -271,6 +276,9 @@ impl Sweep {
     /// trials stop at their next report and the summary says `interrupted`.
     pub async fn run_until(self, interrupt: impl std::future::Future<Output = ()>) -> Result<Summary, SweepError> {
         let started = Instant::now();
+        for (name, domain) in self.space.dims() {
+            domain.check().map_err(|message| SweepError::Space { name: name.clone(), message })?;
+        }
         // Checkpoints live in the run directory, or in a temporary one that
         // lives as long as the sweep.
         let scratch;
@@ -301,22 +309,11 @@ impl Sweep {
             observer: self.observer,
         });
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let args = experiment::Args {
-            settings: settings.clone(),
-            searcher,
-            scheduler,
-            done: done_tx,
-        };
-        let (actor, handle) = Actor::spawn(
-            Some(format!("experiment-{}", settings.name)),
-            experiment::ExperimentSupervisor,
-            args,
-        )
-        .await
-        .map_err(|e| SweepError::Spawn {
-            what: "experiment supervisor",
-            message: e.to_string(),
-        })?;
+        let args = experiment::Args { settings: settings.clone(), searcher, scheduler, done: done_tx };
+        let (actor, handle) =
+            Actor::spawn(Some(format!("experiment-{}", settings.name)), experiment::ExperimentSupervisor, args)
+                .await
+                .map_err(|e| SweepError::Spawn { what: "experiment supervisor", message: e.to_string() })?;
         tokio::pin!(interrupt);
         tokio::pin!(done_rx);
         let outcome = tokio::select! {

@@ -37,15 +37,18 @@ impl SlotPool {
             .map(|i| {
                 let jobs: Receiver<Job> = jobs.clone();
                 let trainable = trainable.clone();
-                std::thread::Builder::new()
-                    .name(format!("gauntlet-slot-{i}"))
-                    .spawn(move || {
-                        trainable.init_thread(threads);
-                        drop(trainable);
-                        for job in jobs {
-                            job();
-                        }
-                    })
+                std::thread::Builder::new().name(format!("gauntlet-slot-{i}")).spawn(move || {
+                    // A panicking init must not take the slot away.
+                    let init =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainable.init_thread(threads)));
+                    if init.is_err() {
+                        tracing::error!("slot thread initialisation panicked; the slot runs trials with defaults");
+                    }
+                    drop(trainable);
+                    for job in jobs {
+                        job();
+                    }
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(SlotPool { queue, threads })

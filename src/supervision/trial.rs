@@ -100,10 +100,7 @@ impl Actor for TrialActor {
 
     async fn pre_start(&self, myself: ActorRef<TrialMsg>, a: Args) -> Result<State, ActorProcessingErr> {
         let cancel = Arc::new(AtomicBool::new(false));
-        let _ = a.leaderboard.cast(LeaderboardMsg::Started {
-            id: a.id,
-            attempt: a.attempt,
-        });
+        let _ = a.leaderboard.cast(LeaderboardMsg::Started { id: a.id, attempt: a.attempt });
         let mut ctx = TrialContext::new(
             a.id,
             a.attempt,
@@ -122,11 +119,7 @@ impl Actor for TrialActor {
             // The actor may be gone (sweep interrupted); nothing else to tell then.
             let _ = reply.cast(TrialMsg::Finished(AttemptEnd::of(result)));
         }))?;
-        Ok(State {
-            id: a.id,
-            cancel,
-            supervisor: a.supervisor,
-        })
+        Ok(State { id: a.id, cancel, supervisor: a.supervisor })
     }
 
     async fn handle(

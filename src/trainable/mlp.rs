@@ -2,7 +2,9 @@
 //!
 //! Weights are initialised from the trial's own seeded RNG and batches are
 //! shuffled from a stream derived from (seed, epoch), so a trial restarted
-//! from a checkpoint trains the same batches it would have trained. The
+//! from a checkpoint trains the same batches it would have trained. Dropout
+//! masks come from libtorch's process-wide generator, reseeded per epoch:
+//! exact with one slot, timing-dependent when slots train concurrently. The
 //! data set arrives once per process as `Arc`s and is wrapped, not copied,
 //! into tensors for each trial.
 
@@ -44,9 +46,7 @@ impl MlpSpec {
         let layers = ctx.int("hidden_layers")?;
         let units = ctx.int("hidden_units")?;
         if !(0..=64).contains(&layers) || !(1..=1 << 20).contains(&units) {
-            return Err(TrainError::Invalid(format!(
-                "hidden_layers {layers} or hidden_units {units} out of range"
-            )));
+            return Err(TrainError::Invalid(format!("hidden_layers {layers} or hidden_units {units} out of range")));
         }
         Ok(MlpSpec {
             inputs: data.features,
@@ -58,10 +58,7 @@ impl MlpSpec {
 
     /// Layer sizes from input to output.
     fn sizes(&self) -> Vec<usize> {
-        std::iter::once(self.inputs)
-            .chain(self.hidden.iter().copied())
-            .chain([self.classes])
-            .collect()
+        std::iter::once(self.inputs).chain(self.hidden.iter().copied()).chain([self.classes]).collect()
     }
 }
 
@@ -83,10 +80,7 @@ impl Mlp {
             let bound = 1.0 / (fan_in as f32).sqrt();
             let mut uniform = |n: usize, shape: &[i64]| {
                 let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
-                Tensor::from_slice(&v)
-                    .view(shape)
-                    .to_device(device)
-                    .set_requires_grad(true)
+                Tensor::from_slice(&v).view(shape).to_device(device).set_requires_grad(true)
             };
             params.push(uniform(fan_in * fan_out, &[fan_out as i64, fan_in as i64]));
             params.push(uniform(fan_out, &[fan_out as i64]));
@@ -109,9 +103,7 @@ impl Mlp {
     fn restore(&mut self, saved: &HashMap<String, Tensor>) -> Result<(), TrainError> {
         let names: Vec<String> = self.names().collect();
         for (name, p) in names.iter().zip(self.params.iter_mut()) {
-            let src = saved
-                .get(name)
-                .ok_or_else(|| TrainError::Failed(format!("weights lack {name}")))?;
+            let src = saved.get(name).ok_or_else(|| TrainError::Failed(format!("weights lack {name}")))?;
             tch::no_grad(|| p.f_copy_(src)).map_err(|e| TrainError::Failed(format!("restoring {name}: {e}")))?;
         }
         Ok(())
@@ -119,10 +111,8 @@ impl Mlp {
 
     /// Writes the weights as safetensors.
     pub fn save(&self, file: &Path) -> std::io::Result<()> {
-        let named: Vec<(String, Tensor)> = self
-            .names()
-            .zip(self.params.iter().map(|p| p.to_device(Device::Cpu)))
-            .collect();
+        let named: Vec<(String, Tensor)> =
+            self.names().zip(self.params.iter().map(|p| p.to_device(Device::Cpu))).collect();
         Tensor::write_safetensors(&named, file).map_err(std::io::Error::other)
     }
 
@@ -163,10 +153,7 @@ pub struct MlpTrainable {
 impl MlpTrainable {
     /// A trainable over `data`, on CUDA when libtorch sees a GPU, else CPU.
     pub fn new(data: Arc<Dataset>) -> Self {
-        MlpTrainable {
-            data,
-            device: Device::cuda_if_available(),
-        }
+        MlpTrainable { data, device: Device::cuda_if_available() }
     }
 
     /// The device trials train on.
@@ -188,26 +175,12 @@ fn tensors(split: &Split, features: usize, device: Device) -> Tensors {
     // alive for as long as the tensors; they are never written to.
     let (x, y) = unsafe {
         (
-            Tensor::from_blob(
-                split.x.as_ptr().cast(),
-                &[rows, features as i64],
-                &[],
-                Kind::Float,
-                Device::Cpu,
-            ),
+            Tensor::from_blob(split.x.as_ptr().cast(), &[rows, features as i64], &[], Kind::Float, Device::Cpu),
             Tensor::from_blob(split.y.as_ptr().cast(), &[rows], &[], Kind::Int64, Device::Cpu),
         )
     };
-    let (x, y) = if device == Device::Cpu {
-        (x, y)
-    } else {
-        (x.to_device(device), y.to_device(device))
-    };
-    Tensors {
-        x,
-        y,
-        _keep: split.clone(),
-    }
+    let (x, y) = if device == Device::Cpu { (x, y) } else { (x.to_device(device), y.to_device(device)) };
+    Tensors { x, y, _keep: split.clone() }
 }
 
 impl Trainable for MlpTrainable {
@@ -271,14 +244,8 @@ impl Trainable for MlpTrainable {
             }
             let train_loss = loss_sum / f64::from(batches.max(1));
             let (val_loss, val_accuracy) = evaluate(&mlp, &val);
-            let verdict = ctx.report(
-                epoch,
-                &[
-                    ("val_accuracy", val_accuracy),
-                    ("val_loss", val_loss),
-                    ("train_loss", train_loss),
-                ],
-            );
+            let verdict = ctx
+                .report(epoch, &[("val_accuracy", val_accuracy), ("val_loss", val_loss), ("train_loss", train_loss)]);
             let completed = verdict == Err(TrainError::Stopped(Stop::Completed));
             let last = completed || epoch == ctx.max_epochs();
             if (verdict.is_ok() || completed) && (ctx.checkpoint_due(epoch) || last) {
@@ -302,12 +269,7 @@ fn evaluate(mlp: &Mlp, val: &Tensors) -> (f64, f64) {
             let logits = mlp.forward(&val.x.narrow(0, start, len), false);
             let ys = val.y.narrow(0, start, len);
             loss += logits.cross_entropy_for_logits(&ys).double_value(&[]) * len as f64;
-            correct += logits
-                .argmax(-1, false)
-                .eq_tensor(&ys)
-                .to_kind(Kind::Float)
-                .sum(Kind::Float)
-                .double_value(&[]);
+            correct += logits.argmax(-1, false).eq_tensor(&ys).to_kind(Kind::Float).sum(Kind::Float).double_value(&[]);
         }
         (loss / rows as f64, correct / rows as f64)
     })

@@ -101,7 +101,7 @@ pub struct ContextSettings {
     pub checkpoint_every: u32,
     /// libtorch threads for this trial.
     pub threads: u32,
-    /// Probability of an injected panic after each report.
+    /// Probability of an injected panic in each epoch (just before its report).
     pub panic_probability: f64,
 }
 
@@ -135,19 +135,7 @@ impl TrialContext {
         cancel: Arc<AtomicBool>,
     ) -> Self {
         let chaos = ChaCha8Rng::seed_from_u64(splitmix64(seed ^ 0xC4A0_5000 ^ u64::from(attempt) << 32));
-        TrialContext {
-            id,
-            attempt,
-            seed,
-            params,
-            resume,
-            settings,
-            sink,
-            store,
-            cancel,
-            last_score: None,
-            chaos,
-        }
+        TrialContext { id, attempt, seed, params, resume, settings, sink, store, cancel, last_score: None, chaos }
     }
 
     /// The trial's id.
@@ -195,10 +183,16 @@ impl TrialContext {
         self.cancel.load(Ordering::Relaxed)
     }
 
-    /// Reports an epoch's metrics. Returns `Err(TrainError::Stopped(..))`
+    /// Reports an epoch's metrics (call it before saving the epoch's
+    /// checkpoint, so that a crash in between re-runs the epoch rather than
+    /// losing its report). Returns `Err(TrainError::Stopped(..))`
     /// when the trial must stop (propagate it with `?`) and
     /// `Err(TrainError::Diverged(..))` when a loss or the metric is not finite.
     pub fn report(&mut self, epoch: u32, metrics: &[(&str, f64)]) -> Result<(), TrainError> {
+        if self.settings.panic_probability > 0.0 && self.chaos.random::<f64>() < self.settings.panic_probability {
+            // As if the process died during the epoch: nothing of it is reported or saved.
+            panic!("chaos: injected panic in epoch {epoch} of trial {} (attempt {})", self.id, self.attempt);
+        }
         let report = Report {
             trial: self.id,
             attempt: self.attempt,
@@ -206,9 +200,8 @@ impl TrialContext {
             metrics: metrics.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
         };
         let decision = self.sink.report(report).ok_or(TrainError::Stopped(Stop::Cancelled))?;
-        if let Some((name, v)) = metrics
-            .iter()
-            .find(|(n, v)| !v.is_finite() && (*n == self.settings.metric || n.ends_with("loss")))
+        if let Some((name, v)) =
+            metrics.iter().find(|(n, v)| !v.is_finite() && (*n == self.settings.metric || n.ends_with("loss")))
         {
             return Err(TrainError::Diverged(format!("{name} is {v} at epoch {epoch}")));
         }
@@ -222,12 +215,6 @@ impl TrialContext {
         }
         if self.cancelled() {
             return Err(TrainError::Stopped(Stop::Cancelled));
-        }
-        if self.settings.panic_probability > 0.0 && self.chaos.random::<f64>() < self.settings.panic_probability {
-            panic!(
-                "chaos: injected panic after epoch {epoch} of trial {} (attempt {})",
-                self.id, self.attempt
-            );
         }
         Ok(())
     }
@@ -245,12 +232,7 @@ impl TrialContext {
         write: impl FnOnce(&Path) -> std::io::Result<()>,
     ) -> Result<Checkpoint, TrainError> {
         let score = self.last_score.filter(|(e, _)| *e == epoch).map(|(_, s)| s);
-        let meta = Checkpoint {
-            epoch,
-            score,
-            seed: self.seed,
-            dir: Default::default(),
-        };
+        let meta = Checkpoint { epoch, score, seed: self.seed, dir: Default::default() };
         self.store
             .save(self.id, &meta, write)
             .map_err(|e| TrainError::Failed(format!("writing checkpoint of epoch {epoch}: {e}")))

@@ -46,22 +46,9 @@ impl Optimizer {
     pub fn new(name: &str, lr: f64, momentum: f64, weight_decay: f64, params: &[Tensor]) -> Result<Self, TrainError> {
         let zeros = || params.iter().map(Tensor::zeros_like).collect::<Vec<_>>();
         match name {
-            "sgd" => Ok(Optimizer::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-                buffers: zeros(),
-            }),
-            "adam" => Ok(Optimizer::Adam {
-                lr,
-                weight_decay,
-                step: 0,
-                m: zeros(),
-                v: zeros(),
-            }),
-            other => Err(TrainError::Invalid(format!(
-                "unknown optimizer `{other}`; expected adam or sgd"
-            ))),
+            "sgd" => Ok(Optimizer::Sgd { lr, momentum, weight_decay, buffers: zeros() }),
+            "adam" => Ok(Optimizer::Adam { lr, weight_decay, step: 0, m: zeros(), v: zeros() }),
+            other => Err(TrainError::Invalid(format!("unknown optimizer `{other}`; expected adam or sgd"))),
         }
     }
 
@@ -75,12 +62,7 @@ impl Optimizer {
     /// One update of `params` from their gradients.
     pub fn step(&mut self, params: &[Tensor]) {
         tch::no_grad(|| match self {
-            Optimizer::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-                buffers,
-            } => {
+            Optimizer::Sgd { lr, momentum, weight_decay, buffers } => {
                 for (p, buf) in params.iter().zip(buffers.iter_mut()) {
                     let g = decayed_grad(p, *weight_decay);
                     let update = if *momentum > 0.0 {
@@ -92,13 +74,7 @@ impl Optimizer {
                     let _ = p.shallow_clone().g_sub_(&(update * *lr));
                 }
             }
-            Optimizer::Adam {
-                lr,
-                weight_decay,
-                step,
-                m,
-                v,
-            } => {
+            Optimizer::Adam { lr, weight_decay, step, m, v } => {
                 *step += 1;
                 let bc1 = 1.0 - BETA1.powi(*step as i32);
                 let bc2 = 1.0 - BETA2.powi(*step as i32);
@@ -116,10 +92,7 @@ impl Optimizer {
     /// The state as named tensors, for a checkpoint.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let named = |prefix: &str, ts: &[Tensor]| {
-            ts.iter()
-                .enumerate()
-                .map(move |(i, t)| (format!("{prefix}.{i}"), t.shallow_clone()))
-                .collect::<Vec<_>>()
+            ts.iter().enumerate().map(move |(i, t)| (format!("{prefix}.{i}"), t.shallow_clone())).collect::<Vec<_>>()
         };
         match self {
             Optimizer::Sgd { buffers, .. } => named("optim.buf", buffers),
@@ -137,9 +110,7 @@ impl Optimizer {
         let restore = |prefix: &str, ts: &mut [Tensor]| -> Result<(), TrainError> {
             for (i, t) in ts.iter_mut().enumerate() {
                 let key = format!("{prefix}.{i}");
-                let src = saved
-                    .get(&key)
-                    .ok_or_else(|| TrainError::Failed(format!("checkpoint lacks {key}")))?;
+                let src = saved.get(&key).ok_or_else(|| TrainError::Failed(format!("checkpoint lacks {key}")))?;
                 tch::no_grad(|| t.f_copy_(src)).map_err(|e| TrainError::Failed(format!("restoring {key}: {e}")))?;
             }
             Ok(())

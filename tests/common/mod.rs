@@ -10,11 +10,7 @@ pub fn gauntlet() -> Command {
 
 /// Runs the binary in `cwd` with `args`.
 pub fn run_in(cwd: &Path, args: &[&str]) -> Output {
-    gauntlet()
-        .current_dir(cwd)
-        .args(args)
-        .output()
-        .expect("the gauntlet binary runs")
+    gauntlet().current_dir(cwd).args(args).output().expect("the gauntlet binary runs")
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -63,10 +59,7 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// `gauntlet status DIR --json`, parsed.
 pub fn status_json(dir: &Path) -> serde_json::Value {
-    let o = gauntlet()
-        .args(["status", dir.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
+    let o = gauntlet().args(["status", dir.to_str().unwrap(), "--json"]).output().unwrap();
     assert!(o.status.success(), "status failed: {}", stderr(&o));
     serde_json::from_slice(&o.stdout).expect("status --json prints JSON")
 }
@@ -88,12 +81,6 @@ pub fn run_ok(tmp: &Path, config: &str) -> PathBuf {
     let cfg = write(tmp, &format!("exp-{n}.toml"), config);
     let out = tmp.join(format!("run-{n}"));
     let o = run_in(tmp, &["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(
-        o.status.success(),
-        "run failed ({:?}):\n{}\n{}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
+    assert!(o.status.success(), "run failed ({:?}):\n{}\n{}", o.status, stdout(&o), stderr(&o));
     out
 }
