@@ -1,0 +1,93 @@
+//! Real signals on `gauntlet run`: SIGINT and SIGTERM stop the sweep
+//! gracefully; no trial is left `running`.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn long_config() -> String {
+    synthetic_config(
+        "long",
+        &format!(
+            r#"max_trials = 10
+concurrency = 2
+{SYNTHETIC_DATA}
+{MLP_MODEL}
+[train]
+max_epochs = 100000
+"#
+        ),
+    )
+}
+
+fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("gauntlet did not stop within {limit:?} of the signal");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn interrupted_by(signal: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(tmp.path(), "long.toml", &long_config());
+    let out = tmp.path().join("run");
+    let mut child = gauntlet()
+        .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until two trials are training (status.json is refreshed twice a second).
+    let start = Instant::now();
+    loop {
+        let running = std::fs::read(out.join("status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|s| s["trials"].as_array().unwrap().iter().filter(|t| t["epochs"].as_u64() > Some(1)).count())
+            .unwrap_or(0);
+        if running == 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "trials never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kill = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = wait(&mut child, Duration::from_secs(30));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+
+    let doc = status_json(&out);
+    assert_eq!(doc["finished"], false);
+    let trials = doc["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2, "no trial started after the signal");
+    for t in trials {
+        assert_eq!(t["status"], "paused", "{t}");
+        assert!(t["epochs"].as_u64().unwrap() >= 2);
+    }
+    // The reports up to the stop were flushed to disk.
+    let epochs: u64 = trials.iter().map(|t| t["epochs"].as_u64().unwrap()).sum();
+    assert_eq!(results(&out).len() as u64, epochs);
+}
+
+#[test]
+fn sigint_pauses_running_trials() {
+    interrupted_by("-INT");
+}
+
+#[test]
+fn sigterm_pauses_running_trials() {
+    interrupted_by("-TERM");
+}
