@@ -27,9 +27,11 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod board;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod journal;
 pub mod run_dir;
 pub mod schedule;
 pub mod search;

@@ -3,7 +3,7 @@
 //! ```text
 //! DIR/config.toml         the config as given
 //! DIR/results.jsonl       every report, one JSON object per line
-//! DIR/status.json         every trial's standing (rewritten atomically)
+//! DIR/journal.msgpack     every state change: the truth
 //! DIR/leaderboard.csv     trials ranked by the experiment metric
 //! DIR/trials/<id>/        checkpoints
 //! DIR/best/               params.json, model.json, the best weights
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::Mode;
+use crate::journal::JOURNAL_FILE;
 use crate::schedule::Decision;
 use crate::supervision::rank;
 use crate::trial::{Report, Standing};
@@ -28,7 +29,7 @@ pub struct RunDir {
     root: PathBuf,
 }
 
-/// `status.json`: the state of every trial of a run.
+/// `gauntlet status --json`: the state of every trial of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusDoc {
     /// The experiment name.
@@ -64,13 +65,18 @@ impl RunDir {
     /// Opens an existing run directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, RunDirError> {
         let root = root.into();
-        if !root.join("status.json").is_file() {
+        if !root.join(JOURNAL_FILE).is_file() {
             return Err(RunDirError {
                 path: root.clone(),
-                message: "not a run directory: expected status.json in it (made by `gauntlet run`)".into(),
+                message: format!("not a run directory: expected {JOURNAL_FILE} in it (made by `gauntlet run`)"),
             });
         }
         Ok(RunDir { root })
+    }
+
+    /// The journal.
+    pub fn journal_file(&self) -> PathBuf {
+        self.root.join(JOURNAL_FILE)
     }
 
     /// The directory itself.
@@ -106,30 +112,6 @@ impl RunDir {
     pub fn results_log(&self) -> io::Result<ResultsLog> {
         let file = OpenOptions::new().create(true).append(true).open(self.root.join("results.jsonl"))?;
         Ok(ResultsLog { out: BufWriter::new(file) })
-    }
-
-    /// Rewrites `status.json` atomically.
-    pub fn write_status(
-        &self,
-        experiment: &str,
-        metric: &str,
-        mode: Mode,
-        finished: bool,
-        trials: &[Standing],
-    ) -> io::Result<()> {
-        let doc =
-            StatusDoc { experiment: experiment.into(), metric: metric.into(), mode, finished, trials: trials.to_vec() };
-        write_atomic(&self.root.join("status.json"), &serde_json::to_vec_pretty(&doc).map_err(io::Error::other)?)
-    }
-
-    /// Reads `status.json`.
-    pub fn read_status(&self) -> Result<StatusDoc, RunDirError> {
-        let path = self.root.join("status.json");
-        let bytes = fs::read(&path).map_err(|e| RunDirError { path: path.clone(), message: e.to_string() })?;
-        serde_json::from_slice(&bytes).map_err(|e| RunDirError {
-            path,
-            message: format!("not a valid status file at line {}, column {}: {e}", e.line(), e.column()),
-        })
     }
 
     /// Writes `leaderboard.csv`: ranked trials, then those without a metric.
@@ -210,7 +192,7 @@ impl RunDir {
     }
 }
 
-/// `results.jsonl`, buffered; flushed by the leaderboard twice a second.
+/// `results.jsonl`: an export of every report, a line each.
 pub struct ResultsLog {
     out: BufWriter<File>,
 }
@@ -236,17 +218,13 @@ impl ResultsLog {
             metrics: report.metrics.iter().map(|(n, v)| (n.as_str(), *v)).collect(),
         };
         serde_json::to_writer(&mut self.out, &line).map_err(io::Error::other)?;
-        self.out.write_all(b"\n")
+        self.out.write_all(b"\n")?;
+        // One line, one write: readers (and a crash) see whole lines.
+        self.out.flush()
     }
 
     /// Pushes buffered lines to the file.
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes)?;
-    fs::rename(tmp, path)
 }

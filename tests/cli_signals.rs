@@ -43,23 +43,23 @@ fn interrupted_by(signal: &str) {
     let out = tmp.path().join("run");
     let mut child = gauntlet()
         .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until two trials are training (status.json is refreshed twice a second).
+    // Wait until two trials are training (each has reported twice).
     let start = Instant::now();
     loop {
-        let running = std::fs::read(out.join("status.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .map(|s| s["trials"].as_array().unwrap().iter().filter(|t| t["epochs"].as_u64() > Some(1)).count())
-            .unwrap_or(0);
-        if running == 2 {
+        let lines = std::fs::read_to_string(out.join("results.jsonl")).unwrap_or_default();
+        let mut epochs = std::collections::BTreeMap::new();
+        for l in lines.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+            epochs.insert(l["trial"].as_u64().unwrap(), l["epoch"].as_u64().unwrap());
+        }
+        if epochs.values().filter(|&&e| e >= 2).count() == 2 {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(60), "trials never started");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     let kill = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
@@ -68,6 +68,9 @@ fn interrupted_by(signal: &str) {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
+    let mut out_text = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out_text).unwrap();
+    assert!(out_text.contains("gauntlet resume"), "says how to resume: {out_text}");
 
     let doc = status_json(&out);
     assert_eq!(doc["finished"], false);
@@ -75,9 +78,13 @@ fn interrupted_by(signal: &str) {
     assert_eq!(trials.len(), 2, "no trial started after the signal");
     for t in trials {
         assert_eq!(t["status"], "paused", "{t}");
-        assert!(t["epochs"].as_u64().unwrap() >= 2);
+        let epochs = t["epochs"].as_u64().unwrap();
+        assert!(epochs >= 2);
+        // The stopping trial checkpointed its last reported epoch.
+        let ckpt = out.join(format!("trials/{}/ckpt-{epochs:06}/weights.safetensors", t["id"]));
+        assert!(ckpt.is_file(), "missing {}", ckpt.display());
     }
-    // The reports up to the stop were flushed to disk.
+    // Every report up to the stop is on disk; the run can be resumed.
     let epochs: u64 = trials.iter().map(|t| t["epochs"].as_u64().unwrap()).sum();
     assert_eq!(results(&out).len() as u64, epochs);
 }

@@ -14,7 +14,7 @@ fn space() -> SearchSpace {
 }
 
 fn fault(max_restarts: u32) -> FaultConfig {
-    FaultConfig { max_restarts, checkpoint_every: 1, restart_backoff_ms: 5 }
+    FaultConfig { max_restarts, checkpoint_every: 1, restart_backoff_ms: 5, ..FaultConfig::default() }
 }
 
 /// Reports `x` every epoch; `score` is the metric.

@@ -12,7 +12,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gauntlet::config::{Config, ConfigError};
 use gauntlet::data::{DataError, Dataset};
-use gauntlet::run_dir::{RunDir, RunDirError};
+use gauntlet::journal::{self, Event, Journal, JournalError, ReplayError, RunState};
+use gauntlet::run_dir::{RunDir, RunDirError, StatusDoc};
 use gauntlet::supervision::rank;
 use gauntlet::trainable::mlp::MlpTrainable;
 use gauntlet::{Summary, Sweep};
@@ -43,6 +44,18 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Continue an interrupted run from its journal and checkpoints.
+    Resume {
+        /// The run directory.
+        dir: PathBuf,
+        /// Truncate a journal that is corrupt in the middle at the damage
+        /// (what follows is dropped, and said), then resume.
+        #[arg(long)]
+        repair: bool,
+        /// Print the final summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the trials of a run: live, finished or dead.
     Status {
         /// The run directory.
@@ -55,7 +68,17 @@ enum Command {
 
 /// Whether an error is the user's input (exit code 2) rather than a failure.
 pub fn is_usage_error(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.is::<ConfigError>() || c.is::<DataError>() || c.is::<RunDirError>() || c.is::<UsageError>())
+    e.chain().any(|c| {
+        c.is::<ConfigError>()
+            || c.is::<DataError>()
+            || c.is::<RunDirError>()
+            || c.is::<UsageError>()
+            || c.is::<ReplayError>()
+            || matches!(
+                c.downcast_ref::<JournalError>(),
+                Some(JournalError::Corrupt { .. } | JournalError::Header { .. })
+            )
+    })
 }
 
 /// A command-line mistake.
@@ -67,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, out, json } => run_experiment(&config, out, json),
         Command::Validate { config } => validate(&config),
+        Command::Resume { dir, repair, json } => resume(&dir, repair, json),
         Command::Status { dir, json } => status(&dir, json),
     }
 }
@@ -89,15 +113,85 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let doc = RunDir::open(dir)?.read_status()?;
+    let run = RunDir::open(dir)?;
+    let contents = read_journal(&run, false)?;
+    let state = journal::replay(&contents, &run.journal_file())?;
+    let e = &state.config.experiment;
+    let doc = StatusDoc {
+        experiment: e.name.clone(),
+        metric: e.metric.clone(),
+        mode: e.mode,
+        finished: state.finished,
+        trials: state.board.standings().to_vec(),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        let state = if doc.finished { "finished" } else { "not finished" };
-        println!("{} — {} trials, {state}; metric {} ({:?})", doc.experiment, doc.trials.len(), doc.metric, doc.mode);
+        let done = if doc.finished { "finished" } else { "not finished" };
+        println!("{} — {} trials, {done}; metric {} ({:?})", doc.experiment, doc.trials.len(), doc.metric, doc.mode);
         print!("{}", table::standings(&doc.trials, &doc.metric, doc.mode, usize::MAX));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a run's journal, saying what a torn tail loses; with `repair`, a
+/// journal corrupt in the middle is read up to the damage.
+fn read_journal(run: &RunDir, repair: bool) -> anyhow::Result<journal::Contents> {
+    let path = run.journal_file();
+    let contents = match journal::read(&path) {
+        Err(JournalError::Corrupt { offset, after, message, .. }) if repair => {
+            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let contents = journal::decode(&bytes[..offset as usize], &path)?;
+            eprintln!(
+                "repair: {}: {message} at byte {offset}; dropping the {after} bytes from there ({} readable events kept)",
+                path.display(),
+                contents.records.len()
+            );
+            contents
+        }
+        other => other?,
+    };
+    if contents.torn_bytes > 0 {
+        eprintln!(
+            "warning: {}: the last {} bytes, from byte {}, are a frame cut short by a crash; ignoring them",
+            path.display(),
+            contents.torn_bytes,
+            contents.valid_len
+        );
+    }
+    Ok(contents)
+}
+
+fn resume(dir: &Path, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let run = RunDir::open(dir)?;
+    let contents = read_journal(&run, repair)?;
+    let state = journal::replay(&contents, &run.journal_file())?;
+    if state.finished {
+        println!("{}: this run finished already; nothing to resume", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = state.config.clone();
+    config.check_files(&state.config_path)?;
+    let data = Arc::new(Dataset::load(&config)?);
+    let journal = Journal::append_to(&run.journal_file(), contents.valid_len)?;
+    let _log = init_logging(&run, true)?;
+    install_panic_hook();
+    let unfinished = state.unfinished().len();
+    tracing::info!(
+        events = state.events,
+        trials = state.trials.len(),
+        unfinished,
+        "resuming experiment {}",
+        config.experiment.name
+    );
+    if !json {
+        eprintln!(
+            "resuming {}: {} trials so far, {unfinished} to continue from their checkpoints",
+            dir.display(),
+            state.trials.len()
+        );
+    }
+    execute(&config, run, journal, data, Some(&state), json)
 }
 
 fn run_experiment(config_path: &Path, out: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
@@ -106,10 +200,13 @@ fn run_experiment(config_path: &Path, out: Option<PathBuf>, json: bool) -> anyho
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
         PathBuf::from("runs").join(format!("{}-{stamp}", config.experiment.name))
     });
-    if dir.join("status.json").exists() {
-        return Err(
-            UsageError(format!("{} already holds a run; choose another --out (or delete it)", dir.display())).into()
-        );
+    if dir.join(journal::JOURNAL_FILE).exists() {
+        return Err(UsageError(format!(
+            "{} already holds a run; continue it with `gauntlet resume {}`, or choose another --out",
+            dir.display(),
+            dir.display()
+        ))
+        .into());
     }
     // Bad data is bad input too: find out before a run directory appears.
     let started = Instant::now();
@@ -117,7 +214,7 @@ fn run_experiment(config_path: &Path, out: Option<PathBuf>, json: bool) -> anyho
     let loaded = started.elapsed();
     let run_dir = RunDir::create(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
     run_dir.save_config(config_path).context("cannot copy the config into the run directory")?;
-    let _log = init_logging(&run_dir)?;
+    let _log = init_logging(&run_dir, false)?;
     install_panic_hook();
     tracing::info!(config = %config_path.display(), dir = %dir.display(), "starting experiment {}", config.experiment.name);
     tracing::info!(
@@ -126,13 +223,41 @@ fn run_experiment(config_path: &Path, out: Option<PathBuf>, json: bool) -> anyho
         features = data.features,
         "data loaded in {loaded:.1?}"
     );
+    let journal = Journal::create(&run_dir.journal_file())?;
+    let config_path_abs = std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_owned());
+    let config_text =
+        std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    journal.append_durable(Event::ExperimentCreated {
+        config_path: config_path_abs,
+        yaml: config_path.extension().is_some_and(|e| e == "yaml" || e == "yml"),
+        config_text,
+    })?;
+    execute(&config, run_dir, journal, data, None, json)
+}
+
+/// Runs (or resumes) the sweep and prints the outcome.
+fn execute(
+    config: &Config,
+    run_dir: RunDir,
+    journal: Journal,
+    data: Arc<Dataset>,
+    resumed: Option<&RunState>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let trainable = MlpTrainable::new(data);
     tracing::info!(device = ?trainable.device(), "training device");
-
+    let done = resumed.map_or(0, |s| s.board.standings().iter().filter(|t| t.status.is_final()).count());
     let progress =
         progress::Progress::new(config.experiment.max_trials, &config.experiment.metric, config.experiment.mode);
+    progress.advance(done as u64);
     let observer = progress.clone();
-    let sweep = Sweep::from_config(&config, trainable).run_dir(run_dir.clone()).observer(move |e| observer.on_event(e));
+    let mut sweep = Sweep::from_config(config, trainable)
+        .run_dir(run_dir.clone())
+        .journal(journal)
+        .observer(move |e| observer.on_event(e));
+    if let Some(state) = resumed {
+        sweep = sweep.resume(state);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let summary = runtime.block_on(sweep.run_until(shutdown_signal()))?;
     progress.finish();
@@ -190,6 +315,9 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
         None => println!("\nno trial reported {}", summary.metric),
     }
     println!("results: {}", run_dir.root().display());
+    if summary.interrupted {
+        println!("interrupted: continue with `gauntlet resume {}`", run_dir.root().display());
+    }
     Ok(())
 }
 
@@ -208,10 +336,15 @@ async fn shutdown_signal() {
 
 /// Logs to `DIR/gauntlet.log` (info and up) and to stderr (warnings);
 /// `RUST_LOG` overrides both.
-fn init_logging(run_dir: &RunDir) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+fn init_logging(run_dir: &RunDir, append: bool) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{fmt, EnvFilter};
-    let file = std::fs::File::create(run_dir.log_file())
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(run_dir.log_file())
         .with_context(|| format!("cannot create {}", run_dir.log_file().display()))?;
     let (writer, guard) = tracing_appender::non_blocking(file);
     let file_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ractor=warn"));

@@ -89,6 +89,14 @@ impl Progress {
         }
     }
 
+    /// Counts trials that ended before this process started (a resumed run).
+    pub fn advance(&self, done: u64) {
+        let p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bar) = &p.bar {
+            bar.inc(done);
+        }
+    }
+
     pub fn finish(&self) {
         let p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(bar) = &p.bar {

@@ -234,6 +234,9 @@ pub struct FaultConfig {
     /// First restart delay; doubles with each restart (at most 30 s).
     #[serde(default = "default_backoff_ms")]
     pub restart_backoff_ms: u64,
+    /// Checkpoints kept per trial (the newest ones), besides its best.
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: u32,
 }
 
 /// `[chaos]`: failures injected on purpose, to test resilience.
@@ -278,6 +281,9 @@ fn default_max_restarts() -> u32 {
 fn default_backoff_ms() -> u64 {
     200
 }
+fn default_keep_checkpoints() -> u32 {
+    2
+}
 
 impl Default for SearchConfig {
     fn default() -> Self {
@@ -291,7 +297,12 @@ impl Default for SchedulerConfig {
 }
 impl Default for FaultConfig {
     fn default() -> Self {
-        Self { max_restarts: default_max_restarts(), checkpoint_every: 1, restart_backoff_ms: default_backoff_ms() }
+        Self {
+            max_restarts: default_max_restarts(),
+            checkpoint_every: 1,
+            restart_backoff_ms: default_backoff_ms(),
+            keep_checkpoints: default_keep_checkpoints(),
+        }
     }
 }
 
@@ -482,6 +493,9 @@ impl Config {
         if s.reduction_factor < 2 {
             return Err(bad("scheduler.reduction_factor", format!("expected at least 2, got {}", s.reduction_factor)));
         }
+        if raw.fault.keep_checkpoints == 0 {
+            return Err(bad("fault.keep_checkpoints", "expected at least 1".into()));
+        }
         if raw.fault.checkpoint_every == 0 {
             return Err(bad("fault.checkpoint_every", "expected at least 1 (epochs)".into()));
         }
@@ -502,6 +516,12 @@ impl Config {
         })
     }
 
+    /// The config with a relative `data.path` made relative to `file`'s directory.
+    pub fn with_paths_from(mut self, file: &Path) -> Self {
+        self.resolve_paths(file);
+        self
+    }
+
     /// Makes a relative `data.path` relative to the config file's directory.
     fn resolve_paths(&mut self, file: &Path) {
         if let Some(p) = &self.data.path {
@@ -513,7 +533,7 @@ impl Config {
     }
 
     /// Checks that the files the config names exist, before anything runs.
-    fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
+    pub fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
         if self.data.source != DataSource::FashionMnist {
             return Ok(());
         }

@@ -12,8 +12,9 @@ use super::leaderboard::{self, Leaderboard, LeaderboardMsg};
 use super::slots::SlotPool;
 use super::trial::{self, AttemptEnd, TrialActor, TrialMsg};
 use super::{backoff, rank, Settings, SweepError};
+use crate::board::Board;
 use crate::config::Params;
-use crate::schedule::Scheduler;
+use crate::journal::Event;
 use crate::search::Searcher;
 use crate::trainable::ContextSettings;
 use crate::trial::{trial_seed, Standing, TrialId, TrialStatus};
@@ -25,7 +26,11 @@ pub(super) struct ExperimentSupervisor;
 pub(super) struct Args {
     pub(super) settings: Arc<Settings>,
     pub(super) searcher: Searcher,
-    pub(super) scheduler: Scheduler,
+    pub(super) board: Board,
+    /// Trials of a resumed run that must still run.
+    pub(super) unfinished: Vec<PriorTrial>,
+    /// Trials proposed before (a resumed run).
+    pub(super) proposed: u32,
     pub(super) done: oneshot::Sender<Outcome>,
 }
 
@@ -43,8 +48,19 @@ pub(super) enum ExperimentMsg {
 struct LiveTrial {
     params: Params,
     seed: u64,
+    /// Attempts started so far (the next attempt's number).
+    attempts: u32,
     restarts: u32,
     actor: Option<ActorRef<TrialMsg>>,
+}
+
+/// A trial of a resumed run that had not ended.
+#[derive(Debug, Clone)]
+pub(crate) struct PriorTrial {
+    pub(crate) id: TrialId,
+    pub(crate) params: Params,
+    pub(crate) attempts: u32,
+    pub(crate) restarts: u32,
 }
 
 pub(super) struct State {
@@ -71,7 +87,7 @@ impl Actor for ExperimentSupervisor {
         let (leaderboard, _) = Actor::spawn_linked(
             None,
             Leaderboard,
-            leaderboard::Args { settings: settings.clone(), scheduler: args.scheduler },
+            leaderboard::Args { settings: settings.clone(), board: args.board },
             myself.get_cell(),
         )
         .await?;
@@ -84,6 +100,14 @@ impl Actor for ExperimentSupervisor {
             threads: settings.threads_per_trial,
             panic_probability: settings.chaos.panic_probability,
         });
+        // A resumed run's unfinished trials continue first, from their checkpoints.
+        let mut live = BTreeMap::new();
+        for t in args.unfinished {
+            let seed = trial_seed(settings.seed, t.id);
+            let trial = LiveTrial { params: t.params, seed, attempts: t.attempts, restarts: t.restarts, actor: None };
+            live.insert(t.id, trial);
+            myself.cast(ExperimentMsg::Respawn(t.id))?;
+        }
         myself.cast(ExperimentMsg::Fill)?;
         Ok(State {
             settings,
@@ -91,10 +115,10 @@ impl Actor for ExperimentSupervisor {
             searcher: args.searcher,
             leaderboard,
             slots: Some(slots),
-            proposed: 0,
+            proposed: args.proposed,
             exhausted: false,
             interrupted: false,
-            live: BTreeMap::new(),
+            live,
             by_actor: HashMap::new(),
             done: Some(args.done),
         })
@@ -205,7 +229,7 @@ impl ExperimentSupervisor {
             state.proposed += 1;
             state.leaderboard.cast(LeaderboardMsg::Proposed { id, params: params.clone() })?;
             let seed = trial_seed(s.seed, id);
-            state.live.insert(id, LiveTrial { params, seed, restarts: 0, actor: None });
+            state.live.insert(id, LiveTrial { params, seed, attempts: 0, restarts: 0, actor: None });
             self.spawn_attempt(myself, state, id).await;
         }
         if state.live.is_empty() && (state.interrupted || state.exhausted || state.proposed >= s.max_trials) {
@@ -215,12 +239,14 @@ impl ExperimentSupervisor {
     }
 
     async fn spawn_attempt(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State, id: TrialId) {
-        let Some(t) = state.live.get(&id) else { return };
-        let resume = if t.restarts > 0 { state.settings.checkpoints.latest(id) } else { None };
+        let Some(t) = state.live.get_mut(&id) else { return };
+        let attempt = t.attempts;
+        t.attempts += 1;
+        let resume = if attempt > 0 { state.settings.checkpoints.latest(id) } else { None };
         let slots = state.slots.as_ref().map(SlotPool::queue).expect("slots live as long as the supervisor");
         let args = trial::Args {
             id,
-            attempt: t.restarts,
+            attempt,
             seed: t.seed,
             params: t.params.clone(),
             resume,
@@ -303,11 +329,20 @@ impl ExperimentSupervisor {
                 return Ok(());
             }
         };
-        let s = &state.settings;
-        let written = match &s.run_dir {
-            Some(dir) => write_outputs(dir, s, &standings, state.interrupted).map_err(SweepError::RunDir),
+        let s = state.settings.clone();
+        let mut written = match &s.run_dir {
+            Some(dir) => write_outputs(dir, &s, &standings).map_err(SweepError::RunDir),
             None => Ok(()),
         };
+        if let Some(journal) = s.journal.clone() {
+            // The stop is the last event; wait until everything is on disk.
+            let finished = !state.interrupted;
+            let synced = tokio::task::spawn_blocking(move || journal.append_durable(Event::SweepStopped { finished }))
+                .await
+                .map_err(|e| SweepError::Aborted(e.to_string()))
+                .and_then(|r| r.map_err(SweepError::Journal));
+            written = written.and(synced);
+        }
         let _ = done.send(written.map(|()| (standings, state.interrupted)));
         state.leaderboard.stop(None);
         myself.stop(None);
@@ -333,13 +368,7 @@ impl ExperimentSupervisor {
     }
 }
 
-fn write_outputs(
-    dir: &crate::run_dir::RunDir,
-    s: &Settings,
-    standings: &[Standing],
-    interrupted: bool,
-) -> std::io::Result<()> {
-    dir.write_status(&s.name, &s.metric, s.mode, !interrupted, standings)?;
+fn write_outputs(dir: &crate::run_dir::RunDir, s: &Settings, standings: &[Standing]) -> std::io::Result<()> {
     dir.write_leaderboard(standings, &s.metric, s.mode)?;
     if let Some(best) = rank(standings, s.mode).first() {
         let checkpoint = s.checkpoints.best(best.id);

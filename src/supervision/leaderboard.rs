@@ -1,17 +1,19 @@
-//! Leaderboard: every report lands here. It keeps each trial's standing,
-//! asks the scheduler policy for a decision, answers the trial's slot thread,
-//! appends the report to `results.jsonl`, and keeps `status.json` fresh.
+//! Leaderboard: every report lands here. It keeps each trial's standing and
+//! asks the scheduler for a decision (both through the pure [`Board`]),
+//! appends the report to `results.jsonl` and the journal, and answers the
+//! trial's slot thread once the report is durable.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::Settings;
+use crate::board::Board;
 use crate::config::Params;
+use crate::journal::{Event, Journal};
 use crate::run_dir::ResultsLog;
-use crate::schedule::{Decision, Scheduler};
+use crate::schedule::Decision;
 use crate::trainable::ReportSink;
 use crate::trial::{Report, Standing, TrialId, TrialStatus};
 
@@ -64,10 +66,9 @@ pub enum SweepEvent {
 pub(super) enum LeaderboardMsg {
     Report(Report, Sender<Decision>),
     Proposed { id: TrialId, params: Params },
-    Started { id: TrialId, attempt: u32 },
+    Started { id: TrialId, attempt: u32, from_epoch: Option<u32> },
     Restarting { id: TrialId, restarts: u32, error: String },
     Ended { id: TrialId, status: TrialStatus, error: Option<String> },
-    Flush,
     Snapshot(RpcReplyPort<Vec<Standing>>),
 }
 
@@ -75,15 +76,24 @@ pub(super) enum LeaderboardMsg {
 /// comes back on a channel the thread blocks on (no tokio on slot threads).
 pub(super) struct LeaderboardSink {
     leaderboard: ActorRef<LeaderboardMsg>,
+    journal: Option<Journal>,
 }
 
 impl LeaderboardSink {
-    pub(super) fn new(leaderboard: ActorRef<LeaderboardMsg>) -> Self {
-        LeaderboardSink { leaderboard }
+    pub(super) fn new(leaderboard: ActorRef<LeaderboardMsg>, journal: Option<Journal>) -> Self {
+        LeaderboardSink { leaderboard, journal }
     }
 }
 
 impl ReportSink for LeaderboardSink {
+    fn checkpoint_written(&mut self, id: TrialId, epoch: u32) {
+        if let Some(journal) = &self.journal {
+            if let Err(e) = journal.append(Event::CheckpointWritten { id, epoch }) {
+                tracing::error!(trial = %id, "cannot journal checkpoint of epoch {epoch}: {e}");
+            }
+        }
+    }
+
     fn report(&mut self, report: Report) -> Option<Decision> {
         // One channel per report, its only sender inside the message: if the
         // leaderboard dies with the message unanswered, `recv` errors instead
@@ -99,84 +109,53 @@ pub(super) struct Leaderboard;
 
 pub(super) struct Args {
     pub(super) settings: Arc<Settings>,
-    pub(super) scheduler: Scheduler,
+    pub(super) board: Board,
 }
 
 pub(super) struct State {
     settings: Arc<Settings>,
-    scheduler: Scheduler,
-    standings: Vec<Standing>,
+    board: Board,
     results: Option<ResultsLog>,
-    dirty: bool,
 }
 
 impl State {
-    fn standing(&mut self, id: TrialId) -> Option<&mut Standing> {
-        self.standings.get_mut(id.0 as usize)
-    }
-
     fn emit(&self, event: SweepEvent) {
         if let Some(observer) = &self.settings.observer {
             observer(&event);
         }
     }
 
-    fn on_report(&mut self, report: Report) -> Decision {
-        let value = report.metric(&self.settings.metric);
-        let mode = self.settings.mode;
-        let Some(s) = self.standings.get_mut(report.trial.0 as usize) else {
-            return Decision::Prune; // never proposed: cannot happen, stop it
-        };
-        s.epochs = report.epoch;
-        s.last_metrics = report.metrics.iter().cloned().collect();
-        let decision = match value {
-            Some(v) if v.is_finite() => {
-                if s.best_metric.is_none_or(|b| mode.score(v) > mode.score(b)) {
-                    s.best_metric = Some(v);
-                    s.best_epoch = Some(report.epoch);
-                }
-                self.scheduler.on_report(report.trial, report.epoch, mode.score(v))
-            }
-            // Not finite: the trial's context ends it as diverged.
-            Some(_) => Decision::Continue,
-            None => {
-                tracing::warn!(trial = %report.trial, metric = %self.settings.metric, "report lacks the experiment metric");
-                if report.epoch >= self.settings.max_epochs {
-                    Decision::Complete
-                } else {
-                    Decision::Continue
-                }
-            }
-        };
+    fn journal(&self, event: Event) -> Result<(), ActorProcessingErr> {
+        if let Some(journal) = &self.settings.journal {
+            journal.append(event)?;
+        }
+        Ok(())
+    }
+
+    /// Decides on a report; the decision reaches the trial only once the
+    /// report is durable in the journal.
+    fn on_report(&mut self, report: Report, reply: Sender<Decision>) -> Result<(), ActorProcessingErr> {
+        let decision = self.board.report(&report);
+        let value = report.metric(self.board.metric());
+        if value.is_none() {
+            tracing::warn!(trial = %report.trial, metric = %self.board.metric(), "report lacks the experiment metric");
+        }
         if let Some(log) = &mut self.results {
             if let Err(e) = log.append(&report, decision) {
                 tracing::error!("cannot append to results.jsonl: {e}");
             }
         }
         self.emit(SweepEvent::Reported { id: report.trial, epoch: report.epoch, value, decision });
-        decision
-    }
-
-    fn flush(&mut self) {
-        if let Some(log) = &mut self.results {
-            if let Err(e) = log.flush() {
-                tracing::error!("cannot flush results.jsonl: {e}");
+        match &self.settings.journal {
+            Some(journal) => {
+                let Report { trial, attempt, epoch, metrics } = report;
+                let event = Event::Report { id: trial, attempt, epoch, metrics, decision };
+                journal.append_then_reply(event, reply, decision)?;
             }
+            // The thread may be gone; nothing to do then.
+            None => drop(reply.try_send(decision)),
         }
-        if self.dirty {
-            if let Some(dir) = &self.settings.run_dir {
-                if let Err(e) = dir.write_status(
-                    &self.settings.name,
-                    &self.settings.metric,
-                    self.settings.mode,
-                    false,
-                    &self.standings,
-                ) {
-                    tracing::error!("cannot write status.json: {e}");
-                }
-            }
-            self.dirty = false;
-        }
+        Ok(())
     }
 }
 
@@ -185,15 +164,12 @@ impl Actor for Leaderboard {
     type State = State;
     type Arguments = Args;
 
-    async fn pre_start(&self, myself: ActorRef<LeaderboardMsg>, args: Args) -> Result<State, ActorProcessingErr> {
+    async fn pre_start(&self, _myself: ActorRef<LeaderboardMsg>, args: Args) -> Result<State, ActorProcessingErr> {
         let results = match &args.settings.run_dir {
             Some(dir) => Some(dir.results_log()?),
             None => None,
         };
-        if results.is_some() {
-            myself.send_interval(Duration::from_millis(500), || LeaderboardMsg::Flush);
-        }
-        Ok(State { settings: args.settings, scheduler: args.scheduler, standings: Vec::new(), results, dirty: true })
+        Ok(State { settings: args.settings, board: args.board, results })
     }
 
     async fn handle(
@@ -203,54 +179,31 @@ impl Actor for Leaderboard {
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            LeaderboardMsg::Report(report, reply) => {
-                let decision = state.on_report(report);
-                let _ = reply.try_send(decision); // the thread may be gone; nothing to do then
-            }
+            LeaderboardMsg::Report(report, reply) => state.on_report(report, reply)?,
             LeaderboardMsg::Proposed { id, params } => {
-                debug_assert_eq!(id.0 as usize, state.standings.len(), "ids are dense");
-                state.standings.push(Standing::pending(id, params));
-                state.dirty = true;
+                state.journal(Event::TrialProposed { id, params: params.clone() })?;
+                state.board.propose(id, params)?;
                 state.emit(SweepEvent::Proposed { id });
             }
-            LeaderboardMsg::Started { id, attempt } => {
-                if let Some(s) = state.standing(id) {
-                    s.status = TrialStatus::Running;
-                }
-                state.dirty = true;
+            LeaderboardMsg::Started { id, attempt, from_epoch } => {
+                state.journal(Event::TrialStarted { id, attempt, from_epoch })?;
+                state.board.start(id);
                 state.emit(SweepEvent::Started { id, attempt });
             }
             LeaderboardMsg::Restarting { id, restarts, error } => {
-                if let Some(s) = state.standing(id) {
-                    s.restarts = restarts;
-                    s.error = Some(error.clone());
-                }
-                state.dirty = true;
+                state.journal(Event::TrialRestarted { id, restarts, error: error.clone() })?;
+                state.board.restart(id, restarts, error.clone());
                 state.emit(SweepEvent::Restarting { id, restarts, error });
             }
             LeaderboardMsg::Ended { id, status, error } => {
-                let mut best = None;
-                if let Some(s) = state.standing(id) {
-                    s.status = status;
-                    if error.is_some() {
-                        s.error = error;
-                    }
-                    best = s.best_metric;
-                }
-                state.dirty = true;
+                state.journal(Event::TrialEnded { id, status, error: error.clone() })?;
+                let best = state.board.end(id, status, error);
                 state.emit(SweepEvent::Ended { id, status, best });
             }
-            LeaderboardMsg::Flush => state.flush(),
             LeaderboardMsg::Snapshot(reply) => {
-                state.flush();
-                let _ = reply.send(state.standings.clone());
+                let _ = reply.send(state.board.standings().to_vec());
             }
         }
-        Ok(())
-    }
-
-    async fn post_stop(&self, _myself: ActorRef<LeaderboardMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
-        state.flush();
         Ok(())
     }
 }

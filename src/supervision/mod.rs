@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 
 use ractor::Actor;
 
+use crate::board::Board;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{ChaosConfig, Config, FaultConfig, Mode, SchedulerConfig, SearchAlgorithm, SearchSpace};
+use crate::journal::{Journal, RunState};
 use crate::run_dir::RunDir;
 use crate::schedule::Scheduler;
 use crate::search::Searcher;
@@ -56,6 +58,9 @@ pub enum SweepError {
     /// The slot threads could not be started.
     #[error("cannot start slot threads: {0}")]
     Threads(std::io::Error),
+    /// The journal could not be written.
+    #[error("journal: {0}")]
+    Journal(#[from] crate::journal::JournalError),
     /// The run directory could not be written.
     #[error("run directory: {0}")]
     RunDir(std::io::Error),
@@ -122,7 +127,15 @@ pub(crate) struct Settings {
     pub trainable: Arc<dyn Trainable>,
     pub checkpoints: CheckpointStore,
     pub run_dir: Option<Arc<RunDir>>,
+    pub journal: Option<Journal>,
     pub observer: Option<Observer>,
+}
+
+/// What a resumed sweep starts from.
+struct Prior {
+    board: Board,
+    unfinished: Vec<experiment::PriorTrial>,
+    proposed: u32,
 }
 
 /// A sweep, configured and ready to run: the library's entry point.
@@ -160,6 +173,8 @@ pub struct Sweep {
     fault: FaultConfig,
     chaos: ChaosConfig,
     run_dir: Option<Arc<RunDir>>,
+    journal: Option<Journal>,
+    prior: Option<Prior>,
     observer: Option<Observer>,
 }
 
@@ -184,6 +199,8 @@ impl Sweep {
             fault: FaultConfig::default(),
             chaos: ChaosConfig::default(),
             run_dir: None,
+            journal: None,
+            prior: None,
             observer: None,
         }
     }
@@ -261,6 +278,28 @@ impl Sweep {
         self.run_dir = Some(Arc::new(dir));
         self
     }
+    /// Records every state change in a journal (see [`crate::journal`]).
+    pub fn journal(mut self, journal: Journal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+    /// Continues a run from its replayed journal: finished trials stay as
+    /// they are, unfinished ones continue from their last checkpoints, new
+    /// proposals continue the searcher's sequence and ids.
+    pub fn resume(mut self, state: &RunState) -> Self {
+        let unfinished = state
+            .unfinished()
+            .into_iter()
+            .map(|t| experiment::PriorTrial {
+                id: t.id,
+                params: t.params.clone(),
+                attempts: t.attempts,
+                restarts: t.restarts,
+            })
+            .collect();
+        self.prior = Some(Prior { board: state.board.clone(), unfinished, proposed: state.trials.len() as u32 });
+        self
+    }
     /// Receives every event (progress displays).
     pub fn observer(mut self, observer: impl Fn(&SweepEvent) + Send + Sync + 'static) -> Self {
         self.observer = Some(Arc::new(observer));
@@ -283,14 +322,26 @@ impl Sweep {
         // lives as long as the sweep.
         let scratch;
         let checkpoints = match &self.run_dir {
-            Some(dir) => CheckpointStore::new(dir.trials_dir(), 2),
+            Some(dir) => CheckpointStore::new(dir.trials_dir(), self.fault.keep_checkpoints as usize),
             None => {
                 scratch = tempfile::tempdir().map_err(SweepError::RunDir)?;
                 CheckpointStore::new(scratch.path(), 2)
             }
         };
-        let searcher = Searcher::new(self.algorithm, &self.space, self.seed, self.grid_points);
-        let scheduler = Scheduler::new(&self.scheduler, self.max_epochs);
+        let mut searcher = Searcher::new(self.algorithm, &self.space, self.seed, self.grid_points);
+        let prior = self.prior.unwrap_or_else(|| Prior {
+            board: Board::new(
+                self.metric.clone(),
+                self.mode,
+                self.max_epochs,
+                Scheduler::new(&self.scheduler, self.max_epochs),
+            ),
+            unfinished: Vec::new(),
+            proposed: 0,
+        });
+        for _ in 0..prior.proposed {
+            searcher.propose(&self.space); // the proposals already made
+        }
         let settings = Arc::new(Settings {
             name: self.name,
             space: self.space,
@@ -306,10 +357,18 @@ impl Sweep {
             trainable: self.trainable,
             checkpoints,
             run_dir: self.run_dir,
+            journal: self.journal,
             observer: self.observer,
         });
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let args = experiment::Args { settings: settings.clone(), searcher, scheduler, done: done_tx };
+        let args = experiment::Args {
+            settings: settings.clone(),
+            searcher,
+            board: prior.board,
+            unfinished: prior.unfinished,
+            proposed: prior.proposed,
+            done: done_tx,
+        };
         let (actor, handle) =
             Actor::spawn(Some(format!("experiment-{}", settings.name)), experiment::ExperimentSupervisor, args)
                 .await

@@ -100,7 +100,8 @@ impl Actor for TrialActor {
 
     async fn pre_start(&self, myself: ActorRef<TrialMsg>, a: Args) -> Result<State, ActorProcessingErr> {
         let cancel = Arc::new(AtomicBool::new(false));
-        let _ = a.leaderboard.cast(LeaderboardMsg::Started { id: a.id, attempt: a.attempt });
+        let from_epoch = a.resume.as_ref().map(|c| c.epoch);
+        let _ = a.leaderboard.cast(LeaderboardMsg::Started { id: a.id, attempt: a.attempt, from_epoch });
         let mut ctx = TrialContext::new(
             a.id,
             a.attempt,
@@ -108,7 +109,7 @@ impl Actor for TrialActor {
             a.params,
             a.resume,
             a.context,
-            Box::new(LeaderboardSink::new(a.leaderboard)),
+            Box::new(LeaderboardSink::new(a.leaderboard, a.settings.journal.clone())),
             a.settings.checkpoints.clone(),
             cancel.clone(),
         );

@@ -246,9 +246,12 @@ impl Trainable for MlpTrainable {
             let (val_loss, val_accuracy) = evaluate(&mlp, &val);
             let verdict = ctx
                 .report(epoch, &[("val_accuracy", val_accuracy), ("val_loss", val_loss), ("train_loss", train_loss)]);
+            // Checkpoint when due, at the end, and when the sweep is stopping
+            // (so a resumed run loses no epoch); not for pruned or diverged trials.
             let completed = verdict == Err(TrainError::Stopped(Stop::Completed));
+            let cancelled = verdict == Err(TrainError::Stopped(Stop::Cancelled));
             let last = completed || epoch == ctx.max_epochs();
-            if (verdict.is_ok() || completed) && (ctx.checkpoint_due(epoch) || last) {
+            if (verdict.is_ok() && (ctx.checkpoint_due(epoch) || last)) || completed || cancelled {
                 ctx.save_checkpoint(epoch, |dir| {
                     mlp.save(&dir.join(WEIGHTS_FILE))?;
                     Tensor::write_safetensors(&opt.state(), dir.join(OPTIMIZER_FILE)).map_err(std::io::Error::other)

@@ -86,6 +86,9 @@ pub trait ReportSink: Send {
     /// Records a report and returns the scheduler's decision; `None` when
     /// the sweep is gone (the trial then stops as cancelled).
     fn report(&mut self, report: Report) -> Option<Decision>;
+
+    /// Notes that a checkpoint of `epoch` is in place.
+    fn checkpoint_written(&mut self, _trial: TrialId, _epoch: u32) {}
 }
 
 /// Settings a context needs from the experiment.
@@ -233,9 +236,12 @@ impl TrialContext {
     ) -> Result<Checkpoint, TrainError> {
         let score = self.last_score.filter(|(e, _)| *e == epoch).map(|(_, s)| s);
         let meta = Checkpoint { epoch, score, seed: self.seed, dir: Default::default() };
-        self.store
+        let saved = self
+            .store
             .save(self.id, &meta, write)
-            .map_err(|e| TrainError::Failed(format!("writing checkpoint of epoch {epoch}: {e}")))
+            .map_err(|e| TrainError::Failed(format!("writing checkpoint of epoch {epoch}: {e}")))?;
+        self.sink.checkpoint_written(self.id, epoch);
+        Ok(saved)
     }
 
     /// Reads a parameter as an integer.

@@ -1,0 +1,165 @@
+//! Replay: the state of a run rebuilt from its journal. Trials, statuses,
+//! the leaderboard and the scheduler's rungs come from feeding the events
+//! through the same pure [`Board`] the live leaderboard uses; the searcher's
+//! position is the number of proposals.
+
+use std::path::{Path, PathBuf};
+
+use super::{Contents, Event};
+use crate::board::Board;
+use crate::config::{Config, ConfigError, Params};
+use crate::schedule::{Decision, Scheduler};
+use crate::trial::{Report, TrialId, TrialStatus};
+
+/// What replay knows about one trial beyond its standing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialRecord {
+    /// The trial.
+    pub id: TrialId,
+    /// Its parameters.
+    pub params: Params,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Restarts after crashes so far.
+    pub restarts: u32,
+    /// The decision on its last report.
+    pub last_decision: Option<Decision>,
+    /// Its last checkpoint epoch the journal knows of.
+    pub last_checkpoint: Option<u32>,
+}
+
+/// A run as its journal tells it.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    /// The config file the run was created from.
+    pub config_path: PathBuf,
+    /// Whether that file is YAML.
+    pub yaml: bool,
+    /// Its text.
+    pub config_text: String,
+    /// The config, validated again.
+    pub config: Config,
+    /// Standings and scheduler.
+    pub board: Board,
+    /// Per-trial bookkeeping, by id.
+    pub trials: Vec<TrialRecord>,
+    /// Whether the sweep spent its budget and stopped.
+    pub finished: bool,
+    /// Events replayed.
+    pub events: usize,
+}
+
+impl RunState {
+    /// Trials that must still run: proposed or started, with no final status.
+    pub fn unfinished(&self) -> Vec<&TrialRecord> {
+        self.trials.iter().filter(|t| self.board.standing(t.id).is_some_and(|s| !s.status.is_final())).collect()
+    }
+}
+
+/// Why a journal's events cannot be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The first event is not the experiment's creation.
+    #[error("{}: the journal does not start with the experiment's config", path.display())]
+    NoConfig {
+        /// The journal.
+        path: PathBuf,
+    },
+    /// The config stored in the journal no longer validates.
+    #[error("the config stored in the journal: {0}")]
+    Config(#[from] ConfigError),
+    /// Events contradict each other.
+    #[error("{}: event {index}: {message}", path.display())]
+    Inconsistent {
+        /// The journal.
+        path: PathBuf,
+        /// The event's position.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Rebuilds a run's state from its journal's records.
+pub fn replay(contents: &Contents, path: &Path) -> Result<RunState, ReplayError> {
+    let mut records = contents.records.iter();
+    let Some(Event::ExperimentCreated { config_path, yaml, config_text }) = records.next().map(|r| &r.event) else {
+        return Err(ReplayError::NoConfig { path: path.to_owned() });
+    };
+    let config = Config::parse(config_text, *yaml, config_path)?.with_paths_from(config_path);
+    let scheduler = Scheduler::new(&config.scheduler, config.max_epochs);
+    let e = &config.experiment;
+    let mut state = RunState {
+        config_path: config_path.clone(),
+        yaml: *yaml,
+        config_text: config_text.clone(),
+        board: Board::new(e.metric.clone(), e.mode, config.max_epochs, scheduler),
+        config,
+        trials: Vec::new(),
+        finished: false,
+        events: contents.records.len(),
+    };
+    for (index, record) in contents.records.iter().enumerate().skip(1) {
+        let bad = |message: String| ReplayError::Inconsistent { path: path.to_owned(), index, message };
+        let trial = |state: &mut RunState, id: TrialId| -> Result<usize, ReplayError> {
+            let i = id.0 as usize;
+            if i < state.trials.len() {
+                Ok(i)
+            } else {
+                Err(bad(format!("trial {id} was never proposed")))
+            }
+        };
+        match &record.event {
+            Event::ExperimentCreated { .. } => return Err(bad("a second experiment-created event".into())),
+            Event::TrialProposed { id, params } => {
+                state.board.propose(*id, params.clone()).map_err(bad)?;
+                state.trials.push(TrialRecord {
+                    id: *id,
+                    params: params.clone(),
+                    attempts: 0,
+                    restarts: 0,
+                    last_decision: None,
+                    last_checkpoint: None,
+                });
+            }
+            Event::TrialStarted { id, attempt, .. } => {
+                let i = trial(&mut state, *id)?;
+                state.trials[i].attempts = state.trials[i].attempts.max(attempt + 1);
+                state.board.start(*id);
+            }
+            Event::TrialRestarted { id, restarts, error } => {
+                let i = trial(&mut state, *id)?;
+                state.trials[i].restarts = *restarts;
+                state.board.restart(*id, *restarts, error.clone());
+            }
+            Event::Report { id, attempt, epoch, metrics, decision } => {
+                let i = trial(&mut state, *id)?;
+                let report = Report { trial: *id, attempt: *attempt, epoch: *epoch, metrics: metrics.clone() };
+                state.board.report(&report);
+                state.trials[i].last_decision = Some(*decision);
+            }
+            Event::CheckpointWritten { id, epoch } => {
+                let i = trial(&mut state, *id)?;
+                state.trials[i].last_checkpoint = Some(*epoch);
+            }
+            Event::TrialEnded { id, status, error } => {
+                trial(&mut state, *id)?;
+                state.board.end(*id, *status, error.clone());
+            }
+            Event::SweepStopped { finished } => state.finished = *finished,
+        }
+    }
+    // A trial whose last decision stopped it, killed before its end was
+    // written, ended then.
+    for t in &state.trials {
+        let status = state.board.standing(t.id).map(|s| s.status);
+        if status.is_some_and(|s| !s.is_final()) {
+            match t.last_decision {
+                Some(Decision::Prune) => drop(state.board.end(t.id, TrialStatus::Pruned, None)),
+                Some(Decision::Complete) => drop(state.board.end(t.id, TrialStatus::Completed, None)),
+                _ => {}
+            }
+        }
+    }
+    Ok(state)
+}

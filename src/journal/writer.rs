@@ -1,0 +1,196 @@
+//! The journal writer: one dedicated thread owns the file and commits in
+//! groups. It takes every event waiting in its queue, writes them with one
+//! `write`, makes them durable with one `fdatasync`, and only then fires
+//! their acknowledgements (for a report: the decision, sent straight to the
+//! trial's slot thread). The thread ends when every handle is dropped. So a decision is never acted on before the report
+//! it depends on is on disk, and an fsync is shared by every event that
+//! arrived while the previous one ran. fsync blocks for milliseconds, which
+//! is why this is a thread and not a task on a tokio worker.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{encode_frame, header, now_ms, Event, JournalError, Record};
+use crate::schedule::Decision;
+
+/// What to do once an event is durable.
+enum Ack {
+    /// Send a report's decision to the waiting trial.
+    Decision(Sender<Decision>, Decision),
+    /// Wake a caller of [`Journal::sync`].
+    Synced(Sender<()>),
+}
+
+enum Command {
+    Append(Event, Option<Ack>),
+    Sync(Sender<()>),
+}
+
+/// Counters of a journal writer.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// Events written.
+    pub events: AtomicU64,
+    /// fsyncs (commit groups).
+    pub syncs: AtomicU64,
+    /// Bytes written.
+    pub bytes: AtomicU64,
+}
+
+/// A handle on a journal being written; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    queue: Sender<Command>,
+    path: PathBuf,
+    stats: Arc<JournalStats>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).finish()
+    }
+}
+
+impl Journal {
+    /// Creates a new journal; fails if the file exists.
+    pub fn create(path: &Path) -> Result<Journal, JournalError> {
+        let io_err = |source| JournalError::Io { path: path.to_owned(), source };
+        let mut file = OpenOptions::new().write(true).create_new(true).open(path).map_err(io_err)?;
+        file.write_all(&header()).and_then(|()| file.sync_all()).map_err(io_err)?;
+        Ok(Self::start(file, path))
+    }
+
+    /// Opens an existing journal for appending after its first `valid_len`
+    /// bytes, cutting off anything after them (a torn tail).
+    pub fn append_to(path: &Path, valid_len: u64) -> Result<Journal, JournalError> {
+        let io_err = |source| JournalError::Io { path: path.to_owned(), source };
+        let mut file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
+        if valid_len < super::HEADER_LEN {
+            file.set_len(0).map_err(io_err)?;
+            file.write_all(&header()).map_err(io_err)?;
+        } else {
+            file.set_len(valid_len).map_err(io_err)?;
+        }
+        file.sync_all().map_err(io_err)?;
+        let file = OpenOptions::new().append(true).open(path).map_err(io_err)?;
+        Ok(Self::start(file, path))
+    }
+
+    fn start(file: File, path: &Path) -> Journal {
+        let (queue, commands) = crossbeam_channel::unbounded();
+        let stats = Arc::new(JournalStats::default());
+        let error = Arc::new(Mutex::new(None));
+        let (s, e) = (stats.clone(), error.clone());
+        std::thread::Builder::new()
+            .name("gauntlet-journal".into())
+            .spawn(move || {
+                if let Err(err) = write_loop(file, commands, &s) {
+                    tracing::error!("journal write failed: {err}");
+                    *e.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
+                }
+            })
+            .expect("the journal thread starts");
+        Journal { queue, path: path.to_owned(), stats, error }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends an event; durable at the next group commit.
+    pub fn append(&self, event: Event) -> Result<(), JournalError> {
+        self.send(Command::Append(event, None))
+    }
+
+    /// Appends a report's event; `decision` is sent on `reply` once it is durable.
+    pub fn append_then_reply(
+        &self,
+        event: Event,
+        reply: Sender<Decision>,
+        decision: Decision,
+    ) -> Result<(), JournalError> {
+        self.send(Command::Append(event, Some(Ack::Decision(reply, decision))))
+    }
+
+    /// Appends an event and waits until it is durable.
+    pub fn append_durable(&self, event: Event) -> Result<(), JournalError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Command::Append(event, Some(Ack::Synced(tx))))?;
+        rx.recv().map_err(|_| self.failure())
+    }
+
+    /// Waits until everything appended so far is durable.
+    pub fn sync(&self) -> Result<(), JournalError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Command::Sync(tx))?;
+        rx.recv().map_err(|_| self.failure())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
+    fn send(&self, command: Command) -> Result<(), JournalError> {
+        self.queue.send(command).map_err(|_| self.failure())
+    }
+
+    fn failure(&self) -> JournalError {
+        let message = self.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        JournalError::Io {
+            path: self.path.clone(),
+            source: io::Error::other(message.unwrap_or_else(|| "the journal writer has stopped".into())),
+        }
+    }
+}
+
+/// Group commit: block for one command, take all others waiting (up to
+/// 4 MiB), write, fdatasync, acknowledge.
+fn write_loop(mut file: File, commands: Receiver<Command>, stats: &JournalStats) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut acks = Vec::new();
+    while let Ok(first) = commands.recv() {
+        let mut events = 0u64;
+        let mut take = |command: Command, buf: &mut Vec<u8>| match command {
+            Command::Append(event, ack) => {
+                encode_frame(&Record { at_ms: now_ms(), event }, buf);
+                events += 1;
+                acks.extend(ack);
+            }
+            Command::Sync(tx) => acks.push(Ack::Synced(tx)),
+        };
+        take(first, &mut buf);
+        while buf.len() < 4 << 20 {
+            match commands.try_recv() {
+                Ok(command) => take(command, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if !buf.is_empty() {
+            file.write_all(&buf)?;
+            file.sync_data()?;
+            stats.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+            buf.clear();
+        }
+        stats.events.fetch_add(events, Ordering::Relaxed);
+        for ack in acks.drain(..) {
+            match ack {
+                Ack::Decision(reply, decision) => {
+                    let _ = reply.try_send(decision);
+                }
+                Ack::Synced(tx) => {
+                    let _ = tx.try_send(());
+                }
+            }
+        }
+    }
+    Ok(())
+}

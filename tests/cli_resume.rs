@@ -1,0 +1,201 @@
+//! Killing `gauntlet run` with SIGKILL at several points and resuming it
+//! with `gauntlet resume`: the journal brings back every trial, the searcher
+//! and the scheduler, so the resumed run ends as an uninterrupted one would.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn config(concurrency: u32) -> String {
+    synthetic_config(
+        "resumable",
+        &format!(
+            r#"max_trials = 8
+concurrency = {concurrency}
+[data]
+source = "synthetic"
+samples = 4000
+features = 20
+classes = 4
+[model]
+kind = "mlp"
+hidden_units = {{ int = [16, 96], log = true }}
+dropout = {{ uniform = [0.0, 0.3] }}
+[train]
+optimizer = {{ choice = ["adam", "sgd"] }}
+lr = {{ loguniform = [1e-3, 3e-2] }}
+batch_size = 32
+max_epochs = 6
+[scheduler]
+kind = "asha"
+grace_epochs = 1
+reduction_factor = 2
+"#
+        ),
+    )
+}
+
+/// Starts a run and SIGKILLs it once `results.jsonl` holds `reports` lines.
+fn run_and_kill(tmp: &Path, name: &str, config: &str, reports: usize) -> PathBuf {
+    let cfg = write(tmp, &format!("{name}.toml"), config);
+    let out = tmp.join(name);
+    let mut child = gauntlet()
+        .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(out.join("results.jsonl")).map_or(0, |s| s.lines().count());
+        if lines >= reports {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "{name}: the run ended before {reports} reports");
+        assert!(start.elapsed() < Duration::from_secs(120), "{name}: too slow");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    out
+}
+
+fn resume(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["resume", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    gauntlet().args(args).output().unwrap()
+}
+
+/// (id, params, status) of every trial.
+fn outcome(dir: &Path) -> Vec<(u64, String, String)> {
+    let status = status_json(dir);
+    status["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_u64().unwrap(), t["params"].to_string(), t["status"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[test]
+fn killed_at_any_point_and_resumed_ends_as_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = run_ok(tmp.path(), &config(1));
+    let expected = outcome(&reference);
+    assert_eq!(expected.len(), 8);
+    assert!(expected.iter().any(|t| t.2 == "pruned") && expected.iter().any(|t| t.2 == "completed"));
+
+    for (i, reports) in [1, 4, 9, 15].into_iter().enumerate() {
+        let dir = run_and_kill(tmp.path(), &format!("killed-{i}"), &config(1), reports);
+        // Status works on the dead run and shows what was running.
+        let before = status_json(&dir);
+        assert_eq!(before["finished"], false);
+        let o = resume(&dir, &[]);
+        assert!(o.status.success(), "resume after {reports} reports: {}", stderr(&o));
+        assert_eq!(outcome(&dir), expected, "killed after {reports} reports");
+
+        // Epochs continued: per trial, the epochs reported after the kill
+        // start where the checkpoints were, so no trial trained from scratch twice.
+        let mut by_trial: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        for l in results(&dir) {
+            by_trial
+                .entry(l["trial"].as_u64().unwrap())
+                .or_default()
+                .push((l["attempt"].as_u64().unwrap(), l["epoch"].as_u64().unwrap()));
+        }
+        for (trial, reports) in &by_trial {
+            for w in reports.windows(2) {
+                let ((a0, e0), (a1, e1)) = (w[0], w[1]);
+                if a1 == a0 {
+                    assert_eq!(e1, e0 + 1, "trial {trial}: {reports:?}");
+                } else {
+                    // A new attempt continues after the last checkpoint: the
+                    // epoch just reported, or the one before it when the kill
+                    // came between a report and its checkpoint.
+                    assert!(e1 == e0 + 1 || e1 == e0, "trial {trial} restarted from scratch: {reports:?}");
+                }
+            }
+        }
+        // A second resume finds nothing to do.
+        let again = resume(&dir, &[]);
+        assert!(again.status.success());
+        assert!(stdout(&again).contains("finished already"), "{}", stdout(&again));
+    }
+}
+
+#[test]
+fn two_slots_killed_and_resumed_lose_and_duplicate_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_and_kill(tmp.path(), "two", &config(2), 10);
+    let o = resume(&dir, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let status = status_json(&dir);
+    assert_eq!(status["finished"], true);
+    let trials = status["trials"].as_array().unwrap();
+    let ids: BTreeSet<u64> = trials.iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (0..8).collect(), "every id once, none reused, none lost");
+    let mut seen: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for l in results(&dir) {
+        seen.entry(l["trial"].as_u64().unwrap()).or_default().insert(l["epoch"].as_u64().unwrap());
+    }
+    for t in trials {
+        let s = t["status"].as_str().unwrap();
+        assert!(s == "completed" || s == "pruned", "stuck: {t}");
+        if s == "completed" {
+            assert_eq!(t["epochs"], 6);
+        }
+        let epochs = t["epochs"].as_u64().unwrap();
+        assert_eq!(seen[&t["id"].as_u64().unwrap()], (1..=epochs).collect(), "every epoch reported: {t}");
+    }
+}
+
+#[test]
+fn a_torn_tail_is_cut_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_ok(tmp.path(), &config(2).replace("max_trials = 8", "max_trials = 2"));
+    let journal = dir.join("journal.msgpack");
+    let whole = std::fs::metadata(&journal).unwrap().len();
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2]); // a frame header promising 40 bytes, cut short
+    std::fs::write(&journal, &bytes).unwrap();
+    let o = gauntlet().args(["status", dir.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let warning = format!("the last 6 bytes, from byte {whole}, are a frame cut short");
+    assert!(stderr(&o).contains(&warning), "{}", stderr(&o));
+    let o = resume(&dir, &[]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("finished already"));
+}
+
+#[test]
+fn corruption_in_the_middle_is_an_error_until_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_and_kill(tmp.path(), "corrupt", &config(2), 12);
+    let journal = dir.join("journal.msgpack");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&journal, &bytes).unwrap();
+
+    let o = gauntlet().args(["status", dir.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("corrupt frame at byte"), "{}", stderr(&o));
+    let o = resume(&dir, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--repair"), "{}", stderr(&o));
+
+    let o = resume(&dir, &["--repair"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("repair:") && stderr(&o).contains("dropping"), "{}", stderr(&o));
+    let status = status_json(&dir);
+    let trials: &Vec<Value> = status["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 8);
+    assert!(trials.iter().all(|t| t["status"] == "completed" || t["status"] == "pruned"), "{status}");
+}
