@@ -78,14 +78,14 @@ impl Board {
     }
 
     /// Records a report and decides on it.
-    pub fn report(&mut self, report: &Report) -> Decision {
+    pub fn report(&mut self, report: Report) -> Decision {
         let value = report.metric(&self.metric);
         let mode = self.mode;
         let Some(s) = self.standings.get_mut(report.trial.0 as usize) else {
             return Decision::Prune; // never proposed: stop it
         };
         s.epochs = report.epoch;
-        s.last_metrics = report.metrics.iter().cloned().collect();
+        s.last_metrics = report.metrics.into_iter().collect();
         match value {
             Some(v) if v.is_finite() => {
                 if s.best_metric.is_none_or(|b| mode.score(v) > mode.score(b)) {

@@ -45,12 +45,14 @@ reduction_factor = 2
 fn run_and_kill(tmp: &Path, name: &str, config: &str, reports: usize) -> PathBuf {
     let cfg = write(tmp, &format!("{name}.toml"), config);
     let out = tmp.join(name);
-    let mut child = gauntlet()
+    let child = gauntlet()
         .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut guard = Running(child);
+    let child = &mut guard.0;
     let start = Instant::now();
     loop {
         let lines = std::fs::read_to_string(out.join("results.jsonl")).map_or(0, |s| s.lines().count());

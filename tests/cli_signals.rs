@@ -41,12 +41,14 @@ fn interrupted_by(signal: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write(tmp.path(), "long.toml", &long_config());
     let out = tmp.path().join("run");
-    let mut child = gauntlet()
+    let child = gauntlet()
         .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut guard = Running(child);
+    let child = &mut guard.0;
     // Wait until two trials are training (each has reported twice).
     let start = Instant::now();
     loop {
@@ -63,7 +65,7 @@ fn interrupted_by(signal: &str) {
     }
     let kill = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
-    let status = wait(&mut child, Duration::from_secs(30));
+    let status = wait(child, Duration::from_secs(30));
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(130), "{err}");

@@ -115,7 +115,7 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
 fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let run = RunDir::open(dir)?;
     let contents = read_journal(&run, false)?;
-    let state = journal::replay(&contents, &run.journal_file())?;
+    let state = journal::replay(contents.records, &run.journal_file())?;
     let e = &state.config.experiment;
     let doc = StatusDoc {
         experiment: e.name.clone(),
@@ -165,7 +165,8 @@ fn read_journal(run: &RunDir, repair: bool) -> anyhow::Result<journal::Contents>
 fn resume(dir: &Path, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
     let run = RunDir::open(dir)?;
     let contents = read_journal(&run, repair)?;
-    let state = journal::replay(&contents, &run.journal_file())?;
+    let valid_len = contents.valid_len;
+    let state = journal::replay(contents.records, &run.journal_file())?;
     if state.finished {
         println!("{}: this run finished already; nothing to resume", dir.display());
         return Ok(ExitCode::SUCCESS);
@@ -173,7 +174,7 @@ fn resume(dir: &Path, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
     let config = state.config.clone();
     config.check_files(&state.config_path)?;
     let data = Arc::new(Dataset::load(&config)?);
-    let journal = Journal::append_to(&run.journal_file(), contents.valid_len)?;
+    let journal = Journal::append_to(&run.journal_file(), valid_len)?;
     let _log = init_logging(&run, true)?;
     install_panic_hook();
     let unfinished = state.unfinished().len();

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Contents, Event};
+use super::{Event, Record};
 use crate::board::Board;
 use crate::config::{Config, ConfigError, Params};
 use crate::schedule::{Decision, Scheduler};
@@ -80,26 +80,27 @@ pub enum ReplayError {
     },
 }
 
-/// Rebuilds a run's state from its journal's records.
-pub fn replay(contents: &Contents, path: &Path) -> Result<RunState, ReplayError> {
-    let mut records = contents.records.iter();
-    let Some(Event::ExperimentCreated { config_path, yaml, config_text }) = records.next().map(|r| &r.event) else {
+/// Rebuilds a run's state from its journal's records (in file order).
+pub fn replay(records: Vec<Record>, path: &Path) -> Result<RunState, ReplayError> {
+    let events = records.len();
+    let mut records = records.into_iter().map(|r| r.event);
+    let Some(Event::ExperimentCreated { config_path, yaml, config_text }) = records.next() else {
         return Err(ReplayError::NoConfig { path: path.to_owned() });
     };
-    let config = Config::parse(config_text, *yaml, config_path)?.with_paths_from(config_path);
+    let config = Config::parse(&config_text, yaml, &config_path)?.with_paths_from(&config_path);
     let scheduler = Scheduler::new(&config.scheduler, config.max_epochs);
     let e = &config.experiment;
     let mut state = RunState {
-        config_path: config_path.clone(),
-        yaml: *yaml,
-        config_text: config_text.clone(),
+        config_path,
+        yaml,
+        config_text,
         board: Board::new(e.metric.clone(), e.mode, config.max_epochs, scheduler),
         config,
         trials: Vec::new(),
         finished: false,
-        events: contents.records.len(),
+        events,
     };
-    for (index, record) in contents.records.iter().enumerate().skip(1) {
+    for (index, event) in records.enumerate().map(|(i, e)| (i + 1, e)) {
         let bad = |message: String| ReplayError::Inconsistent { path: path.to_owned(), index, message };
         let trial = |state: &mut RunState, id: TrialId| -> Result<usize, ReplayError> {
             let i = id.0 as usize;
@@ -109,13 +110,13 @@ pub fn replay(contents: &Contents, path: &Path) -> Result<RunState, ReplayError>
                 Err(bad(format!("trial {id} was never proposed")))
             }
         };
-        match &record.event {
+        match event {
             Event::ExperimentCreated { .. } => return Err(bad("a second experiment-created event".into())),
             Event::TrialProposed { id, params } => {
-                state.board.propose(*id, params.clone()).map_err(bad)?;
+                state.board.propose(id, params.clone()).map_err(bad)?;
                 state.trials.push(TrialRecord {
-                    id: *id,
-                    params: params.clone(),
+                    id,
+                    params,
                     attempts: 0,
                     restarts: 0,
                     last_decision: None,
@@ -123,30 +124,29 @@ pub fn replay(contents: &Contents, path: &Path) -> Result<RunState, ReplayError>
                 });
             }
             Event::TrialStarted { id, attempt, .. } => {
-                let i = trial(&mut state, *id)?;
+                let i = trial(&mut state, id)?;
                 state.trials[i].attempts = state.trials[i].attempts.max(attempt + 1);
-                state.board.start(*id);
+                state.board.start(id);
             }
             Event::TrialRestarted { id, restarts, error } => {
-                let i = trial(&mut state, *id)?;
-                state.trials[i].restarts = *restarts;
-                state.board.restart(*id, *restarts, error.clone());
+                let i = trial(&mut state, id)?;
+                state.trials[i].restarts = restarts;
+                state.board.restart(id, restarts, error);
             }
             Event::Report { id, attempt, epoch, metrics, decision } => {
-                let i = trial(&mut state, *id)?;
-                let report = Report { trial: *id, attempt: *attempt, epoch: *epoch, metrics: metrics.clone() };
-                state.board.report(&report);
-                state.trials[i].last_decision = Some(*decision);
+                let i = trial(&mut state, id)?;
+                state.board.report(Report { trial: id, attempt, epoch, metrics });
+                state.trials[i].last_decision = Some(decision);
             }
             Event::CheckpointWritten { id, epoch } => {
-                let i = trial(&mut state, *id)?;
-                state.trials[i].last_checkpoint = Some(*epoch);
+                let i = trial(&mut state, id)?;
+                state.trials[i].last_checkpoint = Some(epoch);
             }
             Event::TrialEnded { id, status, error } => {
-                trial(&mut state, *id)?;
-                state.board.end(*id, *status, error.clone());
+                trial(&mut state, id)?;
+                state.board.end(id, status, error);
             }
-            Event::SweepStopped { finished } => state.finished = *finished,
+            Event::SweepStopped { finished } => state.finished = finished,
         }
     }
     // A trial whose last decision stopped it, killed before its end was

@@ -4,10 +4,11 @@
 //! the top `1/eta` of the scores recorded at that rung so far (at least the
 //! best one, so the first arrivals are not starved).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::ranks::Ranks;
 use super::Decision;
 use crate::trial::TrialId;
 
@@ -22,8 +23,10 @@ pub struct Asha {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Rung {
     epoch: u32,
-    /// Trial → score at this rung (one entry per trial, first arrival wins).
-    scores: BTreeMap<TrialId, f64>,
+    /// Trials judged here (once each: the first arrival wins).
+    judged: BTreeSet<TrialId>,
+    /// Their scores, for rank queries.
+    scores: Ranks,
 }
 
 impl Asha {
@@ -33,7 +36,7 @@ impl Asha {
         let rungs = Self::milestones(grace, eta, max_epochs)
             .into_iter()
             .filter(|&e| e < max_epochs)
-            .map(|epoch| Rung { epoch, scores: BTreeMap::new() })
+            .map(|epoch| Rung { epoch, judged: BTreeSet::new(), scores: Ranks::default() })
             .collect();
         Asha { eta, max_epochs, rungs }
     }
@@ -69,11 +72,11 @@ impl Asha {
         let Some(rung) = self.rungs.iter_mut().rev().find(|r| r.epoch <= epoch) else {
             return Decision::Continue;
         };
-        if rung.scores.contains_key(&trial) {
+        if !rung.judged.insert(trial) {
             return Decision::Continue; // already judged here (a re-run epoch after a restart)
         }
-        rung.scores.insert(trial, score);
-        let better = rung.scores.values().filter(|&&s| s > score).count();
+        rung.scores.insert(score);
+        let better = rung.scores.greater_than(score);
         let keep = (rung.scores.len() / self.eta as usize).max(1);
         if better < keep {
             Decision::Continue

@@ -5,6 +5,7 @@
 //! leaderboard actor can ask them and a resumed run can restore them.
 
 mod asha;
+mod ranks;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +13,7 @@ use crate::config::{SchedulerConfig, SchedulerKind};
 use crate::trial::TrialId;
 
 pub use asha::Asha;
+pub use ranks::Ranks;
 
 /// A scheduler's answer to one report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

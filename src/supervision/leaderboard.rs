@@ -135,8 +135,8 @@ impl State {
     /// Decides on a report; the decision reaches the trial only once the
     /// report is durable in the journal.
     fn on_report(&mut self, report: Report, reply: Sender<Decision>) -> Result<(), ActorProcessingErr> {
-        let decision = self.board.report(&report);
         let value = report.metric(self.board.metric());
+        let decision = self.board.report(report.clone());
         if value.is_none() {
             tracing::warn!(trial = %report.trial, metric = %self.board.metric(), "report lacks the experiment metric");
         }

@@ -4,6 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A child process that is killed (SIGKILL) when dropped, so that a failing
+/// test leaves no sweep running behind it.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn gauntlet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gauntlet"))
 }
