@@ -7,6 +7,9 @@
 //!
 //! Optional: GAUNTLET_BENCH_TRIALS (default 10000).
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use gauntlet::config::{SchedulerConfig, SchedulerKind};
