@@ -112,6 +112,31 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Removes checkpoints of epochs after `epoch` (the trial's last recorded
+    /// report): they belong to a history the journal does not hold.
+    pub fn discard_after(&self, trial: TrialId, epoch: u32) -> io::Result<usize> {
+        let stale: Vec<Checkpoint> = self.list(trial).into_iter().filter(|c| c.epoch > epoch).collect();
+        for c in &stale {
+            fs::remove_dir_all(&c.dir)?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Removes the checkpoint directories of trials `first` and later (ids
+    /// the journal never proposed, after a repair cut them off).
+    pub fn discard_trials_from(&self, first: u32) -> io::Result<usize> {
+        let Ok(entries) = fs::read_dir(&self.root) else { return Ok(0) };
+        let mut removed = 0;
+        for entry in entries.filter_map(Result::ok) {
+            let id = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok());
+            if id.is_some_and(|id| id >= first) {
+                fs::remove_dir_all(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn retain(&self, trial: TrialId) -> io::Result<()> {
         let all = self.list(trial);
         if all.len() <= self.keep {

@@ -124,6 +124,15 @@ impl Standing {
     }
 }
 
+/// Why a report means divergence: the experiment metric or any `*loss`
+/// metric is NaN or infinite. Shared by live trials and journal replay.
+pub fn divergence(metrics: &[(String, f64)], metric: &str, epoch: u32) -> Option<String> {
+    metrics
+        .iter()
+        .find(|(n, v)| !v.is_finite() && (n == metric || n.ends_with("loss")))
+        .map(|(n, v)| format!("{n} is {v} at epoch {epoch}"))
+}
+
 /// Derives a trial's seed from the experiment seed and the trial id.
 pub fn trial_seed(experiment_seed: u64, id: TrialId) -> u64 {
     splitmix64(experiment_seed ^ splitmix64(u64::from(id.0) + 1))

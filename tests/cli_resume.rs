@@ -201,3 +201,31 @@ fn corruption_in_the_middle_is_an_error_until_repaired() {
     assert_eq!(trials.len(), 8);
     assert!(trials.iter().all(|t| t["status"] == "completed" || t["status"] == "pruned"), "{status}");
 }
+
+#[test]
+fn resume_refuses_a_live_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(tmp.path(), "live.toml", &config(1).replace("max_epochs = 6", "max_epochs = 100000"));
+    let out = tmp.path().join("live");
+    let child = gauntlet()
+        .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Running(child);
+    let start = Instant::now();
+    while std::fs::read_to_string(out.join("results.jsonl")).map_or(0, |s| s.lines().count()) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the run never reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = std::fs::metadata(out.join("journal.msgpack")).unwrap().len();
+    let o = resume(&out, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("another gauntlet process is writing this run"), "{}", stderr(&o));
+    // The live run's journal was not cut.
+    assert!(std::fs::metadata(out.join("journal.msgpack")).unwrap().len() >= before);
+    // Status reads a live run.
+    let status = status_json(&out);
+    assert_eq!(status["trials"][0]["status"], "running");
+}

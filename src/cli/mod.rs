@@ -10,13 +10,14 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gauntlet::checkpoint::CheckpointStore;
 use gauntlet::config::{Config, ConfigError};
 use gauntlet::data::{DataError, Dataset};
 use gauntlet::journal::{self, Event, Journal, JournalError, ReplayError, RunState};
 use gauntlet::run_dir::{RunDir, RunDirError, StatusDoc};
 use gauntlet::supervision::rank;
 use gauntlet::trainable::mlp::MlpTrainable;
-use gauntlet::{Summary, Sweep};
+use gauntlet::{Summary, Sweep, TrialStatus};
 
 /// Fault-tolerant hyperparameter sweeps: supervised trials, libtorch training, early pruning.
 #[derive(Parser)]
@@ -76,7 +77,7 @@ pub fn is_usage_error(e: &anyhow::Error) -> bool {
             || c.is::<ReplayError>()
             || matches!(
                 c.downcast_ref::<JournalError>(),
-                Some(JournalError::Corrupt { .. } | JournalError::Header { .. })
+                Some(JournalError::Corrupt { .. } | JournalError::Header { .. } | JournalError::Busy { .. })
             )
     })
 }
@@ -162,6 +163,29 @@ fn read_journal(run: &RunDir, repair: bool) -> anyhow::Result<journal::Contents>
     Ok(contents)
 }
 
+/// Makes the disk agree with the journal before continuing: trials that
+/// replay ended get their end recorded and their checkpoints trimmed, and
+/// checkpoints of a history the journal does not hold (a repair cut it off)
+/// are removed, so no trial resumes from them.
+fn tidy_for_resume(run: &RunDir, config: &Config, state: &RunState, journal: &Journal) -> anyhow::Result<()> {
+    let store = CheckpointStore::new(run.trials_dir(), config.fault.keep_checkpoints as usize);
+    let mut stale = store.discard_trials_from(state.trials.len() as u32)?;
+    for s in state.board.standings() {
+        stale += store.discard_after(s.id, s.epochs)?;
+    }
+    if stale > 0 {
+        tracing::warn!("removed {stale} checkpoint(s) the journal has no reports for");
+    }
+    for (id, status, error) in &state.ended_by_replay {
+        journal.append(Event::TrialEnded { id: *id, status: *status, error: error.clone() })?;
+        if *status != TrialStatus::Completed {
+            store.keep_only_best(*id)?;
+        }
+    }
+    journal.sync()?;
+    Ok(())
+}
+
 fn resume(dir: &Path, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
     let run = RunDir::open(dir)?;
     let contents = read_journal(&run, repair)?;
@@ -177,6 +201,7 @@ fn resume(dir: &Path, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
     let journal = Journal::append_to(&run.journal_file(), valid_len)?;
     let _log = init_logging(&run, true)?;
     install_panic_hook();
+    tidy_for_resume(&run, &config, &state, &journal)?;
     let unfinished = state.unfinished().len();
     tracing::info!(
         events = state.events,
@@ -201,7 +226,12 @@ fn run_experiment(config_path: &Path, out: Option<PathBuf>, json: bool) -> anyho
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
         PathBuf::from("runs").join(format!("{}-{stamp}", config.experiment.name))
     });
-    if dir.join(journal::JOURNAL_FILE).exists() {
+    let existing = dir.join(journal::JOURNAL_FILE);
+    if existing.exists() && journal::read(&existing).is_ok_and(|c| c.records.is_empty()) {
+        // A run that died before recording its config: nothing to keep.
+        std::fs::remove_file(&existing).with_context(|| format!("cannot remove {}", existing.display()))?;
+    }
+    if existing.exists() {
         return Err(UsageError(format!(
             "{} already holds a run; continue it with `gauntlet resume {}`, or choose another --out",
             dir.display(),

@@ -132,6 +132,12 @@ pub enum JournalError {
         /// Why.
         source: io::Error,
     },
+    /// Another process holds the journal: the run is live.
+    #[error("{}: another gauntlet process is writing this run; wait for it or stop it first", path.display())]
+    Busy {
+        /// The journal.
+        path: PathBuf,
+    },
     /// The file is not a journal of a version this build reads.
     #[error("{}: {message}", path.display())]
     Header {
@@ -231,6 +237,16 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Contents, JournalError> {
             break;
         }
         let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+        if len == 0 {
+            // Never written: a zero-filled tail (power loss on some file
+            // systems) is torn; anything else here is damage.
+            ending = if rest.iter().all(|&b| b == 0) {
+                Ok(rest.len() as u64)
+            } else {
+                Err(corrupt(at, "zero-length frame".into()))
+            };
+            break;
+        }
         if len > MAX_FRAME {
             ending = Err(corrupt(at, format!("frame length {len} exceeds {MAX_FRAME}")));
             break;

@@ -9,7 +9,7 @@ use super::{Event, Record};
 use crate::board::Board;
 use crate::config::{Config, ConfigError, Params};
 use crate::schedule::{Decision, Scheduler};
-use crate::trial::{Report, TrialId, TrialStatus};
+use crate::trial::{divergence, Report, TrialId, TrialStatus};
 
 /// What replay knows about one trial beyond its standing.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +26,8 @@ pub struct TrialRecord {
     pub last_decision: Option<Decision>,
     /// Its last checkpoint epoch the journal knows of.
     pub last_checkpoint: Option<u32>,
+    /// Why its last report means divergence, if it does.
+    pub diverged: Option<String>,
 }
 
 /// A run as its journal tells it.
@@ -47,6 +49,9 @@ pub struct RunState {
     pub finished: bool,
     /// Events replayed.
     pub events: usize,
+    /// Trials that replay ended although the journal holds no end for them
+    /// (the run died between the decision and the end): (trial, status, error).
+    pub ended_by_replay: Vec<(TrialId, TrialStatus, Option<String>)>,
 }
 
 impl RunState {
@@ -60,7 +65,10 @@ impl RunState {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     /// The first event is not the experiment's creation.
-    #[error("{}: the journal does not start with the experiment's config", path.display())]
+    #[error(
+        "{}: the journal holds no experiment: the run died before recording its config; start it again with `gauntlet run`",
+        path.display()
+    )]
     NoConfig {
         /// The journal.
         path: PathBuf,
@@ -99,6 +107,7 @@ pub fn replay(records: Vec<Record>, path: &Path) -> Result<RunState, ReplayError
         trials: Vec::new(),
         finished: false,
         events,
+        ended_by_replay: Vec::new(),
     };
     for (index, event) in records.enumerate().map(|(i, e)| (i + 1, e)) {
         let bad = |message: String| ReplayError::Inconsistent { path: path.to_owned(), index, message };
@@ -121,11 +130,12 @@ pub fn replay(records: Vec<Record>, path: &Path) -> Result<RunState, ReplayError
                     restarts: 0,
                     last_decision: None,
                     last_checkpoint: None,
+                    diverged: None,
                 });
             }
             Event::TrialStarted { id, attempt, .. } => {
                 let i = trial(&mut state, id)?;
-                state.trials[i].attempts = state.trials[i].attempts.max(attempt + 1);
+                state.trials[i].attempts = state.trials[i].attempts.max(attempt.saturating_add(1));
                 state.board.start(id);
             }
             Event::TrialRestarted { id, restarts, error } => {
@@ -135,6 +145,7 @@ pub fn replay(records: Vec<Record>, path: &Path) -> Result<RunState, ReplayError
             }
             Event::Report { id, attempt, epoch, metrics, decision } => {
                 let i = trial(&mut state, id)?;
+                state.trials[i].diverged = divergence(&metrics, &state.config.experiment.metric, epoch);
                 state.board.report(Report { trial: id, attempt, epoch, metrics });
                 state.trials[i].last_decision = Some(decision);
             }
@@ -149,16 +160,23 @@ pub fn replay(records: Vec<Record>, path: &Path) -> Result<RunState, ReplayError
             Event::SweepStopped { finished } => state.finished = finished,
         }
     }
-    // A trial whose last decision stopped it, killed before its end was
-    // written, ended then.
+    // A trial whose last report ended it (divergence first, as the trial's
+    // own context decides, then the scheduler's stop), killed before its end
+    // was written, ended then.
     for t in &state.trials {
         let status = state.board.standing(t.id).map(|s| s.status);
-        if status.is_some_and(|s| !s.is_final()) {
-            match t.last_decision {
-                Some(Decision::Prune) => drop(state.board.end(t.id, TrialStatus::Pruned, None)),
-                Some(Decision::Complete) => drop(state.board.end(t.id, TrialStatus::Completed, None)),
-                _ => {}
-            }
+        if status.is_none_or(TrialStatus::is_final) {
+            continue;
+        }
+        let end = match (&t.diverged, t.last_decision) {
+            (Some(why), _) => Some((TrialStatus::Diverged, Some(why.clone()))),
+            (None, Some(Decision::Prune)) => Some((TrialStatus::Pruned, None)),
+            (None, Some(Decision::Complete)) => Some((TrialStatus::Completed, None)),
+            _ => None,
+        };
+        if let Some((status, error)) = end {
+            state.board.end(t.id, status, error.clone());
+            state.ended_by_replay.push((t.id, status, error));
         }
     }
     Ok(state)

@@ -8,7 +8,7 @@
 //! is why this is a thread and not a task on a tokio worker.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,8 @@ enum Ack {
     Decision(Sender<Decision>, Decision),
     /// Wake a caller of [`Journal::sync`].
     Synced(Sender<()>),
+    /// Run a follow-up that must not happen before the event is durable.
+    Then(Box<dyn FnOnce() + Send>),
 }
 
 enum Command {
@@ -62,6 +64,7 @@ impl Journal {
     pub fn create(path: &Path) -> Result<Journal, JournalError> {
         let io_err = |source| JournalError::Io { path: path.to_owned(), source };
         let mut file = OpenOptions::new().write(true).create_new(true).open(path).map_err(io_err)?;
+        lock(&file, path)?;
         file.write_all(&header()).and_then(|()| file.sync_all()).map_err(io_err)?;
         Ok(Self::start(file, path))
     }
@@ -71,6 +74,7 @@ impl Journal {
     pub fn append_to(path: &Path, valid_len: u64) -> Result<Journal, JournalError> {
         let io_err = |source| JournalError::Io { path: path.to_owned(), source };
         let mut file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
+        lock(&file, path)?;
         if valid_len < super::HEADER_LEN {
             file.set_len(0).map_err(io_err)?;
             file.write_all(&header()).map_err(io_err)?;
@@ -78,7 +82,7 @@ impl Journal {
             file.set_len(valid_len).map_err(io_err)?;
         }
         file.sync_all().map_err(io_err)?;
-        let file = OpenOptions::new().append(true).open(path).map_err(io_err)?;
+        file.seek(SeekFrom::End(0)).map_err(io_err)?;
         Ok(Self::start(file, path))
     }
 
@@ -119,6 +123,11 @@ impl Journal {
         self.send(Command::Append(event, Some(Ack::Decision(reply, decision))))
     }
 
+    /// Appends an event; `then` runs on the journal thread once it is durable.
+    pub fn append_then(&self, event: Event, then: impl FnOnce() + Send + 'static) -> Result<(), JournalError> {
+        self.send(Command::Append(event, Some(Ack::Then(Box::new(then)))))
+    }
+
     /// Appends an event and waits until it is durable.
     pub fn append_durable(&self, event: Event) -> Result<(), JournalError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -148,6 +157,16 @@ impl Journal {
             path: self.path.clone(),
             source: io::Error::other(message.unwrap_or_else(|| "the journal writer has stopped".into())),
         }
+    }
+}
+
+/// Takes the journal's exclusive lock for as long as the file is open: one
+/// writer per run, so a `resume` cannot cut the journal of a live run.
+fn lock(file: &File, path: &Path) -> Result<(), JournalError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Busy { path: path.to_owned() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(JournalError::Io { path: path.to_owned(), source }),
     }
 }
 
@@ -189,6 +208,7 @@ fn write_loop(mut file: File, commands: Receiver<Command>, stats: &JournalStats)
                 Ack::Synced(tx) => {
                     let _ = tx.try_send(());
                 }
+                Ack::Then(f) => f(),
             }
         }
     }

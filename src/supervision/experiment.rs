@@ -241,12 +241,13 @@ impl ExperimentSupervisor {
     async fn spawn_attempt(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State, id: TrialId) {
         let Some(t) = state.live.get_mut(&id) else { return };
         let attempt = t.attempts;
-        t.attempts += 1;
+        t.attempts = t.attempts.saturating_add(1);
         let resume = if attempt > 0 { state.settings.checkpoints.latest(id) } else { None };
         let slots = state.slots.as_ref().map(SlotPool::queue).expect("slots live as long as the supervisor");
         let args = trial::Args {
             id,
             attempt,
+            restarts: t.restarts,
             seed: t.seed,
             params: t.params.clone(),
             resume,
@@ -311,11 +312,7 @@ impl ExperimentSupervisor {
         if let Some(actor) = t.actor {
             state.by_actor.remove(&actor.get_id());
         }
-        if matches!(status, TrialStatus::Pruned | TrialStatus::Failed | TrialStatus::Diverged) {
-            if let Err(e) = state.settings.checkpoints.keep_only_best(id) {
-                tracing::warn!(trial = %id, "cannot trim checkpoints: {e}");
-            }
-        }
+        // The leaderboard journals the end, then trims the trial's checkpoints.
         let _ = state.leaderboard.cast(LeaderboardMsg::Ended { id, status, error });
     }
 

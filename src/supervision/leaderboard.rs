@@ -196,7 +196,22 @@ impl Actor for Leaderboard {
                 state.emit(SweepEvent::Restarting { id, restarts, error });
             }
             LeaderboardMsg::Ended { id, status, error } => {
-                state.journal(Event::TrialEnded { id, status, error: error.clone() })?;
+                // Pruned, failed and diverged trials keep only their best
+                // checkpoint, once their end is durable (a resume must not
+                // find a trimmed trial it thinks is still running).
+                let store = state.settings.checkpoints.clone();
+                let trim = move || {
+                    if matches!(status, TrialStatus::Pruned | TrialStatus::Failed | TrialStatus::Diverged) {
+                        if let Err(e) = store.keep_only_best(id) {
+                            tracing::warn!(trial = %id, "cannot trim checkpoints: {e}");
+                        }
+                    }
+                };
+                let event = Event::TrialEnded { id, status, error: error.clone() };
+                match &state.settings.journal {
+                    Some(journal) => journal.append_then(event, trim)?,
+                    None => trim(),
+                }
                 let best = state.board.end(id, status, error);
                 state.emit(SweepEvent::Ended { id, status, best });
             }

@@ -39,7 +39,7 @@ impl AttemptEnd {
         match result {
             Ok(Ok(())) | Ok(Err(TrainError::Stopped(Stop::Completed))) => AttemptEnd::Completed,
             Ok(Err(TrainError::Stopped(Stop::Pruned))) => AttemptEnd::Pruned,
-            Ok(Err(TrainError::Stopped(Stop::Cancelled))) => AttemptEnd::Cancelled,
+            Ok(Err(TrainError::Stopped(Stop::Cancelled | Stop::Lost))) => AttemptEnd::Cancelled,
             Ok(Err(TrainError::Diverged(m))) => AttemptEnd::Diverged(m),
             Ok(Err(TrainError::Invalid(m))) => AttemptEnd::Invalid(m),
             Ok(Err(TrainError::Failed(m))) => AttemptEnd::Crashed(m),
@@ -70,6 +70,7 @@ pub(super) struct TrialActor;
 pub(super) struct Args {
     pub(super) id: TrialId,
     pub(super) attempt: u32,
+    pub(super) restarts: u32,
     pub(super) seed: u64,
     pub(super) params: Params,
     pub(super) resume: Option<Checkpoint>,
@@ -105,6 +106,7 @@ impl Actor for TrialActor {
         let mut ctx = TrialContext::new(
             a.id,
             a.attempt,
+            a.restarts,
             a.seed,
             a.params,
             a.resume,

@@ -14,13 +14,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::{Mode, Params};
 use crate::schedule::Decision;
-use crate::trial::{splitmix64, Report, TrialId};
+use crate::trial::{divergence, splitmix64, Report, TrialId};
 
 /// Trains one trial. Implemented for closures `Fn(&mut TrialContext) -> Result<(), TrainError>`.
 pub trait Trainable: Send + Sync + 'static {
@@ -79,6 +76,9 @@ pub enum Stop {
     Completed,
     /// The sweep is shutting down; the trial will continue on resume.
     Cancelled,
+    /// The report could not be recorded (the sweep is gone): do not
+    /// checkpoint the epoch, it was never reported.
+    Lost,
 }
 
 /// Where reports go: the leaderboard's side of the context.
@@ -120,7 +120,7 @@ pub struct TrialContext {
     store: CheckpointStore,
     cancel: Arc<AtomicBool>,
     last_score: Option<(u32, f64)>,
-    chaos: ChaCha8Rng,
+    restarts: u32,
 }
 
 impl TrialContext {
@@ -129,6 +129,7 @@ impl TrialContext {
     pub fn new(
         id: TrialId,
         attempt: u32,
+        restarts: u32,
         seed: u64,
         params: Params,
         resume: Option<Checkpoint>,
@@ -137,8 +138,7 @@ impl TrialContext {
         store: CheckpointStore,
         cancel: Arc<AtomicBool>,
     ) -> Self {
-        let chaos = ChaCha8Rng::seed_from_u64(splitmix64(seed ^ 0xC4A0_5000 ^ u64::from(attempt) << 32));
-        TrialContext { id, attempt, seed, params, resume, settings, sink, store, cancel, last_score: None, chaos }
+        TrialContext { id, attempt, seed, params, resume, settings, sink, store, cancel, last_score: None, restarts }
     }
 
     /// The trial's id.
@@ -192,7 +192,7 @@ impl TrialContext {
     /// when the trial must stop (propagate it with `?`) and
     /// `Err(TrainError::Diverged(..))` when a loss or the metric is not finite.
     pub fn report(&mut self, epoch: u32, metrics: &[(&str, f64)]) -> Result<(), TrainError> {
-        if self.settings.panic_probability > 0.0 && self.chaos.random::<f64>() < self.settings.panic_probability {
+        if self.settings.panic_probability > 0.0 && self.chaos_draw(epoch) < self.settings.panic_probability {
             // As if the process died during the epoch: nothing of it is reported or saved.
             panic!("chaos: injected panic in epoch {epoch} of trial {} (attempt {})", self.id, self.attempt);
         }
@@ -202,11 +202,10 @@ impl TrialContext {
             epoch,
             metrics: metrics.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
         };
-        let decision = self.sink.report(report).ok_or(TrainError::Stopped(Stop::Cancelled))?;
-        if let Some((name, v)) =
-            metrics.iter().find(|(n, v)| !v.is_finite() && (*n == self.settings.metric || n.ends_with("loss")))
-        {
-            return Err(TrainError::Diverged(format!("{name} is {v} at epoch {epoch}")));
+        let diverged = divergence(&report.metrics, &self.settings.metric, epoch);
+        let decision = self.sink.report(report).ok_or(TrainError::Stopped(Stop::Lost))?;
+        if let Some(why) = diverged {
+            return Err(TrainError::Diverged(why));
         }
         if let Some((_, v)) = metrics.iter().find(|(n, _)| *n == self.settings.metric) {
             self.last_score = Some((epoch, self.settings.mode.score(*v)));
@@ -220,6 +219,14 @@ impl TrialContext {
             return Err(TrainError::Stopped(Stop::Cancelled));
         }
         Ok(())
+    }
+
+    /// The chaos draw for an epoch: a function of (seed, epoch, restarts)
+    /// alone, so a run resumed after its coordinator died injects the same
+    /// panics as an uninterrupted one, and a restart after a crash differs.
+    fn chaos_draw(&self, epoch: u32) -> f64 {
+        let key = self.seed ^ 0xC4A0_5000 ^ (u64::from(epoch) << 20) ^ (u64::from(self.restarts) << 44);
+        (splitmix64(key) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Whether `epoch` is due for a checkpoint (`fault.checkpoint_every`).
