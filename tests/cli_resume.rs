@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,18 +44,11 @@ reduction_factor = 2
 fn run_and_kill(tmp: &Path, name: &str, config: &str, reports: usize) -> PathBuf {
     let cfg = write(tmp, &format!("{name}.toml"), config);
     let out = tmp.join(name);
-    let child = gauntlet()
-        .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut guard = Running(child);
+    let mut guard = spawn_run(&cfg, &out);
     let child = &mut guard.0;
     let start = Instant::now();
     loop {
-        let lines = std::fs::read_to_string(out.join("results.jsonl")).map_or(0, |s| s.lines().count());
-        if lines >= reports {
+        if reported(&out) >= reports {
             break;
         }
         assert!(child.try_wait().unwrap().is_none(), "{name}: the run ended before {reports} reports");
@@ -207,15 +199,9 @@ fn resume_refuses_a_live_run() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write(tmp.path(), "live.toml", &config(1).replace("max_epochs = 6", "max_epochs = 100000"));
     let out = tmp.path().join("live");
-    let child = gauntlet()
-        .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Running(child);
+    let _guard = spawn_run(&cfg, &out);
     let start = Instant::now();
-    while std::fs::read_to_string(out.join("results.jsonl")).map_or(0, |s| s.lines().count()) < 2 {
+    while reported(&out) < 2 {
         assert!(start.elapsed() < Duration::from_secs(60), "the run never reported");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -41,13 +41,7 @@ fn interrupted_by(signal: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write(tmp.path(), "long.toml", &long_config());
     let out = tmp.path().join("run");
-    let child = gauntlet()
-        .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut guard = Running(child);
+    let mut guard = spawn_run(&cfg, &out);
     let child = &mut guard.0;
     // Wait until two trials are training (each has reported twice).
     let start = Instant::now();

@@ -86,26 +86,22 @@ fn events(lives: &[Life], order: &[usize]) -> Vec<Event> {
     // Proposals come in id order, each before its trial's other events.
     let mut out = Vec::new();
     let mut proposed = 0;
+    let mut propose_up_to = |i: usize, out: &mut Vec<Event>| {
+        while proposed <= i {
+            let mut params = Params::new();
+            params.insert("lr".into(), ParamValue::Float(lives[proposed].scores[0]));
+            out.push(Event::TrialProposed { id: TrialId(proposed as u32), params });
+            proposed += 1;
+        }
+    };
     for &pick in order {
         let i = pick % lives.len();
-        while proposed <= i {
-            let mut params = Params::new();
-            params.insert("lr".into(), ParamValue::Float(lives[proposed].scores[0]));
-            out.push(Event::TrialProposed { id: TrialId(proposed as u32), params });
-            proposed += 1;
-        }
-        if let Some(e) = queues[i].pop() {
-            out.push(e);
-        }
+        propose_up_to(i, &mut out);
+        out.extend(queues[i].pop());
     }
-    for i in 0..lives.len() {
-        while proposed <= i {
-            let mut params = Params::new();
-            params.insert("lr".into(), ParamValue::Float(lives[proposed].scores[0]));
-            out.push(Event::TrialProposed { id: TrialId(proposed as u32), params });
-            proposed += 1;
-        }
-        while let Some(e) = queues[i].pop() {
+    for (i, queue) in queues.iter_mut().enumerate() {
+        propose_up_to(i, &mut out);
+        while let Some(e) = queue.pop() {
             out.push(e);
         }
     }

@@ -15,6 +15,23 @@ impl Drop for Running {
     }
 }
 
+/// Starts `gauntlet run CONFIG --out OUT` in the background (stdout and
+/// stderr piped), killed when the guard drops.
+pub fn spawn_run(config: &Path, out: &Path) -> Running {
+    let child = gauntlet()
+        .args(["run", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the gauntlet binary starts");
+    Running(child)
+}
+
+/// Lines in `OUT/results.jsonl` so far.
+pub fn reported(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("results.jsonl")).map_or(0, |s| s.lines().count())
+}
+
 pub fn gauntlet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gauntlet"))
 }
