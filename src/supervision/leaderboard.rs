@@ -187,6 +187,10 @@ impl Actor for Leaderboard {
             }
             LeaderboardMsg::Started { id, attempt, from_epoch } => {
                 state.journal(Event::TrialStarted { id, attempt, from_epoch })?;
+                match from_epoch {
+                    Some(epoch) => tracing::info!(trial = %id, attempt, "resuming after epoch {epoch}"),
+                    None => tracing::info!(trial = %id, attempt, "started"),
+                }
                 state.board.start(id);
                 state.emit(SweepEvent::Started { id, attempt });
             }
@@ -213,6 +217,8 @@ impl Actor for Leaderboard {
                     None => trim(),
                 }
                 let best = state.board.end(id, status, error);
+                let epochs = state.board.standing(id).map_or(0, |s| s.epochs);
+                tracing::info!(trial = %id, epochs, best = ?best, "{status}");
                 state.emit(SweepEvent::Ended { id, status, best });
             }
             LeaderboardMsg::Snapshot(reply) => {
