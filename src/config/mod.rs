@@ -571,7 +571,7 @@ fn path_error<E: std::fmt::Display>(file: &Path, e: serde_path_to_error::Error<E
     let key = if key == "." { "(document)".to_owned() } else { key };
     let message = e.inner().to_string();
     // toml prefixes its own position report; keep the first useful line.
-    let message = message.lines().filter(|l| !l.trim().is_empty()).next_back().unwrap_or("").trim().to_owned();
+    let message = message.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
     ConfigError::invalid(file, key, message)
 }
 

@@ -231,7 +231,7 @@ impl TrialContext {
 
     /// Whether `epoch` is due for a checkpoint (`fault.checkpoint_every`).
     pub fn checkpoint_due(&self, epoch: u32) -> bool {
-        epoch % self.settings.checkpoint_every.max(1) == 0
+        epoch.is_multiple_of(self.settings.checkpoint_every.max(1))
     }
 
     /// Saves a checkpoint for `epoch`: `write` puts the trainable's files in
