@@ -9,7 +9,8 @@
 //!    for its durable acknowledgement before the next (as trials do): events/s.
 //! 3. Replay: reading, checking and replaying that journal into a run state.
 //!
-//! Optional: GAUNTLET_BENCH_TRIALS (default 100000).
+//! Optional: GAUNTLET_BENCH_TRIALS (default 100000); GAUNTLET_BENCH_PHASES=1
+//! also times reading, checksumming and decoding the file separately.
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

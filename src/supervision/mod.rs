@@ -5,6 +5,10 @@
 //! ├── Leaderboard             every report lands here; asks the scheduler
 //! └── TrialActor ×N           one attempt of one trial on a slot thread
 //! ```
+//! Every state change also goes to the journal ([`crate::journal`]), written
+//! by a dedicated thread rather than an actor: its fdatasync blocks for
+//! milliseconds and must not stall a tokio worker.
+//!
 //! A trial that panics makes its TrialActor fail; the supervisor's
 //! `handle_supervisor_evt` restarts it from its last checkpoint after a
 //! backoff, up to `max_restarts`, then marks it `failed`. Actors carry
