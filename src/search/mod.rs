@@ -10,7 +10,6 @@ mod random;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Params, SearchAlgorithm, SearchSpace};
-use crate::trial::TrialId;
 
 pub use grid::GridSearch;
 pub use random::RandomSearch;
@@ -39,17 +38,6 @@ impl Searcher {
         match self {
             Searcher::Grid(g) => g.propose(space),
             Searcher::Random(r) => Some(r.propose(space)),
-        }
-    }
-
-    /// Learns a finished trial's score (bigger is better). Grid and random ignore it.
-    pub fn observe(&mut self, _trial: TrialId, _score: f64) {}
-
-    /// How many proposals the space allows at most (`None`: unbounded).
-    pub fn capacity(&self) -> Option<u64> {
-        match self {
-            Searcher::Grid(g) => Some(g.size()),
-            Searcher::Random(_) => None,
         }
     }
 }
