@@ -44,8 +44,10 @@ fn trial_events(id: u32) -> Vec<Event> {
     let mut params = Params::new();
     params.insert("lr".into(), ParamValue::Float(1e-3 * f64::from(id.0 % 100 + 1)));
     params.insert("hidden_units".into(), ParamValue::Int(i64::from(id.0 % 500 + 16)));
-    let mut events =
-        vec![Event::TrialProposed { id, params }, Event::TrialStarted { id, attempt: 0, from_epoch: None }];
+    let mut events = vec![
+        Event::TrialProposed { id, params },
+        Event::TrialStarted { id, attempt: 0, from_epoch: None, worker: None },
+    ];
     for epoch in 1..=10 {
         let acc = 0.5 + f64::from((id.0 * 7 + epoch) % 100) / 250.0;
         events.push(Event::Report {

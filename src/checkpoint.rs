@@ -27,7 +27,8 @@ pub struct Checkpoint {
     pub dir: PathBuf,
 }
 
-const META: &str = "checkpoint.json";
+/// The metadata file inside every checkpoint directory.
+pub const META_FILE: &str = "checkpoint.json";
 
 /// The checkpoints of all trials of one experiment.
 #[derive(Debug, Clone)]
@@ -64,7 +65,7 @@ impl CheckpointStore {
         fs::create_dir(&tmp)?;
         write(&tmp)?;
         let json = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
-        fs::write(tmp.join(META), json)?;
+        fs::write(tmp.join(META_FILE), json)?;
         let last = dir.join(format!("ckpt-{:06}", meta.epoch));
         if last.exists() {
             fs::remove_dir_all(&last)?; // an epoch re-run after a restart
@@ -83,7 +84,7 @@ impl CheckpointStore {
             .filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().starts_with("ckpt-"))
             .filter_map(|e| {
-                let bytes = fs::read(e.path().join(META)).ok()?;
+                let bytes = fs::read(e.path().join(META_FILE)).ok()?;
                 let meta: Checkpoint = serde_json::from_slice(&bytes).ok()?;
                 Some(Checkpoint { dir: e.path(), ..meta })
             })

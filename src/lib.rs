@@ -2,10 +2,13 @@
 //!
 //! The crate reads like the architecture:
 //! - [`supervision`]: the actors (ractor) that own lifecycles: experiment
-//!   supervisor, leaderboard, trial actors, and the slot threads that train.
+//!   supervisor, leaderboard, trial actors, the worker pool, and the slot
+//!   threads that train.
 //! - [`search`] and [`schedule`]: the policies, pure code with serde state:
 //!   which parameters to try next, which trials to stop early.
 //! - [`trainable`]: what trains a trial: the libtorch MLP, or any closure.
+//! - [`cluster`] and [`worker`]: worker processes, local or on other
+//!   machines, that run trials for a coordinator over ractor_cluster.
 //! - [`config`], [`data`], [`checkpoint`], [`run_dir`]: the edges: files in, files out.
 //!
 //! A sweep from code:
@@ -29,6 +32,7 @@
 
 pub mod board;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod data;
 pub mod journal;
@@ -38,6 +42,7 @@ pub mod search;
 pub mod supervision;
 pub mod trainable;
 pub mod trial;
+pub mod worker;
 
 pub use config::{Config, ConfigError, Domain, Mode, ParamValue, Params, SearchSpace};
 pub use supervision::{Summary, Sweep, SweepError, SweepEvent};

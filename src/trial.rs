@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Params;
+use crate::trainable::{Stop, TrainError};
 
 /// A trial's id: assigned in proposal order, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -121,6 +122,52 @@ impl Standing {
             restarts: 0,
             error: None,
         }
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AttemptEnd {
+    /// Trained to its budget.
+    Completed,
+    /// Stopped by the scheduler.
+    Pruned,
+    /// Stopped because the sweep is shutting down.
+    Cancelled,
+    /// A loss or the metric became NaN or infinite.
+    Diverged(String),
+    /// Parameters the trainable cannot use: failed, never restarted.
+    Invalid(String),
+    /// Panicked or returned an error: restarted from the last checkpoint.
+    Crashed(String),
+    /// Its worker was lost or left: restarted elsewhere from the last
+    /// checkpoint without counting as a restart (preemption is not failure).
+    Preempted(String),
+}
+
+impl AttemptEnd {
+    /// How a trainable's return (or panic) ends the attempt.
+    pub fn of(result: Result<Result<(), TrainError>, Box<dyn std::any::Any + Send>>) -> Self {
+        match result {
+            Ok(Ok(())) | Ok(Err(TrainError::Stopped(Stop::Completed))) => AttemptEnd::Completed,
+            Ok(Err(TrainError::Stopped(Stop::Pruned))) => AttemptEnd::Pruned,
+            Ok(Err(TrainError::Stopped(Stop::Cancelled | Stop::Lost))) => AttemptEnd::Cancelled,
+            Ok(Err(TrainError::Diverged(m))) => AttemptEnd::Diverged(m),
+            Ok(Err(TrainError::Invalid(m))) => AttemptEnd::Invalid(m),
+            Ok(Err(TrainError::Failed(m))) => AttemptEnd::Crashed(m),
+            Err(panic) => AttemptEnd::Crashed(panic_text(panic.as_ref())),
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        format!("panic: {s}")
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        format!("panic: {s}")
+    } else {
+        "panic with a non-text payload".to_owned()
     }
 }
 

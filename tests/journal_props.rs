@@ -20,7 +20,7 @@ fn event() -> impl Strategy<Value = Event> {
             Event::TrialProposed { id, params }
         }),
         (id.clone(), 0u32..5, proptest::option::of(0u32..100))
-            .prop_map(|(id, attempt, from_epoch)| Event::TrialStarted { id, attempt, from_epoch }),
+            .prop_map(|(id, attempt, from_epoch)| Event::TrialStarted { id, attempt, from_epoch, worker: None }),
         (id.clone(), 0u32..5, 1u32..100, proptest::collection::vec(("[a-z_]{1,12}", any::<f64>()), 0..4), 0u8..3)
             .prop_map(|(id, attempt, epoch, metrics, d)| Event::Report {
                 id,

@@ -61,7 +61,7 @@ fn events(lives: &[Life], order: &[usize]) -> Vec<Event> {
             let id = TrialId(i as u32);
             let mut params = Params::new();
             params.insert("lr".into(), ParamValue::Float(l.scores[0]));
-            let mut q = vec![Event::TrialStarted { id, attempt: 0, from_epoch: None }];
+            let mut q = vec![Event::TrialStarted { id, attempt: 0, from_epoch: None, worker: None }];
             for epoch in 1..=l.epochs {
                 q.push(Event::Report {
                     id,
@@ -73,7 +73,7 @@ fn events(lives: &[Life], order: &[usize]) -> Vec<Event> {
                 q.push(Event::CheckpointWritten { id, epoch });
                 if l.restart_at == Some(epoch) {
                     q.push(Event::TrialRestarted { id, restarts: 1, error: "boom".into() });
-                    q.push(Event::TrialStarted { id, attempt: 1, from_epoch: Some(epoch) });
+                    q.push(Event::TrialStarted { id, attempt: 1, from_epoch: Some(epoch), worker: None });
                 }
             }
             if let Some(status) = l.end {

@@ -1,5 +1,6 @@
 //! Subcommands: `run`, `validate`, `status`.
 
+mod cluster;
 mod progress;
 mod table;
 
@@ -11,12 +12,13 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gauntlet::checkpoint::CheckpointStore;
+use gauntlet::cluster::wire::Experiment;
 use gauntlet::config::{Config, ConfigError};
-use gauntlet::data::{DataError, Dataset};
+use gauntlet::data::DataError;
 use gauntlet::journal::{self, Event, Journal, JournalError, ReplayError, RunState};
 use gauntlet::run_dir::{RunDir, RunDirError, StatusDoc};
 use gauntlet::supervision::rank;
-use gauntlet::trainable::mlp::MlpTrainable;
+use gauntlet::trainable::{self, ContextSettings, Trainable};
 use gauntlet::{Summary, Sweep, TrialStatus};
 
 /// Fault-tolerant hyperparameter sweeps: supervised trials, libtorch training, early pruning.
@@ -39,6 +41,8 @@ enum Command {
         /// Print the final summary as JSON on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
     },
     /// Check a config file without running anything.
     Validate {
@@ -56,7 +60,11 @@ enum Command {
         /// Print the final summary as JSON on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
     },
+    /// Join a sweep as a worker process and run its trials.
+    Worker(cluster::WorkerArgs),
     /// Show the trials of a run: live, finished or dead.
     Status {
         /// The run directory.
@@ -85,13 +93,14 @@ pub fn is_usage_error(e: &anyhow::Error) -> bool {
 /// A command-line mistake.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct UsageError(String);
+pub(crate) struct UsageError(pub(crate) String);
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config, out, json } => run_experiment(&config, out, json),
+        Command::Run { config, out, json, cluster } => run_experiment(&config, out, json, &cluster),
         Command::Validate { config } => validate(&config),
-        Command::Resume { dir, repair, json } => resume(&dir, repair, json),
+        Command::Resume { dir, repair, json, cluster } => resume(&dir, repair, json, &cluster),
+        Command::Worker(args) => cluster::worker(args),
         Command::Status { dir, json } => status(&dir, json),
     }
 }
@@ -186,7 +195,7 @@ fn tidy_for_resume(run: &RunDir, config: &Config, state: &RunState, journal: &Jo
     Ok(())
 }
 
-fn resume(dir: &Path, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
+fn resume(dir: &Path, repair: bool, json: bool, cluster: &cluster::ClusterArgs) -> anyhow::Result<ExitCode> {
     let run = RunDir::open(dir)?;
     let contents = read_journal(&run, repair)?;
     let valid_len = contents.valid_len;
@@ -197,7 +206,7 @@ fn resume(dir: &Path, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
     }
     let config = state.config.clone();
     config.check_files(&state.config_path)?;
-    let data = Arc::new(Dataset::load(&config)?);
+    let data = trainable::from_config(&config)?;
     let journal = Journal::append_to(&run.journal_file(), valid_len)?;
     let _log = init_logging(&run, true)?;
     install_panic_hook();
@@ -217,10 +226,22 @@ fn resume(dir: &Path, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
             state.trials.len()
         );
     }
-    execute(&config, run, journal, data, Some(&state), json)
+    let experiment = Experiment {
+        name: config.experiment.name.clone(),
+        config_text: state.config_text.clone(),
+        yaml: state.yaml,
+        config_path: state.config_path.clone(),
+        context: ContextSettings::from_config(&config),
+    };
+    execute(&config, run, journal, data, experiment, Some(&state), json, cluster)
 }
 
-fn run_experiment(config_path: &Path, out: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+fn run_experiment(
+    config_path: &Path,
+    out: Option<PathBuf>,
+    json: bool,
+    cluster: &cluster::ClusterArgs,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     let dir = out.unwrap_or_else(|| {
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
@@ -241,48 +262,48 @@ fn run_experiment(config_path: &Path, out: Option<PathBuf>, json: bool) -> anyho
     }
     // Bad data is bad input too: find out before a run directory appears.
     let started = Instant::now();
-    let data = Arc::new(Dataset::load(&config)?);
+    let data = trainable::from_config(&config)?;
     let loaded = started.elapsed();
     let run_dir = RunDir::create(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
     run_dir.save_config(config_path).context("cannot copy the config into the run directory")?;
     let _log = init_logging(&run_dir, false)?;
     install_panic_hook();
     tracing::info!(config = %config_path.display(), dir = %dir.display(), "starting experiment {}", config.experiment.name);
-    tracing::info!(
-        train = data.train.rows(),
-        validation = data.validation.rows(),
-        features = data.features,
-        "data loaded in {loaded:.1?}"
-    );
+    tracing::info!("data checked in {loaded:.1?}; each worker loads it once for all its trials");
     let journal = Journal::create(&run_dir.journal_file())?;
     let config_path_abs = std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_owned());
     let config_text =
         std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    journal.append_durable(Event::ExperimentCreated {
-        config_path: config_path_abs,
-        yaml: config_path.extension().is_some_and(|e| e == "yaml" || e == "yml"),
-        config_text,
-    })?;
-    execute(&config, run_dir, journal, data, None, json)
+    let yaml = config_path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    let experiment = Experiment {
+        name: config.experiment.name.clone(),
+        config_text: config_text.clone(),
+        yaml,
+        config_path: config_path_abs.clone(),
+        context: ContextSettings::from_config(&config),
+    };
+    journal.append_durable(Event::ExperimentCreated { config_path: config_path_abs, yaml, config_text })?;
+    execute(&config, run_dir, journal, data, experiment, None, json, cluster)
 }
 
 /// Runs (or resumes) the sweep and prints the outcome.
+#[allow(clippy::too_many_arguments)]
 fn execute(
     config: &Config,
     run_dir: RunDir,
     journal: Journal,
-    data: Arc<Dataset>,
+    trainable: Arc<dyn Trainable>,
+    experiment: Experiment,
     resumed: Option<&RunState>,
     json: bool,
+    cluster: &cluster::ClusterArgs,
 ) -> anyhow::Result<ExitCode> {
-    let trainable = MlpTrainable::new(data);
-    tracing::info!(device = ?trainable.device(), "training device");
     let done = resumed.map_or(0, |s| s.board.standings().iter().filter(|t| t.status.is_final()).count());
     let progress =
         progress::Progress::new(config.experiment.max_trials, &config.experiment.metric, config.experiment.mode);
     progress.advance(done as u64);
     let observer = progress.clone();
-    let mut sweep = Sweep::from_config(config, trainable)
+    let mut sweep = Sweep::from_config_shared(config, trainable)
         .run_dir(run_dir.clone())
         .journal(journal)
         .observer(move |e| observer.on_event(e));
@@ -290,7 +311,16 @@ fn execute(
         sweep = sweep.resume(state);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let summary = runtime.block_on(sweep.run_until(shutdown_signal()))?;
+    let e = &config.experiment;
+    let log_dir = run_dir.root().join("workers");
+    let summary = runtime.block_on(async {
+        let coordinator =
+            cluster::Coordinator::start(cluster, experiment, e.slots(), e.gpus_per_trial, e.threads_per_trial, log_dir)
+                .await?;
+        let summary = sweep.workers(coordinator.pool.clone()).run_until(shutdown_signal()).await;
+        coordinator.shutdown().await;
+        anyhow::Ok(summary?)
+    })?;
     progress.finish();
     report(&summary, &run_dir, json)?;
     Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
@@ -378,8 +408,10 @@ fn init_logging(run_dir: &RunDir, append: bool) -> anyhow::Result<tracing_append
         .open(run_dir.log_file())
         .with_context(|| format!("cannot create {}", run_dir.log_file().display()))?;
     let (writer, guard) = tracing_appender::non_blocking(file);
-    let file_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ractor=warn"));
-    let stderr_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,ractor=error"));
+    let file_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,ractor_cluster=error"));
+    let stderr_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,ractor=error,ractor_cluster=error"));
     tracing_subscriber::registry()
         .with(fmt::layer().with_writer(writer).with_ansi(false).with_filter(file_filter))
         .with(fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(stderr_filter))
@@ -389,7 +421,7 @@ fn init_logging(run_dir: &RunDir, append: bool) -> anyhow::Result<tracing_append
 
 /// Panics on slot threads are trial crashes, handled and logged by the
 /// supervisor; keep them out of the terminal.
-fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let on_slot = std::thread::current().name().is_some_and(|n| n.starts_with("gauntlet-slot"));

@@ -58,6 +58,7 @@ impl Progress {
                 }
                 String::new()
             }
+            SweepEvent::Preempted { id, ref reason } => format!("trial {id} preempted, continues elsewhere: {reason}"),
             SweepEvent::Restarting { id, restarts, ref error } => {
                 format!("trial {id} crashed, restart {restarts}: {error}")
             }

@@ -89,6 +89,9 @@ pub struct ExperimentConfig {
     /// libtorch threads per trial.
     #[serde(default = "one")]
     pub threads_per_trial: u32,
+    /// GPUs each trial's worker owns when `gauntlet run --gpus` lists some.
+    #[serde(default = "one")]
+    pub gpus_per_trial: u32,
 }
 
 impl ExperimentConfig {
@@ -170,6 +173,9 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 pub enum ModelKind {
     /// A multi-layer perceptron.
     Mlp,
+    /// Trains nothing: sleeps `epoch_ms` per epoch and reports a score that
+    /// rises towards `quality`. For benchmarks of the engine itself.
+    Sleep,
 }
 
 /// `[search]`.
@@ -246,6 +252,9 @@ pub struct ChaosConfig {
     /// Probability that a trial panics after reporting an epoch.
     #[serde(default)]
     pub panic_probability: f64,
+    /// Probability that a trial's process aborts (as a segfault would) in an epoch.
+    #[serde(default)]
+    pub abort_probability: f64,
 }
 
 fn default_metric() -> String {
@@ -295,6 +304,22 @@ impl Default for SchedulerConfig {
         Self { kind: SchedulerKind::default(), grace_epochs: 1, reduction_factor: default_reduction_factor() }
     }
 }
+impl DataConfig {
+    /// The section of a model that reads no data.
+    fn none() -> Self {
+        DataConfig {
+            source: DataSource::Synthetic,
+            validation_fraction: default_validation_fraction(),
+            path: None,
+            max_samples: None,
+            samples: 10,
+            features: 1,
+            classes: 2,
+            seed: 0,
+        }
+    }
+}
+
 impl Default for FaultConfig {
     fn default() -> Self {
         Self {
@@ -311,7 +336,9 @@ impl Default for FaultConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     experiment: ExperimentConfig,
-    data: DataConfig,
+    /// Optional for models that read no data (`kind = "sleep"`).
+    #[serde(default)]
+    data: Option<DataConfig>,
     model: BTreeMap<String, Domain>,
     #[serde(default)]
     train: BTreeMap<String, Domain>,
@@ -346,6 +373,15 @@ const MLP_FIELDS: &[Field] = &[
         name: "dropout",
         expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
         default: || ParamValue::Float(0.0),
+    },
+];
+
+const SLEEP_FIELDS: &[Field] = &[
+    Field { name: "epoch_ms", expect: Expect::Int { min: 0, max: 3_600_000 }, default: || ParamValue::Int(100) },
+    Field {
+        name: "quality",
+        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
+        default: || ParamValue::Float(0.5),
     },
 ];
 
@@ -400,7 +436,7 @@ impl Config {
         Self::validate(raw, file)
     }
 
-    fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigError> {
+    fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, ConfigError> {
         let bad = |key: &str, msg: String| ConfigError::invalid(file, key, msg);
         let e = &raw.experiment;
         if e.name.trim().is_empty() {
@@ -421,13 +457,22 @@ impl Config {
         if e.threads_per_trial == 0 {
             return Err(bad("experiment.threads_per_trial", "expected at least 1".into()));
         }
+        if e.gpus_per_trial == 0 || e.gpus_per_trial > 64 {
+            return Err(bad("experiment.gpus_per_trial", format!("expected 1 to 64, got {}", e.gpus_per_trial)));
+        }
         if !MLP_METRICS.contains(&e.metric.as_str()) {
             return Err(bad(
                 "experiment.metric",
                 format!("`{}` is not reported by the model; expected one of {}", e.metric, MLP_METRICS.join(", ")),
             ));
         }
-        let d = &raw.data;
+        let reads_data = !matches!(raw.model.get("kind"), Some(Domain::Fixed(ParamValue::Str(k))) if k == "sleep");
+        let data = match raw.data.take() {
+            Some(d) => d,
+            None if !reads_data => DataConfig::none(),
+            None => return Err(bad("data", "missing; expected a [data] section with `source`".into())),
+        };
+        let d = &data;
         if !(d.validation_fraction > 0.0 && d.validation_fraction < 1.0) {
             return Err(bad(
                 "data.validation_fraction",
@@ -453,16 +498,22 @@ impl Config {
         }
 
         let mut model = raw.model;
+        let kinds = "\"mlp\" or \"sleep\"";
         let model_kind = match model.remove("kind") {
-            None => return Err(bad("model.kind", "missing; expected \"mlp\"".into())),
+            None => return Err(bad("model.kind", format!("missing; expected {kinds}"))),
             Some(Domain::Fixed(ParamValue::Str(s))) if s == "mlp" => ModelKind::Mlp,
+            Some(Domain::Fixed(ParamValue::Str(s))) if s == "sleep" => ModelKind::Sleep,
             Some(Domain::Fixed(ParamValue::Str(s))) => {
-                return Err(bad("model.kind", format!("unknown model kind `{s}`; expected \"mlp\"")))
+                return Err(bad("model.kind", format!("unknown model kind `{s}`; expected {kinds}")))
             }
-            Some(_) => return Err(bad("model.kind", "expected a string such as \"mlp\"".into())),
+            Some(_) => return Err(bad("model.kind", format!("expected a string: {kinds}"))),
         };
         let mut space = SearchSpace::new();
-        fill_section(&mut space, "model", model, MLP_FIELDS, file)?;
+        let fields = match model_kind {
+            ModelKind::Mlp => MLP_FIELDS,
+            ModelKind::Sleep => SLEEP_FIELDS,
+        };
+        fill_section(&mut space, "model", model, fields, file)?;
 
         let mut train = raw.train;
         let max_epochs = match train.remove("max_epochs") {
@@ -499,13 +550,17 @@ impl Config {
         if raw.fault.checkpoint_every == 0 {
             return Err(bad("fault.checkpoint_every", "expected at least 1 (epochs)".into()));
         }
-        let p = raw.chaos.panic_probability;
-        if !(0.0..=1.0).contains(&p) {
-            return Err(bad("chaos.panic_probability", format!("expected a probability from 0 to 1, got {p}")));
+        for (key, p) in [
+            ("chaos.panic_probability", raw.chaos.panic_probability),
+            ("chaos.abort_probability", raw.chaos.abort_probability),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(bad(key, format!("expected a probability from 0 to 1, got {p}")));
+            }
         }
         Ok(Config {
             experiment: raw.experiment,
-            data: raw.data,
+            data,
             model: model_kind,
             max_epochs,
             space,

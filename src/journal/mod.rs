@@ -75,6 +75,17 @@ pub enum Event {
         attempt: u32,
         /// The checkpoint epoch it resumes from, if any.
         from_epoch: Option<u32>,
+        /// The worker process it runs on (absent for in-process slots).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
+    },
+    /// A trial's worker was lost or left; the trial goes back to pending and
+    /// continues from its last checkpoint elsewhere, not counted as a restart.
+    TrialPreempted {
+        /// The trial.
+        id: TrialId,
+        /// What happened to its worker.
+        reason: String,
     },
     /// A trial crashed and will be restarted after a backoff.
     TrialRestarted {
@@ -329,7 +340,10 @@ mod tests {
         params.insert("lr".into(), crate::config::ParamValue::Float(0.01));
         vec![
             Record { at_ms: 1, event: Event::TrialProposed { id: TrialId(0), params } },
-            Record { at_ms: 2, event: Event::TrialStarted { id: TrialId(0), attempt: 0, from_epoch: None } },
+            Record {
+                at_ms: 2,
+                event: Event::TrialStarted { id: TrialId(0), attempt: 0, from_epoch: None, worker: None },
+            },
             Record {
                 at_ms: 3,
                 event: Event::Report {

@@ -138,6 +138,10 @@ pub fn replay(records: Vec<Record>, path: &Path) -> Result<RunState, ReplayError
                 state.trials[i].attempts = state.trials[i].attempts.max(attempt.saturating_add(1));
                 state.board.start(id);
             }
+            // Back to pending until its next start; nothing to count.
+            Event::TrialPreempted { id, .. } => {
+                trial(&mut state, id)?;
+            }
             Event::TrialRestarted { id, restarts, error } => {
                 let i = trial(&mut state, id)?;
                 state.trials[i].restarts = restarts;

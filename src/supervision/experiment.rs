@@ -10,13 +10,14 @@ use tokio::sync::oneshot;
 
 use super::leaderboard::{self, Leaderboard, LeaderboardMsg};
 use super::slots::SlotPool;
-use super::trial::{self, AttemptEnd, TrialActor, TrialMsg};
+use super::trial::{self, TrialActor, TrialMsg};
 use super::{backoff, rank, Settings, SweepError};
 use crate::board::Board;
 use crate::config::Params;
 use crate::journal::Event;
 use crate::search::Searcher;
 use crate::trainable::ContextSettings;
+use crate::trial::AttemptEnd;
 use crate::trial::{trial_seed, Standing, TrialId, TrialStatus};
 
 pub(super) type Outcome = Result<(Vec<Standing>, bool), SweepError>;
@@ -33,6 +34,8 @@ pub(super) struct Args {
     pub(super) proposed: u32,
     pub(super) done: oneshot::Sender<Outcome>,
 }
+
+impl ractor::Message for ExperimentMsg {}
 
 pub(super) enum ExperimentMsg {
     /// Propose and start trials while slots are free.
@@ -51,6 +54,8 @@ struct LiveTrial {
     /// Attempts started so far (the next attempt's number).
     attempts: u32,
     restarts: u32,
+    /// Times its worker was lost under it.
+    preemptions: u32,
     actor: Option<ActorRef<TrialMsg>>,
 }
 
@@ -91,7 +96,13 @@ impl Actor for ExperimentSupervisor {
             myself.get_cell(),
         )
         .await?;
-        let slots = SlotPool::start(settings.concurrency, settings.threads_per_trial, settings.trainable.clone())?;
+        // Trials train on in-process slot threads unless a worker pool trains them.
+        let slots = match settings.pool {
+            Some(_) => None,
+            None => {
+                Some(SlotPool::start(settings.concurrency, settings.threads_per_trial, settings.trainable.clone())?)
+            }
+        };
         let context = Arc::new(ContextSettings {
             metric: settings.metric.clone(),
             mode: settings.mode,
@@ -99,12 +110,20 @@ impl Actor for ExperimentSupervisor {
             checkpoint_every: settings.fault.checkpoint_every,
             threads: settings.threads_per_trial,
             panic_probability: settings.chaos.panic_probability,
+            abort_probability: settings.chaos.abort_probability,
         });
         // A resumed run's unfinished trials continue first, from their checkpoints.
         let mut live = BTreeMap::new();
         for t in args.unfinished {
             let seed = trial_seed(settings.seed, t.id);
-            let trial = LiveTrial { params: t.params, seed, attempts: t.attempts, restarts: t.restarts, actor: None };
+            let trial = LiveTrial {
+                params: t.params,
+                seed,
+                attempts: t.attempts,
+                restarts: t.restarts,
+                preemptions: 0,
+                actor: None,
+            };
             live.insert(t.id, trial);
             myself.cast(ExperimentMsg::Respawn(t.id))?;
         }
@@ -114,7 +133,7 @@ impl Actor for ExperimentSupervisor {
             context,
             searcher: args.searcher,
             leaderboard,
-            slots: Some(slots),
+            slots,
             proposed: args.proposed,
             exhausted: false,
             interrupted: false,
@@ -132,6 +151,9 @@ impl Actor for ExperimentSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ExperimentMsg::Fill => self.fill(&myself, state).await?,
+            ExperimentMsg::Ended { id, end: AttemptEnd::Preempted(reason) } => {
+                self.on_preempted(&myself, state, id, reason).await?
+            }
             ExperimentMsg::Ended { id, end } => {
                 let status = match &end {
                     AttemptEnd::Completed => TrialStatus::Completed,
@@ -139,9 +161,13 @@ impl Actor for ExperimentSupervisor {
                     AttemptEnd::Cancelled => TrialStatus::Paused,
                     AttemptEnd::Diverged(_) => TrialStatus::Diverged,
                     AttemptEnd::Invalid(_) | AttemptEnd::Crashed(_) => TrialStatus::Failed,
+                    AttemptEnd::Preempted(_) => TrialStatus::Paused,
                 };
                 let error = match end {
-                    AttemptEnd::Diverged(m) | AttemptEnd::Invalid(m) | AttemptEnd::Crashed(m) => Some(m),
+                    AttemptEnd::Diverged(m)
+                    | AttemptEnd::Invalid(m)
+                    | AttemptEnd::Crashed(m)
+                    | AttemptEnd::Preempted(m) => Some(m),
                     _ => None,
                 };
                 self.end_trial(state, id, status, error);
@@ -229,7 +255,7 @@ impl ExperimentSupervisor {
             state.proposed += 1;
             state.leaderboard.cast(LeaderboardMsg::Proposed { id, params: params.clone() })?;
             let seed = trial_seed(s.seed, id);
-            state.live.insert(id, LiveTrial { params, seed, attempts: 0, restarts: 0, actor: None });
+            state.live.insert(id, LiveTrial { params, seed, attempts: 0, restarts: 0, preemptions: 0, actor: None });
             self.spawn_attempt(myself, state, id).await;
         }
         if state.live.is_empty() && (state.interrupted || state.exhausted || state.proposed >= s.max_trials) {
@@ -243,7 +269,7 @@ impl ExperimentSupervisor {
         let attempt = t.attempts;
         t.attempts = t.attempts.saturating_add(1);
         let resume = if attempt > 0 { state.settings.checkpoints.latest(id) } else { None };
-        let slots = state.slots.as_ref().map(SlotPool::queue).expect("slots live as long as the supervisor");
+        let slots = state.slots.as_ref().map(SlotPool::queue);
         let args = trial::Args {
             id,
             attempt,
@@ -304,6 +330,34 @@ impl ExperimentSupervisor {
         tracing::info!(trial = %id, restarts, ?delay, "restarting from the last checkpoint: {error}");
         state.leaderboard.cast(LeaderboardMsg::Restarting { id, restarts, error })?;
         myself.send_after(delay, move || ExperimentMsg::Respawn(id));
+        Ok(())
+    }
+
+    /// A trial whose worker was lost continues at once from its last
+    /// checkpoint on another slot, without counting a restart. A trial that
+    /// keeps taking its workers down with it fails in the end all the same.
+    async fn on_preempted(
+        &self,
+        myself: &ActorRef<ExperimentMsg>,
+        state: &mut State,
+        id: TrialId,
+        reason: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let limit = 3 * (state.settings.fault.max_restarts + 1);
+        let Some(t) = state.live.get_mut(&id) else { return Ok(()) };
+        t.actor = None;
+        t.preemptions += 1;
+        if state.interrupted {
+            self.end_trial(state, id, TrialStatus::Paused, None);
+            return self.fill(myself, state).await;
+        }
+        if t.preemptions > limit {
+            let error = format!("{reason} (its worker was lost {limit} times; giving up)");
+            self.end_trial(state, id, TrialStatus::Failed, Some(error));
+            return self.fill(myself, state).await;
+        }
+        state.leaderboard.cast(LeaderboardMsg::Preempted { id, reason })?;
+        self.spawn_attempt(myself, state, id).await;
         Ok(())
     }
 

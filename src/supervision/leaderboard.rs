@@ -10,6 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::Settings;
 use crate::board::Board;
+use crate::checkpoint::Checkpoint;
 use crate::config::Params;
 use crate::journal::{Event, Journal};
 use crate::run_dir::ResultsLog;
@@ -52,6 +53,13 @@ pub enum SweepEvent {
         /// The crash text.
         error: String,
     },
+    /// A trial's worker was lost; it continues elsewhere (not a restart).
+    Preempted {
+        /// The trial.
+        id: TrialId,
+        /// What happened to the worker.
+        reason: String,
+    },
     /// A trial ended for good (or paused, when the sweep was interrupted).
     Ended {
         /// The trial.
@@ -64,12 +72,33 @@ pub enum SweepEvent {
 }
 
 pub(super) enum LeaderboardMsg {
-    Report(Report, Sender<Decision>),
+    Report(Report, DecisionReply),
     Proposed { id: TrialId, params: Params },
-    Started { id: TrialId, attempt: u32, from_epoch: Option<u32> },
+    Started { id: TrialId, attempt: u32, from_epoch: Option<u32>, worker: Option<String> },
     Restarting { id: TrialId, restarts: u32, error: String },
+    Preempted { id: TrialId, reason: String },
     Ended { id: TrialId, status: TrialStatus, error: Option<String> },
     Snapshot(RpcReplyPort<Vec<Standing>>),
+}
+
+impl ractor::Message for LeaderboardMsg {}
+
+/// Where a decision goes once its report is durable.
+pub(super) enum DecisionReply {
+    /// A slot thread in this process, blocked on the channel.
+    Thread(Sender<Decision>),
+    /// Anything else (a worker across the network), called on the journal thread.
+    Remote(Box<dyn FnOnce(Decision) + Send>),
+}
+
+impl DecisionReply {
+    fn send(self, decision: Decision) {
+        match self {
+            // The thread may be gone; nothing to do then.
+            DecisionReply::Thread(tx) => drop(tx.try_send(decision)),
+            DecisionReply::Remote(f) => f(decision),
+        }
+    }
 }
 
 /// A slot thread's line to the leaderboard: a report goes out, the decision
@@ -86,7 +115,8 @@ impl LeaderboardSink {
 }
 
 impl ReportSink for LeaderboardSink {
-    fn checkpoint_written(&mut self, id: TrialId, epoch: u32) {
+    fn checkpoint_written(&mut self, id: TrialId, checkpoint: &Checkpoint) {
+        let epoch = checkpoint.epoch;
         if let Some(journal) = &self.journal {
             if let Err(e) = journal.append(Event::CheckpointWritten { id, epoch }) {
                 tracing::error!(trial = %id, "cannot journal checkpoint of epoch {epoch}: {e}");
@@ -100,7 +130,7 @@ impl ReportSink for LeaderboardSink {
         // of blocking this thread for ever. crossbeam's receive spins briefly
         // before parking, and replies come back within microseconds.
         let (reply, decision) = bounded(1);
-        self.leaderboard.cast(LeaderboardMsg::Report(report, reply)).ok()?;
+        self.leaderboard.cast(LeaderboardMsg::Report(report, DecisionReply::Thread(reply))).ok()?;
         decision.recv().ok()
     }
 }
@@ -134,7 +164,7 @@ impl State {
 
     /// Decides on a report; the decision reaches the trial only once the
     /// report is durable in the journal.
-    fn on_report(&mut self, report: Report, reply: Sender<Decision>) -> Result<(), ActorProcessingErr> {
+    fn on_report(&mut self, report: Report, reply: DecisionReply) -> Result<(), ActorProcessingErr> {
         let value = report.metric(self.board.metric());
         let decision = self.board.report(report.clone());
         if value.is_none() {
@@ -150,10 +180,12 @@ impl State {
             Some(journal) => {
                 let Report { trial, attempt, epoch, metrics } = report;
                 let event = Event::Report { id: trial, attempt, epoch, metrics, decision };
-                journal.append_then_reply(event, reply, decision)?;
+                match reply {
+                    DecisionReply::Thread(tx) => journal.append_then_reply(event, tx, decision)?,
+                    remote => journal.append_then(event, move || remote.send(decision))?,
+                }
             }
-            // The thread may be gone; nothing to do then.
-            None => drop(reply.try_send(decision)),
+            None => reply.send(decision),
         }
         Ok(())
     }
@@ -185,14 +217,20 @@ impl Actor for Leaderboard {
                 state.board.propose(id, params)?;
                 state.emit(SweepEvent::Proposed { id });
             }
-            LeaderboardMsg::Started { id, attempt, from_epoch } => {
-                state.journal(Event::TrialStarted { id, attempt, from_epoch })?;
+            LeaderboardMsg::Started { id, attempt, from_epoch, worker } => {
+                let on = worker.as_deref().map(|w| format!(" on {w}")).unwrap_or_default();
                 match from_epoch {
-                    Some(epoch) => tracing::info!(trial = %id, attempt, "resuming after epoch {epoch}"),
-                    None => tracing::info!(trial = %id, attempt, "started"),
+                    Some(epoch) => tracing::info!(trial = %id, attempt, "resuming after epoch {epoch}{on}"),
+                    None => tracing::info!(trial = %id, attempt, "started{on}"),
                 }
+                state.journal(Event::TrialStarted { id, attempt, from_epoch, worker })?;
                 state.board.start(id);
                 state.emit(SweepEvent::Started { id, attempt });
+            }
+            LeaderboardMsg::Preempted { id, reason } => {
+                tracing::warn!(trial = %id, "preempted, continues elsewhere from its last checkpoint: {reason}");
+                state.journal(Event::TrialPreempted { id, reason: reason.clone() })?;
+                state.emit(SweepEvent::Preempted { id, reason });
             }
             LeaderboardMsg::Restarting { id, restarts, error } => {
                 state.journal(Event::TrialRestarted { id, restarts, error: error.clone() })?;

@@ -1,10 +1,16 @@
 //! The supervision tree: actors that own the lifecycles of an experiment.
 //!
 //! ```text
+//! WorkerPool                  knows the workers and their slots; places
+//! │                           attempts; notices dead workers
 //! ExperimentSupervisor        proposes trials, spawns and restarts TrialActors
 //! ├── Leaderboard             every report lands here; asks the scheduler
-//! └── TrialActor ×N           one attempt of one trial on a slot thread
+//! └── TrialActor ×N           one attempt of one trial: on an in-process slot
+//!                             thread, or on a worker's slot via the pool
 //! ```
+//! Library sweeps of closures train on in-process slot threads; the CLI's
+//! sweeps train in worker processes ([`crate::worker`]), local or remote,
+//! so that a segfault or the OOM killer takes down one worker, not the sweep.
 //! Every state change also goes to the journal ([`crate::journal`]), written
 //! by a dedicated thread rather than an actor: its fdatasync blocks for
 //! milliseconds and must not stall a tokio worker.
@@ -17,13 +23,14 @@
 
 mod experiment;
 mod leaderboard;
-mod slots;
+pub mod pool;
+pub(crate) mod slots;
 mod trial;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::Actor;
+use ractor::{Actor, ActorRef};
 
 use crate::board::Board;
 use crate::checkpoint::CheckpointStore;
@@ -133,6 +140,7 @@ pub(crate) struct Settings {
     pub run_dir: Option<Arc<RunDir>>,
     pub journal: Option<Journal>,
     pub observer: Option<Observer>,
+    pub pool: Option<ActorRef<pool::PoolMsg>>,
 }
 
 /// What a resumed sweep starts from.
@@ -180,16 +188,22 @@ pub struct Sweep {
     journal: Option<Journal>,
     prior: Option<Prior>,
     observer: Option<Observer>,
+    pool: Option<pool::Pool>,
 }
 
 impl Sweep {
     /// A sweep of `trainable` over `space` with defaults: random search,
     /// FIFO, 16 trials, 10 epochs, one slot per core, metric `val_accuracy` maximised.
     pub fn new(name: impl Into<String>, space: SearchSpace, trainable: impl Trainable) -> Self {
+        Self::new_shared(name, space, Arc::new(trainable))
+    }
+
+    /// [`Sweep::new`] with a trainable already shared.
+    pub fn new_shared(name: impl Into<String>, space: SearchSpace, trainable: Arc<dyn Trainable>) -> Self {
         Sweep {
             name: name.into(),
             space,
-            trainable: Arc::new(trainable),
+            trainable,
             metric: "val_accuracy".into(),
             mode: Mode::Max,
             seed: 0,
@@ -206,13 +220,19 @@ impl Sweep {
             journal: None,
             prior: None,
             observer: None,
+            pool: None,
         }
     }
 
     /// A sweep as a config file describes it.
     pub fn from_config(config: &Config, trainable: impl Trainable) -> Self {
+        Self::from_config_shared(config, Arc::new(trainable))
+    }
+
+    /// [`Sweep::from_config`] with a trainable already shared.
+    pub fn from_config_shared(config: &Config, trainable: Arc<dyn Trainable>) -> Self {
         let e = &config.experiment;
-        Sweep::new(e.name.clone(), config.space.clone(), trainable)
+        Sweep::new_shared(e.name.clone(), config.space.clone(), trainable)
             .metric(e.metric.clone(), e.mode)
             .seed(e.seed)
             .max_trials(e.max_trials)
@@ -304,6 +324,12 @@ impl Sweep {
         self.prior = Some(Prior { board: state.board.clone(), unfinished, proposed: state.trials.len() as u32 });
         self
     }
+    /// Trains in the worker processes of `pool` rather than on in-process
+    /// slot threads (the trainable then only describes models).
+    pub fn workers(mut self, pool: pool::Pool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
     /// Receives every event (progress displays).
     pub fn observer(mut self, observer: impl Fn(&SweepEvent) + Send + Sync + 'static) -> Self {
         self.observer = Some(Arc::new(observer));
@@ -363,6 +389,7 @@ impl Sweep {
             run_dir: self.run_dir,
             journal: self.journal,
             observer: self.observer,
+            pool: self.pool.map(|p| p.0),
         });
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let args = experiment::Args {

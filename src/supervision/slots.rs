@@ -10,28 +10,28 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::trainable::Trainable;
 
 /// A unit of work for a slot thread.
-pub(super) type Job = Box<dyn FnOnce() + Send>;
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
 /// The slot threads of one experiment.
-pub(super) struct SlotPool {
+pub(crate) struct SlotPool {
     queue: Sender<Job>,
     threads: Vec<JoinHandle<()>>,
 }
 
 /// Where jobs are submitted; cheap to clone.
 #[derive(Clone)]
-pub(super) struct SlotQueue(Sender<Job>);
+pub(crate) struct SlotQueue(Sender<Job>);
 
 impl SlotQueue {
     /// Hands a job to the next free slot. Fails only when the pool is gone.
-    pub(super) fn submit(&self, job: Job) -> Result<(), String> {
+    pub(crate) fn submit(&self, job: Job) -> Result<(), String> {
         self.0.send(job).map_err(|_| "the slot pool has shut down".to_owned())
     }
 }
 
 impl SlotPool {
     /// Starts `slots` threads, each initialised for `threads` libtorch threads.
-    pub(super) fn start(slots: u32, threads: u32, trainable: Arc<dyn Trainable>) -> std::io::Result<Self> {
+    pub(crate) fn start(slots: u32, threads: u32, trainable: Arc<dyn Trainable>) -> std::io::Result<Self> {
         let (queue, jobs) = crossbeam_channel::unbounded::<Job>();
         let threads = (0..slots.max(1))
             .map(|i| {
@@ -55,12 +55,12 @@ impl SlotPool {
     }
 
     /// The submission side.
-    pub(super) fn queue(&self) -> SlotQueue {
+    pub(crate) fn queue(&self) -> SlotQueue {
         SlotQueue(self.queue.clone())
     }
 
     /// Closes the queue and waits for running jobs to return.
-    pub(super) fn join(self) {
+    pub(crate) fn join(self) {
         drop(self.queue);
         for t in self.threads {
             let _ = t.join();

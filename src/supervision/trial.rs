@@ -1,6 +1,8 @@
 //! TrialActor: one attempt of one trial. It hands the training to a slot
-//! thread, forwards the thread's end to its supervisor, and fails (so that
-//! the supervisor restarts the trial) when the training crashed.
+//! thread (in process), or asks the worker pool for a slot on a worker and
+//! relays between that worker and the leaderboard; it forwards the
+//! attempt's end to its supervisor, and fails (so that the supervisor
+//! restarts the trial) when the training crashed.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,55 +11,16 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::experiment::ExperimentMsg;
-use super::leaderboard::{LeaderboardMsg, LeaderboardSink};
+use super::leaderboard::{DecisionReply, LeaderboardMsg, LeaderboardSink};
+use super::pool::{next_lease, PoolMsg};
 use super::slots::SlotQueue;
 use super::Settings;
 use crate::checkpoint::Checkpoint;
+use crate::cluster::wire::{self, FromWorker, Job, Part, ToWorker};
 use crate::config::Params;
-use crate::trainable::{ContextSettings, Stop, TrainError, TrialContext};
-use crate::trial::TrialId;
-
-/// How one attempt ended.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum AttemptEnd {
-    /// Trained to its budget.
-    Completed,
-    /// Stopped by the scheduler.
-    Pruned,
-    /// Stopped because the sweep is shutting down.
-    Cancelled,
-    /// A loss or the metric became NaN or infinite.
-    Diverged(String),
-    /// Parameters the trainable cannot use: failed, never restarted.
-    Invalid(String),
-    /// Panicked or returned an error: restarted from the last checkpoint.
-    Crashed(String),
-}
-
-impl AttemptEnd {
-    fn of(result: Result<Result<(), TrainError>, Box<dyn std::any::Any + Send>>) -> Self {
-        match result {
-            Ok(Ok(())) | Ok(Err(TrainError::Stopped(Stop::Completed))) => AttemptEnd::Completed,
-            Ok(Err(TrainError::Stopped(Stop::Pruned))) => AttemptEnd::Pruned,
-            Ok(Err(TrainError::Stopped(Stop::Cancelled | Stop::Lost))) => AttemptEnd::Cancelled,
-            Ok(Err(TrainError::Diverged(m))) => AttemptEnd::Diverged(m),
-            Ok(Err(TrainError::Invalid(m))) => AttemptEnd::Invalid(m),
-            Ok(Err(TrainError::Failed(m))) => AttemptEnd::Crashed(m),
-            Err(panic) => AttemptEnd::Crashed(panic_text(panic.as_ref())),
-        }
-    }
-}
-
-/// The text of a panic payload.
-pub(super) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        format!("panic: {s}")
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        format!("panic: {s}")
-    } else {
-        "panic with a non-text payload".to_owned()
-    }
-}
+use crate::trainable::{ContextSettings, ReportSink, TrialContext};
+use crate::trial::{AttemptEnd, TrialId};
+use crate::worker::WorkerMsg;
 
 /// The error a TrialActor fails with when its training crashed; the
 /// supervisor reads the text from it.
@@ -78,20 +41,42 @@ pub(super) struct Args {
     pub(super) context: Arc<ContextSettings>,
     pub(super) leaderboard: ActorRef<LeaderboardMsg>,
     pub(super) supervisor: ActorRef<ExperimentMsg>,
-    pub(super) slots: SlotQueue,
+    /// In-process slot threads, or `None` when a worker pool trains.
+    pub(super) slots: Option<SlotQueue>,
 }
 
-pub(super) enum TrialMsg {
+pub(crate) enum TrialMsg {
     /// The slot thread returned.
     Finished(AttemptEnd),
     /// Stop at the next report (the sweep is shutting down).
     Cancel,
+    /// The pool placed the attempt on a worker's slot.
+    Placed { lease: u64, worker: ActorRef<WorkerMsg>, name: String },
+    /// From the worker that trains the attempt, routed by the pool.
+    Wire(FromWorker),
+    /// The worker was lost; `crash` when its process crashed (counted as a
+    /// restart), else the attempt was preempted.
+    Lost { reason: String, crash: Option<String> },
+}
+impl ractor::Message for TrialMsg {}
+
+/// Where a remote attempt is.
+struct Remote {
+    lease: u64,
+    pool: ActorRef<PoolMsg>,
+    job: Option<Job>,
+    worker: Option<ActorRef<WorkerMsg>>,
+    parts: Vec<Part>,
+    ended: bool,
 }
 
 pub(super) struct State {
     id: TrialId,
     cancel: Arc<AtomicBool>,
     supervisor: ActorRef<ExperimentMsg>,
+    settings: Arc<Settings>,
+    leaderboard: ActorRef<LeaderboardMsg>,
+    remote: Option<Remote>,
 }
 
 impl Actor for TrialActor {
@@ -102,7 +87,32 @@ impl Actor for TrialActor {
     async fn pre_start(&self, myself: ActorRef<TrialMsg>, a: Args) -> Result<State, ActorProcessingErr> {
         let cancel = Arc::new(AtomicBool::new(false));
         let from_epoch = a.resume.as_ref().map(|c| c.epoch);
-        let _ = a.leaderboard.cast(LeaderboardMsg::Started { id: a.id, attempt: a.attempt, from_epoch });
+        let mut state = State {
+            id: a.id,
+            cancel: cancel.clone(),
+            supervisor: a.supervisor,
+            settings: a.settings.clone(),
+            leaderboard: a.leaderboard.clone(),
+            remote: None,
+        };
+        let Some(slots) = a.slots else {
+            // A worker trains it: ask the pool for a slot.
+            let pool = a.settings.pool.clone().ok_or("neither slot threads nor a worker pool")?;
+            let lease = next_lease();
+            let job = Job {
+                lease,
+                id: a.id,
+                attempt: a.attempt,
+                restarts: a.restarts,
+                seed: a.seed,
+                params: a.params,
+                resume: a.resume,
+            };
+            pool.cast(PoolMsg::Place { lease, trial: myself })?;
+            state.remote = Some(Remote { lease, pool, job: Some(job), worker: None, parts: Vec::new(), ended: false });
+            return Ok(state);
+        };
+        let _ = a.leaderboard.cast(LeaderboardMsg::Started { id: a.id, attempt: a.attempt, from_epoch, worker: None });
         let mut ctx = TrialContext::new(
             a.id,
             a.attempt,
@@ -113,16 +123,16 @@ impl Actor for TrialActor {
             a.context,
             Box::new(LeaderboardSink::new(a.leaderboard, a.settings.journal.clone())),
             a.settings.checkpoints.clone(),
-            cancel.clone(),
+            cancel,
         );
         let trainable = a.settings.trainable.clone();
         let reply = myself.clone();
-        a.slots.submit(Box::new(move || {
+        slots.submit(Box::new(move || {
             let result = catch_unwind(AssertUnwindSafe(|| trainable.train(&mut ctx)));
             // The actor may be gone (sweep interrupted); nothing else to tell then.
             let _ = reply.cast(TrialMsg::Finished(AttemptEnd::of(result)));
         }))?;
-        Ok(State { id: a.id, cancel, supervisor: a.supervisor })
+        Ok(state)
     }
 
     async fn handle(
@@ -132,19 +142,124 @@ impl Actor for TrialActor {
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TrialMsg::Cancel => state.cancel.store(true, Ordering::Relaxed),
-            TrialMsg::Finished(AttemptEnd::Crashed(text)) => return Err(Box::new(TrialCrash(text))),
-            TrialMsg::Finished(end) => {
-                state.supervisor.cast(ExperimentMsg::Ended { id: state.id, end })?;
-                myself.stop(None);
+            TrialMsg::Cancel => {
+                state.cancel.store(true, Ordering::Relaxed);
+                if let Some(r) = &mut state.remote {
+                    match &r.worker {
+                        Some(w) => {
+                            let _ = w.cast(WorkerMsg::Wire(ToWorker::Cancel { lease: r.lease }));
+                        }
+                        // Still waiting for a slot: nothing ran, nothing to save.
+                        None => return self.end(&myself, state, AttemptEnd::Cancelled),
+                    }
+                }
+            }
+            TrialMsg::Finished(end) => return self.end(&myself, state, end),
+            TrialMsg::Placed { lease, worker, name } => self.placed(state, lease, worker, name)?,
+            TrialMsg::Wire(w) => return self.on_wire(&myself, state, w),
+            TrialMsg::Lost { reason, crash } => {
+                if let Some(r) = &mut state.remote {
+                    r.ended = true; // the pool forgot the lease already
+                }
+                return match crash {
+                    Some(text) => Err(Box::new(TrialCrash(text))),
+                    None => self.end(&myself, state, AttemptEnd::Preempted(reason)),
+                };
             }
         }
         Ok(())
     }
 
     async fn post_stop(&self, _myself: ActorRef<TrialMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
-        // Whatever stopped us, the slot thread must not train on unobserved.
+        // Whatever stopped us, the slot must not train on unobserved.
         state.cancel.store(true, Ordering::Relaxed);
+        if let Some(r) = &state.remote {
+            if !r.ended {
+                let _ = r.pool.cast(PoolMsg::Release { lease: r.lease });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TrialActor {
+    fn end(&self, myself: &ActorRef<TrialMsg>, state: &mut State, end: AttemptEnd) -> Result<(), ActorProcessingErr> {
+        if let Some(r) = &mut state.remote {
+            if !matches!(end, AttemptEnd::Cancelled) || r.worker.is_some() {
+                r.ended = true;
+            }
+        }
+        if let AttemptEnd::Crashed(text) = end {
+            return Err(Box::new(TrialCrash(text)));
+        }
+        state.supervisor.cast(ExperimentMsg::Ended { id: state.id, end })?;
+        myself.stop(None);
+        Ok(())
+    }
+
+    /// The attempt has a slot: send the checkpoint it resumes from, then the job.
+    fn placed(
+        &self,
+        state: &mut State,
+        lease: u64,
+        worker: ActorRef<WorkerMsg>,
+        name: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(r) = state.remote.as_mut().filter(|r| r.lease == lease) else { return Ok(()) };
+        let Some(job) = r.job.take() else { return Ok(()) };
+        let from_epoch = job.resume.as_ref().map(|c| c.epoch);
+        let _ = state.leaderboard.cast(LeaderboardMsg::Started {
+            id: job.id,
+            attempt: job.attempt,
+            from_epoch,
+            worker: Some(name),
+        });
+        if let Some(ckpt) = &job.resume {
+            let parts = wire::checkpoint_parts(&ckpt.dir)
+                .map_err(|e| TrialCrash(format!("cannot read the checkpoint of epoch {} to send: {e}", ckpt.epoch)))?;
+            for part in parts {
+                worker.cast(WorkerMsg::Wire(ToWorker::CheckpointPart { lease, part }))?;
+            }
+        }
+        worker.cast(WorkerMsg::Wire(ToWorker::Start(job)))?;
+        r.worker = Some(worker);
+        Ok(())
+    }
+
+    fn on_wire(
+        &self,
+        myself: &ActorRef<TrialMsg>,
+        state: &mut State,
+        msg: FromWorker,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(r) = state.remote.as_mut() else { return Ok(()) };
+        match msg {
+            FromWorker::Report { lease, report } => {
+                let worker = r.worker.clone();
+                let reply = DecisionReply::Remote(Box::new(move |decision| {
+                    if let Some(w) = worker {
+                        let _ = w.cast(WorkerMsg::Wire(ToWorker::Decision { lease, decision: Some(decision) }));
+                    }
+                }));
+                state.leaderboard.cast(LeaderboardMsg::Report(report, reply))?;
+            }
+            FromWorker::CheckpointPart { part, .. } => r.parts.push(part),
+            FromWorker::CheckpointDone { meta, .. } => {
+                let parts = std::mem::take(&mut r.parts);
+                let store = &state.settings.checkpoints;
+                match store.save(state.id, &meta, |dir| wire::write_parts(dir, &parts)) {
+                    Ok(saved) => {
+                        LeaderboardSink::new(state.leaderboard.clone(), state.settings.journal.clone())
+                            .checkpoint_written(state.id, &saved);
+                    }
+                    Err(e) => {
+                        tracing::error!(trial = %state.id, "cannot store the checkpoint of epoch {}: {e}", meta.epoch)
+                    }
+                }
+            }
+            FromWorker::Finished { end, .. } => return self.end(myself, state, end),
+            _ => {}
+        }
         Ok(())
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod mlp;
 pub mod optim;
+pub mod sleep;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,17 @@ where
     fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {
         self(ctx)
     }
+}
+
+/// The trainable a config describes, with its data loaded: what a worker
+/// process builds once and shares among all the trials it runs.
+pub fn from_config(config: &crate::config::Config) -> Result<Arc<dyn Trainable>, crate::data::DataError> {
+    Ok(match config.model {
+        crate::config::ModelKind::Mlp => {
+            Arc::new(mlp::MlpTrainable::new(Arc::new(crate::data::Dataset::load(config)?)))
+        }
+        crate::config::ModelKind::Sleep => Arc::new(sleep::SleepTrainable),
+    })
 }
 
 /// Why a trial attempt stopped short of its budget, or failed.
@@ -87,12 +99,12 @@ pub trait ReportSink: Send {
     /// the sweep is gone (the trial then stops as cancelled).
     fn report(&mut self, report: Report) -> Option<Decision>;
 
-    /// Notes that a checkpoint of `epoch` is in place.
-    fn checkpoint_written(&mut self, _trial: TrialId, _epoch: u32) {}
+    /// Notes that `checkpoint` is in place (its files are in `checkpoint.dir`).
+    fn checkpoint_written(&mut self, _trial: TrialId, _checkpoint: &Checkpoint) {}
 }
 
-/// Settings a context needs from the experiment.
-#[derive(Debug, Clone)]
+/// Settings a context needs from the experiment (sent to every worker).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ContextSettings {
     /// The experiment's metric.
     pub metric: String,
@@ -106,6 +118,24 @@ pub struct ContextSettings {
     pub threads: u32,
     /// Probability of an injected panic in each epoch (just before its report).
     pub panic_probability: f64,
+    /// Probability of an injected `abort()` of the whole process in each
+    /// epoch: only for trials in worker processes.
+    pub abort_probability: f64,
+}
+
+impl ContextSettings {
+    /// The settings a config file gives.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        ContextSettings {
+            metric: config.experiment.metric.clone(),
+            mode: config.experiment.mode,
+            max_epochs: config.max_epochs,
+            checkpoint_every: config.fault.checkpoint_every,
+            threads: config.experiment.threads_per_trial,
+            panic_probability: config.chaos.panic_probability,
+            abort_probability: config.chaos.abort_probability,
+        }
+    }
 }
 
 /// Everything a trial attempt sees of the engine.
@@ -196,6 +226,11 @@ impl TrialContext {
             // As if the process died during the epoch: nothing of it is reported or saved.
             panic!("chaos: injected panic in epoch {epoch} of trial {} (attempt {})", self.id, self.attempt);
         }
+        if self.settings.abort_probability > 0.0 && self.chaos_draw(epoch ^ 0xAB07) < self.settings.abort_probability {
+            // As if libtorch hit a segfault: the process dies, unwinding nothing.
+            eprintln!("chaos: injected abort in epoch {epoch} of trial {} (attempt {})", self.id, self.attempt);
+            std::process::abort();
+        }
         let report = Report {
             trial: self.id,
             attempt: self.attempt,
@@ -247,7 +282,7 @@ impl TrialContext {
             .store
             .save(self.id, &meta, write)
             .map_err(|e| TrainError::Failed(format!("writing checkpoint of epoch {epoch}: {e}")))?;
-        self.sink.checkpoint_written(self.id, epoch);
+        self.sink.checkpoint_written(self.id, &saved);
         Ok(saved)
     }
 

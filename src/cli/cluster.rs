@@ -1,0 +1,275 @@
+//! The coordinator's side of the cluster for `run` and `resume` (its node,
+//! pool and local workers), and the `worker` subcommand.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use gauntlet::cluster::local::{LocalWorkers, Spec};
+use gauntlet::cluster::node::{self, NodeError};
+use gauntlet::cluster::wire::Experiment;
+use gauntlet::supervision::pool::Pool;
+use gauntlet::worker::{self, WorkerError, WorkerExit, WorkerOptions};
+
+use super::UsageError;
+
+/// Where trials run: flags shared by `run` and `resume`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClusterArgs {
+    /// Local worker processes to spawn (default: the experiment's
+    /// concurrency; 0: only workers that join with `gauntlet worker`).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Also accept workers from other machines on ADDR (HOST:PORT); needs
+    /// a shared secret (GAUNTLET_SECRET or --secret-file).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// A file whose first line is the secret workers must present.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// GPU indexes for the local workers, e.g. `0,1`; each worker owns
+    /// `gpus_per_trial` of them (exported as CUDA_VISIBLE_DEVICES).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    gpus: Vec<u32>,
+}
+
+/// The coordinator's running cluster.
+pub struct Coordinator {
+    pub pool: Pool,
+    local: Option<LocalWorkers>,
+}
+
+impl Coordinator {
+    /// Starts the node, the pool and the local workers. Runs on the tokio runtime.
+    pub async fn start(
+        args: &ClusterArgs,
+        experiment: Experiment,
+        slots: u32,
+        gpus_per_trial: u32,
+        threads: u32,
+        log_dir: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let secret = node::read_secret(args.secret_file.as_deref()).map_err(usage)?;
+        let listen: SocketAddr = match &args.listen {
+            Some(addr) => node::resolve(addr).map_err(usage)?,
+            None => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let secret = match secret {
+            Some(s) => s,
+            None if args.listen.is_some() => {
+                return Err(UsageError(
+                    "--listen lets workers on other machines join, so it needs a shared secret: put one in a file \
+                     (`chmod 600`) and pass --secret-file FILE, or set GAUNTLET_SECRET; workers need the same one"
+                        .into(),
+                )
+                .into())
+            }
+            None => node::random_secret(),
+        };
+        let gpus = per_worker_gpus(&args.gpus, gpus_per_trial)?;
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let name = format!("coordinator-{}", std::process::id());
+        let node = node::start(&name, listen, &secret, events_tx).await.map_err(usage)?;
+        let pool = Pool::start(experiment).await?;
+        let forward = pool.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                forward.node_event(event);
+            }
+        });
+        let ip = if listen.ip().is_unspecified() { [127, 0, 0, 1].into() } else { listen.ip() };
+        let join = SocketAddr::new(ip, node.port);
+        if args.listen.is_some() {
+            tracing::info!("listening for workers on {}", SocketAddr::new(listen.ip(), node.port));
+            eprintln!("listening for workers on {}:{}", listen.ip(), node.port);
+            if !node::is_loopback(&listen) {
+                tracing::warn!(
+                    "cluster traffic on {listen} is not encrypted (TLS is not configured): run it on a trusted \
+                     network or through a tunnel"
+                );
+            }
+        }
+        let count = args.workers.unwrap_or(slots) as usize;
+        if count == 0 && args.listen.is_none() {
+            return Err(
+                UsageError("--workers 0 needs --listen: with no local workers, workers must join".into()).into()
+            );
+        }
+        let local = if count > 0 {
+            let spec = Spec {
+                exe: std::env::current_exe().context("cannot find the gauntlet binary to start workers")?,
+                join: join.to_string(),
+                threads,
+                secret,
+                log_dir,
+                gpus: (0..count).map(|i| (!gpus.is_empty()).then(|| gpus[i % gpus.len()].clone())).collect(),
+                local: true,
+            };
+            let on_exit = pool.clone();
+            Some(LocalWorkers::start(spec, count, move |exit| on_exit.worker_exited(exit))?)
+        } else {
+            None
+        };
+        Ok(Coordinator { pool, local })
+    }
+
+    /// Tells the workers the sweep is over and waits for the local ones to exit.
+    pub async fn shutdown(self) {
+        self.pool.shutdown().await;
+        if let Some(local) = self.local {
+            let _ = tokio::task::spawn_blocking(move || local.shutdown(Duration::from_secs(3))).await;
+        }
+    }
+}
+
+/// Splits the GPU list into one group of `per` GPUs for each worker.
+fn per_worker_gpus(gpus: &[u32], per: u32) -> anyhow::Result<Vec<String>> {
+    if gpus.is_empty() || per == 0 {
+        return Ok(Vec::new());
+    }
+    if gpus.len() < per as usize {
+        return Err(
+            UsageError(format!("--gpus lists {} GPU(s) but experiment.gpus_per_trial is {per}", gpus.len())).into()
+        );
+    }
+    Ok(gpus
+        .chunks(per as usize)
+        .filter(|c| c.len() == per as usize)
+        .map(|c| c.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+        .collect())
+}
+
+fn usage(e: NodeError) -> anyhow::Error {
+    match e {
+        NodeError::Start { .. } => anyhow::Error::new(e),
+        e => UsageError(e.to_string()).into(),
+    }
+}
+
+/// `gauntlet worker`.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// The coordinator, HOST:PORT (as `gauntlet run --listen` printed it).
+    #[arg(long, value_name = "HOST:PORT")]
+    join: String,
+    /// Trials this worker runs at once.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// libtorch threads per slot (default: the experiment's threads_per_trial).
+    #[arg(long)]
+    threads_per_slot: Option<u32>,
+    /// GPU indexes the slots own, e.g. `0,1`: each slot then runs in a
+    /// process of its own with CUDA_VISIBLE_DEVICES set to its GPU.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    gpus: Vec<u32>,
+    /// A file whose first line is the shared secret (else GAUNTLET_SECRET).
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// How long to keep trying to reach the coordinator, in seconds.
+    #[arg(long, default_value_t = 30)]
+    connect_timeout: u64,
+    /// Spawned by a coordinator on its own machine.
+    #[arg(long, hide = true)]
+    local: bool,
+}
+
+pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    init_worker_logging();
+    super::install_panic_hook();
+    if args.slots == 0 {
+        return Err(UsageError("--slots: expected at least 1".into()).into());
+    }
+    let secret = node::read_secret(args.secret_file.as_deref()).map_err(usage)?.ok_or_else(|| {
+        UsageError(format!(
+            "a worker needs the coordinator's shared secret: pass --secret-file FILE or set {}",
+            node::SECRET_ENV
+        ))
+    })?;
+    node::resolve(&args.join).map_err(usage)?;
+    if args.gpus.len() > 1 || (!args.gpus.is_empty() && args.slots > 1) {
+        return gpu_launcher(&args, secret);
+    }
+    if let Some(gpu) = args.gpus.first() {
+        // Before libtorch starts: each slot's process sees only its GPU.
+        // SAFETY: no other thread runs yet.
+        unsafe { std::env::set_var("CUDA_VISIBLE_DEVICES", gpu.to_string()) };
+    }
+    let options = WorkerOptions {
+        join: args.join.clone(),
+        slots: args.slots,
+        threads_per_slot: args.threads_per_slot,
+        secret,
+        local: args.local,
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+    };
+    let exit = match worker::run(options) {
+        Ok(exit) => exit,
+        Err(e @ (WorkerError::Refused(_) | WorkerError::Node(_))) => return Err(UsageError(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(match exit {
+        WorkerExit::Shutdown(why) => {
+            eprintln!("worker: exiting: {why}");
+            ExitCode::SUCCESS
+        }
+        WorkerExit::Left => {
+            eprintln!("worker: left the sweep; its trials continue elsewhere from their checkpoints");
+            ExitCode::SUCCESS
+        }
+        WorkerExit::Refused(why) => {
+            eprintln!("error: the coordinator refused this worker: {why}");
+            ExitCode::from(2)
+        }
+        WorkerExit::Unfit(why) => {
+            eprintln!("error: this worker cannot serve the experiment: {why}");
+            ExitCode::from(2)
+        }
+        WorkerExit::CoordinatorLost(why) => {
+            eprintln!(
+                "error: lost the coordinator at {} ({why}); its trials stop here. Continue the sweep with \
+                 `gauntlet resume DIR` and start workers again",
+                args.join
+            );
+            ExitCode::from(3)
+        }
+    })
+}
+
+/// `--gpus` with several slots: one process per slot, each owning its GPU.
+fn gpu_launcher(args: &WorkerArgs, secret: String) -> anyhow::Result<ExitCode> {
+    let count = args.slots.max(args.gpus.len() as u32) as usize;
+    let spec = Spec {
+        exe: std::env::current_exe().context("cannot find the gauntlet binary")?,
+        join: args.join.clone(),
+        threads: args.threads_per_slot.unwrap_or(0),
+        secret,
+        log_dir: std::env::temp_dir().join(format!("gauntlet-worker-{}", std::process::id())),
+        gpus: (0..count).map(|i| Some(args.gpus[i % args.gpus.len()].to_string())).collect(),
+        local: false,
+    };
+    eprintln!("worker: {count} slot processes, logs in {}", spec.log_dir.display());
+    let workers = LocalWorkers::start(spec, count, |exit| tracing::warn!("{}", exit.text))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = workers.all_exited() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    workers.terminate();
+    workers.shutdown(Duration::from_secs(120));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_worker_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,ractor_cluster=error"));
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_env_filter(filter).init();
+}

@@ -1,0 +1,171 @@
+//! The ractor_cluster node each process runs: its server, the shared secret
+//! (the cluster's cookie), and what its connections do, as events.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ractor::{Actor, ActorRef};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// The environment variable that may hold the shared secret.
+pub const SECRET_ENV: &str = "GAUNTLET_SECRET";
+
+/// Why a node could not start or connect.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No secret was given where one is needed.
+    #[error("{0}")]
+    NoSecret(String),
+    /// The secret file is unusable.
+    #[error("secret file {}: {message}", file.display())]
+    SecretFile {
+        /// The file.
+        file: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The address does not parse or resolve.
+    #[error("address `{address}`: {message}")]
+    Address {
+        /// The address as given.
+        address: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The node server could not start (the port is taken, ...).
+    #[error("cannot start the cluster node on {address}: {message}")]
+    Start {
+        /// Where.
+        address: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Reads the shared secret: from `file` when given, else from
+/// `GAUNTLET_SECRET`. `None` when neither is set.
+pub fn read_secret(file: Option<&Path>) -> Result<Option<String>, NodeError> {
+    if let Some(file) = file {
+        let bad = |message: String| NodeError::SecretFile { file: file.to_owned(), message };
+        let text = std::fs::read_to_string(file).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+        if secret.trim().is_empty() {
+            return Err(bad("it is empty; expected the shared secret on its first line".into()));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                tracing::warn!("secret file {} is readable by other users; `chmod 600` it", file.display());
+            }
+        }
+        return Ok(Some(secret));
+    }
+    match std::env::var(SECRET_ENV) {
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s)),
+        _ => Ok(None),
+    }
+}
+
+/// A fresh random secret, for a coordinator and the local workers it spawns.
+pub fn random_secret() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+}
+
+/// Parses `HOST:PORT`, resolving a host name.
+pub fn resolve(address: &str) -> Result<SocketAddr, NodeError> {
+    use std::net::ToSocketAddrs;
+    let bad = |message: String| NodeError::Address { address: address.to_owned(), message };
+    let mut addrs = address.to_socket_addrs().map_err(|e| bad(format!("{e}; expected HOST:PORT")))?;
+    addrs.next().ok_or_else(|| bad("resolves to no address".into()))
+}
+
+/// What a node's connections did.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    /// A peer passed the secret handshake.
+    Authenticated {
+        /// Its address.
+        peer: String,
+    },
+    /// A connection closed; `authenticated` says whether it had passed the
+    /// handshake (a refused secret closes it before).
+    Disconnected {
+        /// Its address.
+        peer: String,
+        /// Whether it had authenticated.
+        authenticated: bool,
+    },
+}
+
+struct Events {
+    tx: UnboundedSender<NodeEvent>,
+    authenticated: Arc<Mutex<HashSet<u64>>>,
+}
+
+impl NodeEventSubscription for Events {
+    fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
+
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        let authenticated = self.authenticated.lock().map(|mut a| a.remove(&ses.node_id)).unwrap_or(false);
+        let _ = self.tx.send(NodeEvent::Disconnected { peer: ses.peer_addr, authenticated });
+    }
+
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        if let Ok(mut a) = self.authenticated.lock() {
+            a.insert(ses.node_id);
+        }
+        let _ = self.tx.send(NodeEvent::Authenticated { peer: ses.peer_addr });
+    }
+}
+
+/// A running node server.
+pub struct Node {
+    /// The server actor.
+    pub server: ActorRef<NodeServerMessage>,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+/// Starts a node server on `listen` (port 0: a free one) that accepts peers
+/// knowing `secret`, sending its connection events to `events`.
+pub async fn start(
+    name: &str,
+    listen: SocketAddr,
+    secret: &str,
+    events: UnboundedSender<NodeEvent>,
+) -> Result<Node, NodeError> {
+    let address = listen.to_string();
+    let port = match listen.port() {
+        0 => {
+            free_port(listen.ip()).map_err(|e| NodeError::Start { address: address.clone(), message: e.to_string() })?
+        }
+        p => p,
+    };
+    let server = NodeServer::new(port, secret.to_owned(), name.to_owned(), listen.ip().to_string(), None, None)
+        .with_listen_addr(listen.ip());
+    let (server, _) = Actor::spawn(None, server, ())
+        .await
+        .map_err(|e| NodeError::Start { address: address.clone(), message: e.to_string() })?;
+    let subscription = Events { tx: events, authenticated: Arc::default() };
+    server
+        .cast(NodeServerMessage::SubscribeToEvents { id: "gauntlet".into(), subscription: Box::new(subscription) })
+        .map_err(|e| NodeError::Start { address, message: e.to_string() })?;
+    Ok(Node { server, port })
+}
+
+/// A port the OS says is free now.
+fn free_port(ip: IpAddr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(SocketAddr::new(ip, 0))?.local_addr()?.port())
+}
+
+/// Whether an address only reaches this machine.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}

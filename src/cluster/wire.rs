@@ -1,0 +1,318 @@
+//! What travels between the coordinator and its workers. Messages are
+//! rmp-serde maps inside ractor_cluster frames; checkpoints travel as files
+//! cut into chunks well under the cluster's frame limit.
+
+use std::path::{Path, PathBuf};
+
+use ractor::message::{BoxedDowncastErr, SerializedMessage};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::Params;
+use crate::schedule::Decision;
+use crate::trainable::ContextSettings;
+use crate::trial::{AttemptEnd, Report, TrialId};
+
+/// Bumped when a message changes shape; a worker of another protocol is refused.
+pub const PROTOCOL: u32 = 1;
+
+/// The process group the coordinator's worker pool joins.
+pub const POOL_GROUP: &str = "gauntlet.pool";
+
+/// The process group every worker actor joins.
+pub const WORKER_GROUP: &str = "gauntlet.workers";
+
+/// The largest piece of a checkpoint file in one message: far under
+/// ractor_cluster's 16 MiB inbound frame limit, small enough not to stall
+/// the connection's other traffic for long.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// A worker stops hearing from a coordinator for this long, or a coordinator
+/// from a worker: the other side is gone.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// How often both sides say they are alive.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What a worker needs to know about the experiment, sent once when it joins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Experiment {
+    /// The experiment's name.
+    pub name: String,
+    /// The config file's text, as the run recorded it.
+    pub config_text: String,
+    /// Whether the text is YAML.
+    pub yaml: bool,
+    /// Where the config file was on the coordinator: relative data paths
+    /// are resolved against it.
+    pub config_path: PathBuf,
+    /// What each trial's context needs.
+    pub context: ContextSettings,
+}
+
+/// One attempt of one trial, placed on a worker's slot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// The placement this attempt runs under.
+    pub lease: u64,
+    /// The trial.
+    pub id: TrialId,
+    /// Which attempt.
+    pub attempt: u32,
+    /// Restarts so far (the chaos draws depend on it).
+    pub restarts: u32,
+    /// The trial's seed.
+    pub seed: u64,
+    /// Its parameters.
+    pub params: Params,
+    /// The checkpoint to resume from; its files arrived before as
+    /// [`ToWorker::CheckpointPart`]s.
+    pub resume: Option<Checkpoint>,
+}
+
+/// A piece of one checkpoint file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Part {
+    /// The file's name inside the checkpoint directory.
+    pub file: String,
+    /// Where the piece goes in the file.
+    pub offset: u64,
+    /// The bytes.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// Coordinator → worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// The worker may serve this experiment.
+    Welcome(Box<Experiment>),
+    /// The worker may not join; it exits with the reason.
+    Refused(String),
+    /// A piece of the checkpoint the next `Start` of this lease resumes from.
+    CheckpointPart {
+        /// The placement.
+        lease: u64,
+        /// The piece.
+        part: Part,
+    },
+    /// Train this attempt on a free slot.
+    Start(Job),
+    /// The decision on the lease's last report; `None`: the sweep is gone.
+    Decision {
+        /// The placement.
+        lease: u64,
+        /// The scheduler's answer.
+        decision: Option<Decision>,
+    },
+    /// Stop this attempt at its next report.
+    Cancel {
+        /// The placement.
+        lease: u64,
+    },
+    /// The coordinator is alive.
+    Heartbeat,
+    /// The sweep is over: exit.
+    Shutdown(String),
+}
+
+/// Worker → coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// A worker offers its slots.
+    Hello {
+        /// Unique name of the worker's actor.
+        name: String,
+        /// Slots it offers.
+        slots: u32,
+        /// Its host name.
+        host: String,
+        /// Its process id.
+        pid: u32,
+        /// Whether the coordinator spawned it.
+        local: bool,
+        /// Its wire protocol.
+        protocol: u32,
+        /// Its gauntlet version.
+        version: String,
+    },
+    /// The worker loaded the data and waits for trials.
+    Ready {
+        /// The worker.
+        name: String,
+    },
+    /// The worker cannot serve the experiment (its data did not load).
+    Unfit {
+        /// The worker.
+        name: String,
+        /// Why.
+        error: String,
+    },
+    /// The worker is alive.
+    Heartbeat {
+        /// The worker.
+        name: String,
+    },
+    /// The worker is leaving (SIGTERM): no new trials; its running ones
+    /// checkpoint at their next report and come back as preempted.
+    Leaving {
+        /// The worker.
+        name: String,
+    },
+    /// An epoch's report; the worker waits for the decision.
+    Report {
+        /// The placement.
+        lease: u64,
+        /// The report.
+        report: Report,
+    },
+    /// A piece of a checkpoint the attempt just wrote.
+    CheckpointPart {
+        /// The placement.
+        lease: u64,
+        /// The piece.
+        part: Part,
+    },
+    /// The checkpoint whose parts came before is whole.
+    CheckpointDone {
+        /// The placement.
+        lease: u64,
+        /// Its epoch, score and seed.
+        meta: Checkpoint,
+    },
+    /// The attempt ended.
+    Finished {
+        /// The placement.
+        lease: u64,
+        /// How.
+        end: AttemptEnd,
+    },
+}
+
+/// Cuts the files of a checkpoint directory into parts (the engine's own
+/// metadata file excepted: the receiver writes its own).
+pub fn checkpoint_parts(dir: &Path) -> std::io::Result<Vec<Part>> {
+    let mut parts = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file == crate::checkpoint::META_FILE || !entry.file_type()?.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path())?;
+        if bytes.is_empty() {
+            parts.push(Part { file, offset: 0, bytes });
+            continue;
+        }
+        for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+            parts.push(Part { file: file.clone(), offset: (i * CHUNK_BYTES) as u64, bytes: chunk.to_vec() });
+        }
+    }
+    Ok(parts)
+}
+
+/// Writes received parts into `dir`. A part must start where the file so
+/// far ends: the sender sends them in order over one connection.
+pub fn write_parts(dir: &Path, parts: &[Part]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut open: Option<(String, std::fs::File, u64)> = None;
+    for part in parts {
+        if part.file.is_empty() || part.file.contains(['/', '\\']) || part.file.starts_with('.') {
+            return Err(std::io::Error::other(format!("checkpoint part names a bad file `{}`", part.file)));
+        }
+        let same = open.as_ref().is_some_and(|(name, _, _)| *name == part.file);
+        if !same {
+            let file = std::fs::File::create(dir.join(&part.file))?;
+            open = Some((part.file.clone(), file, 0));
+        }
+        let (name, file, len) = open.as_mut().expect("opened above");
+        if part.offset != *len {
+            return Err(std::io::Error::other(format!(
+                "checkpoint file `{name}`: a part at offset {} follows {len} bytes",
+                part.offset
+            )));
+        }
+        file.write_all(&part.bytes)?;
+        *len += part.bytes.len() as u64;
+    }
+    Ok(())
+}
+
+/// A message type that carries one wire enum across ractor_cluster; local
+/// variants stay local (serialising them is refused), and an undecodable
+/// frame arrives as `garbled` rather than failing the receiving actor.
+pub(crate) trait WireMessage: Sized {
+    type Wire: Serialize + serde::de::DeserializeOwned;
+    fn into_wire(self) -> Option<Self::Wire>;
+    fn from_wire(wire: Self::Wire) -> Self;
+    fn garbled(error: String) -> Self;
+}
+
+pub(crate) fn serialize<M: WireMessage>(msg: M) -> Result<SerializedMessage, BoxedDowncastErr> {
+    let wire = msg.into_wire().ok_or(BoxedDowncastErr)?;
+    let args = rmp_serde::to_vec_named(&wire).map_err(|_| BoxedDowncastErr)?;
+    Ok(SerializedMessage::Cast { variant: String::new(), args, metadata: None })
+}
+
+pub(crate) fn deserialize<M: WireMessage>(msg: SerializedMessage) -> Result<M, BoxedDowncastErr> {
+    match msg {
+        SerializedMessage::Cast { args, .. } => Ok(match rmp_serde::from_slice(&args) {
+            Ok(wire) => M::from_wire(wire),
+            Err(e) => M::garbled(format!("cannot decode a {} byte message: {e}", args.len())),
+        }),
+        _ => Err(BoxedDowncastErr),
+    }
+}
+
+/// Implements `ractor::Message` for a [`WireMessage`].
+macro_rules! wire_message {
+    ($t:ty) => {
+        impl ractor::Message for $t {
+            fn serializable() -> bool {
+                true
+            }
+            fn serialize(self) -> Result<ractor::message::SerializedMessage, ractor::message::BoxedDowncastErr> {
+                $crate::cluster::wire::serialize(self)
+            }
+            fn deserialize(m: ractor::message::SerializedMessage) -> Result<Self, ractor::message::BoxedDowncastErr> {
+                $crate::cluster::wire::deserialize(m)
+            }
+        }
+    };
+}
+pub(crate) use wire_message;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_round_trip_and_stay_under_the_frame_limit() {
+        let src = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..(CHUNK_BYTES * 2 + 12345)).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(src.path().join("weights.safetensors"), &big).unwrap();
+        std::fs::write(src.path().join("empty"), b"").unwrap();
+        std::fs::write(src.path().join(crate::checkpoint::META_FILE), b"{}").unwrap();
+        let parts = checkpoint_parts(src.path()).unwrap();
+        assert_eq!(parts.len(), 1 + 3);
+        for p in &parts {
+            let frame = rmp_serde::to_vec_named(&FromWorker::CheckpointPart { lease: 1, part: p.clone() }).unwrap();
+            assert!(frame.len() < CHUNK_BYTES + 1024, "a part's frame is {} bytes", frame.len());
+        }
+        let dst = tempfile::tempdir().unwrap();
+        write_parts(dst.path(), &parts).unwrap();
+        assert_eq!(std::fs::read(dst.path().join("weights.safetensors")).unwrap(), big);
+        assert_eq!(std::fs::read(dst.path().join("empty")).unwrap(), b"");
+        assert!(!dst.path().join(crate::checkpoint::META_FILE).exists());
+    }
+
+    #[test]
+    fn parts_out_of_order_or_with_bad_names_are_refused() {
+        let dst = tempfile::tempdir().unwrap();
+        let part = |file: &str, offset| Part { file: file.into(), offset, bytes: vec![1, 2] };
+        assert!(write_parts(dst.path(), &[part("w", 0), part("w", 5)]).is_err());
+        assert!(write_parts(dst.path(), &[part("../escape", 0)]).is_err());
+        assert!(write_parts(dst.path(), &[part("w", 0), part("w", 2)]).is_ok());
+    }
+}

@@ -1,0 +1,471 @@
+//! WorkerPool: knows the worker processes and their free slots, places
+//! trial attempts on them, routes what workers send to the TrialActors, and
+//! notices dead workers.
+//!
+//! A worker is dead when its connection drops (its actor leaves the
+//! workers' process group) or its heartbeats stop for [`wire::LEASE`]. Its
+//! trials go back to their TrialActors as lost: preempted (restarted
+//! elsewhere, not counted) unless the worker was a local process that
+//! crashed (abort, segfault), which counts against the trial it ran.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::pg::GroupChangeMessage;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::trial::TrialMsg;
+use crate::cluster::local::Exit;
+use crate::cluster::node::NodeEvent;
+use crate::cluster::wire::{self, Experiment, FromWorker, ToWorker};
+use crate::worker::WorkerMsg;
+
+/// A fresh placement id.
+pub(crate) fn next_lease() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What the pool hears.
+pub(crate) enum PoolMsg {
+    /// From a worker, over the wire.
+    Wire(FromWorker),
+    /// A frame from a worker that did not decode.
+    Garbled(String),
+    /// A TrialActor wants a slot for an attempt.
+    Place {
+        /// The placement id.
+        lease: u64,
+        /// Who gets the slot.
+        trial: ActorRef<TrialMsg>,
+    },
+    /// A TrialActor no longer wants its slot (it stopped).
+    Release {
+        /// The placement id.
+        lease: u64,
+    },
+    /// A local worker process ended.
+    Exited(Exit),
+    /// A connection event of this node.
+    Node(NodeEvent),
+    /// Heartbeats out, leases checked.
+    Tick,
+    /// Find the actor of a worker that said hello.
+    Resolve {
+        /// The hello.
+        hello: Box<FromWorker>,
+        /// Attempts so far.
+        tries: u32,
+    },
+    /// A local worker's connection dropped and its exit status has not come.
+    Reap {
+        /// The worker.
+        name: String,
+    },
+    /// How many workers and slots are ready.
+    Capacity(RpcReplyPort<(usize, u32)>),
+    /// The sweep is over: tell the workers to exit.
+    Shutdown(RpcReplyPort<()>),
+}
+
+impl wire::WireMessage for PoolMsg {
+    type Wire = FromWorker;
+    fn into_wire(self) -> Option<FromWorker> {
+        match self {
+            PoolMsg::Wire(w) => Some(w),
+            _ => None,
+        }
+    }
+    fn from_wire(wire: FromWorker) -> Self {
+        PoolMsg::Wire(wire)
+    }
+    fn garbled(error: String) -> Self {
+        PoolMsg::Garbled(error)
+    }
+}
+wire::wire_message!(PoolMsg);
+
+struct Worker {
+    host: String,
+    pid: u32,
+    local: bool,
+    slots: u32,
+    actor: ActorRef<WorkerMsg>,
+    ready: bool,
+    leaving: bool,
+    last_seen: Instant,
+    leases: BTreeSet<u64>,
+    /// When its connection dropped (a local worker waiting for its exit status).
+    disconnected: Option<Instant>,
+}
+
+impl Worker {
+    fn free(&self) -> u32 {
+        if self.ready && !self.leaving && self.disconnected.is_none() {
+            self.slots.saturating_sub(self.leases.len() as u32)
+        } else {
+            0
+        }
+    }
+
+    fn send(&self, msg: ToWorker) {
+        // A failed send means the connection is going; its loss is handled then.
+        let _ = self.actor.cast(WorkerMsg::Wire(msg));
+    }
+}
+
+struct Lease {
+    worker: String,
+    /// `None` once the TrialActor let go (it stopped); the worker is told to
+    /// cancel and the slot is free when the attempt's end arrives.
+    trial: Option<ActorRef<TrialMsg>>,
+}
+
+/// The pool actor.
+pub(crate) struct WorkerPool;
+
+/// The pool's state.
+pub(crate) struct State {
+    experiment: Experiment,
+    workers: BTreeMap<String, Worker>,
+    leases: HashMap<u64, Lease>,
+    queue: VecDeque<(u64, ActorRef<TrialMsg>)>,
+    /// Local worker exits not yet matched to a lost connection.
+    exits: Vec<(Instant, Exit)>,
+}
+
+impl Actor for WorkerPool {
+    type Msg = PoolMsg;
+    type State = State;
+    type Arguments = Experiment;
+
+    async fn pre_start(&self, myself: ActorRef<PoolMsg>, experiment: Experiment) -> Result<State, ActorProcessingErr> {
+        ractor::pg::join(wire::POOL_GROUP.into(), vec![myself.get_cell()]);
+        ractor::pg::monitor(wire::WORKER_GROUP.into(), myself.get_cell());
+        myself.send_interval(wire::HEARTBEAT, || PoolMsg::Tick);
+        Ok(State {
+            experiment,
+            workers: BTreeMap::new(),
+            leases: HashMap::new(),
+            queue: VecDeque::new(),
+            exits: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        msg: PoolMsg,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PoolMsg::Wire(w) => state.on_wire(&myself, w),
+            PoolMsg::Garbled(e) => tracing::error!("a worker sent a message this coordinator cannot read: {e}"),
+            PoolMsg::Place { lease, trial } => {
+                state.queue.push_back((lease, trial));
+                state.dispatch();
+            }
+            PoolMsg::Release { lease } => state.release(lease),
+            PoolMsg::Exited(exit) => state.on_exit(exit),
+            PoolMsg::Node(NodeEvent::Disconnected { peer, authenticated: false }) => tracing::warn!(
+                "refused a connection from {peer}: it failed the shared-secret handshake \
+                 (a worker started with another GAUNTLET_SECRET or --secret-file?)"
+            ),
+            PoolMsg::Node(_) => {}
+            PoolMsg::Tick => state.tick(),
+            PoolMsg::Resolve { hello, tries } => state.resolve(&myself, *hello, tries),
+            PoolMsg::Reap { name } => {
+                if state.workers.get(&name).is_some_and(|w| w.disconnected.is_some()) {
+                    state.lose(&name, "its connection dropped".into(), None);
+                }
+            }
+            PoolMsg::Capacity(reply) => {
+                let ready: Vec<&Worker> = state.workers.values().filter(|w| w.ready && !w.leaving).collect();
+                let _ = reply.send((ready.len(), ready.iter().map(|w| w.slots).sum()));
+            }
+            PoolMsg::Shutdown(reply) => {
+                for w in state.workers.values() {
+                    w.send(ToWorker::Shutdown("the sweep is over".into()));
+                }
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        event: SupervisionEvent,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Leave(_, group, cells)) = event {
+            if group == wire::WORKER_GROUP {
+                for cell in cells {
+                    if let Some(name) = cell.get_name() {
+                        state.on_disconnect(&myself, &name);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<PoolMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
+        for w in state.workers.values() {
+            w.send(ToWorker::Shutdown("the coordinator stopped".into()));
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    fn on_wire(&mut self, myself: &ActorRef<PoolMsg>, msg: FromWorker) {
+        match msg {
+            hello @ FromWorker::Hello { .. } => self.resolve(myself, hello, 0),
+            FromWorker::Ready { name } => {
+                if let Some(w) = self.workers.get_mut(&name) {
+                    w.ready = true;
+                    w.last_seen = Instant::now();
+                    tracing::info!(worker = %name, host = %w.host, pid = w.pid, slots = w.slots, "worker joined");
+                }
+                self.dispatch();
+            }
+            FromWorker::Unfit { name, error } => {
+                tracing::error!(worker = %name, "worker cannot serve this experiment: {error}");
+                self.lose(&name, format!("it cannot serve the experiment: {error}"), None);
+            }
+            FromWorker::Heartbeat { name } => {
+                if let Some(w) = self.workers.get_mut(&name) {
+                    w.last_seen = Instant::now();
+                }
+            }
+            FromWorker::Leaving { name } => {
+                if let Some(w) = self.workers.get_mut(&name) {
+                    tracing::info!(worker = %name, running = w.leases.len(), "worker is leaving");
+                    w.leaving = true;
+                }
+                self.let_go_if_idle(&name);
+                self.dispatch();
+            }
+            FromWorker::Report { lease, report } => match self.trial_of(lease) {
+                Some(trial) => {
+                    let _ = trial.cast(TrialMsg::Wire(FromWorker::Report { lease, report }));
+                }
+                // Nobody waits for it: let the worker's trial stop.
+                None => self.send_to_lease_worker(lease, ToWorker::Decision { lease, decision: None }),
+            },
+            m @ (FromWorker::CheckpointPart { lease, .. } | FromWorker::CheckpointDone { lease, .. }) => {
+                if let Some(trial) = self.trial_of(lease) {
+                    let _ = trial.cast(TrialMsg::Wire(m));
+                }
+            }
+            FromWorker::Finished { lease, end } => {
+                if let Some(l) = self.leases.remove(&lease) {
+                    if let Some(w) = self.workers.get_mut(&l.worker) {
+                        w.leases.remove(&lease);
+                    }
+                    if let Some(trial) = l.trial {
+                        let _ = trial.cast(TrialMsg::Wire(FromWorker::Finished { lease, end }));
+                    }
+                    self.let_go_if_idle(&l.worker);
+                }
+                self.dispatch();
+            }
+        }
+    }
+
+    /// A leaving worker whose attempts all ended may go.
+    fn let_go_if_idle(&mut self, name: &str) {
+        if self.workers.get(name).is_some_and(|w| w.leaving && w.leases.is_empty()) {
+            if let Some(w) = self.workers.remove(name) {
+                tracing::info!(worker = %name, host = %w.host, pid = w.pid, "worker left");
+                w.send(ToWorker::Shutdown("left the sweep".into()));
+            }
+        }
+    }
+
+    fn trial_of(&self, lease: u64) -> Option<&ActorRef<TrialMsg>> {
+        self.leases.get(&lease).and_then(|l| l.trial.as_ref())
+    }
+
+    fn send_to_lease_worker(&self, lease: u64, msg: ToWorker) {
+        if let Some(w) = self.leases.get(&lease).and_then(|l| self.workers.get(&l.worker)) {
+            w.send(msg);
+        }
+    }
+
+    /// A worker said hello: find its actor (its process-group entry may
+    /// arrive just after the hello), check it, and welcome it.
+    fn resolve(&mut self, myself: &ActorRef<PoolMsg>, hello: FromWorker, tries: u32) {
+        let FromWorker::Hello { name, slots, host, pid, local, protocol, version } = &hello else { return };
+        let cell = ractor::pg::get_members(&wire::WORKER_GROUP.to_owned())
+            .into_iter()
+            .find(|c| c.get_name().as_deref() == Some(name.as_str()));
+        let Some(cell) = cell else {
+            if tries < 100 {
+                let hello = Box::new(hello);
+                myself.send_after(Duration::from_millis(20), move || PoolMsg::Resolve { hello, tries: tries + 1 });
+            } else {
+                tracing::error!(worker = %name, %host, pid, "a worker said hello but its actor never appeared; ignoring it");
+            }
+            return;
+        };
+        let actor: ActorRef<WorkerMsg> = cell.into();
+        if *protocol != wire::PROTOCOL {
+            let why = format!(
+                "this coordinator speaks protocol {} (gauntlet {}), the worker {protocol} (gauntlet {version}); \
+                 run the same gauntlet version on both",
+                wire::PROTOCOL,
+                env!("CARGO_PKG_VERSION")
+            );
+            tracing::error!(worker = %name, %host, "refused: {why}");
+            let _ = actor.cast(WorkerMsg::Wire(ToWorker::Refused(why)));
+            return;
+        }
+        let worker = Worker {
+            host: host.clone(),
+            pid: *pid,
+            local: *local,
+            slots: (*slots).max(1),
+            actor,
+            ready: false,
+            leaving: false,
+            last_seen: Instant::now(),
+            leases: BTreeSet::new(),
+            disconnected: None,
+        };
+        worker.send(ToWorker::Welcome(Box::new(self.experiment.clone())));
+        self.workers.insert(name.clone(), worker);
+    }
+
+    /// Places queued attempts on the workers with the most free slots.
+    fn dispatch(&mut self) {
+        while !self.queue.is_empty() {
+            let Some((name, w)) = self.workers.iter_mut().filter(|(_, w)| w.free() > 0).max_by_key(|(_, w)| w.free())
+            else {
+                return;
+            };
+            let (lease, trial) = self.queue.pop_front().expect("queue is not empty");
+            let placed = TrialMsg::Placed { lease, worker: w.actor.clone(), name: name.clone() };
+            if trial.cast(placed).is_err() {
+                continue; // the trial stopped while it waited
+            }
+            w.leases.insert(lease);
+            self.leases.insert(lease, Lease { worker: name.clone(), trial: Some(trial) });
+        }
+    }
+
+    fn release(&mut self, lease: u64) {
+        self.queue.retain(|(l, _)| *l != lease);
+        if let Some(l) = self.leases.get_mut(&lease) {
+            l.trial = None;
+            let worker = l.worker.clone();
+            if let Some(w) = self.workers.get(&worker) {
+                w.send(ToWorker::Cancel { lease });
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let mut silent = Vec::new();
+        for (name, w) in &self.workers {
+            w.send(ToWorker::Heartbeat);
+            if w.disconnected.is_none() && now.duration_since(w.last_seen) > wire::LEASE {
+                silent.push(name.clone());
+            }
+        }
+        for name in silent {
+            let why = format!("no heartbeat for {:.0?}", wire::LEASE);
+            self.lose(&name, why, None);
+        }
+        self.exits.retain(|(at, _)| now.duration_since(*at) < Duration::from_secs(10));
+    }
+
+    /// A worker's connection dropped. A local worker's exit status says
+    /// whether it crashed; wait a moment for it.
+    fn on_disconnect(&mut self, myself: &ActorRef<PoolMsg>, name: &str) {
+        let Some(w) = self.workers.get_mut(name) else { return };
+        if !w.local {
+            return self.lose(name, "its connection dropped".into(), None);
+        }
+        if let Some(i) = self.exits.iter().position(|(_, e)| e.pid == w.pid) {
+            let (_, exit) = self.exits.remove(i);
+            return self.lose(name, exit.text.clone(), Some(exit));
+        }
+        w.disconnected = Some(Instant::now());
+        let name = name.to_owned();
+        myself.send_after(Duration::from_secs(1), move || PoolMsg::Reap { name });
+    }
+
+    fn on_exit(&mut self, exit: Exit) {
+        let name = self.workers.iter().find(|(_, w)| w.local && w.pid == exit.pid).map(|(n, _)| n.clone());
+        match name {
+            Some(name) => self.lose(&name, exit.text.clone(), Some(exit)),
+            None => self.exits.push((Instant::now(), exit)),
+        }
+    }
+
+    /// Forgets a worker; its trials are lost: crashed when its process
+    /// crashed, preempted otherwise.
+    fn lose(&mut self, name: &str, why: String, exit: Option<Exit>) {
+        let Some(w) = self.workers.remove(name) else { return };
+        let crashed = exit.as_ref().is_some_and(|e| e.crashed);
+        if w.leases.is_empty() {
+            tracing::info!(worker = %name, host = %w.host, pid = w.pid, "worker gone: {why}");
+        } else {
+            tracing::warn!(worker = %name, host = %w.host, pid = w.pid, trials = w.leases.len(), "worker lost: {why}");
+        }
+        for lease in &w.leases {
+            let Some(l) = self.leases.remove(lease) else { continue };
+            if let Some(trial) = l.trial {
+                let reason = format!("worker {name} on {} lost: {why}", w.host);
+                let crash = crashed.then(|| format!("{why} while training"));
+                let _ = trial.cast(TrialMsg::Lost { reason, crash });
+            }
+        }
+        // Tell it to go, in case only its heartbeats were late.
+        w.send(ToWorker::Shutdown(format!("the coordinator gave up on this worker: {why}")));
+        self.dispatch();
+    }
+}
+
+/// A running worker pool: the handle the coordinator keeps.
+#[derive(Clone)]
+pub struct Pool(pub(crate) ActorRef<PoolMsg>);
+
+impl Pool {
+    /// Starts the pool for `experiment`; workers that join get it.
+    pub async fn start(experiment: Experiment) -> Result<Pool, super::SweepError> {
+        let (pool, _) = Actor::spawn(Some("gauntlet-pool".into()), WorkerPool, experiment)
+            .await
+            .map_err(|e| super::SweepError::Spawn { what: "worker pool", message: e.to_string() })?;
+        Ok(Pool(pool))
+    }
+
+    /// Tells the pool that a local worker process ended.
+    pub fn worker_exited(&self, exit: Exit) {
+        let _ = self.0.cast(PoolMsg::Exited(exit));
+    }
+
+    /// Tells the pool of a connection event.
+    pub fn node_event(&self, event: NodeEvent) {
+        let _ = self.0.cast(PoolMsg::Node(event));
+    }
+
+    /// Ready workers and their slots.
+    pub async fn capacity(&self) -> (usize, u32) {
+        match self.0.call(PoolMsg::Capacity, Some(Duration::from_secs(5))).await {
+            Ok(ractor::rpc::CallResult::Success(c)) => c,
+            _ => (0, 0),
+        }
+    }
+
+    /// Tells every worker the sweep is over, and stops the pool.
+    pub async fn shutdown(&self) {
+        let _ = self.0.call(PoolMsg::Shutdown, Some(Duration::from_secs(5))).await;
+        self.0.stop(None);
+    }
+}

@@ -1,0 +1,506 @@
+//! The worker process: `gauntlet worker --join HOST:PORT --slots N`.
+//!
+//! ```text
+//! WorkerActor          joins the coordinator's cluster, loads the data once,
+//! │                    takes attempts from the pool, relays decisions
+//! └── slot threads ×N  train, one attempt each; reports go to the pool
+//! ```
+//! A worker serves one coordinator. It exits when the sweep ends, when the
+//! coordinator is gone (connection lost, or silent for [`wire::LEASE`]),
+//! or, after its running trials checkpointed, when it is told to leave
+//! (SIGTERM, SIGINT).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::cluster::node::{self, NodeError, NodeEvent};
+use crate::cluster::wire::{self, Experiment, FromWorker, Job, Part, ToWorker};
+use crate::config::Config;
+use crate::schedule::Decision;
+use crate::supervision::pool::PoolMsg;
+use crate::supervision::slots::SlotPool;
+use crate::trainable::{ContextSettings, ReportSink, Trainable, TrialContext};
+use crate::trial::{AttemptEnd, Report, TrialId};
+
+/// How to run a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// `HOST:PORT` of the coordinator.
+    pub join: String,
+    /// Slots offered.
+    pub slots: u32,
+    /// libtorch threads per slot (default: the experiment's `threads_per_trial`).
+    pub threads_per_slot: Option<u32>,
+    /// The shared secret.
+    pub secret: String,
+    /// Whether the coordinator spawned this worker.
+    pub local: bool,
+    /// How long to keep trying to reach the coordinator.
+    pub connect_timeout: Duration,
+}
+
+/// Why a worker exited.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerExit {
+    /// The sweep ended (or the coordinator let this worker go).
+    Shutdown(String),
+    /// It left on a signal, after its trials checkpointed.
+    Left,
+    /// The coordinator refused it.
+    Refused(String),
+    /// The coordinator went away.
+    CoordinatorLost(String),
+    /// It could not load the experiment's data.
+    Unfit(String),
+}
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The node could not start or the address is bad.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The coordinator could not be reached.
+    #[error("cannot reach the coordinator at {address}: {message}")]
+    Connect {
+        /// Where.
+        address: String,
+        /// Why.
+        message: String,
+    },
+    /// The coordinator refused the handshake.
+    #[error("{0}")]
+    Refused(String),
+    /// An actor or thread could not start.
+    #[error("cannot start the worker: {0}")]
+    Start(String),
+}
+
+/// What the worker actor hears.
+pub(crate) enum WorkerMsg {
+    /// From the coordinator, over the wire.
+    Wire(ToWorker),
+    /// A frame that did not decode.
+    Garbled(String),
+    /// The experiment's trainable is built (or not).
+    Loaded(Result<Box<Loaded>, String>),
+    /// A slot thread finished an attempt.
+    SlotDone {
+        /// The placement.
+        lease: u64,
+        /// How it ended.
+        end: AttemptEnd,
+    },
+    /// Leave after the running trials checkpointed.
+    Leave,
+    /// The coordinator never confirmed the leave: go anyway.
+    LeaveTimeout,
+}
+
+impl wire::WireMessage for WorkerMsg {
+    type Wire = ToWorker;
+    fn into_wire(self) -> Option<ToWorker> {
+        match self {
+            WorkerMsg::Wire(w) => Some(w),
+            _ => None,
+        }
+    }
+    fn from_wire(wire: ToWorker) -> Self {
+        WorkerMsg::Wire(wire)
+    }
+    fn garbled(error: String) -> Self {
+        WorkerMsg::Garbled(error)
+    }
+}
+wire::wire_message!(WorkerMsg);
+
+/// The experiment, ready to train on this worker.
+pub(crate) struct Loaded {
+    trainable: Arc<dyn Trainable>,
+    context: Arc<ContextSettings>,
+    slots: SlotPool,
+    store: CheckpointStore,
+}
+
+struct Running {
+    id: TrialId,
+    cancel: Arc<AtomicBool>,
+    decisions: Sender<Option<Decision>>,
+}
+
+struct WorkerActor;
+
+struct Args {
+    name: String,
+    pool: ActorRef<PoolMsg>,
+    options: WorkerOptions,
+    heard: Arc<AtomicU64>,
+    done: oneshot::Sender<WorkerExit>,
+}
+
+struct State {
+    name: String,
+    pool: ActorRef<PoolMsg>,
+    options: WorkerOptions,
+    heard: Arc<AtomicU64>,
+    started: Instant,
+    loaded: Option<Box<Loaded>>,
+    running: HashMap<u64, Running>,
+    parts: HashMap<u64, Vec<Part>>,
+    leaving: bool,
+    scratch: tempfile::TempDir,
+    done: Option<oneshot::Sender<WorkerExit>>,
+}
+
+impl State {
+    fn send(&self, msg: FromWorker) {
+        let _ = self.pool.cast(PoolMsg::Wire(msg));
+    }
+
+    fn finish(&mut self, myself: &ActorRef<WorkerMsg>, exit: WorkerExit) {
+        for r in self.running.values() {
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+        self.running.clear(); // blocked reports return: the sweep is gone
+        if let Some(done) = self.done.take() {
+            let _ = done.send(exit);
+        }
+        myself.stop(None);
+    }
+}
+
+impl Actor for WorkerActor {
+    type Msg = WorkerMsg;
+    type State = State;
+    type Arguments = Args;
+
+    async fn pre_start(&self, myself: ActorRef<WorkerMsg>, a: Args) -> Result<State, ActorProcessingErr> {
+        ractor::pg::join(wire::WORKER_GROUP.into(), vec![myself.get_cell()]);
+        Ok(State {
+            name: a.name,
+            pool: a.pool,
+            options: a.options,
+            heard: a.heard,
+            started: Instant::now(),
+            loaded: None,
+            running: HashMap::new(),
+            parts: HashMap::new(),
+            leaving: false,
+            scratch: tempfile::Builder::new().prefix("gauntlet-worker-").tempdir()?,
+            done: Some(a.done),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Wire(w) => {
+                state.heard.store(state.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                self.on_wire(&myself, w, state);
+            }
+            WorkerMsg::Garbled(e) => tracing::error!("the coordinator sent a message this worker cannot read: {e}"),
+            WorkerMsg::Loaded(Ok(loaded)) => {
+                tracing::info!(slots = state.options.slots, "experiment loaded; ready for trials");
+                state.loaded = Some(loaded);
+                state.send(FromWorker::Ready { name: state.name.clone() });
+            }
+            WorkerMsg::Loaded(Err(error)) => {
+                state.send(FromWorker::Unfit { name: state.name.clone(), error: error.clone() });
+                state.finish(&myself, WorkerExit::Unfit(error));
+            }
+            WorkerMsg::SlotDone { lease, end } => {
+                let Some(run) = state.running.remove(&lease) else { return Ok(()) };
+                let end = match end {
+                    AttemptEnd::Cancelled if state.leaving => {
+                        AttemptEnd::Preempted(format!("worker {} left", state.name))
+                    }
+                    end => end,
+                };
+                tracing::info!(trial = %run.id, ?end, "attempt ended");
+                state.send(FromWorker::Finished { lease, end });
+                if let Some(loaded) = &state.loaded {
+                    let _ = std::fs::remove_dir_all(loaded.store.trial_dir(run.id));
+                }
+            }
+            WorkerMsg::Leave => {
+                if !state.leaving {
+                    tracing::info!(running = state.running.len(), "leaving: running trials stop at their next report");
+                    state.leaving = true;
+                    state.send(FromWorker::Leaving { name: state.name.clone() });
+                    for r in state.running.values() {
+                        r.cancel.store(true, Ordering::Relaxed);
+                    }
+                    // The pool lets this worker go once every attempt's end
+                    // reached it (its Shutdown comes after them on the wire).
+                    myself.send_after(Duration::from_secs(60), || WorkerMsg::LeaveTimeout);
+                }
+            }
+            WorkerMsg::LeaveTimeout => state.finish(&myself, WorkerExit::Left),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<WorkerMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
+        if let Some(done) = state.done.take() {
+            let _ = done.send(WorkerExit::CoordinatorLost("the worker actor stopped".into()));
+        }
+        Ok(())
+    }
+}
+
+impl WorkerActor {
+    fn on_wire(&self, myself: &ActorRef<WorkerMsg>, msg: ToWorker, state: &mut State) {
+        match msg {
+            ToWorker::Heartbeat => {}
+            ToWorker::Welcome(experiment) => {
+                tracing::info!(experiment = %experiment.name, "welcomed; loading the experiment");
+                let me = myself.clone();
+                let slots = state.options.slots;
+                let threads = state.options.threads_per_slot;
+                let store = CheckpointStore::new(state.scratch.path(), 1);
+                tokio::task::spawn_blocking(move || {
+                    let loaded = load(*experiment, slots, threads, store);
+                    let _ = me.cast(WorkerMsg::Loaded(loaded.map(Box::new)));
+                });
+            }
+            ToWorker::Refused(why) => state.finish(myself, WorkerExit::Refused(why)),
+            ToWorker::Shutdown(_) if state.leaving => state.finish(myself, WorkerExit::Left),
+            ToWorker::Shutdown(why) => state.finish(myself, WorkerExit::Shutdown(why)),
+            ToWorker::CheckpointPart { lease, part } => state.parts.entry(lease).or_default().push(part),
+            ToWorker::Start(job) => {
+                let lease = job.lease;
+                if let Err(e) = self.start(myself, job, state) {
+                    state.send(FromWorker::Finished { lease, end: AttemptEnd::Crashed(e) });
+                }
+            }
+            ToWorker::Decision { lease, decision } => {
+                if let Some(r) = state.running.get(&lease) {
+                    let _ = r.decisions.send(decision);
+                }
+            }
+            ToWorker::Cancel { lease } => {
+                if let Some(r) = state.running.get(&lease) {
+                    r.cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn start(&self, myself: &ActorRef<WorkerMsg>, job: Job, state: &mut State) -> Result<(), String> {
+        let parts = state.parts.remove(&job.lease).unwrap_or_default();
+        let loaded = state.loaded.as_ref().ok_or("the worker has not loaded the experiment yet")?;
+        if state.leaving {
+            return Err(format!("worker {} is leaving", state.name));
+        }
+        let resume: Option<Checkpoint> = match job.resume {
+            Some(meta) => Some(
+                loaded
+                    .store
+                    .save(job.id, &meta, |dir| wire::write_parts(dir, &parts))
+                    .map_err(|e| format!("cannot store the checkpoint of epoch {} it resumes from: {e}", meta.epoch))?,
+            ),
+            None => None,
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (decisions, replies) = crossbeam_channel::unbounded();
+        let sink = RemoteSink { pool: state.pool.clone(), lease: job.lease, decisions: replies };
+        let mut ctx = TrialContext::new(
+            job.id,
+            job.attempt,
+            job.restarts,
+            job.seed,
+            job.params,
+            resume,
+            loaded.context.clone(),
+            Box::new(sink),
+            loaded.store.clone(),
+            cancel.clone(),
+        );
+        tracing::info!(trial = %job.id, attempt = job.attempt, from = ?ctx.resume().map(|c| c.epoch), "attempt starts");
+        let trainable = loaded.trainable.clone();
+        let me = myself.clone();
+        let lease = job.lease;
+        loaded.slots.queue().submit(Box::new(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainable.train(&mut ctx)));
+            let _ = me.cast(WorkerMsg::SlotDone { lease, end: AttemptEnd::of(result) });
+        }))?;
+        state.running.insert(lease, Running { id: job.id, cancel, decisions });
+        Ok(())
+    }
+}
+
+/// Builds the experiment's trainable (loading its data) and the slot threads.
+fn load(e: Experiment, slots: u32, threads: Option<u32>, store: CheckpointStore) -> Result<Loaded, String> {
+    let config = Config::parse(&e.config_text, e.yaml, &e.config_path)
+        .map_err(|err| err.to_string())?
+        .with_paths_from(&e.config_path);
+    config.check_files(&e.config_path).map_err(|err| err.to_string())?;
+    let trainable = crate::trainable::from_config(&config).map_err(|err| err.to_string())?;
+    let mut context = e.context;
+    if let Some(t) = threads {
+        context.threads = t.max(1);
+    }
+    let slots = SlotPool::start(slots, context.threads, trainable.clone()).map_err(|err| err.to_string())?;
+    Ok(Loaded { trainable, context: Arc::new(context), slots, store })
+}
+
+/// A slot thread's line to the coordinator: reports go to the pool and the
+/// thread waits for the decision; checkpoints follow in parts.
+struct RemoteSink {
+    pool: ActorRef<PoolMsg>,
+    lease: u64,
+    decisions: Receiver<Option<Decision>>,
+}
+
+impl ReportSink for RemoteSink {
+    fn report(&mut self, report: Report) -> Option<Decision> {
+        self.pool.cast(PoolMsg::Wire(FromWorker::Report { lease: self.lease, report })).ok()?;
+        self.decisions.recv().ok().flatten()
+    }
+
+    fn checkpoint_written(&mut self, trial: TrialId, checkpoint: &Checkpoint) {
+        let parts = match wire::checkpoint_parts(&checkpoint.dir) {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::error!(%trial, "cannot read checkpoint {}: {e}", checkpoint.dir.display());
+                return;
+            }
+        };
+        for part in parts {
+            let _ = self.pool.cast(PoolMsg::Wire(FromWorker::CheckpointPart { lease: self.lease, part }));
+        }
+        let _ =
+            self.pool.cast(PoolMsg::Wire(FromWorker::CheckpointDone { lease: self.lease, meta: checkpoint.clone() }));
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Runs a worker until it exits; builds its own tokio runtime.
+pub fn run(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| WorkerError::Start(e.to_string()))?;
+    runtime.block_on(serve(options))
+}
+
+async fn serve(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
+    let address = node::resolve(&options.join)?;
+    let host = host_name();
+    let pid = std::process::id();
+    let name = format!("worker-{host}-{pid}-{:04x}", rand::random::<u16>());
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let listen = std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0);
+    let node = node::start(&name, listen, &options.secret, events_tx).await?;
+
+    // The worker actor first, so that the coordinator learns of it with the
+    // connection's first process-group exchange.
+    let heard = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done) = oneshot::channel();
+    let pool = connect(&node, &options, address, &mut events).await?;
+    let args =
+        Args { name: name.clone(), pool: pool.clone(), options: options.clone(), heard: heard.clone(), done: done_tx };
+    let (worker, _) =
+        Actor::spawn(Some(name.clone()), WorkerActor, args).await.map_err(|e| WorkerError::Start(e.to_string()))?;
+    let _ = pool.cast(PoolMsg::Wire(FromWorker::Hello {
+        name: name.clone(),
+        slots: options.slots.max(1),
+        host,
+        pid,
+        local: options.local,
+        protocol: wire::PROTOCOL,
+        version: env!("CARGO_PKG_VERSION").into(),
+    }));
+    tracing::info!(coordinator = %address, slots = options.slots, "joined as {name}");
+
+    let started = Instant::now();
+    let mut beat = tokio::time::interval(wire::HEARTBEAT);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| WorkerError::Start(e.to_string()))?;
+    let exit = loop {
+        tokio::select! {
+            exit = &mut done => break exit.unwrap_or(WorkerExit::CoordinatorLost("the worker stopped".into())),
+            _ = beat.tick() => {
+                let _ = pool.cast(PoolMsg::Wire(FromWorker::Heartbeat { name: name.clone() }));
+                let silent = started.elapsed().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
+                if silent > wire::LEASE + Duration::from_secs(2) {
+                    break WorkerExit::CoordinatorLost(format!("no word from it for {silent:.0?}"));
+                }
+            }
+            event = events.recv() => {
+                if let Some(NodeEvent::Disconnected { .. }) = event {
+                    break WorkerExit::CoordinatorLost("the connection dropped".into());
+                }
+            }
+            _ = term.recv() => { let _ = worker.cast(WorkerMsg::Leave); }
+            _ = tokio::signal::ctrl_c() => { let _ = worker.cast(WorkerMsg::Leave); }
+        }
+    };
+    worker.stop(None);
+    node.server.stop(None);
+    Ok(exit)
+}
+
+/// Connects to the coordinator (retrying while it is not up yet) and waits
+/// for its pool to appear; a refused handshake is a wrong secret.
+async fn connect(
+    node: &node::Node,
+    options: &WorkerOptions,
+    address: std::net::SocketAddr,
+    events: &mut mpsc::UnboundedReceiver<NodeEvent>,
+) -> Result<ActorRef<PoolMsg>, WorkerError> {
+    let deadline = Instant::now() + options.connect_timeout;
+    let connect_err = |message: String| WorkerError::Connect { address: address.to_string(), message };
+    loop {
+        match ractor_cluster::client_connect(&node.server, address).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("coordinator not reachable yet: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(connect_err(format!("{e} (gave up after {:.0?})", options.connect_timeout))),
+        }
+    }
+    let group = wire::POOL_GROUP.to_owned();
+    let wait_until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(cell) = ractor::pg::get_members(&group).into_iter().next() {
+            return Ok(cell.into());
+        }
+        while let Ok(event) = events.try_recv() {
+            if let NodeEvent::Disconnected { authenticated, .. } = event {
+                let why = if authenticated {
+                    "the coordinator closed the connection".to_owned()
+                } else {
+                    "the coordinator refused this worker during the handshake: the shared secret \
+                     (GAUNTLET_SECRET or --secret-file) differs from the coordinator's"
+                        .to_owned()
+                };
+                return Err(WorkerError::Refused(why));
+            }
+        }
+        if Instant::now() > wait_until {
+            return Err(connect_err("connected, but no gauntlet coordinator answered within 10 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

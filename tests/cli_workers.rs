@@ -1,0 +1,383 @@
+//! Worker processes over ractor_cluster on loopback, with the real binary:
+//! workers killed with SIGKILL, workers joining late or leaving on SIGTERM,
+//! a wrong secret, a coordinator that dies, a trial process that aborts.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gauntlet::journal::{self, Event, Record};
+use gauntlet::TrialId;
+
+const SECRET: &str = "loopback-test-secret";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `gauntlet run` that takes workers on `port` (and spawns `workers` of its own).
+fn coordinator(config: &Path, out: &Path, port: u16, workers: u32) -> Running {
+    let child = gauntlet()
+        .args(["run", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()])
+        .env("GAUNTLET_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the gauntlet binary starts");
+    Running(child)
+}
+
+/// `gauntlet worker --join` with `secret`.
+fn worker(port: u16, slots: u32, secret: &str, log: &Path) -> Running {
+    let log = std::fs::File::create(log).unwrap();
+    let child = gauntlet()
+        .args(["worker", "--join", &format!("127.0.0.1:{port}"), "--slots", &slots.to_string()])
+        .env("GAUNTLET_SECRET", secret)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("the gauntlet binary starts");
+    Running(child)
+}
+
+fn wait_exit(r: &mut Running, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = r.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process {} still running after {limit:?}", r.0.id());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn records(out: &Path) -> Vec<Record> {
+    journal::read(&out.join(journal::JOURNAL_FILE)).map(|c| c.records).unwrap_or_default()
+}
+
+/// The trial ids a worker process (by pid) started, in journal order.
+fn started_on(records: &[Record], pid: u32) -> Vec<TrialId> {
+    let tag = format!("-{pid}-");
+    records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::TrialStarted { id, worker: Some(w), .. } if w.contains(&tag) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill").args([signal, &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
+fn sleep_config(name: &str, trials: u32, concurrency: u32, epoch_ms: u32, epochs: u32) -> String {
+    synthetic_config(
+        name,
+        &format!(
+            r#"max_trials = {trials}
+concurrency = {concurrency}
+[model]
+kind = "sleep"
+epoch_ms = {epoch_ms}
+quality = {{ uniform = [0.1, 0.9] }}
+[train]
+max_epochs = {epochs}
+"#
+        ),
+    )
+}
+
+fn mlp_config(name: &str, trials: u32, concurrency: u32, epochs: u32, chaos: &str) -> String {
+    synthetic_config(
+        name,
+        &format!(
+            r#"max_trials = {trials}
+concurrency = {concurrency}
+[data]
+source = "synthetic"
+samples = 6000
+features = 40
+classes = 4
+[model]
+kind = "mlp"
+hidden_layers = 2
+hidden_units = {{ int = [64, 128] }}
+[train]
+optimizer = "adam"
+lr = {{ loguniform = [1e-3, 1e-2] }}
+batch_size = 32
+max_epochs = {epochs}
+[fault]
+max_restarts = 20
+restart_backoff_ms = 10
+checkpoint_every = 1
+{chaos}
+"#
+        ),
+    )
+}
+
+/// Per trial: its standing in `status --json`.
+fn standings(out: &Path) -> BTreeMap<u64, serde_json::Value> {
+    let doc = status_json(out);
+    doc["trials"].as_array().unwrap().iter().map(|t| (t["id"].as_u64().unwrap(), t.clone())).collect()
+}
+
+#[test]
+fn a_worker_killed_with_sigkill_loses_no_trial_and_its_trial_continues_from_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "exp.toml", &mlp_config("killed-worker", 6, 3, 8, ""));
+    let out = tmp.path().join("run");
+    let port = free_port();
+    let mut coord = coordinator(&config, &out, port, 0);
+    let mut workers: Vec<Running> =
+        (0..3).map(|i| worker(port, 1, SECRET, &tmp.path().join(format!("w{i}.log")))).collect();
+    let victim = workers[1].0.id();
+
+    // Kill the worker once its trial has two checkpoints at the coordinator.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (trial, killed_at) = loop {
+        assert!(Instant::now() < deadline, "the victim's trial never checkpointed twice");
+        let recs = records(&out);
+        if let Some(&id) = started_on(&recs, victim).first() {
+            let ckpts = recs.iter().filter(|r| matches!(r.event, Event::CheckpointWritten { id: i, .. } if i == id));
+            if ckpts.count() >= 2 {
+                kill(victim, "-KILL");
+                break (id, journal::now_ms());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = wait_exit(&mut coord, Duration::from_secs(120));
+    assert!(status.success(), "the sweep completes: {status:?}");
+
+    let recs = records(&out);
+    // The loss was noticed within 5 seconds.
+    let preempted = recs
+        .iter()
+        .find(|r| matches!(&r.event, Event::TrialPreempted { id, .. } if *id == trial))
+        .expect("the victim's trial was preempted");
+    assert!(
+        preempted.at_ms.saturating_sub(killed_at) < 5000,
+        "noticed {} ms after the kill",
+        preempted.at_ms - killed_at
+    );
+    // It continued elsewhere from the last checkpoint the coordinator had.
+    let at = recs.iter().position(|r| std::ptr::eq(r, preempted)).unwrap();
+    let last_ckpt = recs[..at]
+        .iter()
+        .filter_map(|r| match r.event {
+            Event::CheckpointWritten { id, epoch } if id == trial => Some(epoch),
+            _ => None,
+        })
+        .max()
+        .unwrap();
+    let restart = recs[at..]
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::TrialStarted { id, from_epoch, worker, .. } if *id == trial => Some((*from_epoch, worker.clone())),
+            _ => None,
+        })
+        .expect("the trial started again");
+    assert_eq!(restart.0, Some(last_ckpt), "continues from its last checkpoint");
+    assert!(!restart.1.unwrap().contains(&format!("-{victim}-")), "on another worker");
+
+    // Nothing lost, nothing duplicated, nothing counted as a restart.
+    let s = standings(&out);
+    assert_eq!(s.keys().copied().collect::<Vec<_>>(), (0..6).collect::<Vec<_>>());
+    for (id, t) in &s {
+        assert_eq!(t["status"], "completed", "trial {id}: {t}");
+        assert_eq!(t["epochs"], 8, "trial {id}");
+        assert_eq!(t["restarts"], 0, "trial {id}: a lost worker is not a restart");
+    }
+    let mut ends: BTreeMap<TrialId, usize> = BTreeMap::new();
+    for r in &recs {
+        if let Event::TrialEnded { id, .. } = r.event {
+            *ends.entry(id).or_default() += 1;
+        }
+    }
+    assert!(ends.values().all(|&n| n == 1), "each trial ends once: {ends:?}");
+    // The survivors exit when the sweep is over.
+    for (i, w) in workers.iter_mut().enumerate().filter(|(i, _)| *i != 1) {
+        assert!(wait_exit(w, Duration::from_secs(15)).success(), "worker {i} exits cleanly");
+    }
+}
+
+#[test]
+fn a_worker_that_joins_late_gets_trials_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "exp.toml", &sleep_config("late-joiner", 16, 3, 60, 4));
+    let out = tmp.path().join("run");
+    let port = free_port();
+    let mut coord = coordinator(&config, &out, port, 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reported(&out) < 3 {
+        assert!(Instant::now() < deadline, "the local worker never reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut late = worker(port, 2, SECRET, &tmp.path().join("late.log"));
+    assert!(wait_exit(&mut coord, Duration::from_secs(120)).success());
+    assert!(wait_exit(&mut late, Duration::from_secs(15)).success(), "the late worker exits when the sweep ends");
+    let recs = records(&out);
+    let on_late = started_on(&recs, late.0.id());
+    assert!(on_late.len() >= 3, "the late worker ran trials: {on_late:?}");
+    let s = standings(&out);
+    assert_eq!(s.len(), 16);
+    assert!(s.values().all(|t| t["status"] == "completed" || t["status"] == "pruned"));
+}
+
+#[test]
+fn a_worker_with_the_wrong_secret_is_refused_on_both_sides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "exp.toml", &sleep_config("wrong-secret", 40, 1, 100, 3));
+    let out = tmp.path().join("run");
+    let port = free_port();
+    let _coord = coordinator(&config, &out, port, 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reported(&out) < 1 {
+        assert!(Instant::now() < deadline, "the sweep never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = tmp.path().join("intruder.log");
+    let mut intruder = worker(port, 1, "not-the-secret", &log);
+    let status = wait_exit(&mut intruder, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "refused is a usage error");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("secret"), "the worker says why: {said}");
+    assert!(started_on(&records(&out), intruder.0.id()).is_empty(), "no trial ran on it");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let coord_log = std::fs::read_to_string(out.join("gauntlet.log")).unwrap();
+        if coord_log.contains("refused a connection") && coord_log.contains("secret") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the coordinator logs the refusal:\n{coord_log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn listening_without_a_secret_and_a_worker_without_one_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "exp.toml", &sleep_config("no-secret", 2, 1, 10, 1));
+    let o = gauntlet()
+        .args(["run", config.to_str().unwrap(), "--out"])
+        .arg(tmp.path().join("run"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("GAUNTLET_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--secret-file"), "{}", stderr(&o));
+    let o = gauntlet().args(["worker", "--join", "127.0.0.1:9"]).env_remove("GAUNTLET_SECRET").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("GAUNTLET_SECRET"), "{}", stderr(&o));
+    let empty = write(tmp.path(), "empty-secret", "\n");
+    let o = gauntlet().args(["worker", "--join", "127.0.0.1:9", "--secret-file"]).arg(&empty).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("empty-secret") && stderr(&o).contains("empty"), "{}", stderr(&o));
+}
+
+#[test]
+fn workers_of_a_dead_coordinator_exit_instead_of_training_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "exp.toml", &sleep_config("orphans", 40, 2, 200, 5));
+    let out = tmp.path().join("run");
+    let port = free_port();
+    let mut coord = coordinator(&config, &out, port, 0);
+    let mut w = worker(port, 2, SECRET, &tmp.path().join("w.log"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reported(&out) < 2 {
+        assert!(Instant::now() < deadline, "the worker never reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(coord.0.id(), "-KILL");
+    let _ = coord.0.wait();
+    let status = wait_exit(&mut w, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3), "the worker exits saying it lost the coordinator");
+    let said = std::fs::read_to_string(tmp.path().join("w.log")).unwrap();
+    assert!(said.contains("lost the coordinator") && said.contains("gauntlet resume"), "{said}");
+}
+
+#[test]
+fn a_worker_leaving_on_sigterm_checkpoints_and_its_trials_continue_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "exp.toml", &sleep_config("leaver", 6, 2, 150, 8));
+    let out = tmp.path().join("run");
+    let port = free_port();
+    let mut coord = coordinator(&config, &out, port, 1);
+    let mut leaver = worker(port, 1, SECRET, &tmp.path().join("leaver.log"));
+    let pid = leaver.0.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let trial = loop {
+        assert!(Instant::now() < deadline, "the leaver never trained");
+        let recs = records(&out);
+        let started = started_on(&recs, pid);
+        let reports =
+            |id: TrialId| recs.iter().filter(|r| matches!(r.event, Event::Report { id: i, .. } if i == id)).count();
+        if let Some(&id) = started.first().filter(|&&id| reports(id) >= 2) {
+            break id;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    kill(pid, "-TERM");
+    assert!(wait_exit(&mut leaver, Duration::from_secs(10)).success(), "a worker leaves cleanly on SIGTERM");
+    assert!(wait_exit(&mut coord, Duration::from_secs(120)).success());
+    let recs = records(&out);
+    let reason = recs
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::TrialPreempted { id, reason } if *id == trial => Some(reason.clone()),
+            _ => None,
+        })
+        .expect("its trial was handed back");
+    assert!(reason.contains("left"), "{reason}");
+    // It checkpointed the epoch it stopped at and continued from there.
+    let stopped_at = recs
+        .iter()
+        .filter_map(|r| match r.event {
+            Event::Report { id, epoch, .. } if id == trial => Some(epoch),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let resumed_from = recs.iter().find_map(|r| match r.event {
+        Event::TrialStarted { id, from_epoch: Some(e), .. } if id == trial => Some(e),
+        _ => None,
+    });
+    assert!(
+        resumed_from.is_some_and(|e| stopped_at.contains(&e)),
+        "resumed from {resumed_from:?}, reports {stopped_at:?}"
+    );
+    let s = standings(&out);
+    assert!(s.values().all(|t| t["status"] == "completed" && t["restarts"] == 0), "{s:?}");
+}
+
+#[test]
+fn a_trial_process_that_aborts_is_restarted_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = mlp_config("aborts", 4, 2, 6, "[chaos]\nabort_probability = 0.12");
+    let out = run_ok(tmp.path(), &cfg);
+    let s = standings(&out);
+    assert!(s.values().all(|t| t["status"] == "completed"), "{s:?}");
+    let restarts: u64 = s.values().map(|t| t["restarts"].as_u64().unwrap()).sum();
+    assert!(restarts >= 1, "some trial aborted and was restarted: {s:?}");
+    let recs = records(&out);
+    let errors: BTreeSet<String> = recs
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::TrialRestarted { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(errors.iter().all(|e| e.contains("SIGABRT")), "restarts name the abort: {errors:?}");
+    assert_eq!(errors.len() as u64 > 0, restarts > 0);
+    // Every abort cost one restart, never a lost trial.
+    assert!(!recs.iter().any(|r| matches!(r.event, Event::TrialPreempted { .. })));
+}
