@@ -30,7 +30,7 @@ concurrency = {concurrency}
 [model]
 kind = "sleep"
 epoch_ms = {epoch_ms}
-quality = {{ uniform = [0.0, 1.0] }}
+quality = {{ uniform = [0.0, 0.99] }}
 [train]
 max_epochs = {epochs}
 [scheduler]

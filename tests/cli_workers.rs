@@ -381,3 +381,45 @@ fn a_trial_process_that_aborts_is_restarted_and_counted() {
     // Every abort cost one restart, never a lost trial.
     assert!(!recs.iter().any(|r| matches!(r.event, Event::TrialPreempted { .. })));
 }
+
+#[test]
+fn checkpoints_larger_than_a_cluster_frame_travel_both_ways_in_parts() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 2 x 2048 hidden units: the Adam state alone is over 32 MiB, twice
+    // ractor_cluster's 16 MiB frame limit.
+    let cfg = synthetic_config(
+        "big-checkpoints",
+        r#"max_trials = 1
+concurrency = 1
+[data]
+source = "synthetic"
+samples = 400
+features = 16
+classes = 3
+[model]
+kind = "mlp"
+hidden_layers = 2
+hidden_units = 2048
+[train]
+optimizer = "adam"
+batch_size = 200
+max_epochs = 4
+[fault]
+max_restarts = 10
+restart_backoff_ms = 10
+[chaos]
+panic_probability = 0.4
+"#,
+    );
+    let out = run_ok(tmp.path(), &cfg);
+    let s = standings(&out);
+    assert_eq!(s[&0]["status"], "completed", "{s:?}");
+    // A restart resumed from a big checkpoint sent back to the worker.
+    assert!(s[&0]["restarts"].as_u64().unwrap() >= 1, "chaos restarted the trial: {s:?}");
+    let resumed = records(&out).iter().any(|r| matches!(r.event, Event::TrialStarted { from_epoch: Some(_), .. }));
+    assert!(resumed, "a restart continued from a checkpoint");
+    let ckpt = std::fs::read_dir(out.join("trials/0")).unwrap().filter_map(Result::ok).last().unwrap().path();
+    let size = std::fs::metadata(ckpt.join("optimizer.safetensors")).unwrap().len();
+    assert!(size > 16 << 20, "the optimizer state is {size} bytes");
+    assert!(out.join("best/weights.safetensors").is_file());
+}

@@ -156,7 +156,7 @@ impl Actor for TrialActor {
             }
             TrialMsg::Finished(end) => return self.end(&myself, state, end),
             TrialMsg::Placed { lease, worker, name } => self.placed(state, lease, worker, name)?,
-            TrialMsg::Wire(w) => return self.on_wire(&myself, state, w),
+            TrialMsg::Wire(w) => return self.on_wire(&myself, state, w).await,
             TrialMsg::Lost { reason, crash } => {
                 if let Some(r) = &mut state.remote {
                     r.ended = true; // the pool forgot the lease already
@@ -226,7 +226,7 @@ impl TrialActor {
         Ok(())
     }
 
-    fn on_wire(
+    async fn on_wire(
         &self,
         myself: &ActorRef<TrialMsg>,
         state: &mut State,
@@ -245,15 +245,21 @@ impl TrialActor {
             }
             FromWorker::CheckpointPart { part, .. } => r.parts.push(part),
             FromWorker::CheckpointDone { meta, .. } => {
+                // Off the tokio workers (mkdir, writes, rename, retention);
+                // awaited, so the attempt's end is handled after its checkpoint.
                 let parts = std::mem::take(&mut r.parts);
-                let store = &state.settings.checkpoints;
-                match store.save(state.id, &meta, |dir| wire::write_parts(dir, &parts)) {
+                let (store, id, epoch) = (state.settings.checkpoints.clone(), state.id, meta.epoch);
+                let saved =
+                    tokio::task::spawn_blocking(move || store.save(id, &meta, |dir| wire::write_parts(dir, &parts)))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                match saved {
                     Ok(saved) => {
                         LeaderboardSink::new(state.leaderboard.clone(), state.settings.journal.clone())
                             .checkpoint_written(state.id, &saved);
                     }
                     Err(e) => {
-                        tracing::error!(trial = %state.id, "cannot store the checkpoint of epoch {}: {e}", meta.epoch)
+                        tracing::error!(trial = %state.id, "cannot store the checkpoint of epoch {epoch}: {e}")
                     }
                 }
             }
