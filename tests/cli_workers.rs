@@ -56,6 +56,15 @@ fn wait_exit(r: &mut Running, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// Waits until the run has `n` reports.
+fn wait_reports(out: &Path, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reported(out) < n {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn records(out: &Path) -> Vec<Record> {
     journal::read(&out.join(journal::JOURNAL_FILE)).map(|c| c.records).unwrap_or_default()
 }
@@ -217,11 +226,7 @@ fn a_worker_that_joins_late_gets_trials_at_once() {
     let out = tmp.path().join("run");
     let port = free_port();
     let mut coord = coordinator(&config, &out, port, 1);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reported(&out) < 3 {
-        assert!(Instant::now() < deadline, "the local worker never reported");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_reports(&out, 3, "the local worker never reported");
     let mut late = worker(port, 2, SECRET, &tmp.path().join("late.log"));
     assert!(wait_exit(&mut coord, Duration::from_secs(120)).success());
     assert!(wait_exit(&mut late, Duration::from_secs(15)).success(), "the late worker exits when the sweep ends");
@@ -240,11 +245,7 @@ fn a_worker_with_the_wrong_secret_is_refused_on_both_sides() {
     let out = tmp.path().join("run");
     let port = free_port();
     let _coord = coordinator(&config, &out, port, 1);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reported(&out) < 1 {
-        assert!(Instant::now() < deadline, "the sweep never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_reports(&out, 1, "the sweep never started");
     let log = tmp.path().join("intruder.log");
     let mut intruder = worker(port, 1, "not-the-secret", &log);
     let status = wait_exit(&mut intruder, Duration::from_secs(20));
@@ -293,11 +294,7 @@ fn workers_of_a_dead_coordinator_exit_instead_of_training_on() {
     let port = free_port();
     let mut coord = coordinator(&config, &out, port, 0);
     let mut w = worker(port, 2, SECRET, &tmp.path().join("w.log"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reported(&out) < 2 {
-        assert!(Instant::now() < deadline, "the worker never reported");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_reports(&out, 2, "the worker never reported");
     kill(coord.0.id(), "-KILL");
     let _ = coord.0.wait();
     let status = wait_exit(&mut w, Duration::from_secs(10));

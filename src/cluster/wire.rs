@@ -265,9 +265,26 @@ pub(crate) fn deserialize<M: WireMessage>(msg: SerializedMessage) -> Result<M, B
     }
 }
 
-/// Implements `ractor::Message` for a [`WireMessage`].
+/// Makes `$t` a message that carries `$wire` across ractor_cluster in its
+/// variant `$t::$carry(..)`; undecodable frames arrive as `$t::$garbled(..)`.
 macro_rules! wire_message {
-    ($t:ty) => {
+    ($t:ident, $wire:ty, $carry:ident, $garbled:ident) => {
+        impl $crate::cluster::wire::WireMessage for $t {
+            type Wire = $wire;
+            fn into_wire(self) -> Option<$wire> {
+                match self {
+                    $t::$carry(w) => Some(w),
+                    _ => None,
+                }
+            }
+            fn from_wire(wire: $wire) -> Self {
+                $t::$carry(wire)
+            }
+            fn garbled(error: String) -> Self {
+                $t::$garbled(error)
+            }
+        }
+
         impl ractor::Message for $t {
             fn serializable() -> bool {
                 true

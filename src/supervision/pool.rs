@@ -65,26 +65,14 @@ pub(crate) enum PoolMsg {
     },
     /// How many workers and slots are ready.
     Capacity(RpcReplyPort<(usize, u32)>),
-    /// The sweep is over: tell the workers to exit.
+    /// The sweep is over: tell the workers to exit; answered once they are
+    /// gone (so the message is not lost with this process), or after 2 s.
     Shutdown(RpcReplyPort<()>),
+    /// The workers took too long to go.
+    ShutdownTimeout,
 }
 
-impl wire::WireMessage for PoolMsg {
-    type Wire = FromWorker;
-    fn into_wire(self) -> Option<FromWorker> {
-        match self {
-            PoolMsg::Wire(w) => Some(w),
-            _ => None,
-        }
-    }
-    fn from_wire(wire: FromWorker) -> Self {
-        PoolMsg::Wire(wire)
-    }
-    fn garbled(error: String) -> Self {
-        PoolMsg::Garbled(error)
-    }
-}
-wire::wire_message!(PoolMsg);
+wire::wire_message!(PoolMsg, FromWorker, Wire, Garbled);
 
 struct Worker {
     host: String,
@@ -133,6 +121,8 @@ pub(crate) struct State {
     queue: VecDeque<(u64, ActorRef<TrialMsg>)>,
     /// Local worker exits not yet matched to a lost connection.
     exits: Vec<(Instant, Exit)>,
+    /// Waiting for the workers to go after a shutdown.
+    closing: Option<RpcReplyPort<()>>,
 }
 
 impl Actor for WorkerPool {
@@ -150,6 +140,7 @@ impl Actor for WorkerPool {
             leases: HashMap::new(),
             queue: VecDeque::new(),
             exits: Vec::new(),
+            closing: None,
         })
     }
 
@@ -188,7 +179,15 @@ impl Actor for WorkerPool {
                 for w in state.workers.values() {
                     w.send(ToWorker::Shutdown("the sweep is over".into()));
                 }
-                let _ = reply.send(());
+                state.closing = Some(reply);
+                state.closed_if_empty();
+                myself.send_after(Duration::from_secs(2), || PoolMsg::ShutdownTimeout);
+            }
+            PoolMsg::ShutdownTimeout => {
+                if let Some(reply) = state.closing.take() {
+                    tracing::warn!(workers = state.workers.len(), "workers still connected after the shutdown");
+                    let _ = reply.send(());
+                }
             }
         }
         Ok(())
@@ -272,6 +271,14 @@ impl State {
                     self.let_go_if_idle(&l.worker);
                 }
                 self.dispatch();
+            }
+        }
+    }
+
+    fn closed_if_empty(&mut self) {
+        if self.workers.is_empty() {
+            if let Some(reply) = self.closing.take() {
+                let _ = reply.send(());
             }
         }
     }
@@ -387,6 +394,10 @@ impl State {
     /// A worker's connection dropped. A local worker's exit status says
     /// whether it crashed; wait a moment for it.
     fn on_disconnect(&mut self, myself: &ActorRef<PoolMsg>, name: &str) {
+        if self.closing.is_some() {
+            self.workers.remove(name);
+            return self.closed_if_empty();
+        }
         let Some(w) = self.workers.get_mut(name) else { return };
         if !w.local {
             return self.lose(name, "its connection dropped".into(), None);
@@ -428,6 +439,7 @@ impl State {
         }
         // Tell it to go, in case only its heartbeats were late.
         w.send(ToWorker::Shutdown(format!("the coordinator gave up on this worker: {why}")));
+        self.closed_if_empty();
         self.dispatch();
     }
 }
@@ -463,7 +475,8 @@ impl Pool {
         }
     }
 
-    /// Tells every worker the sweep is over, and stops the pool.
+    /// Tells every worker the sweep is over, waits (up to 2 s) until they
+    /// are gone, and stops the pool.
     pub async fn shutdown(&self) {
         let _ = self.0.call(PoolMsg::Shutdown, Some(Duration::from_secs(5))).await;
         self.0.stop(None);

@@ -155,7 +155,7 @@ impl Actor for TrialActor {
                 }
             }
             TrialMsg::Finished(end) => return self.end(&myself, state, end),
-            TrialMsg::Placed { lease, worker, name } => self.placed(state, lease, worker, name)?,
+            TrialMsg::Placed { lease, worker, name } => self.placed(state, lease, worker, name).await?,
             TrialMsg::Wire(w) => return self.on_wire(&myself, state, w).await,
             TrialMsg::Lost { reason, crash } => {
                 if let Some(r) = &mut state.remote {
@@ -198,7 +198,7 @@ impl TrialActor {
     }
 
     /// The attempt has a slot: send the checkpoint it resumes from, then the job.
-    fn placed(
+    async fn placed(
         &self,
         state: &mut State,
         lease: u64,
@@ -214,14 +214,18 @@ impl TrialActor {
             from_epoch,
             worker: Some(name),
         });
+        // A failed send means the worker is going: the pool reports it lost.
         if let Some(ckpt) = &job.resume {
-            let parts = wire::checkpoint_parts(&ckpt.dir)
-                .map_err(|e| TrialCrash(format!("cannot read the checkpoint of epoch {} to send: {e}", ckpt.epoch)))?;
+            let (dir, epoch) = (ckpt.dir.clone(), ckpt.epoch);
+            let parts = tokio::task::spawn_blocking(move || wire::checkpoint_parts(&dir))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                .map_err(|e| TrialCrash(format!("cannot read the checkpoint of epoch {epoch} to send: {e}")))?;
             for part in parts {
-                worker.cast(WorkerMsg::Wire(ToWorker::CheckpointPart { lease, part }))?;
+                let _ = worker.cast(WorkerMsg::Wire(ToWorker::CheckpointPart { lease, part }));
             }
         }
-        worker.cast(WorkerMsg::Wire(ToWorker::Start(job)))?;
+        let _ = worker.cast(WorkerMsg::Wire(ToWorker::Start(job)));
         r.worker = Some(worker);
         Ok(())
     }

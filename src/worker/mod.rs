@@ -104,22 +104,7 @@ pub(crate) enum WorkerMsg {
     LeaveTimeout,
 }
 
-impl wire::WireMessage for WorkerMsg {
-    type Wire = ToWorker;
-    fn into_wire(self) -> Option<ToWorker> {
-        match self {
-            WorkerMsg::Wire(w) => Some(w),
-            _ => None,
-        }
-    }
-    fn from_wire(wire: ToWorker) -> Self {
-        WorkerMsg::Wire(wire)
-    }
-    fn garbled(error: String) -> Self {
-        WorkerMsg::Garbled(error)
-    }
-}
-wire::wire_message!(WorkerMsg);
+wire::wire_message!(WorkerMsg, ToWorker, Wire, Garbled);
 
 /// The experiment, ready to train on this worker.
 pub(crate) struct Loaded {
