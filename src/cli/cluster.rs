@@ -118,6 +118,9 @@ impl Coordinator {
 
     /// Tells the workers the sweep is over and waits for the local ones to exit.
     pub async fn shutdown(self) {
+        if let Some(local) = &self.local {
+            local.stop_respawning();
+        }
         self.pool.shutdown().await;
         if let Some(local) = self.local {
             let _ = tokio::task::spawn_blocking(move || local.shutdown(Duration::from_secs(3))).await;

@@ -30,12 +30,15 @@ pub fn classify(pid: u32, status: ExitStatus) -> Exit {
         use std::os::unix::process::ExitStatusExt;
         if let Some(signal) = status.signal() {
             let name = signal_name(signal);
-            let crashed = !matches!(signal, libc::SIGKILL | libc::SIGTERM | libc::SIGINT | libc::SIGHUP);
+            let crashed =
+                !matches!(signal, libc::SIGKILL | libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGPIPE);
             return Exit { pid, text: format!("worker process {pid} was killed by signal {signal} ({name})"), crashed };
         }
     }
+    // 101 is a Rust panic outside a trial; the other codes are the
+    // worker's own (2 refused, 3 coordinator lost): not the trial's doing.
     let code = status.code().unwrap_or(-1);
-    Exit { pid, text: format!("worker process {pid} exited with code {code}"), crashed: code != 0 }
+    Exit { pid, text: format!("worker process {pid} exited with code {code}"), crashed: code == 101 }
 }
 
 fn signal_name(signal: i32) -> &'static str {
@@ -69,13 +72,16 @@ pub struct Spec {
     /// The GPUs of each worker, if any (exported as `CUDA_VISIBLE_DEVICES`).
     pub gpus: Vec<Option<String>>,
     /// Whether the workers serve this process (`--local`: their exits are
-    /// reported to its pool) rather than a coordinator elsewhere.
+    /// reported to its pool) rather than a coordinator elsewhere. Local
+    /// workers that exit cleanly (dismissed by the pool) are replaced too,
+    /// until [`LocalWorkers::stop_respawning`].
     pub local: bool,
 }
 
 /// The local worker processes of one coordinator.
 pub struct LocalWorkers {
     stop: Arc<AtomicBool>,
+    respawn: Arc<AtomicBool>,
     grace_ms: Arc<AtomicU64>,
     live: Arc<Mutex<Vec<u32>>>,
     watcher: Option<JoinHandle<()>>,
@@ -111,11 +117,18 @@ impl LocalWorkers {
         let stop = Arc::new(AtomicBool::new(false));
         let grace_ms = Arc::new(AtomicU64::new(2000));
         let live = Arc::new(Mutex::new(slots.iter().filter_map(|s| s.child.as_ref().map(Child::id)).collect()));
-        let (watching, grace, pids) = (stop.clone(), grace_ms.clone(), live.clone());
+        let respawn = Arc::new(AtomicBool::new(true));
+        let control =
+            Control { stop: stop.clone(), respawn: respawn.clone(), grace: grace_ms.clone(), live: live.clone() };
         let watcher = std::thread::Builder::new()
             .name("gauntlet-local-workers".into())
-            .spawn(move || watch(spec, slots, watching, grace, pids, on_exit))?;
-        Ok(LocalWorkers { stop, grace_ms, live, watcher: Some(watcher) })
+            .spawn(move || watch(spec, slots, control, on_exit))?;
+        Ok(LocalWorkers { stop, respawn, grace_ms, live, watcher: Some(watcher) })
+    }
+
+    /// Replaces no more workers (the sweep is ending).
+    pub fn stop_respawning(&self) {
+        self.respawn.store(false, Ordering::SeqCst);
     }
 
     /// Asks every worker to leave (SIGTERM): their trials checkpoint first.
@@ -181,23 +194,25 @@ fn spawn(spec: &Spec, index: usize) -> std::io::Result<Child> {
     Ok(child)
 }
 
-fn watch(
-    spec: Spec,
-    mut slots: Vec<Slot>,
+/// What the watcher thread shares with its owner.
+struct Control {
     stop: Arc<AtomicBool>,
+    respawn: Arc<AtomicBool>,
     grace: Arc<AtomicU64>,
     live: Arc<Mutex<Vec<u32>>>,
-    on_exit: impl Fn(Exit),
-) {
+}
+
+fn watch(spec: Spec, mut slots: Vec<Slot>, control: Control, on_exit: impl Fn(Exit)) {
     let publish = |slots: &[Slot]| {
-        if let Ok(mut l) = live.lock() {
+        if let Ok(mut l) = control.live.lock() {
             *l = slots.iter().filter_map(|s| s.child.as_ref().map(Child::id)).collect();
         }
     };
-    while !stop.load(Ordering::SeqCst) {
+    while !control.stop.load(Ordering::SeqCst) {
         for slot in &mut slots {
-            reap(slot, &on_exit);
-            if slot.child.is_none() && !slot.done && Instant::now() >= slot.next_start {
+            reap(slot, spec.local, &on_exit);
+            let respawn = control.respawn.load(Ordering::SeqCst);
+            if respawn && slot.child.is_none() && !slot.done && Instant::now() >= slot.next_start {
                 match spawn(&spec, slot.index) {
                     Ok(child) => {
                         slot.child = Some(child);
@@ -214,7 +229,7 @@ fn watch(
         std::thread::sleep(Duration::from_millis(20));
     }
     // The sweep is over: the pool told the workers to exit; wait, then kill.
-    let deadline = Instant::now() + Duration::from_millis(grace.load(Ordering::SeqCst));
+    let deadline = Instant::now() + Duration::from_millis(control.grace.load(Ordering::SeqCst));
     while slots.iter().any(|s| s.child.is_some()) && Instant::now() < deadline {
         for slot in &mut slots {
             if let Some(child) = &mut slot.child {
@@ -237,7 +252,7 @@ fn watch(
 
 /// Notices a dead worker and schedules its replacement, backing off when
 /// workers die right after starting (a broken install must not spin).
-fn reap(slot: &mut Slot, on_exit: &impl Fn(Exit)) {
+fn reap(slot: &mut Slot, replace_clean_exits: bool, on_exit: &impl Fn(Exit)) {
     let Some(child) = &mut slot.child else { return };
     let status = match child.try_wait() {
         Ok(Some(status)) => status,
@@ -251,7 +266,8 @@ fn reap(slot: &mut Slot, on_exit: &impl Fn(Exit)) {
     slot.child = None;
     if status.success() {
         tracing::info!(worker = slot.index, "{}", exit.text);
-        slot.done = true;
+        slot.done = !replace_clean_exits;
+        slot.next_start = Instant::now();
         return on_exit(exit);
     }
     tracing::warn!(worker = slot.index, "{}", exit.text);

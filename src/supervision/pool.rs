@@ -44,9 +44,17 @@ pub(crate) enum PoolMsg {
     Release {
         /// The placement id.
         lease: u64,
+        /// Whether it sent the worker the attempt (else the slot is free now).
+        started: bool,
     },
     /// A local worker process ended.
     Exited(Exit),
+    /// A worker's actor left the workers' group (its connection dropped);
+    /// handled as a message so that its frames already queued come first.
+    Gone {
+        /// The worker.
+        name: String,
+    },
     /// A connection event of this node.
     Node(NodeEvent),
     /// Heartbeats out, leases checked.
@@ -157,7 +165,8 @@ impl Actor for WorkerPool {
                 state.queue.push_back((lease, trial));
                 state.dispatch();
             }
-            PoolMsg::Release { lease } => state.release(lease),
+            PoolMsg::Release { lease, started } => state.release(lease, started),
+            PoolMsg::Gone { name } => state.on_disconnect(&myself, &name),
             PoolMsg::Exited(exit) => state.on_exit(exit),
             PoolMsg::Node(NodeEvent::Disconnected { peer, authenticated: false }) => tracing::warn!(
                 "refused a connection from {peer}: it failed the shared-secret handshake \
@@ -197,13 +206,13 @@ impl Actor for WorkerPool {
         &self,
         myself: ActorRef<PoolMsg>,
         event: SupervisionEvent,
-        state: &mut State,
+        _state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Leave(_, group, cells)) = event {
             if group == wire::WORKER_GROUP {
                 for cell in cells {
                     if let Some(name) = cell.get_name() {
-                        state.on_disconnect(&myself, &name);
+                        let _ = myself.cast(PoolMsg::Gone { name });
                     }
                 }
             }
@@ -221,6 +230,20 @@ impl Actor for WorkerPool {
 
 impl State {
     fn on_wire(&mut self, myself: &ActorRef<PoolMsg>, msg: FromWorker) {
+        // Any frame shows the worker alive (heartbeats queue behind big checkpoints).
+        let from = match &msg {
+            FromWorker::Report { lease, .. }
+            | FromWorker::CheckpointPart { lease, .. }
+            | FromWorker::CheckpointDone { lease, .. }
+            | FromWorker::Finished { lease, .. } => self.leases.get(lease).map(|l| l.worker.clone()),
+            FromWorker::Ready { name } | FromWorker::Heartbeat { name } | FromWorker::Leaving { name } => {
+                Some(name.clone())
+            }
+            _ => None,
+        };
+        if let Some(w) = from.and_then(|n| self.workers.get_mut(&n)) {
+            w.last_seen = Instant::now();
+        }
         match msg {
             hello @ FromWorker::Hello { .. } => self.resolve(myself, hello, 0),
             FromWorker::Ready { name } => {
@@ -248,13 +271,13 @@ impl State {
                 self.let_go_if_idle(&name);
                 self.dispatch();
             }
-            FromWorker::Report { lease, report } => match self.trial_of(lease) {
-                Some(trial) => {
-                    let _ = trial.cast(TrialMsg::Wire(FromWorker::Report { lease, report }));
+            FromWorker::Report { lease, report } => {
+                let sent = self.trial_of(lease).map(|t| t.cast(TrialMsg::Wire(FromWorker::Report { lease, report })));
+                if !matches!(sent, Some(Ok(()))) {
+                    // Nobody waits for it: let the worker's trial stop.
+                    self.send_to_lease_worker(lease, ToWorker::Decision { lease, decision: None });
                 }
-                // Nobody waits for it: let the worker's trial stop.
-                None => self.send_to_lease_worker(lease, ToWorker::Decision { lease, decision: None }),
-            },
+            }
             m @ (FromWorker::CheckpointPart { lease, .. } | FromWorker::CheckpointDone { lease, .. }) => {
                 if let Some(trial) = self.trial_of(lease) {
                     let _ = trial.cast(TrialMsg::Wire(m));
@@ -320,6 +343,12 @@ impl State {
             return;
         };
         let actor: ActorRef<WorkerMsg> = cell.into();
+        if self.workers.contains_key(name) {
+            tracing::error!(worker = %name, %host, "refused: a worker of that name is already connected");
+            let _ =
+                actor.cast(WorkerMsg::Wire(ToWorker::Refused(format!("a worker named {name} is already connected"))));
+            return;
+        }
         if *protocol != wire::PROTOCOL {
             let why = format!(
                 "this coordinator speaks protocol {} (gauntlet {}), the worker {protocol} (gauntlet {version}); \
@@ -364,13 +393,26 @@ impl State {
         }
     }
 
-    fn release(&mut self, lease: u64) {
+    fn release(&mut self, lease: u64, started: bool) {
         self.queue.retain(|(l, _)| *l != lease);
+        if !started {
+            // The worker never heard of it: the slot is free now.
+            if let Some(l) = self.leases.remove(&lease) {
+                if let Some(w) = self.workers.get_mut(&l.worker) {
+                    w.leases.remove(&lease);
+                }
+                self.let_go_if_idle(&l.worker);
+                self.dispatch();
+            }
+            return;
+        }
         if let Some(l) = self.leases.get_mut(&lease) {
             l.trial = None;
             let worker = l.worker.clone();
             if let Some(w) = self.workers.get(&worker) {
+                // Stop at the next report; a report waiting now gets no decision.
                 w.send(ToWorker::Cancel { lease });
+                w.send(ToWorker::Decision { lease, decision: None });
             }
         }
     }
@@ -411,8 +453,15 @@ impl State {
         myself.send_after(Duration::from_secs(1), move || PoolMsg::Reap { name });
     }
 
+    /// A local worker process ended. While its connection is still up, its
+    /// last frames may still be on the way: keep the status for the
+    /// disconnect (or a missed heartbeat) to pick up.
     fn on_exit(&mut self, exit: Exit) {
-        let name = self.workers.iter().find(|(_, w)| w.local && w.pid == exit.pid).map(|(n, _)| n.clone());
+        let name = self
+            .workers
+            .iter()
+            .find(|(_, w)| w.local && w.pid == exit.pid && w.disconnected.is_some())
+            .map(|(n, _)| n.clone());
         match name {
             Some(name) => self.lose(&name, exit.text.clone(), Some(exit)),
             None => self.exits.push((Instant::now(), exit)),
@@ -423,6 +472,17 @@ impl State {
     /// crashed, preempted otherwise.
     fn lose(&mut self, name: &str, why: String, exit: Option<Exit>) {
         let Some(w) = self.workers.remove(name) else { return };
+        let (why, exit) = match exit {
+            Some(e) => (why, Some(e)),
+            // A local worker's exit status may have come before.
+            None => match self.exits.iter().position(|(_, e)| w.local && e.pid == w.pid) {
+                Some(i) => {
+                    let (_, e) = self.exits.remove(i);
+                    (e.text.clone(), Some(e))
+                }
+                None => (why, None),
+            },
+        };
         let crashed = exit.as_ref().is_some_and(|e| e.crashed);
         if w.leases.is_empty() {
             tracing::info!(worker = %name, host = %w.host, pid = w.pid, "worker gone: {why}");

@@ -175,7 +175,7 @@ impl Actor for TrialActor {
         state.cancel.store(true, Ordering::Relaxed);
         if let Some(r) = &state.remote {
             if !r.ended {
-                let _ = r.pool.cast(PoolMsg::Release { lease: r.lease });
+                let _ = r.pool.cast(PoolMsg::Release { lease: r.lease, started: r.worker.is_some() });
             }
         }
         Ok(())
@@ -238,7 +238,8 @@ impl TrialActor {
     ) -> Result<(), ActorProcessingErr> {
         let Some(r) = state.remote.as_mut() else { return Ok(()) };
         match msg {
-            FromWorker::Report { lease, report } => {
+            FromWorker::Report { lease, mut report } => {
+                report.trial = state.id; // the lease says whose it is
                 let worker = r.worker.clone();
                 let reply = DecisionReply::Remote(Box::new(move |decision| {
                     if let Some(w) = worker {

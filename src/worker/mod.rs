@@ -214,9 +214,6 @@ impl Actor for WorkerActor {
                 };
                 tracing::info!(trial = %run.id, ?end, "attempt ended");
                 state.send(FromWorker::Finished { lease, end });
-                if let Some(loaded) = &state.loaded {
-                    let _ = std::fs::remove_dir_all(loaded.store.trial_dir(run.id));
-                }
             }
             WorkerMsg::Leave => {
                 if !state.leaving {
@@ -255,7 +252,12 @@ impl WorkerActor {
                 let threads = state.options.threads_per_slot;
                 let store = CheckpointStore::new(state.scratch.path(), 1);
                 tokio::task::spawn_blocking(move || {
-                    let loaded = load(*experiment, slots, threads, store);
+                    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        load(*experiment, slots, threads, store)
+                    }))
+                    .unwrap_or_else(|p| {
+                        Err(format!("loading the experiment: {}", crate::trial::panic_text(p.as_ref())))
+                    });
                     let _ = me.cast(WorkerMsg::Loaded(loaded.map(Box::new)));
                 });
             }
@@ -263,6 +265,11 @@ impl WorkerActor {
             ToWorker::Shutdown(_) if state.leaving => state.finish(myself, WorkerExit::Left),
             ToWorker::Shutdown(why) => state.finish(myself, WorkerExit::Shutdown(why)),
             ToWorker::CheckpointPart { lease, part } => state.parts.entry(lease).or_default().push(part),
+            ToWorker::Start(job) if state.leaving => {
+                state.parts.remove(&job.lease);
+                let end = AttemptEnd::Preempted(format!("worker {} is leaving", state.name));
+                state.send(FromWorker::Finished { lease: job.lease, end });
+            }
             ToWorker::Start(job) => {
                 let lease = job.lease;
                 if let Err(e) = self.start(myself, job, state) {
@@ -285,44 +292,50 @@ impl WorkerActor {
     fn start(&self, myself: &ActorRef<WorkerMsg>, job: Job, state: &mut State) -> Result<(), String> {
         let parts = state.parts.remove(&job.lease).unwrap_or_default();
         let loaded = state.loaded.as_ref().ok_or("the worker has not loaded the experiment yet")?;
-        if state.leaving {
-            return Err(format!("worker {} is leaving", state.name));
-        }
-        let resume: Option<Checkpoint> = match job.resume {
-            Some(meta) => Some(
-                loaded
-                    .store
-                    .save(job.id, &meta, |dir| wire::write_parts(dir, &parts))
-                    .map_err(|e| format!("cannot store the checkpoint of epoch {} it resumes from: {e}", meta.epoch))?,
-            ),
-            None => None,
-        };
         let cancel = Arc::new(AtomicBool::new(false));
         let (decisions, replies) = crossbeam_channel::unbounded();
         let sink = RemoteSink { pool: state.pool.clone(), lease: job.lease, decisions: replies };
-        let mut ctx = TrialContext::new(
-            job.id,
-            job.attempt,
-            job.restarts,
-            job.seed,
-            job.params,
-            resume,
-            loaded.context.clone(),
-            Box::new(sink),
-            loaded.store.clone(),
-            cancel.clone(),
-        );
-        tracing::info!(trial = %job.id, attempt = job.attempt, from = ?ctx.resume().map(|c| c.epoch), "attempt starts");
-        let trainable = loaded.trainable.clone();
-        let me = myself.clone();
-        let lease = job.lease;
+        let (trainable, context, store) = (loaded.trainable.clone(), loaded.context.clone(), loaded.store.clone());
+        let (me, lease, id, flag) = (myself.clone(), job.lease, job.id, cancel.clone());
+        let scratch = store.trial_dir(id);
+        // On the slot thread: storing the checkpoint it resumes from (maybe
+        // large) must not hold up the actor that relays every decision.
         loaded.slots.queue().submit(Box::new(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainable.train(&mut ctx)));
-            let _ = me.cast(WorkerMsg::SlotDone { lease, end: AttemptEnd::of(result) });
+            let end = match prepare(job, &parts, &store) {
+                Err(e) => AttemptEnd::Crashed(e),
+                Ok((job, resume)) => {
+                    tracing::info!(trial = %id, attempt = job.attempt, from = ?resume.as_ref().map(|c| c.epoch), "attempt starts");
+                    let mut ctx = TrialContext::new(
+                        job.id,
+                        job.attempt,
+                        job.restarts,
+                        job.seed,
+                        job.params,
+                        resume,
+                        context,
+                        Box::new(sink),
+                        store,
+                        flag,
+                    );
+                    AttemptEnd::of(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainable.train(&mut ctx))))
+                }
+            };
+            // Its checkpoints are at the coordinator; the next attempt brings its own.
+            let _ = std::fs::remove_dir_all(&scratch);
+            let _ = me.cast(WorkerMsg::SlotDone { lease, end });
         }))?;
-        state.running.insert(lease, Running { id: job.id, cancel, decisions });
+        state.running.insert(lease, Running { id, cancel, decisions });
         Ok(())
     }
+}
+
+/// Stores the checkpoint an attempt resumes from.
+fn prepare(mut job: Job, parts: &[Part], store: &CheckpointStore) -> Result<(Job, Option<Checkpoint>), String> {
+    let Some(meta) = job.resume.take() else { return Ok((job, None)) };
+    let saved = store
+        .save(job.id, &meta, |dir| wire::write_parts(dir, parts))
+        .map_err(|e| format!("cannot store the checkpoint of epoch {} it resumes from: {e}", meta.epoch))?;
+    Ok((job, Some(saved)))
 }
 
 /// Builds the experiment's trainable (loading its data) and the slot threads.
@@ -431,11 +444,11 @@ async fn serve(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
                     break WorkerExit::CoordinatorLost(format!("no word from it for {silent:.0?}"));
                 }
             }
-            event = events.recv() => {
-                if let Some(NodeEvent::Disconnected { .. }) = event {
-                    break WorkerExit::CoordinatorLost("the connection dropped".into());
-                }
-            }
+            event = events.recv() => match event {
+                Some(NodeEvent::Disconnected { .. }) => break WorkerExit::CoordinatorLost("the connection dropped".into()),
+                None => break WorkerExit::CoordinatorLost("the cluster node stopped".into()),
+                Some(_) => {}
+            },
             _ = term.recv() => { let _ = worker.cast(WorkerMsg::Leave); }
             _ = tokio::signal::ctrl_c() => { let _ = worker.cast(WorkerMsg::Leave); }
         }
