@@ -420,3 +420,42 @@ panic_probability = 0.4
     assert!(size > 16 << 20, "the optimizer state is {size} bytes");
     assert!(out.join("best/weights.safetensors").is_file());
 }
+
+#[test]
+fn a_local_worker_killed_with_sigkill_is_replaced_and_its_trial_preempted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(tmp.path(), "exp.toml", &sleep_config("respawn", 8, 2, 100, 6));
+    let out = tmp.path().join("run");
+    let mut coord = spawn_run(&cfg, &out);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (victim, name) = loop {
+        assert!(Instant::now() < deadline, "no trial started on a local worker");
+        let started = records(&out).iter().find_map(|r| match &r.event {
+            Event::TrialStarted { worker: Some(w), .. } => Some(w.clone()),
+            _ => None,
+        });
+        if let Some(w) = started.filter(|_| reported(&out) >= 2) {
+            // worker-<host>-<pid>-<tag>
+            let pid: u32 = w.rsplit('-').nth(1).unwrap().parse().unwrap();
+            break (pid, w);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    kill(victim, "-KILL");
+    assert!(wait_exit(&mut coord, Duration::from_secs(120)).success());
+    let recs = records(&out);
+    let workers: BTreeSet<String> = recs
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::TrialStarted { worker: Some(w), .. } => Some(w.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(workers.len() >= 3, "a new local worker took the place of {name}: {workers:?}");
+    assert!(recs
+        .iter()
+        .any(|r| matches!(&r.event, Event::TrialPreempted { reason, .. } if reason.contains("SIGKILL"))));
+    let s = standings(&out);
+    assert_eq!(s.len(), 8);
+    assert!(s.values().all(|t| t["status"] == "completed" && t["restarts"] == 0), "{s:?}");
+}
