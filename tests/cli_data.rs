@@ -1,4 +1,4 @@
-//! Data files through the CLI: IDX files the test writes itself (gzipped, in
+//! Data files through the CLI: IDX, CSV and NumPy files the test writes itself (IDX gzipped, in
 //! Fashion-MNIST's layout) train for real; malformed ones are refused with
 //! the file, the byte offset and what was expected.
 
@@ -92,7 +92,7 @@ fn malformed_idx_files_name_the_file_and_offset() {
     let cases: [(&str, Vec<u8>, &str); 3] = [
         ("truncated", truncated, "at byte 1016: expected 38400 data bytes for dimensions [600, 8, 8], found 1000"),
         ("wrong-type", wrong_type, "at byte 2: element type 0x0d: expected 0x08 (unsigned byte)"),
-        ("two-dims", idx(&[600, 64], &vec![0; 600 * 64]), "expected 3 dimensions"),
+        ("one-dim", idx(&[600 * 64], &vec![0; 600 * 64]), "expected at least 2 dimensions"),
     ];
     for (name, images, expected) in cases {
         let fm = tmp.path().join(name);
@@ -114,4 +114,166 @@ fn malformed_idx_files_name_the_file_and_offset() {
     let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", tmp.path().join("r").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a valid gzip file"), "{}", stderr(&o));
+}
+
+/// 300 samples of 3 classes in 4 features, the class shifting two of them.
+fn table_rows() -> Vec<(String, [f32; 4])> {
+    let names = ["setosa", "versicolor", "virginica"];
+    (0..300)
+        .map(|i| {
+            let c = i % 3;
+            let noise = |k: usize| ((i * 37 + k * 11) % 17) as f32 / 17.0;
+            let row = [100.0 + 40.0 * c as f32 + 10.0 * noise(0), noise(1), 5.0 * c as f32 + noise(2), noise(3)];
+            (names[c].to_owned(), row)
+        })
+        .collect()
+}
+
+fn table_config(data: &str) -> String {
+    format!(
+        r#"
+[experiment]
+name = "tables"
+max_trials = 2
+concurrency = 2
+[data]
+{data}
+[model]
+kind = "mlp"
+hidden_units = 16
+[train]
+lr = 0.02
+batch_size = 16
+max_epochs = 4
+"#
+    )
+}
+
+#[test]
+fn csv_files_train_with_named_classes_and_standardised_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut text = String::from("sepal, petal ,species,width,depth\n");
+    for (name, r) in table_rows() {
+        text += &format!("{},{},{name},{},{}\n", r[0], r[1], r[2], r[3]);
+    }
+    write(tmp.path(), "iris.csv", &text);
+    let dir = run_ok(
+        tmp.path(),
+        &table_config("source = \"csv\"\npath = \"iris.csv\"\nlabel = \"species\"\nstandardize = true"),
+    );
+    let best = status_json(&dir)["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["best_metric"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(best > 0.8, "3 separable classes, got {best}");
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("best/model.json")).unwrap()).unwrap();
+    assert_eq!(model["spec"]["inputs"], 4);
+    assert_eq!(model["class_names"], serde_json::json!(["setosa", "versicolor", "virginica"]));
+    // Standardised on the training split: the first feature's mean is near 140.
+    let mean = model["standardization"]["mean"][0].as_f64().unwrap();
+    assert!((mean - 145.0).abs() < 10.0, "mean of the first feature: {mean}");
+}
+
+#[test]
+fn idx_pairs_train_gzipped_or_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = table_rows();
+    let labels: Vec<u8> = (0..rows.len()).map(|i| (i % 3) as u8).collect();
+    let pixels: Vec<u8> = rows.iter().flat_map(|(_, r)| [(r[0] - 90.0) as u8, (r[2] * 20.0) as u8, 7]).collect();
+    std::fs::write(tmp.path().join("x.idx"), idx(&[rows.len() as u32, 3], &pixels)).unwrap();
+    std::fs::write(tmp.path().join("y.idx.gz"), gz(&idx(&[rows.len() as u32], &labels))).unwrap();
+    let cfg = "source = \"idx\"\nx = \"x.idx\"\ny = \"y.idx.gz\"";
+    let dir = run_ok(tmp.path(), &table_config(cfg));
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("best/model.json")).unwrap()).unwrap();
+    assert_eq!(model["spec"]["inputs"], 3);
+    assert_eq!(model["spec"]["classes"], 3);
+    assert!(model["standardization"].is_null());
+}
+
+#[test]
+fn malformed_tables_name_the_file_line_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("a,b,y\n1,2,cat\n3,oops,dog\n", "line 3: column `b`: `oops` is not a number"),
+        ("a,b,y\n1,2,cat\n3,4\n", "line 3"),
+        ("a,b,kind\n1,2,cat\n", "no column `y` for the labels; the header has a, b, kind"),
+        ("a,b,y\n1,2,0\n3,4,0\n", "expected at least two classes"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        write(tmp.path(), &format!("bad{i}.csv"), text);
+        let cfg = write(
+            tmp.path(),
+            &format!("bad{i}.toml"),
+            &table_config(&format!("source = \"csv\"\npath = \"bad{i}.csv\"\nlabel = \"y\"")),
+        );
+        let out = tmp.path().join(format!("run-{i}"));
+        let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "case {i}: {err}");
+        assert!(
+            err.contains(&format!("bad{i}.csv")) && err.contains(expected),
+            "case {i} must say `{expected}`: {err}"
+        );
+        assert!(!out.exists(), "case {i}: no run directory for bad data");
+    }
+    let cfg = write(tmp.path(), "nolabel.toml", &table_config("source = \"csv\"\npath = \"bad0.csv\""));
+    let o = run_in(tmp.path(), &["validate", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("data.label"), "{}", stderr(&o));
+}
+
+/// An `.npy` file: version 1 header, C order.
+fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    b.extend_from_slice(header.as_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+#[test]
+fn npy_files_and_npz_archives_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = table_rows();
+    let n = rows.len();
+    let x: Vec<u8> = rows.iter().flat_map(|(_, r)| r.iter().flat_map(|v| v.to_le_bytes())).collect();
+    let y: Vec<u8> = (0..n).flat_map(|i| ((i % 3) as i64).to_le_bytes()).collect();
+    let (xs, ys) = (npy("<f4", &format!("({n}, 2, 2)"), &x), npy("<i8", &format!("({n},)"), &y));
+    std::fs::write(tmp.path().join("x.npy"), &xs).unwrap();
+    std::fs::write(tmp.path().join("y.npy"), &ys).unwrap();
+    let dir = run_ok(tmp.path(), &table_config("source = \"npy\"\nx = \"x.npy\"\ny = \"y.npy\"\nstandardize = true"));
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("best/model.json")).unwrap()).unwrap();
+    assert_eq!(model["spec"]["inputs"], 4, "2x2 samples flatten to 4 features");
+    assert_eq!(model["spec"]["classes"], 3);
+
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(tmp.path().join("d.npz")).unwrap());
+    for (name, bytes) in [("features.npy", &xs), ("labels.npy", &ys)] {
+        zip.start_file(name, zip::write::FileOptions::default()).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap();
+    let cfg = "source = \"npz\"\npath = \"d.npz\"\nx = \"features\"\ny = \"labels\"";
+    let dir = run_ok(tmp.path(), &table_config(cfg));
+    assert_eq!(status_json(&dir)["trials"].as_array().unwrap().len(), 2);
+    // An archive without the named array says which.
+    let cfg = write(tmp.path(), "missing.toml", &table_config("source = \"npz\"\npath = \"d.npz\""));
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", tmp.path().join("r").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("d.npz") && stderr(&o).contains("no array `x`"), "{}", stderr(&o));
+    // Labels of another length name the labels file and the shape expected.
+    std::fs::write(tmp.path().join("y2.npy"), npy("<i8", "(5,)", &[0; 40])).unwrap();
+    let cfg = write(tmp.path(), "short.toml", &table_config("source = \"npy\"\nx = \"x.npy\"\ny = \"y2.npy\""));
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", tmp.path().join("r2").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("y2.npy") && stderr(&o).contains(&format!("expected ({n},)")), "{}", stderr(&o));
 }

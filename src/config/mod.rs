@@ -134,9 +134,23 @@ pub struct DataConfig {
     /// Share of the training samples held out for validation.
     #[serde(default = "default_validation_fraction")]
     pub validation_fraction: f64,
-    /// Directory of the files (fashion-mnist); relative to the config file.
+    /// fashion-mnist: the directory of its files; csv: the file. Relative
+    /// paths are relative to the config file.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// idx, npy: the samples file (IDX gzipped or not, or `.npy`); npz: the
+    /// name of the samples array in the archive (default `x`).
+    #[serde(default)]
+    pub x: Option<PathBuf>,
+    /// idx, npy: the labels file; npz: the name of the labels array (default `y`).
+    #[serde(default)]
+    pub y: Option<PathBuf>,
+    /// csv: the name of the label column.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Standardise each feature with the mean and deviation of the training split.
+    #[serde(default)]
+    pub standardize: bool,
     /// Use at most this many training samples (before the validation split).
     #[serde(default)]
     pub max_samples: Option<usize>,
@@ -162,6 +176,14 @@ pub enum DataSource {
     Synthetic,
     /// Zalando's Fashion-MNIST as gzipped IDX files.
     FashionMnist,
+    /// Any pair of IDX files (samples, labels), gzipped or not.
+    Idx,
+    /// A CSV file with a header: numeric feature columns and a label column.
+    Csv,
+    /// Two NumPy `.npy` files: samples (any shape after the first axis) and labels.
+    Npy,
+    /// A NumPy `.npz` archive holding a samples and a labels array.
+    Npz,
 }
 
 /// The default Fashion-MNIST directory (Debian's `dataset-fashion-mnist`).
@@ -311,6 +333,10 @@ impl DataConfig {
             source: DataSource::Synthetic,
             validation_fraction: default_validation_fraction(),
             path: None,
+            x: None,
+            y: None,
+            label: None,
+            standardize: false,
             max_samples: None,
             samples: 10,
             features: 1,
@@ -493,6 +519,22 @@ impl Config {
                 ));
             }
         }
+        match d.source {
+            DataSource::Idx | DataSource::Npy if d.x.is_none() || d.y.is_none() => {
+                let key = if d.x.is_none() { "data.x" } else { "data.y" };
+                return Err(bad(
+                    key,
+                    "missing; this source needs `x` (the samples file) and `y` (the labels file)".into(),
+                ));
+            }
+            DataSource::Csv | DataSource::Npz if d.path.is_none() => {
+                return Err(bad("data.path", "missing; this source needs the file's path".into()))
+            }
+            DataSource::Csv if d.label.as_deref().is_none_or(|l| l.trim().is_empty()) => {
+                return Err(bad("data.label", "missing; source \"csv\" needs the name of the label column".into()))
+            }
+            _ => {}
+        }
         if d.max_samples.is_some_and(|n| n < 2) {
             return Err(bad("data.max_samples", "expected at least 2 (one to train on, one to validate)".into()));
         }
@@ -579,17 +621,36 @@ impl Config {
 
     /// Makes a relative `data.path` relative to the config file's directory.
     fn resolve_paths(&mut self, file: &Path) {
-        if let Some(p) = &self.data.path {
+        let base = file.parent().unwrap_or(Path::new("."));
+        let d = &mut self.data;
+        let files = if d.source == DataSource::Npz { vec![&mut d.path] } else { vec![&mut d.path, &mut d.x, &mut d.y] };
+        for p in files.into_iter().flatten() {
             if p.is_relative() {
-                let base = file.parent().unwrap_or(Path::new("."));
-                self.data.path = Some(base.join(p));
+                *p = base.join(&*p);
             }
         }
     }
 
     /// Checks that the files the config names exist, before anything runs.
     pub fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
-        if self.data.source != DataSource::FashionMnist {
+        let d = &self.data;
+        let named = match d.source {
+            DataSource::Idx | DataSource::Npy => vec![("data.x", &d.x), ("data.y", &d.y)],
+            DataSource::Csv | DataSource::Npz => vec![("data.path", &d.path)],
+            _ => Vec::new(),
+        };
+        {
+            for (key, path) in named {
+                if let Some(p) = path.as_ref().filter(|p| !p.is_file()) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key,
+                        format!("{} does not exist or is not a file", p.display()),
+                    ));
+                }
+            }
+        }
+        if d.source != DataSource::FashionMnist {
             return Ok(());
         }
         let dir = self.data_dir();

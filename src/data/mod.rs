@@ -2,7 +2,9 @@
 //! `Arc`s (the "broadcast" of Spark-based tuning, without Spark).
 
 mod idx;
+mod npy;
 mod synthetic;
+mod tabular;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,6 +65,55 @@ pub struct Dataset {
     pub train: Split,
     /// Validation samples.
     pub validation: Split,
+    /// The standardisation applied to every feature, if any.
+    pub standardization: Option<Standardization>,
+}
+
+/// Per-feature standardisation, computed on the training split only:
+/// `x' = (x - mean) / std`. Prediction applies the same to its inputs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Standardization {
+    /// Each feature's mean.
+    pub mean: Vec<f32>,
+    /// Each feature's standard deviation (1 where it was 0).
+    pub std: Vec<f32>,
+}
+
+impl Standardization {
+    /// The mean and deviation of each feature of `split`.
+    pub fn of(split: &Split, features: usize) -> Self {
+        let rows = split.rows().max(1) as f64;
+        let mut mean = vec![0f64; features];
+        let mut sq = vec![0f64; features];
+        for row in split.x.chunks_exact(features) {
+            for (j, &v) in row.iter().enumerate() {
+                mean[j] += f64::from(v);
+                sq[j] += f64::from(v) * f64::from(v);
+            }
+        }
+        let mean: Vec<f64> = mean.iter().map(|s| s / rows).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| {
+                let sd = (s / rows - m * m).max(0.0).sqrt();
+                if sd > 1e-12 {
+                    sd as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Standardization { mean: mean.iter().map(|&m| m as f32).collect(), std }
+    }
+
+    /// Standardises rows of features.
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let features = self.mean.len();
+        x.chunks_exact(features)
+            .flat_map(|row| row.iter().enumerate().map(|(j, &v)| (v - self.mean[j]) / self.std[j]))
+            .collect()
+    }
 }
 
 impl Dataset {
@@ -86,8 +137,40 @@ impl Dataset {
                 }
                 (x, y, features, 10, Some(FASHION_CLASSES.iter().map(|s| s.to_string()).collect()))
             }
+            DataSource::Idx => {
+                let (xs, ys) = (d.x.clone().unwrap_or_default(), d.y.clone().unwrap_or_default());
+                let (x, y, features) = load_idx_pair(&xs, &ys, None)?;
+                let classes = classes_of(&y, &ys)?;
+                (x, y, features, classes, None)
+            }
+            DataSource::Npy | DataSource::Npz => {
+                let (x, y, features, file) = npy::load(d)?;
+                let classes = classes_of(&y, &file)?;
+                (x, y, features, classes, None)
+            }
+            DataSource::Csv => {
+                let path = d.path.clone().unwrap_or_default();
+                let t = tabular::read_csv(&path, d.label.as_deref().unwrap_or_default())?;
+                let classes = t.class_names.as_ref().map_or_else(|| classes_of(&t.y, &path), |n| Ok(n.len()))?;
+                (t.x, t.y, t.features, classes, t.class_names)
+            }
         };
-        Ok(Self::split(x, y, features, classes, names, d.validation_fraction, d.max_samples, d.seed))
+        if y.len() < 2 {
+            let file = d.y.clone().or_else(|| d.path.clone()).unwrap_or_default();
+            return Err(DataError {
+                file,
+                offset: None,
+                message: format!("{} samples: expected at least 2 (one to train on, one to validate)", y.len()),
+            });
+        }
+        let mut data = Self::split(x, y, features, classes, names, d.validation_fraction, d.max_samples, d.seed);
+        if d.standardize {
+            let s = Standardization::of(&data.train, features);
+            data.train.x = s.apply(&data.train.x).into();
+            data.validation.x = s.apply(&data.validation.x).into();
+            data.standardization = Some(s);
+        }
+        Ok(data)
     }
 
     /// Shuffles (seeded), caps at `max_samples`, and holds out a validation share.
@@ -110,19 +193,52 @@ impl Dataset {
             x: idx.iter().flat_map(|&i| x[i * features..(i + 1) * features].iter().copied()).collect(),
             y: idx.iter().map(|&i| y[i]).collect(),
         };
-        Dataset { features, classes, class_names, validation: take(&order[..n_val]), train: take(&order[n_val..]) }
+        Dataset {
+            features,
+            classes,
+            class_names,
+            validation: take(&order[..n_val]),
+            train: take(&order[n_val..]),
+            standardization: None,
+        }
     }
 }
 
 fn load_fashion(dir: &Path) -> Result<(Vec<f32>, Vec<i64>, usize), DataError> {
-    let images = read_idx(&dir.join(FASHION_FILES[0]))?;
-    let labels = read_idx(&dir.join(FASHION_FILES[1]))?;
-    let file = dir.join(FASHION_FILES[1]);
-    if images.dims.len() != 3 {
+    load_idx_pair(&dir.join(FASHION_FILES[0]), &dir.join(FASHION_FILES[1]), Some(10))
+}
+
+/// The number of classes integer labels imply (the largest plus one).
+fn classes_of(y: &[i64], file: &Path) -> Result<usize, DataError> {
+    let classes = y.iter().copied().max().unwrap_or(0) as usize + 1;
+    if classes < 2 {
         return Err(DataError {
-            file: dir.join(FASHION_FILES[0]),
+            file: file.to_owned(),
+            offset: None,
+            message: "every label is 0: expected at least two classes".into(),
+        });
+    }
+    Ok(classes)
+}
+
+/// Samples (any number of dimensions after the first) and their labels from
+/// two IDX files; bytes are scaled to [0, 1]. `classes` caps the labels.
+fn load_idx_pair(
+    images_file: &Path,
+    labels_file: &Path,
+    classes: Option<u8>,
+) -> Result<(Vec<f32>, Vec<i64>, usize), DataError> {
+    let images = read_idx(images_file)?;
+    let labels = read_idx(labels_file)?;
+    let file = labels_file.to_owned();
+    if images.dims.len() < 2 {
+        return Err(DataError {
+            file: images_file.to_owned(),
             offset: Some(3),
-            message: format!("expected 3 dimensions (images x rows x cols), found {}", images.dims.len()),
+            message: format!(
+                "expected at least 2 dimensions (samples x features, or images x rows x cols), found {}",
+                images.dims.len()
+            ),
         });
     }
     if labels.dims.len() != 1 || labels.dims[0] != images.dims[0] {
@@ -132,14 +248,16 @@ fn load_fashion(dir: &Path) -> Result<(Vec<f32>, Vec<i64>, usize), DataError> {
             message: format!("expected {} labels (one per image), found dimensions {:?}", images.dims[0], labels.dims),
         });
     }
-    if let Some(pos) = labels.data.iter().position(|&l| l > 9) {
-        return Err(DataError {
-            file,
-            offset: Some((labels.header_len + pos) as u64),
-            message: format!("label {} out of range: expected 0 to 9", labels.data[pos]),
-        });
+    if let Some(max) = classes {
+        if let Some(pos) = labels.data.iter().position(|&l| l >= max) {
+            return Err(DataError {
+                file,
+                offset: Some((labels.header_len + pos) as u64),
+                message: format!("label {} out of range: expected 0 to {}", labels.data[pos], max - 1),
+            });
+        }
     }
-    let features = images.dims[1] * images.dims[2];
+    let features = images.dims[1..].iter().product();
     let x = images.data.iter().map(|&p| f32::from(p) / 255.0).collect();
     let y = labels.data.iter().map(|&l| i64::from(l)).collect();
     Ok((x, y, features))

@@ -201,7 +201,8 @@ impl Trainable for MlpTrainable {
             "spec": spec,
             "weights": WEIGHTS_FILE,
             "class_names": self.data.class_names,
-            "input": "features as float32, as in training",
+            "standardization": self.data.standardization,
+            "input": "features as float32, as in the data files; apply `standardization` (if any) before the network",
         }))
     }
 

@@ -1,0 +1,118 @@
+//! CSV files: a header row, numeric feature columns, and one label column
+//! named in the config. Labels that are all non-negative integers are used
+//! as they are; otherwise each distinct label is a class, named by it, in
+//! sorted order.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::DataError;
+
+/// The rows of a CSV file.
+#[derive(Debug, Clone)]
+pub(super) struct Table {
+    pub(super) x: Vec<f32>,
+    pub(super) y: Vec<i64>,
+    pub(super) features: usize,
+    pub(super) class_names: Option<Vec<String>>,
+}
+
+/// Reads `path`, with `label` naming the label column.
+pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
+    let err = |line: Option<u64>, message: String| DataError {
+        file: path.to_owned(),
+        offset: None,
+        message: match line {
+            Some(l) => format!("line {l}: {message}"),
+            None => message,
+        },
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| err(None, format!("cannot read: {e}")))?;
+    let header = reader.headers().map_err(|e| err(Some(1), format!("cannot read the header: {e}")))?.clone();
+    let label_at = header.iter().position(|h| h == label).ok_or_else(|| {
+        let names: Vec<&str> = header.iter().collect();
+        err(Some(1), format!("no column `{label}` for the labels; the header has {}", names.join(", ")))
+    })?;
+    let names: Vec<String> = header.iter().map(str::to_owned).collect();
+    let features = names.len() - 1;
+    if features == 0 {
+        return Err(err(Some(1), format!("only the label column `{label}`: expected feature columns beside it")));
+    }
+    let (mut x, mut raw_labels) = (Vec::new(), Vec::new());
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map(|p| p.line());
+            err(line, format!("{e}; expected {} comma-separated fields as in the header", names.len()))
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        for (i, field) in record.iter().enumerate() {
+            if i == label_at {
+                raw_labels.push((field.to_owned(), line));
+                continue;
+            }
+            let v: f32 = field.parse().map_err(|_| {
+                err(Some(line), format!("column `{}`: `{field}` is not a number; expected a numeric feature", names[i]))
+            })?;
+            if !v.is_finite() {
+                return Err(err(Some(line), format!("column `{}`: {v} is not a finite number", names[i])));
+            }
+            x.push(v);
+        }
+    }
+    let numeric: Option<Vec<i64>> = raw_labels.iter().map(|(l, _)| l.parse::<i64>().ok().filter(|&v| v >= 0)).collect();
+    let (y, class_names) = match numeric {
+        Some(y) => (y, None),
+        None => {
+            let classes: BTreeMap<&str, i64> = {
+                let mut distinct: Vec<&str> = raw_labels.iter().map(|(l, _)| l.as_str()).collect();
+                distinct.sort_unstable();
+                distinct.dedup();
+                distinct.into_iter().enumerate().map(|(i, l)| (l, i as i64)).collect()
+            };
+            if let Some((_, line)) = raw_labels.iter().find(|(l, _)| l.is_empty()) {
+                return Err(err(Some(*line), format!("column `{label}`: an empty label")));
+            }
+            let y = raw_labels.iter().map(|(l, _)| classes[l.as_str()]).collect();
+            (y, Some(classes.keys().map(|s| (*s).to_owned()).collect()))
+        }
+    };
+    Ok(Table { x, y, features, class_names })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn reads_numeric_and_named_labels() {
+        let f = write("a,b,kind\n1,2,cat\n3,4.5,dog\n5,6,cat\n");
+        let t = read_csv(f.path(), "kind").unwrap();
+        assert_eq!((t.features, t.x.clone(), t.y.clone()), (2, vec![1.0, 2.0, 3.0, 4.5, 5.0, 6.0], vec![0, 1, 0]));
+        assert_eq!(t.class_names, Some(vec!["cat".to_owned(), "dog".to_owned()]));
+        let f = write("label,x\n2,0.5\n0,1.5\n");
+        let t = read_csv(f.path(), "label").unwrap();
+        assert_eq!((t.y, t.class_names, t.x), (vec![2, 0], None, vec![0.5, 1.5]));
+    }
+
+    #[test]
+    fn errors_name_the_line_and_column() {
+        let f = write("a,b,y\n1,2,0\n1,x,1\n");
+        let e = read_csv(f.path(), "y").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("column `b`") && e.contains("`x` is not a number"), "{e}");
+        let f = write("a,b,y\n1,2,0\n1,2\n");
+        let e = read_csv(f.path(), "y").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("3 comma-separated fields"), "{e}");
+        let e = read_csv(f.path(), "label").unwrap_err().to_string();
+        assert!(e.contains("no column `label`") && e.contains("a, b, y"), "{e}");
+    }
+}
