@@ -277,3 +277,68 @@ fn npy_files_and_npz_archives_train() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("y2.npy") && stderr(&o).contains(&format!("expected ({n},)")), "{}", stderr(&o));
 }
+
+#[test]
+fn cnn_sweeps_train_on_images_and_restart_from_their_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_fashion_like(&tmp.path().join("fm"), good_images());
+    let cfg = format!(
+        r#"
+[experiment]
+name = "cnn"
+max_trials = 4
+concurrency = 2
+[data]
+source = "fashion-mnist"
+path = "{}"
+[model]
+kind = "cnn"
+conv_blocks = {{ int = [1, 2] }}
+channels = {{ choice = [4, 8] }}
+kernel_size = 3
+pooling = {{ choice = ["max", "avg"] }}
+batch_norm = {{ choice = [true, false] }}
+dropout = 0.1
+hidden_units = 32
+[train]
+lr = 0.01
+batch_size = 32
+max_epochs = 4
+[fault]
+max_restarts = 20
+restart_backoff_ms = 10
+[chaos]
+panic_probability = 0.15
+"#,
+        tmp.path().join("fm").display()
+    );
+    let dir = run_ok(tmp.path(), &cfg);
+    let status = status_json(&dir);
+    let trials = status["trials"].as_array().unwrap();
+    assert!(trials.iter().all(|t| t["status"] == "completed"), "{trials:?}");
+    let restarts: u64 = trials.iter().map(|t| t["restarts"].as_u64().unwrap()).sum();
+    assert!(restarts >= 1, "chaos restarted some trial from its checkpoint");
+    let best = trials.iter().filter_map(|t| t["best_metric"].as_f64()).fold(0.0, f64::max);
+    assert!(best > 0.5, "10 classes, chance 0.1, got {best}");
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("best/model.json")).unwrap()).unwrap();
+    assert_eq!(model["kind"], "cnn");
+    assert_eq!(model["spec"]["input"], serde_json::json!([1, 8, 8]));
+    assert!(dir.join("best/weights.safetensors").is_file());
+}
+
+#[test]
+fn a_cnn_on_flat_rows_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "rows.csv", "a,b,y\n1,2,0\n3,4,1\n5,6,0\n");
+    let cfg = write(
+        tmp.path(),
+        "flat.toml",
+        "[experiment]\nname = \"flat\"\n[data]\nsource = \"csv\"\npath = \"rows.csv\"\nlabel = \"y\"\n[model]\nkind = \"cnn\"\n",
+    );
+    let out = tmp.path().join("run");
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("image-shaped") && stderr(&o).contains("rows.csv"), "{}", stderr(&o));
+    assert!(!out.exists());
+}

@@ -195,6 +195,8 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 pub enum ModelKind {
     /// A multi-layer perceptron.
     Mlp,
+    /// A convolutional network, for image-shaped samples.
+    Cnn,
     /// Trains nothing: sleeps `epoch_ms` per epoch and reports a score that
     /// rises towards `quality`. For benchmarks of the engine itself.
     Sleep,
@@ -381,6 +383,7 @@ struct RawConfig {
 /// The type and range a `[model]`/`[train]` field must have.
 #[derive(Debug, Clone, Copy)]
 enum Expect {
+    Bool,
     Int { min: i64, max: i64 },
     Float { min: f64, min_open: bool, max: Option<f64> },
     OneOf(&'static [&'static str]),
@@ -400,6 +403,24 @@ const MLP_FIELDS: &[Field] = &[
         expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
         default: || ParamValue::Float(0.0),
     },
+];
+
+/// Pooling kinds of `kind = "cnn"`.
+pub const POOLINGS: &[&str] = &["max", "avg", "none"];
+
+const CNN_FIELDS: &[Field] = &[
+    Field { name: "conv_blocks", expect: Expect::Int { min: 1, max: 8 }, default: || ParamValue::Int(2) },
+    Field { name: "channels", expect: Expect::Int { min: 1, max: 1024 }, default: || ParamValue::Int(16) },
+    Field { name: "kernel_size", expect: Expect::Int { min: 1, max: 15 }, default: || ParamValue::Int(3) },
+    Field { name: "pooling", expect: Expect::OneOf(POOLINGS), default: || ParamValue::Str("max".into()) },
+    Field { name: "batch_norm", expect: Expect::Bool, default: || ParamValue::Bool(true) },
+    Field {
+        name: "dropout",
+        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
+        default: || ParamValue::Float(0.0),
+    },
+    Field { name: "hidden_layers", expect: Expect::Int { min: 0, max: 64 }, default: || ParamValue::Int(1) },
+    Field { name: "hidden_units", expect: Expect::Int { min: 1, max: 1 << 20 }, default: || ParamValue::Int(128) },
 ];
 
 const SLEEP_FIELDS: &[Field] = &[
@@ -540,11 +561,12 @@ impl Config {
         }
 
         let mut model = raw.model;
-        let kinds = "\"mlp\" or \"sleep\"";
+        let kinds = "\"mlp\", \"cnn\" or \"sleep\"";
         let model_kind = match model.remove("kind") {
             None => return Err(bad("model.kind", format!("missing; expected {kinds}"))),
             Some(Domain::Fixed(ParamValue::Str(s))) if s == "mlp" => ModelKind::Mlp,
             Some(Domain::Fixed(ParamValue::Str(s))) if s == "sleep" => ModelKind::Sleep,
+            Some(Domain::Fixed(ParamValue::Str(s))) if s == "cnn" => ModelKind::Cnn,
             Some(Domain::Fixed(ParamValue::Str(s))) => {
                 return Err(bad("model.kind", format!("unknown model kind `{s}`; expected {kinds}")))
             }
@@ -553,6 +575,7 @@ impl Config {
         let mut space = SearchSpace::new();
         let fields = match model_kind {
             ModelKind::Mlp => MLP_FIELDS,
+            ModelKind::Cnn => CNN_FIELDS,
             ModelKind::Sleep => SLEEP_FIELDS,
         };
         fill_section(&mut space, "model", model, fields, file)?;
@@ -760,6 +783,10 @@ fn check_value(v: &ParamValue, expect: Expect) -> Result<ParamValue, String> {
             Some(s) if names.contains(&s) => Ok(v.clone()),
             _ => Err(format!("expected {}, got {v}", describe(expect))),
         },
+        Expect::Bool => match v {
+            ParamValue::Bool(_) => Ok(v.clone()),
+            _ => Err(format!("expected {}, got {v}", describe(expect))),
+        },
     }
 }
 
@@ -774,6 +801,7 @@ fn describe(expect: Expect) -> String {
             format!("a number {low}{high} (or {{ uniform = [a, b] }}, {{ loguniform = [a, b] }}, {{ choice = [...] }})")
         }
         Expect::OneOf(names) => format!("one of {} (or {{ choice = [...] }} of them)", names.join(", ")),
+        Expect::Bool => "true or false (or { choice = [true, false] })".into(),
     }
 }
 

@@ -67,6 +67,9 @@ pub struct Dataset {
     pub validation: Split,
     /// The standardisation applied to every feature, if any.
     pub standardization: Option<Standardization>,
+    /// Each sample's shape as channels x height x width, when the source
+    /// has images (a convolutional model needs it).
+    pub shape: Option<Vec<usize>>,
 }
 
 /// Per-feature standardisation, computed on the training split only:
@@ -120,14 +123,14 @@ impl Dataset {
     /// Loads what `[data]` describes.
     pub fn load(config: &Config) -> Result<Dataset, DataError> {
         let d = &config.data;
-        let (x, y, features, classes, names) = match d.source {
+        let (x, y, dims, classes, names) = match d.source {
             DataSource::Synthetic => {
                 let (x, y) = synthetic::generate(d.samples, d.features, d.classes, d.seed);
-                (x, y, d.features, d.classes, None)
+                (x, y, vec![d.features], d.classes, None)
             }
             DataSource::FashionMnist => {
                 let dir = config.data_dir();
-                let (x, y, features) = load_fashion(&dir)?;
+                let (x, y, dims) = load_fashion(&dir)?;
                 if y.len() < 2 {
                     return Err(DataError {
                         file: dir.join(FASHION_FILES[1]),
@@ -135,26 +138,27 @@ impl Dataset {
                         message: format!("{} samples: expected at least 2 (one to train on, one to validate)", y.len()),
                     });
                 }
-                (x, y, features, 10, Some(FASHION_CLASSES.iter().map(|s| s.to_string()).collect()))
+                (x, y, dims, 10, Some(FASHION_CLASSES.iter().map(|s| s.to_string()).collect()))
             }
             DataSource::Idx => {
                 let (xs, ys) = (d.x.clone().unwrap_or_default(), d.y.clone().unwrap_or_default());
-                let (x, y, features) = load_idx_pair(&xs, &ys, None)?;
+                let (x, y, dims) = load_idx_pair(&xs, &ys, None)?;
                 let classes = classes_of(&y, &ys)?;
-                (x, y, features, classes, None)
+                (x, y, dims, classes, None)
             }
             DataSource::Npy | DataSource::Npz => {
-                let (x, y, features, file) = npy::load(d)?;
+                let ((x, y, dims), file) = npy::load(d)?;
                 let classes = classes_of(&y, &file)?;
-                (x, y, features, classes, None)
+                (x, y, dims, classes, None)
             }
             DataSource::Csv => {
                 let path = d.path.clone().unwrap_or_default();
                 let t = tabular::read_csv(&path, d.label.as_deref().unwrap_or_default())?;
                 let classes = t.class_names.as_ref().map_or_else(|| classes_of(&t.y, &path), |n| Ok(n.len()))?;
-                (t.x, t.y, t.features, classes, t.class_names)
+                (t.x, t.y, vec![t.features], classes, t.class_names)
             }
         };
+        let features = dims.iter().product::<usize>().max(1);
         if y.len() < 2 {
             let file = d.y.clone().or_else(|| d.path.clone()).unwrap_or_default();
             return Err(DataError {
@@ -164,6 +168,11 @@ impl Dataset {
             });
         }
         let mut data = Self::split(x, y, features, classes, names, d.validation_fraction, d.max_samples, d.seed);
+        data.shape = match dims[..] {
+            [h, w] => Some(vec![1, h, w]),
+            [c, h, w] => Some(vec![c, h, w]),
+            _ => None,
+        };
         if d.standardize {
             let s = Standardization::of(&data.train, features);
             data.train.x = s.apply(&data.train.x).into();
@@ -200,11 +209,15 @@ impl Dataset {
             validation: take(&order[..n_val]),
             train: take(&order[n_val..]),
             standardization: None,
+            shape: None,
         }
     }
 }
 
-fn load_fashion(dir: &Path) -> Result<(Vec<f32>, Vec<i64>, usize), DataError> {
+/// Samples (row-major), their labels, and one sample's dimensions.
+type Samples = (Vec<f32>, Vec<i64>, Vec<usize>);
+
+fn load_fashion(dir: &Path) -> Result<Samples, DataError> {
     load_idx_pair(&dir.join(FASHION_FILES[0]), &dir.join(FASHION_FILES[1]), Some(10))
 }
 
@@ -223,11 +236,7 @@ fn classes_of(y: &[i64], file: &Path) -> Result<usize, DataError> {
 
 /// Samples (any number of dimensions after the first) and their labels from
 /// two IDX files; bytes are scaled to [0, 1]. `classes` caps the labels.
-fn load_idx_pair(
-    images_file: &Path,
-    labels_file: &Path,
-    classes: Option<u8>,
-) -> Result<(Vec<f32>, Vec<i64>, usize), DataError> {
+fn load_idx_pair(images_file: &Path, labels_file: &Path, classes: Option<u8>) -> Result<Samples, DataError> {
     let images = read_idx(images_file)?;
     let labels = read_idx(labels_file)?;
     let file = labels_file.to_owned();
@@ -257,7 +266,7 @@ fn load_idx_pair(
             });
         }
     }
-    let features = images.dims[1..].iter().product();
+    let features = images.dims[1..].to_vec();
     let x = images.data.iter().map(|&p| f32::from(p) / 255.0).collect();
     let y = labels.data.iter().map(|&l| i64::from(l)).collect();
     Ok((x, y, features))

@@ -18,8 +18,9 @@ pub(super) struct Array {
     pub(super) integer: bool,
 }
 
-/// Loads the samples and labels `[data]` names: (x, y, features, the labels' file).
-pub(super) fn load(d: &DataConfig) -> Result<(Vec<f32>, Vec<i64>, usize, PathBuf), DataError> {
+/// Loads the samples and labels `[data]` names: (x, y, a sample's
+/// dimensions, the labels' file).
+pub(super) fn load(d: &DataConfig) -> Result<(super::Samples, PathBuf), DataError> {
     let (xs, ys, x_file, y_file) = match d.source {
         DataSource::Npz => {
             let path = d.path.clone().unwrap_or_default();
@@ -51,10 +52,9 @@ pub(super) fn load(d: &DataConfig) -> Result<(Vec<f32>, Vec<i64>, usize, PathBuf
     if let Some(i) = xs.values.iter().position(|v| !v.is_finite()) {
         return Err(err(&x_file, None, format!("value {} at flat index {i}: expected finite numbers", xs.values[i])));
     }
-    let features = xs.shape[1..].iter().product::<usize>().max(1);
     let x = xs.values.iter().map(|&v| v as f32).collect();
     let y = ys.values.iter().map(|&v| v as i64).collect();
-    Ok((x, y, features, y_file))
+    Ok(((x, y, xs.shape[1..].to_vec()), y_file))
 }
 
 fn err(file: &Path, offset: Option<u64>, message: String) -> DataError {

@@ -12,20 +12,17 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::optim::Optimizer;
-use super::{Stop, TrainError, Trainable, TrialContext};
+use super::fit::{read_named, Network};
+use super::{TrainError, Trainable, TrialContext};
 use crate::config::Params;
-use crate::data::{Dataset, Split};
+use crate::data::Dataset;
 
-/// The weights file inside a checkpoint and in `best/`.
-pub const WEIGHTS_FILE: &str = "weights.safetensors";
-const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub use super::fit::WEIGHTS_FILE;
 
 /// What an MLP looks like: enough to rebuild it for prediction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,12 +135,6 @@ impl Mlp {
     }
 }
 
-fn read_named(file: &Path) -> Result<HashMap<String, Tensor>, TrainError> {
-    Tensor::read_safetensors(file)
-        .map(|v| v.into_iter().collect())
-        .map_err(|e| TrainError::Failed(format!("reading {}: {e}", file.display())))
-}
-
 /// Trains [`Mlp`]s on one shared data set.
 pub struct MlpTrainable {
     data: Arc<Dataset>,
@@ -160,27 +151,6 @@ impl MlpTrainable {
     pub fn device(&self) -> Device {
         self.device
     }
-}
-
-/// A split wrapped as tensors without copying (CPU), or copied once to the GPU.
-struct Tensors {
-    x: Tensor,
-    y: Tensor,
-    _keep: Split,
-}
-
-fn tensors(split: &Split, features: usize, device: Device) -> Tensors {
-    let rows = split.rows() as i64;
-    // SAFETY: the tensors borrow the split's buffers, which `_keep` holds
-    // alive for as long as the tensors; they are never written to.
-    let (x, y) = unsafe {
-        (
-            Tensor::from_blob(split.x.as_ptr().cast(), &[rows, features as i64], &[], Kind::Float, Device::Cpu),
-            Tensor::from_blob(split.y.as_ptr().cast(), &[rows], &[], Kind::Int64, Device::Cpu),
-        )
-    };
-    let (x, y) = if device == Device::Cpu { (x, y) } else { (x.to_device(device), y.to_device(device)) };
-    Tensors { x, y, _keep: split.clone() }
 }
 
 impl Trainable for MlpTrainable {
@@ -208,73 +178,25 @@ impl Trainable for MlpTrainable {
 
     fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {
         let spec = MlpSpec::from_params(ctx, &self.data)?;
-        let batch = ctx.int("batch_size")?.max(1);
         let mut mlp = Mlp::new(spec, ctx.seed(), self.device);
-        let mut opt = Optimizer::new(
-            ctx.string("optimizer")?,
-            ctx.float("lr")?,
-            ctx.float("momentum")?,
-            ctx.float("weight_decay")?,
-            &mlp.params,
-        )?;
-        if let Some(ckpt) = ctx.resume() {
-            mlp.restore(&read_named(&ckpt.dir.join(WEIGHTS_FILE))?)?;
-            opt.load(&read_named(&ckpt.dir.join(OPTIMIZER_FILE))?)?;
-        }
-        let train = tensors(&self.data.train, self.data.features, self.device);
-        let val = tensors(&self.data.validation, self.data.features, self.device);
-        let rows = self.data.train.rows();
-        for epoch in ctx.first_epoch()..=ctx.max_epochs() {
-            let epoch_seed = ctx.seed() ^ (u64::from(epoch) << 40);
-            tch::manual_seed(epoch_seed as i64); // dropout masks
-            let mut order: Vec<i64> = (0..rows as i64).collect();
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed));
-            let order = Tensor::from_slice(&order).to_device(self.device);
-            let (mut loss_sum, mut batches) = (0.0, 0);
-            for start in (0..rows as i64).step_by(batch as usize) {
-                let len = batch.min(rows as i64 - start);
-                let idx = order.narrow(0, start, len);
-                let xs = train.x.index_select(0, &idx);
-                let ys = train.y.index_select(0, &idx);
-                Optimizer::zero_grad(&mut mlp.params);
-                let loss = mlp.forward(&xs, true).cross_entropy_for_logits(&ys);
-                loss.backward();
-                opt.step(&mlp.params);
-                loss_sum += loss.double_value(&[]);
-                batches += 1;
-            }
-            let train_loss = loss_sum / f64::from(batches.max(1));
-            let (val_loss, val_accuracy) = evaluate(&mlp, &val);
-            let verdict = ctx
-                .report(epoch, &[("val_accuracy", val_accuracy), ("val_loss", val_loss), ("train_loss", train_loss)]);
-            // Checkpoint when due, at the end, and when the sweep is stopping
-            // (so a resumed run loses no epoch); not for pruned or diverged trials.
-            let completed = verdict == Err(TrainError::Stopped(Stop::Completed));
-            let cancelled = verdict == Err(TrainError::Stopped(Stop::Cancelled));
-            let last = completed || epoch == ctx.max_epochs();
-            if (verdict.is_ok() && (ctx.checkpoint_due(epoch) || last)) || completed || cancelled {
-                ctx.save_checkpoint(epoch, |dir| {
-                    mlp.save(&dir.join(WEIGHTS_FILE))?;
-                    Tensor::write_safetensors(&opt.state(), dir.join(OPTIMIZER_FILE)).map_err(std::io::Error::other)
-                })?;
-            }
-            verdict?;
-        }
-        Ok(())
+        super::fit::fit(ctx, &self.data, self.device, &mut mlp)
     }
 }
 
-fn evaluate(mlp: &Mlp, val: &Tensors) -> (f64, f64) {
-    tch::no_grad(|| {
-        let rows = val.y.size()[0];
-        let (mut loss, mut correct) = (0.0, 0.0);
-        for start in (0..rows).step_by(4096) {
-            let len = 4096.min(rows - start);
-            let logits = mlp.forward(&val.x.narrow(0, start, len), false);
-            let ys = val.y.narrow(0, start, len);
-            loss += logits.cross_entropy_for_logits(&ys).double_value(&[]) * len as f64;
-            correct += logits.argmax(-1, false).eq_tensor(&ys).to_kind(Kind::Float).sum(Kind::Float).double_value(&[]);
-        }
-        (loss / rows as f64, correct / rows as f64)
-    })
+impl Network for Mlp {
+    fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut [Tensor] {
+        &mut self.params
+    }
+    fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        Mlp::forward(self, xs, train)
+    }
+    fn save(&self, file: &Path) -> std::io::Result<()> {
+        Mlp::save(self, file)
+    }
+    fn restore(&mut self, saved: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        Mlp::restore(self, saved)
+    }
 }

@@ -7,6 +7,8 @@
 //! trainable; closures are trainables too, which is how tests and
 //! benchmarks run sweeps without libtorch.
 
+pub mod cnn;
+pub mod fit;
 pub mod mlp;
 pub mod optim;
 pub mod sleep;
@@ -51,6 +53,19 @@ pub fn from_config(config: &crate::config::Config) -> Result<Arc<dyn Trainable>,
     Ok(match config.model {
         crate::config::ModelKind::Mlp => {
             Arc::new(mlp::MlpTrainable::new(Arc::new(crate::data::Dataset::load(config)?)))
+        }
+        crate::config::ModelKind::Cnn => {
+            let data = crate::data::Dataset::load(config)?;
+            if data.shape.as_ref().is_none_or(|s| s.len() != 3) {
+                return Err(crate::data::DataError {
+                    file: config.data.path.clone().or_else(|| config.data.x.clone()).unwrap_or_default(),
+                    offset: None,
+                    message: "model.kind = \"cnn\" needs image-shaped samples (fashion-mnist, or idx/npy samples \
+                              of 2 or 3 dimensions each); this source gives flat rows"
+                        .into(),
+                });
+            }
+            Arc::new(cnn::CnnTrainable::new(Arc::new(data)))
         }
         crate::config::ModelKind::Sleep => Arc::new(sleep::SleepTrainable),
     })

@@ -1,0 +1,273 @@
+//! A convolutional classifier for image-shaped samples: `conv_blocks`
+//! blocks of convolution (`channels`, doubling each block; `kernel_size`,
+//! "same" padding), optional batch norm, ReLU, optional 2x2 pooling and
+//! dropout; then `hidden_layers` fully connected layers and the output.
+//!
+//! Weights are drawn from the trial's seed (PyTorch's default bounds,
+//! ±1/sqrt(fan_in)); batch-norm running statistics are saved with the
+//! weights, so a restart continues with them.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use super::fit::{Network, WEIGHTS_FILE};
+use super::{TrainError, Trainable, TrialContext};
+use crate::config::Params;
+use crate::data::Dataset;
+
+/// Pooling after each convolution block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// 2x2 max pooling.
+    Max,
+    /// 2x2 average pooling.
+    Avg,
+    /// None: the image keeps its size.
+    None,
+}
+
+/// What a CNN looks like: enough to rebuild it for prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CnnSpec {
+    /// Input channels, height and width.
+    pub input: [usize; 3],
+    /// Output channels of each convolution block.
+    pub channels: Vec<usize>,
+    /// Convolution kernel size (odd).
+    pub kernel: usize,
+    /// Pooling after each block.
+    pub pooling: Pooling,
+    /// Batch norm after each convolution.
+    pub batch_norm: bool,
+    /// Dropout after each block and each hidden layer (training only).
+    pub dropout: f64,
+    /// Hidden fully connected layers' widths.
+    pub hidden: Vec<usize>,
+    /// Output classes.
+    pub classes: usize,
+}
+
+impl CnnSpec {
+    /// The spec a trial's parameters describe on `data`.
+    fn from_params(params: &Params, data: &Dataset) -> Result<Self, TrainError> {
+        let input = match data.shape.as_deref() {
+            Some(&[c, h, w]) => [c, h, w],
+            _ => return Err(TrainError::Invalid("kind = \"cnn\" needs image-shaped samples".into())),
+        };
+        let int = |name: &str| {
+            params
+                .get(name)
+                .and_then(|v| v.as_i64())
+                .ok_or_else(|| TrainError::Invalid(format!("parameter `{name}` missing")))
+        };
+        let blocks = int("conv_blocks")?.clamp(0, 16) as usize;
+        let first = int("channels")?.max(1) as usize;
+        let kernel = int("kernel_size")?.max(1) as usize;
+        if kernel.is_multiple_of(2) {
+            return Err(TrainError::Invalid(format!("kernel_size {kernel}: expected an odd size")));
+        }
+        let pooling = match params.get("pooling").and_then(|v| v.as_str()) {
+            Some("avg") => Pooling::Avg,
+            Some("none") => Pooling::None,
+            _ => Pooling::Max,
+        };
+        let spec = CnnSpec {
+            input,
+            channels: (0..blocks).map(|b| first << b.min(8)).collect(),
+            kernel,
+            pooling,
+            batch_norm: params.get("batch_norm").and_then(|v| v.as_bool()).unwrap_or(true),
+            dropout: params.get("dropout").and_then(|v| v.as_f64()).unwrap_or(0.0),
+            hidden: vec![int("hidden_units")?.max(1) as usize; int("hidden_layers")?.clamp(0, 64) as usize],
+            classes: data.classes,
+        };
+        if spec.flat() == 0 {
+            return Err(TrainError::Invalid(format!(
+                "{} pooled blocks shrink a {}x{} image to nothing; use fewer blocks or pooling = \"none\"",
+                blocks, input[1], input[2]
+            )));
+        }
+        Ok(spec)
+    }
+
+    /// Height and width after the blocks.
+    fn out_size(&self) -> (usize, usize) {
+        let halvings = if self.pooling == Pooling::None { 0 } else { self.channels.len() };
+        (self.input[1] >> halvings.min(63), self.input[2] >> halvings.min(63))
+    }
+
+    /// Features entering the fully connected layers.
+    fn flat(&self) -> usize {
+        let (h, w) = self.out_size();
+        self.channels.last().copied().unwrap_or(self.input[0]) * h * w
+    }
+}
+
+/// A CNN's tensors, by name, in a fixed order.
+pub struct Cnn {
+    spec: CnnSpec,
+    names: Vec<String>,
+    params: Vec<Tensor>,
+    /// Batch-norm running means and variances, two per block.
+    buffers: Vec<(String, Tensor)>,
+}
+
+impl Cnn {
+    /// A freshly initialised network drawn from `seed`.
+    pub fn new(spec: CnnSpec, seed: u64, device: Device) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (mut names, mut params, mut buffers) = (Vec::new(), Vec::new(), Vec::new());
+        let mut uniform = |fan_in: usize, shape: &[i64]| {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let n: i64 = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+            Tensor::from_slice(&v).view(shape).to_device(device).set_requires_grad(true)
+        };
+        let mut c_in = spec.input[0];
+        for (b, &c_out) in spec.channels.iter().enumerate() {
+            let k = spec.kernel as i64;
+            let fan_in = c_in * spec.kernel * spec.kernel;
+            names.push(format!("block{b}.conv.weight"));
+            params.push(uniform(fan_in, &[c_out as i64, c_in as i64, k, k]));
+            names.push(format!("block{b}.conv.bias"));
+            params.push(uniform(fan_in, &[c_out as i64]));
+            if spec.batch_norm {
+                let ones = Tensor::ones([c_out as i64], (tch::Kind::Float, device));
+                names.push(format!("block{b}.bn.weight"));
+                params.push(ones.copy().set_requires_grad(true));
+                names.push(format!("block{b}.bn.bias"));
+                params.push(ones.zeros_like().set_requires_grad(true));
+                buffers.push((format!("block{b}.bn.running_mean"), ones.zeros_like()));
+                buffers.push((format!("block{b}.bn.running_var"), ones));
+            }
+            c_in = c_out;
+        }
+        let sizes: Vec<usize> =
+            std::iter::once(spec.flat()).chain(spec.hidden.iter().copied()).chain([spec.classes]).collect();
+        for (l, pair) in sizes.windows(2).enumerate() {
+            names.push(format!("fc{l}.weight"));
+            params.push(uniform(pair[0], &[pair[1] as i64, pair[0] as i64]));
+            names.push(format!("fc{l}.bias"));
+            params.push(uniform(pair[0], &[pair[1] as i64]));
+        }
+        Cnn { spec, names, params, buffers }
+    }
+
+    /// The first parameter index of the fully connected layers.
+    fn fc_start(&self) -> usize {
+        self.spec.channels.len() * if self.spec.batch_norm { 4 } else { 2 }
+    }
+}
+
+impl Network for Cnn {
+    fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    fn params_mut(&mut self) -> &mut [Tensor] {
+        &mut self.params
+    }
+
+    fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        let s = &self.spec;
+        let [c, h, w] = s.input.map(|d| d as i64);
+        let mut x = xs.view([-1, c, h, w]);
+        let per_block = if s.batch_norm { 4 } else { 2 };
+        let pad = (s.kernel / 2) as i64;
+        for b in 0..s.channels.len() {
+            let p = &self.params[b * per_block..];
+            x = x.conv2d(&p[0], Some(&p[1]), [1, 1], [pad, pad], [1, 1], 1);
+            if s.batch_norm {
+                let (mean, var) = (&self.buffers[2 * b].1, &self.buffers[2 * b + 1].1);
+                x = x.batch_norm(Some(&p[2]), Some(&p[3]), Some(mean), Some(var), train, 0.1, 1e-5, false);
+            }
+            x = x.relu();
+            x = match s.pooling {
+                Pooling::Max => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
+                Pooling::Avg => x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>),
+                Pooling::None => x,
+            };
+            if s.dropout > 0.0 {
+                x = x.dropout(s.dropout, train);
+            }
+        }
+        let mut x = x.flatten(1, -1);
+        let fc = &self.params[self.fc_start()..];
+        let layers = fc.len() / 2;
+        for l in 0..layers {
+            x = x.linear(&fc[2 * l], Some(&fc[2 * l + 1]));
+            if l + 1 < layers {
+                x = x.relu();
+                if s.dropout > 0.0 {
+                    x = x.dropout(s.dropout, train);
+                }
+            }
+        }
+        x
+    }
+
+    fn save(&self, file: &Path) -> std::io::Result<()> {
+        let named: Vec<(String, Tensor)> = self
+            .names
+            .iter()
+            .cloned()
+            .zip(self.params.iter().map(|p| p.to_device(Device::Cpu)))
+            .chain(self.buffers.iter().map(|(n, t)| (n.clone(), t.to_device(Device::Cpu))))
+            .collect();
+        Tensor::write_safetensors(&named, file).map_err(std::io::Error::other)
+    }
+
+    fn restore(&mut self, saved: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        let targets =
+            self.names.iter().zip(self.params.iter_mut()).chain(self.buffers.iter_mut().map(|(n, t)| (&*n, t)));
+        for (name, p) in targets {
+            let src = saved.get(name).ok_or_else(|| TrainError::Failed(format!("weights lack {name}")))?;
+            tch::no_grad(|| p.f_copy_(src)).map_err(|e| TrainError::Failed(format!("restoring {name}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Trains [`Cnn`]s on one shared data set of images.
+pub struct CnnTrainable {
+    data: Arc<Dataset>,
+    device: Device,
+}
+
+impl CnnTrainable {
+    /// A trainable over `data`, on CUDA when libtorch sees a GPU, else CPU.
+    pub fn new(data: Arc<Dataset>) -> Self {
+        CnnTrainable { data, device: Device::cuda_if_available() }
+    }
+}
+
+impl Trainable for CnnTrainable {
+    fn init_thread(&self, threads: u32) {
+        tch::set_num_threads(threads as i32);
+    }
+
+    fn describe(&self, params: &Params) -> Option<serde_json::Value> {
+        let spec = CnnSpec::from_params(params, &self.data).ok()?;
+        Some(serde_json::json!({
+            "kind": "cnn",
+            "spec": spec,
+            "weights": WEIGHTS_FILE,
+            "class_names": self.data.class_names,
+            "standardization": self.data.standardization,
+            "input": "flat samples as float32 (channels x height x width), as in the data files; apply `standardization` (if any) first",
+        }))
+    }
+
+    fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {
+        let spec = CnnSpec::from_params(ctx.params(), &self.data)?;
+        let mut cnn = Cnn::new(spec, ctx.seed(), self.device);
+        super::fit::fit(ctx, &self.data, self.device, &mut cnn)
+    }
+}
