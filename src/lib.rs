@@ -36,6 +36,7 @@ pub mod cluster;
 pub mod config;
 pub mod data;
 pub mod journal;
+pub mod predict;
 pub mod run_dir;
 pub mod schedule;
 pub mod search;

@@ -65,6 +65,19 @@ enum Command {
     },
     /// Join a sweep as a worker process and run its trials.
     Worker(cluster::WorkerArgs),
+    /// Predict with a run's best model: a batch file (csv, npy, IDX) to CSV,
+    /// or `--input -`: JSON lines in, one JSON prediction per line out.
+    Predict {
+        /// The model directory (a run's `best/`).
+        #[arg(long)]
+        model: PathBuf,
+        /// The samples: a .csv, .npy or IDX file, or `-` for JSON lines on stdin.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where the predictions go [default: stdout].
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Show the trials of a run: live, finished or dead.
     Status {
         /// The run directory.
@@ -83,6 +96,7 @@ pub fn is_usage_error(e: &anyhow::Error) -> bool {
             || c.is::<RunDirError>()
             || c.is::<UsageError>()
             || c.is::<ReplayError>()
+            || c.is::<gauntlet::predict::PredictError>()
             || matches!(
                 c.downcast_ref::<JournalError>(),
                 Some(JournalError::Corrupt { .. } | JournalError::Header { .. } | JournalError::Busy { .. })
@@ -101,8 +115,40 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { config } => validate(&config),
         Command::Resume { dir, repair, json, cluster } => resume(&dir, repair, json, &cluster),
         Command::Worker(args) => cluster::worker(args),
+        Command::Predict { model, input, output } => predict(&model, &input, output.as_deref()),
         Command::Status { dir, json } => status(&dir, json),
     }
+}
+
+fn predict(model: &Path, input: &Path, output: Option<&Path>) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let model = gauntlet::predict::Model::load(model)?;
+    let mut out: Box<dyn Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    if input == Path::new("-") {
+        model.stream(std::io::stdin().lock(), out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = model.read_input(input)?;
+    let probs = model.predict_rows(&rows)?;
+    let mut w = csv::Writer::from_writer(&mut out);
+    let mut header = vec!["row".to_owned(), "predicted".to_owned()];
+    header.extend(model.class_names().iter().map(|c| format!("p_{c}")));
+    w.write_record(&header)?;
+    for (i, p) in probs.iter().enumerate() {
+        let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(c, _)| c);
+        let mut record = vec![i.to_string(), model.class_name(best).unwrap_or_default().to_owned()];
+        record.extend(p.iter().map(|v| format!("{v:.6}")));
+        w.write_record(&record)?;
+    }
+    w.flush()?;
+    drop(w);
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(path: &Path) -> anyhow::Result<ExitCode> {

@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{Config, DataSource};
 
 pub use idx::read_idx;
+pub use npy::read_samples as read_npy;
 
 /// The Fashion-MNIST training files Gauntlet reads.
 pub const FASHION_FILES: [&str; 2] = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"];
@@ -70,6 +71,8 @@ pub struct Dataset {
     /// Each sample's shape as channels x height x width, when the source
     /// has images (a convolutional model needs it).
     pub shape: Option<Vec<usize>>,
+    /// The features' names, when the source has them (CSV columns).
+    pub feature_names: Option<Vec<String>>,
 }
 
 /// Per-feature standardisation, computed on the training split only:
@@ -123,6 +126,7 @@ impl Dataset {
     /// Loads what `[data]` describes.
     pub fn load(config: &Config) -> Result<Dataset, DataError> {
         let d = &config.data;
+        let mut feature_names = None;
         let (x, y, dims, classes, names) = match d.source {
             DataSource::Synthetic => {
                 let (x, y) = synthetic::generate(d.samples, d.features, d.classes, d.seed);
@@ -154,6 +158,7 @@ impl Dataset {
             DataSource::Csv => {
                 let path = d.path.clone().unwrap_or_default();
                 let t = tabular::read_csv(&path, d.label.as_deref().unwrap_or_default())?;
+                feature_names = Some(t.feature_names);
                 let classes = t.class_names.as_ref().map_or_else(|| classes_of(&t.y, &path), |n| Ok(n.len()))?;
                 (t.x, t.y, vec![t.features], classes, t.class_names)
             }
@@ -168,6 +173,7 @@ impl Dataset {
             });
         }
         let mut data = Self::split(x, y, features, classes, names, d.validation_fraction, d.max_samples, d.seed);
+        data.feature_names = feature_names;
         data.shape = match dims[..] {
             [h, w] => Some(vec![1, h, w]),
             [c, h, w] => Some(vec![c, h, w]),
@@ -210,6 +216,7 @@ impl Dataset {
             train: take(&order[n_val..]),
             standardization: None,
             shape: None,
+            feature_names: None,
         }
     }
 }

@@ -202,3 +202,12 @@ mod tests {
         assert!(parse(&fortran).unwrap_err().1.contains("Fortran"));
     }
 }
+
+/// Samples from one `.npy` file, as f32, with one sample's dimensions.
+pub fn read_samples(path: &Path) -> Result<(Vec<f32>, Vec<usize>), DataError> {
+    let a = parse(&read(path)?).map_err(|(o, m)| err(path, Some(o), m))?;
+    if a.shape.is_empty() {
+        return Err(err(path, None, "a 0-dimensional array: expected samples".into()));
+    }
+    Ok((a.values.iter().map(|&v| v as f32).collect(), a.shape[1..].to_vec()))
+}

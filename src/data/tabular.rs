@@ -15,6 +15,8 @@ pub(super) struct Table {
     pub(super) y: Vec<i64>,
     pub(super) features: usize,
     pub(super) class_names: Option<Vec<String>>,
+    /// The feature columns' names, in order.
+    pub(super) feature_names: Vec<String>,
 }
 
 /// Reads `path`, with `label` naming the label column.
@@ -80,7 +82,8 @@ pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
             (y, Some(classes.keys().map(|s| (*s).to_owned()).collect()))
         }
     };
-    Ok(Table { x, y, features, class_names })
+    let feature_names = names.iter().enumerate().filter(|(i, _)| *i != label_at).map(|(_, n)| n.clone()).collect();
+    Ok(Table { x, y, features, class_names, feature_names })
 }
 
 #[cfg(test)]

@@ -261,6 +261,7 @@ impl Trainable for CnnTrainable {
             "weights": WEIGHTS_FILE,
             "class_names": self.data.class_names,
             "standardization": self.data.standardization,
+            "feature_names": self.data.feature_names,
             "input": "flat samples as float32 (channels x height x width), as in the data files; apply `standardization` (if any) first",
         }))
     }

@@ -172,6 +172,7 @@ impl Trainable for MlpTrainable {
             "weights": WEIGHTS_FILE,
             "class_names": self.data.class_names,
             "standardization": self.data.standardization,
+            "feature_names": self.data.feature_names,
             "input": "features as float32, as in the data files; apply `standardization` (if any) before the network",
         }))
     }

@@ -1,0 +1,264 @@
+//! The best model of a run, put to use: [`Model::load`] reads `best/`
+//! (weights, `model.json`: the network's shape, class names, input
+//! standardisation) and predicts class probabilities, with no config.
+//!
+//! ```no_run
+//! let model = gauntlet::predict::Model::load(std::path::Path::new("runs/x/best"))?;
+//! let probabilities = model.predict_rows(&vec![0.0; model.inputs()])?;
+//! println!("{:?}", model.class_name(0));
+//! # Ok::<(), gauntlet::predict::PredictError>(())
+//! ```
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor};
+
+use crate::data::Standardization;
+use crate::trainable::cnn::{Cnn, CnnSpec};
+use crate::trainable::fit::{read_named, Network, WEIGHTS_FILE};
+use crate::trainable::mlp::{Mlp, MlpSpec};
+
+/// Why a model or an input cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// The model directory is incomplete or unreadable.
+    #[error("model {}: {message}", dir.display())]
+    Model {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An input file does not fit the model.
+    #[error("{}: {message}", file.display())]
+    Input {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// The input data could not be read.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+}
+
+/// A trained classifier loaded from a `best/` directory.
+pub struct Model {
+    net: Box<dyn Network + Send>,
+    inputs: usize,
+    classes: Vec<String>,
+    standardization: Option<Standardization>,
+    feature_names: Option<Vec<String>>,
+}
+
+#[derive(serde::Deserialize)]
+struct About {
+    kind: String,
+    spec: serde_json::Value,
+    #[serde(default)]
+    class_names: Option<Vec<String>>,
+    #[serde(default)]
+    standardization: Option<Standardization>,
+    #[serde(default)]
+    feature_names: Option<Vec<String>>,
+}
+
+impl Model {
+    /// Loads `dir` (a run's `best/`).
+    pub fn load(dir: &Path) -> Result<Model, PredictError> {
+        let bad = |message: String| PredictError::Model { dir: dir.to_owned(), message };
+        let text = std::fs::read(dir.join("model.json"))
+            .map_err(|e| bad(format!("cannot read model.json: {e} (is this a run's best/ directory?)")))?;
+        let about: About = serde_json::from_slice(&text).map_err(|e| bad(format!("model.json: {e}")))?;
+        let weights = dir.join(WEIGHTS_FILE);
+        if !weights.is_file() {
+            return Err(bad(format!("no {WEIGHTS_FILE}: the best trial saved no checkpoint")));
+        }
+        let saved = read_named(&weights).map_err(|e| bad(e.to_string()))?;
+        let spec_err = |e: serde_json::Error| bad(format!("model.json `spec`: {e}"));
+        let (mut net, inputs, classes): (Box<dyn Network + Send>, usize, usize) = match about.kind.as_str() {
+            "mlp" => {
+                let spec: MlpSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
+                let (i, c) = (spec.inputs, spec.classes);
+                (Box::new(Mlp::new(spec, 0, Device::Cpu)), i, c)
+            }
+            "cnn" => {
+                let spec: CnnSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
+                let (i, c) = (spec.input.iter().product(), spec.classes);
+                (Box::new(Cnn::new(spec, 0, Device::Cpu)), i, c)
+            }
+            other => return Err(bad(format!("model kind `{other}` cannot predict; expected mlp or cnn"))),
+        };
+        net.restore(&saved).map_err(|e| bad(e.to_string()))?;
+        let classes = about.class_names.unwrap_or_else(|| (0..classes).map(|c| c.to_string()).collect());
+        Ok(Model { net, inputs, classes, standardization: about.standardization, feature_names: about.feature_names })
+    }
+
+    /// Features per sample.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// The name of class `c` (its number when the data had no names).
+    pub fn class_name(&self, c: usize) -> Option<&str> {
+        self.classes.get(c).map(String::as_str)
+    }
+
+    /// The classes' names, by class.
+    pub fn class_names(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// The feature columns the model was trained on, when known (CSV).
+    pub fn feature_names(&self) -> Option<&[String]> {
+        self.feature_names.as_deref()
+    }
+
+    /// Class probabilities for a batch `[rows, inputs]` of raw features
+    /// (standardised here as in training).
+    pub fn predict(&self, xs: &Tensor) -> Tensor {
+        let xs = match &self.standardization {
+            Some(s) => {
+                let mean = Tensor::from_slice(&s.mean);
+                let std = Tensor::from_slice(&s.std);
+                (xs - mean) / std
+            }
+            None => xs.shallow_clone(),
+        };
+        tch::no_grad(|| self.net.forward(&xs.to_kind(Kind::Float), false).softmax(-1, Kind::Float))
+    }
+
+    /// Class probabilities for rows of raw features, `inputs()` values each.
+    pub fn predict_rows(&self, rows: &[f32]) -> Result<Vec<Vec<f32>>, PredictError> {
+        if rows.is_empty() || !rows.len().is_multiple_of(self.inputs) {
+            return Err(PredictError::Input {
+                file: PathBuf::from("(rows)"),
+                message: format!("{} values: expected a multiple of {} features", rows.len(), self.inputs),
+            });
+        }
+        let n = (rows.len() / self.inputs) as i64;
+        let probs = self.predict(&Tensor::from_slice(rows).view([n, self.inputs as i64]));
+        let flat: Vec<f32> = Vec::try_from(probs.flatten(0, -1)).unwrap_or_default();
+        Ok(flat.chunks(self.classes.len().max(1)).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Reads a batch input file: `.csv` (a header; the model's feature
+    /// columns by name when it knows them, else every column), `.npy`, or
+    /// IDX (gzipped or not; bytes scaled to [0, 1] as in training).
+    pub fn read_input(&self, file: &Path) -> Result<Vec<f32>, PredictError> {
+        let bad = |message: String| PredictError::Input { file: file.to_owned(), message };
+        let name = file.to_string_lossy().to_lowercase();
+        let (x, per_row) = if name.ends_with(".csv") {
+            self.read_csv(file)?
+        } else if name.ends_with(".npy") {
+            let (x, dims) = crate::data::read_npy(file)?;
+            (x, dims.iter().product())
+        } else {
+            let idx = crate::data::read_idx(file)?;
+            let per_row = idx.dims.get(1..).map_or(0, |d| d.iter().product());
+            (idx.data.iter().map(|&b| f32::from(b) / 255.0).collect(), per_row)
+        };
+        if per_row != self.inputs {
+            return Err(bad(format!("{per_row} features per sample: the model expects {}", self.inputs)));
+        }
+        Ok(x)
+    }
+
+    fn read_csv(&self, file: &Path) -> Result<(Vec<f32>, usize), PredictError> {
+        let bad = |message: String| PredictError::Input { file: file.to_owned(), message };
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_path(file)
+            .map_err(|e| bad(format!("cannot read: {e}")))?;
+        let header: Vec<String> =
+            reader.headers().map_err(|e| bad(format!("line 1: {e}")))?.iter().map(str::to_owned).collect();
+        let columns: Vec<usize> = match &self.feature_names {
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    header.iter().position(|h| h == n).ok_or_else(|| {
+                        bad(format!("no column `{n}`; the model was trained on columns {}", names.join(", ")))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            None => (0..header.len()).collect(),
+        };
+        let mut x = Vec::new();
+        for record in reader.records() {
+            let record = record.map_err(|e| bad(format!("line {}: {e}", e.position().map_or(0, |p| p.line()))))?;
+            let line = record.position().map_or(0, |p| p.line());
+            for &c in &columns {
+                let field = record.get(c).unwrap_or("");
+                let v: f32 = field
+                    .parse()
+                    .map_err(|_| bad(format!("line {line}: column `{}`: `{field}` is not a number", header[c])))?;
+                x.push(v);
+            }
+        }
+        Ok((x, columns.len()))
+    }
+
+    /// Streams predictions: one JSON record per input line (an array of
+    /// numbers, `{"features": [...]}`, or an object of named features),
+    /// one JSON answer per line, flushed at once. A bad line is answered
+    /// with `{"line": n, "error": "..."}` and the stream goes on.
+    pub fn stream(&self, input: impl BufRead, mut output: impl Write) -> std::io::Result<()> {
+        for (i, line) in input.lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let answer = match self.parse_record(&line).and_then(|row| {
+                self.predict_rows(&row).map_err(|e| match e {
+                    PredictError::Input { message, .. } => message,
+                    e => e.to_string(),
+                })
+            }) {
+                Ok(probs) => {
+                    let p = &probs[0];
+                    let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(c, _)| c);
+                    serde_json::json!({ "line": i + 1, "class": best, "predicted": self.classes[best], "probabilities": p })
+                }
+                Err(message) => serde_json::json!({ "line": i + 1, "error": message }),
+            };
+            writeln!(output, "{answer}")?;
+            output.flush()?;
+        }
+        Ok(())
+    }
+
+    fn parse_record(&self, line: &str) -> Result<Vec<f32>, String> {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        let numbers = |a: &[serde_json::Value]| -> Result<Vec<f32>, String> {
+            a.iter().map(|x| x.as_f64().map(|f| f as f32).ok_or_else(|| format!("`{x}` is not a number"))).collect()
+        };
+        let row = match &v {
+            serde_json::Value::Array(a) => numbers(a)?,
+            serde_json::Value::Object(o) if o.contains_key("features") => match &o["features"] {
+                serde_json::Value::Array(a) => numbers(a)?,
+                _ => return Err("`features` must be an array of numbers".into()),
+            },
+            serde_json::Value::Object(o) => {
+                let names = self
+                    .feature_names
+                    .as_ref()
+                    .ok_or("this model's features have no names: send an array of numbers or {\"features\": [...]}")?;
+                names
+                    .iter()
+                    .map(|n| {
+                        o.get(n)
+                            .and_then(|x| x.as_f64())
+                            .map(|f| f as f32)
+                            .ok_or_else(|| format!("feature `{n}` missing or not a number"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            _ => return Err("expected an array of numbers or an object".into()),
+        };
+        if row.len() != self.inputs {
+            return Err(format!("{} features: the model expects {}", row.len(), self.inputs));
+        }
+        Ok(row)
+    }
+}

@@ -1,0 +1,109 @@
+//! `gauntlet predict` with a model the test trains: batch CSV and IDX files
+//! to CSV, and JSON lines streamed through stdin one at a time.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::*;
+
+/// Three classes told apart by `sepal` and `width`; `petal` is noise.
+fn train_csv_model(tmp: &Path) -> PathBuf {
+    let names = ["setosa", "versicolor", "virginica"];
+    let mut text = String::from("sepal,petal,species,width\n");
+    for i in 0..300 {
+        let c = i % 3;
+        let noise = ((i * 37) % 17) as f32 / 17.0;
+        text +=
+            &format!("{},{noise},{},{}\n", 100.0 + 40.0 * c as f32 + 10.0 * noise, names[c], 5.0 * c as f32 + noise);
+    }
+    write(tmp, "iris.csv", &text);
+    run_ok(
+        tmp,
+        r#"
+[experiment]
+name = "iris"
+max_trials = 2
+concurrency = 2
+[data]
+source = "csv"
+path = "iris.csv"
+label = "species"
+standardize = true
+[model]
+kind = "mlp"
+hidden_units = 16
+[train]
+lr = 0.02
+batch_size = 16
+max_epochs = 6
+"#,
+    )
+    .join("best")
+}
+
+#[test]
+fn batch_prediction_reads_columns_by_name_and_writes_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = train_csv_model(tmp.path());
+    // Columns in another order, the label column absent.
+    write(tmp.path(), "new.csv", "width,sepal,petal\n0.5,105,0.5\n5.5,145,0.5\n10.5,185,0.5\n");
+    let out = tmp.path().join("pred.csv");
+    let o = run_in(
+        tmp.path(),
+        &["predict", "--model", model.to_str().unwrap(), "--input", "new.csv", "--output", out.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "row,predicted,p_setosa,p_versicolor,p_virginica");
+    let predicted: Vec<&str> = lines[1..].iter().map(|l| l.split(',').nth(1).unwrap()).collect();
+    assert_eq!(predicted, ["setosa", "versicolor", "virginica"]);
+    for l in &lines[1..] {
+        let sum: f64 = l.split(',').skip(2).map(|p| p.parse::<f64>().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-3, "probabilities sum to 1: {l}");
+    }
+    // A file without the model's columns says which are needed.
+    write(tmp.path(), "bad.csv", "width,sepal\n1,2\n");
+    let o = run_in(tmp.path(), &["predict", "--model", model.to_str().unwrap(), "--input", "bad.csv"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("bad.csv") && stderr(&o).contains("no column `petal`"), "{}", stderr(&o));
+    // Not a model directory.
+    let o = run_in(tmp.path(), &["predict", "--model", tmp.path().to_str().unwrap(), "--input", "new.csv"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("model.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn json_lines_stream_through_stdin_one_answer_per_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = train_csv_model(tmp.path());
+    let mut child = gauntlet()
+        .args(["predict", "--model", model.to_str().unwrap(), "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut answers = BufReader::new(child.stdout.take().unwrap());
+    // Each answer arrives before the next record is sent: streaming, not batch.
+    let mut ask = |record: &str| -> serde_json::Value {
+        writeln!(stdin, "{record}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        answers.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(ask("[105, 0.5, 0.5]")["predicted"], "setosa");
+    assert_eq!(ask(r#"{"sepal": 185, "petal": 0.2, "width": 10.4}"#)["predicted"], "virginica");
+    assert_eq!(ask(r#"{"features": [145, 0.5, 5.5]}"#)["predicted"], "versicolor");
+    let bad = ask("[1, 2]");
+    assert_eq!(bad["line"], 4);
+    assert!(bad["error"].as_str().unwrap().contains("expects 3"), "{bad}");
+    assert!(ask("{ not json")["error"].as_str().unwrap().contains("not JSON"));
+    assert_eq!(ask("[145, 0.1, 5.0]")["class"], 1, "the stream goes on after bad lines");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
