@@ -160,6 +160,15 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Array, (u64, String)> {
     Ok(Array { shape, values, integer })
 }
 
+/// Samples from one `.npy` file, as f32, with one sample's dimensions.
+pub fn read_samples(path: &Path) -> Result<(Vec<f32>, Vec<usize>), DataError> {
+    let a = parse(&read(path)?).map_err(|(o, m)| err(path, Some(o), m))?;
+    if a.shape.is_empty() {
+        return Err(err(path, None, "a 0-dimensional array: expected samples".into()));
+    }
+    Ok((a.values.iter().map(|&v| v as f32).collect(), a.shape[1..].to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,13 +210,4 @@ mod tests {
         fortran[at..at + 5].copy_from_slice(b"True ");
         assert!(parse(&fortran).unwrap_err().1.contains("Fortran"));
     }
-}
-
-/// Samples from one `.npy` file, as f32, with one sample's dimensions.
-pub fn read_samples(path: &Path) -> Result<(Vec<f32>, Vec<usize>), DataError> {
-    let a = parse(&read(path)?).map_err(|(o, m)| err(path, Some(o), m))?;
-    if a.shape.is_empty() {
-        return Err(err(path, None, "a 0-dimensional array: expected samples".into()));
-    }
-    Ok((a.values.iter().map(|&v| v as f32).collect(), a.shape[1..].to_vec()))
 }
