@@ -107,3 +107,60 @@ fn json_lines_stream_through_stdin_one_answer_per_line() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        b.extend_from_slice(&d.to_be_bytes());
+    }
+    b.extend_from_slice(data);
+    b
+}
+
+/// An `.npy` file of float32 samples, version 1 header.
+fn npy_f32(shape: &str, values: &[f32]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    b.extend_from_slice(header.as_bytes());
+    b.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    b
+}
+
+#[test]
+fn idx_and_npy_inputs_predict_a_row_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Two classes of 2x2 "images": class 1 is bright.
+    let n = 200u32;
+    let pixels: Vec<u8> = (0..n).flat_map(|i| [if i % 2 == 1 { 220 } else { 30 } + (i % 7) as u8; 4]).collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+    std::fs::write(tmp.path().join("x.idx"), idx(&[n, 2, 2], &pixels)).unwrap();
+    std::fs::write(tmp.path().join("y.idx"), idx(&[n], &labels)).unwrap();
+    let best = run_ok(
+        tmp.path(),
+        "[experiment]\nname = \"bright\"\nmax_trials = 1\nconcurrency = 1\n[data]\nsource = \"idx\"\nx = \"x.idx\"\n\
+         y = \"y.idx\"\n[model]\nkind = \"mlp\"\nhidden_units = 8\n[train]\nlr = 0.05\nbatch_size = 16\nmax_epochs = 4\n",
+    )
+    .join("best");
+    let o = run_in(tmp.path(), &["predict", "--model", best.to_str().unwrap(), "--input", "x.idx"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<String> = stdout(&o).lines().skip(1).map(str::to_owned).collect();
+    assert_eq!(rows.len(), n as usize, "one prediction per sample");
+    let right = rows.iter().enumerate().filter(|(i, r)| r.split(',').nth(1) == Some(&(i % 2).to_string())).count();
+    assert!(right as f64 > 0.9 * f64::from(n), "{right} of {n} right");
+    // The same samples as float32 .npy, scaled as the IDX bytes were.
+    let values: Vec<f32> = pixels.iter().map(|&p| f32::from(p) / 255.0).collect();
+    std::fs::write(tmp.path().join("x.npy"), npy_f32(&format!("({n}, 4)"), &values)).unwrap();
+    let o = run_in(tmp.path(), &["predict", "--model", best.to_str().unwrap(), "--input", "x.npy"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().skip(1).collect::<Vec<_>>(), rows.iter().map(String::as_str).collect::<Vec<_>>());
+    // Samples of another size name the file and the size expected.
+    std::fs::write(tmp.path().join("wide.npy"), npy_f32("(1, 5)", &[0.0; 5])).unwrap();
+    let o = run_in(tmp.path(), &["predict", "--model", best.to_str().unwrap(), "--input", "wide.npy"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("wide.npy") && stderr(&o).contains("expects 4"), "{}", stderr(&o));
+}
