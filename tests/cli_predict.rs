@@ -108,29 +108,6 @@ fn json_lines_stream_through_stdin_one_answer_per_line() {
     assert!(child.wait().unwrap().success());
 }
 
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut b = vec![0, 0, 8, dims.len() as u8];
-    for d in dims {
-        b.extend_from_slice(&d.to_be_bytes());
-    }
-    b.extend_from_slice(data);
-    b
-}
-
-/// An `.npy` file of float32 samples, version 1 header.
-fn npy_f32(shape: &str, values: &[f32]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    b.extend_from_slice(header.as_bytes());
-    b.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-    b
-}
-
 #[test]
 fn idx_and_npy_inputs_predict_a_row_each() {
     let tmp = tempfile::tempdir().unwrap();
@@ -154,12 +131,12 @@ fn idx_and_npy_inputs_predict_a_row_each() {
     assert!(right as f64 > 0.9 * f64::from(n), "{right} of {n} right");
     // The same samples as float32 .npy, scaled as the IDX bytes were.
     let values: Vec<f32> = pixels.iter().map(|&p| f32::from(p) / 255.0).collect();
-    std::fs::write(tmp.path().join("x.npy"), npy_f32(&format!("({n}, 4)"), &values)).unwrap();
+    std::fs::write(tmp.path().join("x.npy"), npy("<f4", &format!("({n}, 4)"), &f32_bytes(&values))).unwrap();
     let o = run_in(tmp.path(), &["predict", "--model", best.to_str().unwrap(), "--input", "x.npy"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).lines().skip(1).collect::<Vec<_>>(), rows.iter().map(String::as_str).collect::<Vec<_>>());
     // Samples of another size name the file and the size expected.
-    std::fs::write(tmp.path().join("wide.npy"), npy_f32("(1, 5)", &[0.0; 5])).unwrap();
+    std::fs::write(tmp.path().join("wide.npy"), npy("<f4", "(1, 5)", &[0; 20])).unwrap();
     let o = run_in(tmp.path(), &["predict", "--model", best.to_str().unwrap(), "--input", "wide.npy"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("wide.npy") && stderr(&o).contains("expects 4"), "{}", stderr(&o));
