@@ -16,8 +16,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::Standardization;
 use crate::trainable::cnn::{Cnn, CnnSpec};
-use crate::trainable::fit::{read_named, Network, WEIGHTS_FILE};
+use crate::trainable::fit::{Network, WEIGHTS_FILE};
 use crate::trainable::mlp::{Mlp, MlpSpec};
+use crate::trainable::torchscript::{ScriptNet, ScriptSpec};
 
 /// Why a model or an input cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +72,13 @@ impl Model {
         let text = std::fs::read(dir.join("model.json"))
             .map_err(|e| bad(format!("cannot read model.json: {e} (is this a run's best/ directory?)")))?;
         let about: About = serde_json::from_slice(&text).map_err(|e| bad(format!("model.json: {e}")))?;
-        let weights = dir.join(WEIGHTS_FILE);
-        if !weights.is_file() {
-            return Err(bad(format!("no {WEIGHTS_FILE}: the best trial saved no checkpoint")));
+        let weights = match about.kind.as_str() {
+            "torchscript" => crate::trainable::torchscript::MODULE_FILE,
+            _ => WEIGHTS_FILE,
+        };
+        if !dir.join(weights).is_file() {
+            return Err(bad(format!("no {weights}: the best trial saved no checkpoint")));
         }
-        let saved = read_named(&weights).map_err(|e| bad(e.to_string()))?;
         let spec_err = |e: serde_json::Error| bad(format!("model.json `spec`: {e}"));
         let (mut net, inputs, classes): (Box<dyn Network + Send>, usize, usize) = match about.kind.as_str() {
             "mlp" => {
@@ -88,9 +91,16 @@ impl Model {
                 let (i, c) = (spec.input.iter().product(), spec.classes);
                 (Box::new(Cnn::new(spec, 0, Device::Cpu)), i, c)
             }
-            other => return Err(bad(format!("model kind `{other}` cannot predict; expected mlp or cnn"))),
+            "torchscript" => {
+                let spec: ScriptSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
+                let (i, c) = (spec.input.iter().product(), spec.classes);
+                let file = dir.join(weights);
+                (Box::new(ScriptNet::load(&file, spec.input, Device::Cpu).map_err(|e| bad(e.to_string()))?), i, c)
+            }
+            other => return Err(bad(format!("model kind `{other}` cannot predict; expected mlp, cnn or torchscript"))),
         };
-        net.restore(&saved).map_err(|e| bad(e.to_string()))?;
+        net.restore_dir(dir).map_err(|e| bad(e.to_string()))?;
+        net.set_train(false);
         let classes = about.class_names.unwrap_or_else(|| (0..classes).map(|c| c.to_string()).collect());
         Ok(Model { net, inputs, classes, standardization: about.standardization, feature_names: about.feature_names })
     }

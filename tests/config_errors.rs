@@ -23,6 +23,9 @@ optimizer = { choice = ["adam", "sgd"] }
 max_epochs = 2
 "#;
 
+/// The data and model sections of GOOD (a `command` model has no [data]).
+const ONLY_MODEL: &str = "[data]\nsource = \"synthetic\"\n\n[model]\nkind = \"mlp\"\nhidden_units = { int = [8, 64] }";
+
 /// (what is changed, replacement, the key the message must name, a phrase it must contain)
 const CASES: &[(&str, &str, &str, &str)] = &[
     ("max_trials = 2", "max_trials = \"two\"", "experiment.max_trials", "invalid type"),
@@ -58,6 +61,15 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("name = \"good\"", "name = \"good\"\nmode = \"maximize\"", "experiment.mode", "unknown variant"),
     ("name = \"good\"", "name = \"good\"\nmetric = \"accuracy\"", "experiment.metric", "val_accuracy"),
     ("name = \"good\"", "name = \"bad/name\"", "experiment.name", "not allowed"),
+    ("kind = \"mlp\"", "kind = \"torchscript\"", "model.module", "torch.jit.save"),
+    (ONLY_MODEL, "[model]\nkind = \"command\"", "model.command", "missing"),
+    (ONLY_MODEL, "[model]\nkind = \"command\"\ncommand = \"python3 'train.py\"", "model.command", "unbalanced quotes"),
+    (
+        "kind = \"mlp\"\nhidden_units = { int = [8, 64] }",
+        "kind = \"command\"\ncommand = \"./t\"",
+        "data",
+        "remove [data]",
+    ),
     ("max_epochs = 2", "max_epochs = 2\n[chaos]\npanic_probability = 2.0", "chaos.panic_probability", "probability"),
     (
         "max_epochs = 2",

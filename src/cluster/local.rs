@@ -41,7 +41,7 @@ pub fn classify(pid: u32, status: ExitStatus) -> Exit {
     Exit { pid, text: format!("worker process {pid} exited with code {code}"), crashed: code == 101 }
 }
 
-fn signal_name(signal: i32) -> &'static str {
+pub(crate) fn signal_name(signal: i32) -> &'static str {
     match signal {
         libc::SIGABRT => "SIGABRT",
         libc::SIGSEGV => "SIGSEGV",

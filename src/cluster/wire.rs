@@ -14,7 +14,7 @@ use crate::trainable::ContextSettings;
 use crate::trial::{AttemptEnd, Report, TrialId};
 
 /// Bumped when a message changes shape; a worker of another protocol is refused.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// The process group the coordinator's worker pool joins.
 pub const POOL_GROUP: &str = "gauntlet.pool";
@@ -172,6 +172,13 @@ pub enum FromWorker {
         lease: u64,
         /// The piece.
         part: Part,
+    },
+    /// Output of a trial's program (`kind = "command"`) for its log.
+    Output {
+        /// The placement.
+        lease: u64,
+        /// Whole lines.
+        text: String,
     },
     /// The checkpoint whose parts came before is whole.
     CheckpointDone {

@@ -49,8 +49,10 @@ pub struct Config {
     pub experiment: ExperimentConfig,
     /// `[data]`.
     pub data: DataConfig,
-    /// `[model]`: the model kind; its fields are part of [`Config::space`].
+    /// `[model]`: the model kind; its searched fields are part of [`Config::space`].
     pub model: ModelKind,
+    /// `[model]` settings that are not searched (the module file, the program).
+    pub program: ModelProgram,
     /// `[train]` `max_epochs`: the training budget of one trial.
     pub max_epochs: u32,
     /// The fields of `[model]` and `[train]`, fixed or searched.
@@ -200,7 +202,30 @@ pub enum ModelKind {
     /// Trains nothing: sleeps `epoch_ms` per epoch and reports a score that
     /// rises towards `quality`. For benchmarks of the engine itself.
     Sleep,
+    /// A TorchScript module exported from PyTorch, trained with tch.
+    #[serde(rename = "torchscript")]
+    TorchScript,
+    /// Any program: parameters in, JSON-lines reports out.
+    Command,
 }
+
+/// The fixed `[model]` settings of `torchscript` and `command`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ModelProgram {
+    /// torchscript: the module file (relative to the config file).
+    pub module: Option<PathBuf>,
+    /// torchscript: feed samples as images `[N, C, H, W]` rather than flat rows.
+    pub image_input: bool,
+    /// command: the program and its arguments.
+    pub command: Vec<String>,
+    /// command: seconds between SIGTERM and SIGKILL when a trial stops.
+    pub grace_seconds: f64,
+    /// command: the directory it runs in (the config file's).
+    pub workdir: Option<PathBuf>,
+}
+
+/// Default seconds a pruned program has to exit after SIGTERM.
+pub const DEFAULT_GRACE_SECONDS: f64 = 5.0;
 
 /// `[search]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -507,14 +532,24 @@ impl Config {
         if e.gpus_per_trial == 0 || e.gpus_per_trial > 64 {
             return Err(bad("experiment.gpus_per_trial", format!("expected 1 to 64, got {}", e.gpus_per_trial)));
         }
-        if !MLP_METRICS.contains(&e.metric.as_str()) {
+        let kind = match raw.model.get("kind") {
+            Some(Domain::Fixed(ParamValue::Str(k))) => k.as_str(),
+            _ => "",
+        };
+        if kind != "command" && !MLP_METRICS.contains(&e.metric.as_str()) {
             return Err(bad(
                 "experiment.metric",
                 format!("`{}` is not reported by the model; expected one of {}", e.metric, MLP_METRICS.join(", ")),
             ));
         }
-        let reads_data = !matches!(raw.model.get("kind"), Some(Domain::Fixed(ParamValue::Str(k))) if k == "sleep");
+        let reads_data = !matches!(kind, "sleep" | "command");
         let data = match raw.data.take() {
+            Some(_) if kind == "command" => {
+                return Err(bad(
+                    "data",
+                    "not used by model.kind = \"command\": the program loads its own data; remove [data]".into(),
+                ))
+            }
             Some(d) => d,
             None if !reads_data => DataConfig::none(),
             None => return Err(bad("data", "missing; expected a [data] section with `source`".into())),
@@ -561,24 +596,28 @@ impl Config {
         }
 
         let mut model = raw.model;
-        let kinds = "\"mlp\", \"cnn\" or \"sleep\"";
+        let kinds = "\"mlp\", \"cnn\", \"torchscript\", \"command\" or \"sleep\"";
         let model_kind = match model.remove("kind") {
             None => return Err(bad("model.kind", format!("missing; expected {kinds}"))),
             Some(Domain::Fixed(ParamValue::Str(s))) if s == "mlp" => ModelKind::Mlp,
             Some(Domain::Fixed(ParamValue::Str(s))) if s == "sleep" => ModelKind::Sleep,
             Some(Domain::Fixed(ParamValue::Str(s))) if s == "cnn" => ModelKind::Cnn,
+            Some(Domain::Fixed(ParamValue::Str(s))) if s == "torchscript" => ModelKind::TorchScript,
+            Some(Domain::Fixed(ParamValue::Str(s))) if s == "command" => ModelKind::Command,
             Some(Domain::Fixed(ParamValue::Str(s))) => {
                 return Err(bad("model.kind", format!("unknown model kind `{s}`; expected {kinds}")))
             }
             Some(_) => return Err(bad("model.kind", format!("expected a string: {kinds}"))),
         };
+        let program = take_program(model_kind, &mut model, file)?;
         let mut space = SearchSpace::new();
-        let fields = match model_kind {
-            ModelKind::Mlp => MLP_FIELDS,
-            ModelKind::Cnn => CNN_FIELDS,
-            ModelKind::Sleep => SLEEP_FIELDS,
-        };
-        fill_section(&mut space, "model", model, fields, file)?;
+        match model_kind {
+            ModelKind::Mlp => fill_section(&mut space, "model", model, MLP_FIELDS, file)?,
+            ModelKind::Cnn => fill_section(&mut space, "model", model, CNN_FIELDS, file)?,
+            ModelKind::Sleep => fill_section(&mut space, "model", model, SLEEP_FIELDS, file)?,
+            ModelKind::TorchScript => fill_section(&mut space, "model", model, &[], file)?,
+            ModelKind::Command => fill_free(&mut space, "model", model, file)?,
+        }
 
         let mut train = raw.train;
         let max_epochs = match train.remove("max_epochs") {
@@ -594,7 +633,11 @@ impl Config {
                 ))
             }
         };
-        fill_section(&mut space, "train", train, TRAIN_FIELDS, file)?;
+        if model_kind == ModelKind::Command {
+            fill_free(&mut space, "train", train, file)?;
+        } else {
+            fill_section(&mut space, "train", train, TRAIN_FIELDS, file)?;
+        }
 
         if raw.search.grid_points == 0 {
             return Err(bad("search.grid_points", "expected at least 1".into()));
@@ -627,6 +670,7 @@ impl Config {
             experiment: raw.experiment,
             data,
             model: model_kind,
+            program,
             max_epochs,
             space,
             search: raw.search,
@@ -642,9 +686,13 @@ impl Config {
         self
     }
 
-    /// Makes a relative `data.path` relative to the config file's directory.
+    /// Makes a relative `data.path` (and `model.module`) relative to the config file's directory.
     fn resolve_paths(&mut self, file: &Path) {
         let base = file.parent().unwrap_or(Path::new("."));
+        if let Some(m) = self.program.module.as_mut().filter(|m| m.is_relative()) {
+            *m = base.join(&*m);
+        }
+        self.program.workdir = Some(base.to_owned());
         let d = &mut self.data;
         let files = if d.source == DataSource::Npz { vec![&mut d.path] } else { vec![&mut d.path, &mut d.x, &mut d.y] };
         for p in files.into_iter().flatten() {
@@ -656,6 +704,13 @@ impl Config {
 
     /// Checks that the files the config names exist, before anything runs.
     pub fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
+        if let Some(m) = self.program.module.as_ref().filter(|m| !m.is_file()) {
+            return Err(ConfigError::invalid(
+                file,
+                "model.module",
+                format!("{} does not exist or is not a file; expected a module saved by torch.jit.save", m.display()),
+            ));
+        }
         let d = &self.data;
         let named = match d.source {
             DataSource::Idx | DataSource::Npy => vec![("data.x", &d.x), ("data.y", &d.y)],
@@ -714,6 +769,85 @@ fn path_error<E: std::fmt::Display>(file: &Path, e: serde_path_to_error::Error<E
     ConfigError::invalid(file, key, message)
 }
 
+/// Takes the fixed settings of `torchscript` (`module`, `input`) and
+/// `command` (`command`, `grace_seconds`) out of `[model]`.
+fn take_program(
+    kind: ModelKind,
+    model: &mut BTreeMap<String, Domain>,
+    file: &Path,
+) -> Result<ModelProgram, ConfigError> {
+    let bad = |key: &str, msg: String| ConfigError::invalid(file, key, msg);
+    let mut program = ModelProgram { grace_seconds: DEFAULT_GRACE_SECONDS, ..Default::default() };
+    let mut text = |key: &str| -> Result<Option<String>, ConfigError> {
+        match model.remove(key) {
+            None => Ok(None),
+            Some(Domain::Fixed(ParamValue::Str(s))) if !s.trim().is_empty() => Ok(Some(s)),
+            Some(_) => Err(bad(&format!("model.{key}"), "expected a fixed, non-empty string".into())),
+        }
+    };
+    match kind {
+        ModelKind::TorchScript => {
+            let module = text("module")?.ok_or_else(|| {
+                bad("model.module", "missing; expected the path of a module saved by torch.jit.save".into())
+            })?;
+            program.module = Some(PathBuf::from(module));
+            program.image_input = match text("input")?.as_deref() {
+                None | Some("flat") => false,
+                Some("image") => true,
+                Some(other) => {
+                    return Err(bad(
+                        "model.input",
+                        format!("`{other}`: expected \"flat\" ([N, features]) or \"image\" ([N, C, H, W])"),
+                    ))
+                }
+            };
+        }
+        ModelKind::Command => {
+            let line = text("command")?.ok_or_else(|| {
+                bad("model.command", "missing; expected the program to run, e.g. \"python3 train.py\"".into())
+            })?;
+            program.command = shlex::split(&line)
+                .filter(|words| !words.is_empty())
+                .ok_or_else(|| bad("model.command", format!("`{line}`: unbalanced quotes")))?;
+            match model.remove("grace_seconds") {
+                None => {}
+                Some(Domain::Fixed(v)) if v.as_f64().is_some_and(|s| (0.0..=3600.0).contains(&s)) => {
+                    program.grace_seconds = v.as_f64().unwrap_or(DEFAULT_GRACE_SECONDS)
+                }
+                Some(_) => return Err(bad("model.grace_seconds", "expected a fixed number from 0 to 3600".into())),
+            }
+        }
+        _ => {}
+    }
+    Ok(program)
+}
+
+/// Puts every field of a section into the space as the user wrote it (the
+/// hyperparameters of a `command` program, which Gauntlet does not know).
+fn fill_free(
+    space: &mut SearchSpace,
+    section: &str,
+    given: BTreeMap<String, Domain>,
+    file: &Path,
+) -> Result<(), ConfigError> {
+    for (name, domain) in given {
+        let key = format!("{section}.{name}");
+        if space.dims().iter().any(|(n, _)| *n == name) {
+            return Err(ConfigError::invalid(file, &key, "also given in the other section; give it once"));
+        }
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')) || name.starts_with('-') {
+            return Err(ConfigError::invalid(
+                file,
+                &key,
+                "a parameter name becomes `--name value`: use letters, digits, '_' and '-'",
+            ));
+        }
+        domain.check().map_err(|m| ConfigError::invalid(file, &key, m))?;
+        space.insert(&name, domain);
+    }
+    Ok(())
+}
+
 fn fill_section(
     space: &mut SearchSpace,
     section: &str,
@@ -723,7 +857,14 @@ fn fill_section(
 ) -> Result<(), ConfigError> {
     if let Some(unknown) = given.keys().find(|k| !fields.iter().any(|f| f.name == k.as_str())) {
         let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
-        let extra = if section == "model" { "kind, " } else { "max_epochs, " };
+        let extra = match section {
+            "model" if fields.is_empty() => {
+                "kind, module, input (a TorchScript module's architecture is fixed; \
+                                             its hyperparameters are those of [train])"
+            }
+            "model" => "kind, ",
+            _ => "max_epochs, ",
+        };
         return Err(ConfigError::invalid(
             file,
             format!("{section}.{unknown}"),

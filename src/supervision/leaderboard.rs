@@ -115,6 +115,12 @@ impl LeaderboardSink {
 }
 
 impl ReportSink for LeaderboardSink {
+    fn output(&mut self, id: TrialId, text: &str) {
+        for line in text.lines() {
+            tracing::info!(trial = %id, "output: {line}");
+        }
+    }
+
     fn checkpoint_written(&mut self, id: TrialId, checkpoint: &Checkpoint) {
         let epoch = checkpoint.epoch;
         if let Some(journal) = &self.journal {

@@ -235,6 +235,7 @@ impl State {
             FromWorker::Report { lease, .. }
             | FromWorker::CheckpointPart { lease, .. }
             | FromWorker::CheckpointDone { lease, .. }
+            | FromWorker::Output { lease, .. }
             | FromWorker::Finished { lease, .. } => self.leases.get(lease).map(|l| l.worker.clone()),
             FromWorker::Ready { name } | FromWorker::Heartbeat { name } | FromWorker::Leaving { name } => {
                 Some(name.clone())
@@ -278,7 +279,9 @@ impl State {
                     self.send_to_lease_worker(lease, ToWorker::Decision { lease, decision: None });
                 }
             }
-            m @ (FromWorker::CheckpointPart { lease, .. } | FromWorker::CheckpointDone { lease, .. }) => {
+            m @ (FromWorker::CheckpointPart { lease, .. }
+            | FromWorker::CheckpointDone { lease, .. }
+            | FromWorker::Output { lease, .. }) => {
                 if let Some(trial) = self.trial_of(lease) {
                     let _ = trial.cast(TrialMsg::Wire(m));
                 }

@@ -4,6 +4,7 @@
 //! attempt's end to its supervisor, and fails (so that the supervisor
 //! restarts the trial) when the training crashed.
 
+use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use super::Settings;
 use crate::checkpoint::Checkpoint;
 use crate::cluster::wire::{self, FromWorker, Job, Part, ToWorker};
 use crate::config::Params;
-use crate::trainable::{ContextSettings, ReportSink, TrialContext};
+use crate::trainable::{ContextSettings, ReportSink, TrialContext, OUTPUT_LOG};
 use crate::trial::{AttemptEnd, TrialId};
 use crate::worker::WorkerMsg;
 
@@ -266,6 +267,15 @@ impl TrialActor {
                     Err(e) => {
                         tracing::error!(trial = %state.id, "cannot store the checkpoint of epoch {epoch}: {e}")
                     }
+                }
+            }
+            FromWorker::Output { text, .. } => {
+                let log = state.settings.checkpoints.trial_dir(state.id).join(OUTPUT_LOG);
+                let appended = std::fs::create_dir_all(log.parent().unwrap_or(&log)).and_then(|()| {
+                    std::fs::OpenOptions::new().create(true).append(true).open(&log)?.write_all(text.as_bytes())
+                });
+                if let Err(e) = appended {
+                    tracing::warn!(trial = %state.id, "cannot append to {}: {e}", log.display());
                 }
             }
             FromWorker::Finished { end, .. } => return self.end(myself, state, end),

@@ -30,6 +30,20 @@ pub trait Network {
     fn save(&self, file: &Path) -> std::io::Result<()>;
     /// Loads what [`Network::save`] wrote.
     fn restore(&mut self, saved: &HashMap<String, Tensor>) -> Result<(), TrainError>;
+
+    /// Writes the network into a checkpoint (or `best/`) directory.
+    fn save_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.save(&dir.join(WEIGHTS_FILE))
+    }
+
+    /// Loads what [`Network::save_dir`] wrote.
+    fn restore_dir(&mut self, dir: &Path) -> Result<(), TrainError> {
+        self.restore(&read_named(&dir.join(WEIGHTS_FILE))?)
+    }
+
+    /// Switches between training and evaluation (for networks that hold the
+    /// mode themselves; the others take it in [`Network::forward`]).
+    fn set_train(&mut self, _train: bool) {}
 }
 
 /// Trains `net` on `data` from the trial's parameters (`optimizer`, `lr`,
@@ -45,7 +59,7 @@ pub fn fit(ctx: &mut TrialContext, data: &Dataset, device: Device, net: &mut imp
         net.params(),
     )?;
     if let Some(ckpt) = ctx.resume() {
-        net.restore(&read_named(&ckpt.dir.join(WEIGHTS_FILE))?)?;
+        net.restore_dir(&ckpt.dir)?;
         opt.load(&read_named(&ckpt.dir.join(OPTIMIZER_FILE))?)?;
     }
     let train = tensors(&data.train, data.features, device);
@@ -58,6 +72,7 @@ pub fn fit(ctx: &mut TrialContext, data: &Dataset, device: Device, net: &mut imp
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed));
         let order = Tensor::from_slice(&order).to_device(device);
         let (mut loss_sum, mut batches) = (0.0, 0);
+        net.set_train(true);
         for start in (0..rows as i64).step_by(batch as usize) {
             let len = batch.min(rows as i64 - start);
             let idx = order.narrow(0, start, len);
@@ -81,7 +96,7 @@ pub fn fit(ctx: &mut TrialContext, data: &Dataset, device: Device, net: &mut imp
         let last = completed || epoch == ctx.max_epochs();
         if (verdict.is_ok() && (ctx.checkpoint_due(epoch) || last)) || completed || cancelled {
             ctx.save_checkpoint(epoch, |dir| {
-                net.save(&dir.join(WEIGHTS_FILE))?;
+                net.save_dir(dir)?;
                 Tensor::write_safetensors(&opt.state(), dir.join(OPTIMIZER_FILE)).map_err(std::io::Error::other)
             })?;
         }
@@ -111,7 +126,8 @@ fn tensors(split: &Split, features: usize, device: Device) -> Tensors {
     Tensors { x, y, _keep: split.clone() }
 }
 
-fn evaluate(net: &impl Network, val: &Tensors) -> (f64, f64) {
+fn evaluate(net: &mut impl Network, val: &Tensors) -> (f64, f64) {
+    net.set_train(false);
     tch::no_grad(|| {
         let rows = val.y.size()[0];
         let (mut loss, mut correct) = (0.0, 0.0);

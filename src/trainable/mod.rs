@@ -8,10 +8,12 @@
 //! benchmarks run sweeps without libtorch.
 
 pub mod cnn;
+pub mod command;
 pub mod fit;
 pub mod mlp;
 pub mod optim;
 pub mod sleep;
+pub mod torchscript;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +69,12 @@ pub fn from_config(config: &crate::config::Config) -> Result<Arc<dyn Trainable>,
             }
             Arc::new(cnn::CnnTrainable::new(Arc::new(data)))
         }
+        crate::config::ModelKind::TorchScript => {
+            let data = Arc::new(crate::data::Dataset::load(config)?);
+            let module = config.program.module.clone().unwrap_or_default();
+            Arc::new(torchscript::TorchScriptTrainable::new(data, &module, config.program.image_input)?)
+        }
+        crate::config::ModelKind::Command => Arc::new(command::CommandTrainable::new(config)),
         crate::config::ModelKind::Sleep => Arc::new(sleep::SleepTrainable),
     })
 }
@@ -116,7 +124,13 @@ pub trait ReportSink: Send {
 
     /// Notes that `checkpoint` is in place (its files are in `checkpoint.dir`).
     fn checkpoint_written(&mut self, _trial: TrialId, _checkpoint: &Checkpoint) {}
+
+    /// Output of the trial's program (whole lines), for the trial's log.
+    fn output(&mut self, _trial: TrialId, _text: &str) {}
 }
+
+/// The log of a `command` trial's program, in its directory under `trials/`.
+pub const OUTPUT_LOG: &str = "output.log";
 
 /// Settings a context needs from the experiment (sent to every worker).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -277,6 +291,18 @@ impl TrialContext {
     fn chaos_draw(&self, epoch: u32) -> f64 {
         let key = self.seed ^ 0xC4A0_5000 ^ (u64::from(epoch) << 20) ^ (u64::from(self.restarts) << 44);
         (splitmix64(key) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Passes whole lines of the trial program's output to its log.
+    pub fn output(&mut self, text: &str) {
+        if !text.is_empty() {
+            self.sink.output(self.id, text);
+        }
+    }
+
+    /// The experiment's settings (metric, budget, threads).
+    pub fn settings(&self) -> &ContextSettings {
+        &self.settings
     }
 
     /// Whether `epoch` is due for a checkpoint (`fault.checkpoint_every`).

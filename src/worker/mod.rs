@@ -367,6 +367,10 @@ impl ReportSink for RemoteSink {
         self.decisions.recv().ok().flatten()
     }
 
+    fn output(&mut self, _trial: TrialId, text: &str) {
+        let _ = self.pool.cast(PoolMsg::Wire(FromWorker::Output { lease: self.lease, text: text.to_owned() }));
+    }
+
     fn checkpoint_written(&mut self, trial: TrialId, checkpoint: &Checkpoint) {
         let parts = match wire::checkpoint_parts(&checkpoint.dir) {
             Ok(parts) => parts,

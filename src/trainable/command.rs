@@ -1,0 +1,431 @@
+//! `kind = "command"`: any program as a trainable.
+//!
+//! ```text
+//! gauntlet ── argv + --name value ... ──▶ program
+//!          ── GAUNTLET_PARAMS (JSON file), GAUNTLET_CHECKPOINT_DIR ──▶
+//!          ◀── stdout: {"epoch": 3, "val_accuracy": 0.87} per line ──
+//!          ◀── other stdout lines and stderr: the trial's output.log ──
+//! ```
+//! The program writes its checkpoint into `GAUNTLET_CHECKPOINT_DIR` before
+//! it prints the epoch's report. When the directory changed since the last
+//! report, Gauntlet pauses the program (SIGSTOP), copies the directory into
+//! the trial's checkpoint for that epoch, and lets it go on (SIGCONT); a
+//! restart starts the program with that copy in a fresh directory.
+//! A stop (pruned, budget reached, sweep shutting down) is SIGTERM to the
+//! program's process group, then SIGKILL after `grace_seconds`. Exit 0 ends
+//! the trial as completed; any other end is a crash, restarted.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::{Stop, TrainError, Trainable, TrialContext};
+use crate::checkpoint::META_FILE;
+use crate::config::{Config, ParamValue};
+
+/// Runs the program of `[model] command` for each trial.
+pub struct CommandTrainable {
+    argv: Vec<String>,
+    workdir: PathBuf,
+    grace: Duration,
+}
+
+impl CommandTrainable {
+    /// The program a config names.
+    pub fn new(config: &Config) -> Self {
+        let workdir = config.program.workdir.clone().filter(|d| !d.as_os_str().is_empty());
+        CommandTrainable {
+            argv: config.program.command.clone(),
+            workdir: workdir.unwrap_or_else(|| PathBuf::from(".")),
+            grace: Duration::from_secs_f64(config.program.grace_seconds),
+        }
+    }
+}
+
+/// A line from the program.
+enum Line {
+    Out(String),
+    Err(String),
+    /// Its stdout closed.
+    Closed,
+}
+
+impl Trainable for CommandTrainable {
+    fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {
+        let scratch = tempfile::Builder::new().prefix(&format!("gauntlet-trial-{}-", ctx.id().0)).tempdir()?;
+        let ckpt_dir = scratch.path().join("checkpoint");
+        fs::create_dir(&ckpt_dir)?;
+        if let Some(resume) = ctx.resume() {
+            copy_tree(&resume.dir, &ckpt_dir, true)
+                .map_err(|e| TrainError::Failed(format!("restoring checkpoint {}: {e}", resume.dir.display())))?;
+        }
+        let params_file = scratch.path().join("params.json");
+        let params: BTreeMap<&str, serde_json::Value> =
+            ctx.params().iter().map(|(k, v)| (k.as_str(), json_value(v))).collect();
+        fs::write(&params_file, serde_json::to_vec_pretty(&params).map_err(std::io::Error::other)?)?;
+
+        let mut command = Command::new(&self.argv[0]);
+        command.args(&self.argv[1..]).current_dir(&self.workdir);
+        for (name, value) in ctx.params() {
+            command.arg(format!("--{name}")).arg(arg_text(value));
+        }
+        let threads = ctx.threads().to_string();
+        command
+            .env("GAUNTLET_PARAMS", &params_file)
+            .env("GAUNTLET_CHECKPOINT_DIR", &ckpt_dir)
+            .env("GAUNTLET_TRIAL", ctx.id().0.to_string())
+            .env("GAUNTLET_ATTEMPT", ctx.attempt().to_string())
+            .env("GAUNTLET_SEED", ctx.seed().to_string())
+            .env("GAUNTLET_MAX_EPOCHS", ctx.max_epochs().to_string())
+            .env("GAUNTLET_FIRST_EPOCH", ctx.first_epoch().to_string())
+            .env("GAUNTLET_THREADS", &threads)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if std::env::var_os("OMP_NUM_THREADS").is_none() {
+            command.env("OMP_NUM_THREADS", &threads);
+        }
+        // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+        // The program dies with the thread that started it, so a killed
+        // worker leaves no program behind.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|e| {
+            TrainError::Invalid(format!("cannot start `{}` in {}: {e}", self.argv[0], self.workdir.display()))
+        })?;
+        let mut program = Program::new(child, self.grace);
+        let lines = program.lines();
+        let outcome = self.follow(ctx, &mut program, &lines, &ckpt_dir);
+        program.terminate();
+        outcome
+    }
+}
+
+impl CommandTrainable {
+    /// Reads the program's lines until it ends or the trial must stop.
+    fn follow(
+        &self,
+        ctx: &mut TrialContext,
+        program: &mut Program,
+        lines: &Receiver<Line>,
+        ckpt_dir: &Path,
+    ) -> Result<(), TrainError> {
+        let mut snapshot = fingerprint(ckpt_dir);
+        let mut last_epoch = ctx.first_epoch() - 1;
+        let mut reported = 0u32;
+        let mut log = String::new();
+        let mut stderr_tail: Vec<String> = Vec::new();
+        let mut flushed = Instant::now();
+        loop {
+            if ctx.cancelled() {
+                ctx.output(&log);
+                return Err(TrainError::Stopped(Stop::Cancelled));
+            }
+            if !log.is_empty() && flushed.elapsed() > Duration::from_millis(200) {
+                ctx.output(&std::mem::take(&mut log));
+                flushed = Instant::now();
+            }
+            let line = match lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => line,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => Line::Closed,
+            };
+            let text = match line {
+                Line::Err(text) => {
+                    stderr_tail.push(text.clone());
+                    if stderr_tail.len() > 5 {
+                        stderr_tail.remove(0);
+                    }
+                    log.push_str(&text);
+                    log.push('\n');
+                    continue;
+                }
+                Line::Closed => break,
+                Line::Out(text) => text,
+            };
+            let Some((epoch, metrics)) = parse_report(&text, last_epoch) else {
+                log.push_str(&text);
+                log.push('\n');
+                continue;
+            };
+            ctx.output(&std::mem::take(&mut log));
+            if epoch <= last_epoch {
+                ctx.output(&format!(
+                    "gauntlet: ignored the report of epoch {epoch}: epoch {last_epoch} was already reported \
+                     (resume from GAUNTLET_CHECKPOINT_DIR, or start at GAUNTLET_FIRST_EPOCH)\n"
+                ));
+                continue;
+            }
+            last_epoch = epoch;
+            reported += 1;
+            let named: Vec<(&str, f64)> = metrics.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+            let verdict = ctx.report(epoch, &named);
+            let keep = matches!(verdict, Ok(()) | Err(TrainError::Stopped(Stop::Completed | Stop::Cancelled)));
+            let now = fingerprint(ckpt_dir);
+            if keep && now != snapshot && !now.is_empty() {
+                program.pause();
+                let saved = ctx.save_checkpoint(epoch, |dir| copy_tree(ckpt_dir, dir, false));
+                program.resume();
+                saved?;
+                snapshot = now;
+            }
+            match verdict {
+                Err(TrainError::Stopped(Stop::Completed)) => {
+                    // The budget is spent: the program may end on its own.
+                    program.wait_for(self.grace);
+                    return verdict;
+                }
+                Err(_) => return verdict,
+                Ok(()) => {}
+            }
+        }
+        let status = program.wait_for(Duration::from_secs(3600 * 24 * 365));
+        // What stderr still holds once the program is gone.
+        while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            if let Line::Err(text) | Line::Out(text) = line {
+                stderr_tail.push(text.clone());
+                log.push_str(&text);
+                log.push('\n');
+            }
+        }
+        stderr_tail.drain(..stderr_tail.len().saturating_sub(5));
+        ctx.output(&log);
+        match status {
+            Some(s) if s.success() && reported == 0 && ctx.first_epoch() <= ctx.max_epochs() => {
+                Err(TrainError::Invalid(format!(
+                    "`{}` exited 0 without a report; print one JSON object per epoch on stdout, e.g. \
+                     {{\"epoch\": 1, \"{}\": 0.5}}",
+                    self.argv.join(" "),
+                    ctx.settings().metric
+                )))
+            }
+            Some(s) if s.success() => Ok(()),
+            other => {
+                let how = match other {
+                    Some(s) => describe_exit(s),
+                    None => "did not exit".into(),
+                };
+                let tail = if stderr_tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its last stderr: {}", stderr_tail.join(" | "))
+                };
+                Err(TrainError::Failed(format!("program {how} after epoch {last_epoch}{tail}")))
+            }
+        }
+    }
+}
+
+/// A report line: a JSON object with a numeric `epoch` or at least one
+/// numeric field; the epoch defaults to the one after the last.
+fn parse_report(text: &str, last_epoch: u32) -> Option<(u32, Vec<(String, f64)>)> {
+    let trimmed = text.trim();
+    if !trimmed.starts_with('{') {
+        return None;
+    }
+    let serde_json::Value::Object(map) = serde_json::from_str(trimmed).ok()? else { return None };
+    let epoch = match map.get("epoch") {
+        Some(e) => u32::try_from(e.as_u64()?).ok().filter(|&e| e >= 1)?,
+        None => last_epoch + 1,
+    };
+    let metrics: Vec<(String, f64)> =
+        map.iter().filter(|(k, _)| *k != "epoch").filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect();
+    (!metrics.is_empty()).then_some((epoch, metrics))
+}
+
+fn json_value(v: &ParamValue) -> serde_json::Value {
+    match v {
+        ParamValue::Bool(b) => (*b).into(),
+        ParamValue::Int(i) => (*i).into(),
+        ParamValue::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into),
+        ParamValue::Str(s) => s.clone().into(),
+    }
+}
+
+fn arg_text(v: &ParamValue) -> String {
+    match v {
+        ParamValue::Bool(b) => b.to_string(),
+        ParamValue::Int(i) => i.to_string(),
+        ParamValue::Float(f) => f.to_string(),
+        ParamValue::Str(s) => s.clone(),
+    }
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => format!("was killed by {}", crate::cluster::local::signal_name(sig)),
+        _ => status.to_string(),
+    }
+}
+
+/// The running program: its process group, signalled as a whole.
+struct Program {
+    child: Child,
+    grace: Duration,
+    status: Option<ExitStatus>,
+}
+
+impl Program {
+    fn new(child: Child, grace: Duration) -> Self {
+        Program { child, grace, status: None }
+    }
+
+    /// Its stdout and stderr, line by line, from two reader threads.
+    fn lines(&mut self) -> Receiver<Line> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        if let Some(out) = self.child.stdout.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                read_lines(out, |l| tx.send(Line::Out(l)).is_ok());
+                let _ = tx.send(Line::Closed);
+            });
+        }
+        if let Some(err) = self.child.stderr.take() {
+            std::thread::spawn(move || read_lines(err, |l| tx.send(Line::Err(l)).is_ok()));
+        }
+        rx
+    }
+
+    fn signal(&self, sig: i32) {
+        if self.status.is_none() {
+            // SAFETY: plain syscall; the group is the child's own (process_group(0)).
+            unsafe { libc::killpg(self.child.id() as i32, sig) };
+        }
+    }
+
+    fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Waits up to `limit` for the program to exit.
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while self.status.is_none() {
+            match self.child.try_wait() {
+                Ok(Some(s)) => self.status = Some(s),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) => break,
+                Err(_) => break,
+            }
+        }
+        self.status
+    }
+
+    /// SIGTERM to the group, SIGKILL after the grace period; reaps the program.
+    fn terminate(&mut self) {
+        if self.wait_for(Duration::ZERO).is_some() {
+            self.signal_group_leftovers();
+            return;
+        }
+        self.signal(libc::SIGCONT);
+        self.signal(libc::SIGTERM);
+        if self.wait_for(self.grace).is_none() {
+            self.signal(libc::SIGKILL);
+            self.status = self.child.wait().ok();
+        }
+        self.signal_group_leftovers();
+    }
+
+    /// Children the program left in its group die with it.
+    fn signal_group_leftovers(&self) {
+        // SAFETY: as in `signal`; the group may be empty (ESRCH, ignored).
+        unsafe { libc::killpg(self.child.id() as i32, libc::SIGKILL) };
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // A panic (chaos, a bug) on the way out must not leave the program running.
+        if self.status.is_none() {
+            self.signal(libc::SIGKILL);
+            self.status = self.child.wait().ok();
+        }
+    }
+}
+
+fn read_lines(stream: impl Read, mut each: impl FnMut(String) -> bool) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
+                if !each(line) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The files of a directory tree with their sizes and modification times:
+/// equal fingerprints mean nothing was written.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push((entry.path(), meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Copies a directory tree (skipping the checkpoint's own metadata file
+/// when `skip_meta`).
+fn copy_tree(from: &Path, to: &Path, skip_meta: bool) -> std::io::Result<()> {
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            fs::create_dir_all(&target)?;
+            copy_tree(&entry.path(), &target, false)?;
+        } else if !(skip_meta && entry.file_name() == META_FILE) {
+            fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_json_objects_with_numbers() {
+        let (epoch, metrics) = parse_report(r#"{"epoch": 3, "val_accuracy": 0.87, "note": "x"}"#, 0).unwrap();
+        assert_eq!(epoch, 3);
+        assert_eq!(metrics, vec![("val_accuracy".to_owned(), 0.87)]);
+        assert_eq!(parse_report(r#"{"loss": 1.5}"#, 4).unwrap().0, 5, "the epoch defaults to the next");
+        assert!(parse_report("loss 1.5", 0).is_none());
+        assert!(parse_report(r#"{"msg": "starting"}"#, 0).is_none(), "no numbers: a log line");
+        assert!(parse_report(r#"{"epoch": 0, "loss": 1}"#, 0).is_none(), "epochs count from 1");
+        assert!(parse_report(r#"{"epoch": 2, "loss": 1"#, 0).is_none(), "broken JSON is output");
+    }
+}

@@ -1,0 +1,211 @@
+//! `kind = "torchscript"`: a model written in PyTorch, exported with
+//! `torch.jit.script(model).save(path)`, and trained here by the shared
+//! loop of [`super::fit`]: the same optimizers, checkpoints, restarts and
+//! pruning as the built-in networks.
+//!
+//! A worker reads the module file once and gives every trial its own copy,
+//! starting from the exported weights (the trial's seed drives batch order
+//! and dropout). A checkpoint saves the whole module (parameters and
+//! buffers, e.g. batch-norm statistics) as [`MODULE_FILE`], which is also
+//! what `best/` holds and what `gauntlet predict` and
+//! `torch.jit.load` read back.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tch::{CModule, Device, Kind, Tensor};
+
+use super::fit::Network;
+use super::{TrainError, Trainable, TrialContext};
+use crate::config::Params;
+use crate::data::{DataError, Dataset};
+
+/// The module file inside a checkpoint and in `best/`.
+pub const MODULE_FILE: &str = "module.pt";
+
+/// What a TorchScript classifier takes and gives: enough to predict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScriptSpec {
+    /// The shape of one sample as the module takes it (`[features]` or `[C, H, W]`).
+    pub input: Vec<usize>,
+    /// Output classes (the module returns `[N, classes]` logits).
+    pub classes: usize,
+}
+
+/// One trial's copy of a TorchScript module.
+pub struct ScriptNet {
+    module: CModule,
+    params: Vec<Tensor>,
+    shape: Vec<i64>,
+    device: Device,
+}
+
+impl ScriptNet {
+    /// Loads a module file for samples of shape `input`.
+    pub fn load(file: &Path, input: Vec<usize>, device: Device) -> Result<Self, TrainError> {
+        let module = CModule::load_on_device(file, device)
+            .map_err(|e| TrainError::Failed(format!("loading TorchScript module {}: {e}", file.display())))?;
+        Self::new(module, input, device)
+    }
+
+    /// Loads a module from the bytes of its file.
+    fn from_bytes(bytes: &[u8], input: Vec<usize>, device: Device) -> Result<Self, TrainError> {
+        let module = CModule::load_data_on_device(&mut Cursor::new(bytes), device)
+            .map_err(|e| TrainError::Failed(format!("loading the TorchScript module: {e}")))?;
+        Self::new(module, input, device)
+    }
+
+    fn new(module: CModule, input: Vec<usize>, device: Device) -> Result<Self, TrainError> {
+        let params = trainable_params(&module)?;
+        let shape = std::iter::once(-1).chain(input.iter().map(|&d| d as i64)).collect();
+        Ok(ScriptNet { module, params, shape, device })
+    }
+
+    /// Logits for a batch, or the module's own error (wrong input shape,
+    /// an output that is not one tensor).
+    pub fn try_forward(&self, xs: &Tensor) -> Result<Tensor, String> {
+        let xs =
+            xs.f_view(self.shape.as_slice()).map_err(|e| format!("reshaping the input to {:?}: {e}", self.shape))?;
+        self.module.forward_ts(&[xs]).map_err(|e| e.to_string())
+    }
+}
+
+fn trainable_params(module: &CModule) -> Result<Vec<Tensor>, TrainError> {
+    let named = module.named_parameters().map_err(|e| TrainError::Failed(format!("module parameters: {e}")))?;
+    let params: Vec<Tensor> = named.into_iter().map(|(_, t)| t).filter(Tensor::requires_grad).collect();
+    if params.is_empty() {
+        return Err(TrainError::Invalid("the TorchScript module has no parameters that require grad".into()));
+    }
+    Ok(params)
+}
+
+impl Network for ScriptNet {
+    fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    fn params_mut(&mut self) -> &mut [Tensor] {
+        &mut self.params
+    }
+
+    fn forward(&self, xs: &Tensor, _train: bool) -> Tensor {
+        // The module was checked on real samples when the worker loaded it,
+        // so an error here is a crash of this attempt (restarted as one).
+        self.try_forward(xs).unwrap_or_else(|e| panic!("TorchScript forward failed: {e}"))
+    }
+
+    fn set_train(&mut self, train: bool) {
+        if train {
+            self.module.set_train();
+        } else {
+            self.module.set_eval();
+        }
+    }
+
+    fn save(&self, file: &Path) -> std::io::Result<()> {
+        let named = self.module.named_parameters().map_err(std::io::Error::other)?;
+        let named: Vec<(String, Tensor)> = named.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect();
+        Tensor::write_safetensors(&named, file).map_err(std::io::Error::other)
+    }
+
+    fn restore(&mut self, saved: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        let named = self.module.named_parameters().map_err(|e| TrainError::Failed(e.to_string()))?;
+        for (name, p) in named {
+            let src = saved.get(&name).ok_or_else(|| TrainError::Failed(format!("weights lack {name}")))?;
+            tch::no_grad(|| p.shallow_clone().f_copy_(src))
+                .map_err(|e| TrainError::Failed(format!("restoring {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn save_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.module.save(dir.join(MODULE_FILE)).map_err(std::io::Error::other)
+    }
+
+    fn restore_dir(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let file = dir.join(MODULE_FILE);
+        self.module = CModule::load_on_device(&file, self.device)
+            .map_err(|e| TrainError::Failed(format!("loading {}: {e}", file.display())))?;
+        self.params = trainable_params(&self.module)?;
+        Ok(())
+    }
+}
+
+/// Trains copies of one TorchScript module on one shared data set.
+pub struct TorchScriptTrainable {
+    data: Arc<Dataset>,
+    module: Arc<Vec<u8>>,
+    file: PathBuf,
+    input: Vec<usize>,
+    device: Device,
+}
+
+impl TorchScriptTrainable {
+    /// Reads `file` and checks, on two validation samples, that the module
+    /// takes samples of the data's shape (flat, or `[C, H, W]` with
+    /// `image_input`) and returns one logit per class.
+    pub fn new(data: Arc<Dataset>, file: &Path, image_input: bool) -> Result<Self, DataError> {
+        let bad = |message: String| DataError { file: file.to_owned(), offset: None, message };
+        let module = std::fs::read(file).map_err(|e| bad(format!("cannot read the module: {e}")))?;
+        let input = if image_input {
+            match &data.shape {
+                Some(s) if s.len() == 3 => s.clone(),
+                _ => {
+                    return Err(bad("model.input = \"image\" needs image-shaped samples (fashion-mnist, or idx/npy \
+                                    samples of 2 or 3 dimensions); this source gives flat rows"
+                        .into()))
+                }
+            }
+        } else {
+            vec![data.features]
+        };
+        let device = Device::cuda_if_available();
+        let net = ScriptNet::from_bytes(&module, input.clone(), device)
+            .map_err(|e| bad(format!("{e} (expected a file saved by torch.jit.save)")))?;
+        let rows = data.validation.rows().min(2) as i64;
+        let xs = Tensor::from_slice(&data.validation.x[..rows as usize * data.features])
+            .view([rows, data.features as i64])
+            .to_device(device);
+        let out = tch::no_grad(|| net.try_forward(&xs)).map_err(|e| {
+            bad(format!("the module failed on samples of shape {input:?} (model.input = \"flat\" or \"image\"): {e}"))
+        })?;
+        if out.size() != [rows, data.classes as i64] || out.kind() != Kind::Float {
+            return Err(bad(format!(
+                "the module returned {:?} {:?} for {rows} samples; expected float logits of shape [{rows}, {}] \
+                 (one per class)",
+                out.kind(),
+                out.size(),
+                data.classes
+            )));
+        }
+        Ok(TorchScriptTrainable { data, module: Arc::new(module), file: file.to_owned(), input, device })
+    }
+}
+
+impl Trainable for TorchScriptTrainable {
+    fn init_thread(&self, threads: u32) {
+        tch::set_num_threads(threads as i32);
+    }
+
+    fn describe(&self, _params: &Params) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "kind": "torchscript",
+            "spec": ScriptSpec { input: self.input.clone(), classes: self.data.classes },
+            "weights": MODULE_FILE,
+            "exported_from": self.file,
+            "class_names": self.data.class_names,
+            "standardization": self.data.standardization,
+            "feature_names": self.data.feature_names,
+            "input": "features as float32, as in the data files; apply `standardization` (if any), reshape to \
+                      [N, *spec.input] and call the module (torch.jit.load) for logits",
+        }))
+    }
+
+    fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {
+        let mut net = ScriptNet::from_bytes(&self.module, self.input.clone(), self.device)?;
+        super::fit::fit(ctx, &self.data, self.device, &mut net)
+    }
+}
