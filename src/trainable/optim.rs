@@ -78,12 +78,17 @@ impl Optimizer {
                 *step += 1;
                 let bc1 = 1.0 - BETA1.powi(*step as i32);
                 let bc2 = 1.0 - BETA2.powi(*step as i32);
+                // As torch.optim.Adam's single-tensor loop, in place where it
+                // can be: two temporaries per parameter (g², the denominator).
+                let step_size = *lr / bc1;
                 for ((p, m), v) in params.iter().zip(m.iter_mut()).zip(v.iter_mut()) {
                     let g = decayed_grad(p, *weight_decay);
-                    let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
-                    let _ = v.g_mul_scalar_(BETA2).addcmul_(&(&g * (1.0 - BETA2)), &g);
-                    let denom = (&*v / bc2).sqrt() + EPS;
-                    let _ = p.shallow_clone().addcdiv_(&(&*m * (-*lr / bc1)), &denom);
+                    let _ = m.lerp_(&g, 1.0 - BETA1);
+                    let _ = v.lerp_(&g.square(), 1.0 - BETA2);
+                    // -(sqrt(v / bc2) + eps) / step_size, so that p += m / denom.
+                    let mut denom = v.sqrt();
+                    let _ = denom.g_mul_scalar_(1.0 / bc2.sqrt()).g_add_scalar_(EPS).g_mul_scalar_(-1.0 / step_size);
+                    let _ = p.shallow_clone().addcdiv_(m, &denom);
                 }
             }
         })
