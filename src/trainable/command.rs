@@ -8,8 +8,9 @@
 //! ```
 //! The program writes its checkpoint into `GAUNTLET_CHECKPOINT_DIR` before
 //! it prints the epoch's report. When the directory changed since the last
-//! report, Gauntlet pauses the program (SIGSTOP), copies the directory into
-//! the trial's checkpoint for that epoch, and lets it go on (SIGCONT); a
+//! report, Gauntlet pauses the program (SIGSTOP) as the report arrives,
+//! records the report, copies the directory into the trial's checkpoint for
+//! that epoch, and lets it go on (SIGCONT); a
 //! restart starts the program with that copy in a fresh directory.
 //! A stop (pruned, budget reached, sweep shutting down) is SIGTERM to the
 //! program's process group, then SIGKILL after `grace_seconds`. Exit 0 ends
@@ -170,16 +171,25 @@ impl CommandTrainable {
             }
             last_epoch = epoch;
             reported += 1;
+            // A changed directory holds this epoch's checkpoint: hold the
+            // program still from now until it is copied, so that it cannot
+            // start writing the next one in between.
+            let now = fingerprint(ckpt_dir);
+            let changed = now != snapshot && !now.is_empty();
+            if changed {
+                program.pause();
+            }
             let named: Vec<(&str, f64)> = metrics.iter().map(|(n, v)| (n.as_str(), *v)).collect();
             let verdict = ctx.report(epoch, &named);
             let keep = matches!(verdict, Ok(()) | Err(TrainError::Stopped(Stop::Completed | Stop::Cancelled)));
-            let now = fingerprint(ckpt_dir);
-            if keep && now != snapshot && !now.is_empty() {
-                program.pause();
-                let saved = ctx.save_checkpoint(epoch, |dir| copy_tree(ckpt_dir, dir, false));
+            if changed {
+                let saved =
+                    if keep { Some(ctx.save_checkpoint(epoch, |dir| copy_tree(ckpt_dir, dir, false))) } else { None };
                 program.resume();
-                saved?;
-                snapshot = now;
+                if let Some(saved) = saved {
+                    saved?;
+                    snapshot = now;
+                }
             }
             match verdict {
                 Err(TrainError::Stopped(Stop::Completed)) => {
@@ -191,7 +201,17 @@ impl CommandTrainable {
                 Ok(()) => {}
             }
         }
-        let status = program.wait_for(Duration::from_secs(3600 * 24 * 365));
+        // Its stdout is closed: wait for the exit (a program may close
+        // stdout early), still obeying a stop.
+        let status = loop {
+            if let Some(status) = program.wait_for(Duration::from_millis(100)) {
+                break status;
+            }
+            if ctx.cancelled() {
+                ctx.output(&log);
+                return Err(TrainError::Stopped(Stop::Cancelled));
+            }
+        };
         // What stderr still holds once the program is gone.
         while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
             if let Line::Err(text) | Line::Out(text) = line {
@@ -202,29 +222,23 @@ impl CommandTrainable {
         }
         stderr_tail.drain(..stderr_tail.len().saturating_sub(5));
         ctx.output(&log);
-        match status {
-            Some(s) if s.success() && reported == 0 && ctx.first_epoch() <= ctx.max_epochs() => {
-                Err(TrainError::Invalid(format!(
-                    "`{}` exited 0 without a report; print one JSON object per epoch on stdout, e.g. \
-                     {{\"epoch\": 1, \"{}\": 0.5}}",
-                    self.argv.join(" "),
-                    ctx.settings().metric
-                )))
-            }
-            Some(s) if s.success() => Ok(()),
-            other => {
-                let how = match other {
-                    Some(s) => describe_exit(s),
-                    None => "did not exit".into(),
-                };
-                let tail = if stderr_tail.is_empty() {
-                    String::new()
-                } else {
-                    format!("; its last stderr: {}", stderr_tail.join(" | "))
-                };
-                Err(TrainError::Failed(format!("program {how} after epoch {last_epoch}{tail}")))
-            }
+        if status.success() && reported == 0 && ctx.first_epoch() <= ctx.max_epochs() {
+            return Err(TrainError::Invalid(format!(
+                "`{}` exited 0 without a report; print one JSON object per epoch on stdout, e.g. \
+                 {{\"epoch\": 1, \"{}\": 0.5}}",
+                self.argv.join(" "),
+                ctx.settings().metric
+            )));
         }
+        if status.success() {
+            return Ok(());
+        }
+        let tail = if stderr_tail.is_empty() {
+            String::new()
+        } else {
+            format!("; its last stderr: {}", stderr_tail.join(" | "))
+        };
+        Err(TrainError::Failed(format!("program {} after epoch {last_epoch}{tail}", describe_exit(status))))
     }
 }
 
