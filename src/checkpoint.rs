@@ -153,6 +153,23 @@ impl CheckpointStore {
     }
 }
 
+/// Copies a directory tree (regular files and directories; symbolic links
+/// are not followed).
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            fs::create_dir_all(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 fn best_of(all: &[Checkpoint]) -> Option<&Checkpoint> {
     all.iter()
         .filter(|c| c.score.is_some_and(f64::is_finite))

@@ -182,7 +182,12 @@ impl RunDir {
                 if name.to_string_lossy().starts_with("optimizer") || name == "checkpoint.json" {
                     continue;
                 }
-                fs::copy(entry.path(), tmp.join(name))?;
+                if entry.file_type()?.is_dir() {
+                    fs::create_dir(tmp.join(&name))?;
+                    crate::checkpoint::copy_tree(&entry.path(), &tmp.join(name))?;
+                } else {
+                    fs::copy(entry.path(), tmp.join(name))?;
+                }
             }
         }
         if dir.exists() {

@@ -184,6 +184,9 @@ max_epochs = 5
         assert!(log.contains("crashing on purpose in epoch 3"), "stderr goes to the trial log: {log}");
         assert!(log.contains("resuming after epoch 2"), "other stdout goes to the trial log: {log}");
     }
+    let best: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("best/program/state.json")).unwrap()).unwrap();
+    assert_eq!(best["epoch"], 5, "best/ holds the program's last checkpoint, under program/");
     let journal = std::fs::read_to_string(dir.join("gauntlet.log")).unwrap_or_default();
     assert!(journal.contains("exited with code 3"), "the crash is explained in the log");
 }

@@ -73,7 +73,7 @@ pub struct Job {
 /// A piece of one checkpoint file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Part {
-    /// The file's name inside the checkpoint directory.
+    /// The file's path inside the checkpoint directory (`/`-separated).
     pub file: String,
     /// Where the piece goes in the file.
     pub offset: u64,
@@ -200,14 +200,14 @@ pub enum FromWorker {
 /// metadata file excepted: the receiver writes its own).
 pub fn checkpoint_parts(dir: &Path) -> std::io::Result<Vec<Part>> {
     let mut parts = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if file == crate::checkpoint::META_FILE || !entry.file_type()?.is_file() {
+    let mut files = Vec::new();
+    list_files(dir, String::new(), &mut files)?;
+    files.sort();
+    for file in files {
+        if file == crate::checkpoint::META_FILE {
             continue;
         }
-        let bytes = std::fs::read(entry.path())?;
+        let bytes = std::fs::read(dir.join(&file))?;
         if bytes.is_empty() {
             parts.push(Part { file, offset: 0, bytes });
             continue;
@@ -219,18 +219,44 @@ pub fn checkpoint_parts(dir: &Path) -> std::io::Result<Vec<Part>> {
     Ok(parts)
 }
 
+/// The regular files under `dir`, as `/`-separated relative paths (symbolic
+/// links are not followed).
+fn list_files(dir: &Path, prefix: String, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            list_files(&entry.path(), path, out)?;
+        } else if kind.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a part's path stays inside the checkpoint directory.
+fn safe_relative(file: &str) -> bool {
+    !file.is_empty() && !file.contains('\\') && file.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 /// Writes received parts into `dir`. A part must start where the file so
 /// far ends: the sender sends them in order over one connection.
 pub fn write_parts(dir: &Path, parts: &[Part]) -> std::io::Result<()> {
     use std::io::Write;
     let mut open: Option<(String, std::fs::File, u64)> = None;
     for part in parts {
-        if part.file.is_empty() || part.file.contains(['/', '\\']) || part.file.starts_with('.') {
+        if !safe_relative(&part.file) {
             return Err(std::io::Error::other(format!("checkpoint part names a bad file `{}`", part.file)));
         }
         let same = open.as_ref().is_some_and(|(name, _, _)| *name == part.file);
         if !same {
-            let file = std::fs::File::create(dir.join(&part.file))?;
+            let target = dir.join(&part.file);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let file = std::fs::File::create(target)?;
             open = Some((part.file.clone(), file, 0));
         }
         let (name, file, len) = open.as_mut().expect("opened above");
@@ -318,8 +344,10 @@ mod tests {
         std::fs::write(src.path().join("weights.safetensors"), &big).unwrap();
         std::fs::write(src.path().join("empty"), b"").unwrap();
         std::fs::write(src.path().join(crate::checkpoint::META_FILE), b"{}").unwrap();
+        std::fs::create_dir_all(src.path().join("program/.state")).unwrap();
+        std::fs::write(src.path().join("program/.state/checkpoint.json"), b"theirs").unwrap();
         let parts = checkpoint_parts(src.path()).unwrap();
-        assert_eq!(parts.len(), 1 + 3);
+        assert_eq!(parts.len(), 1 + 3 + 1);
         for p in &parts {
             let frame = rmp_serde::to_vec_named(&FromWorker::CheckpointPart { lease: 1, part: p.clone() }).unwrap();
             assert!(frame.len() < CHUNK_BYTES + 1024, "a part's frame is {} bytes", frame.len());
@@ -329,6 +357,8 @@ mod tests {
         assert_eq!(std::fs::read(dst.path().join("weights.safetensors")).unwrap(), big);
         assert_eq!(std::fs::read(dst.path().join("empty")).unwrap(), b"");
         assert!(!dst.path().join(crate::checkpoint::META_FILE).exists());
+        let nested = dst.path().join("program/.state/checkpoint.json");
+        assert_eq!(std::fs::read(nested).unwrap(), b"theirs", "subdirectories and dotfiles travel too");
     }
 
     #[test]
@@ -336,7 +366,9 @@ mod tests {
         let dst = tempfile::tempdir().unwrap();
         let part = |file: &str, offset| Part { file: file.into(), offset, bytes: vec![1, 2] };
         assert!(write_parts(dst.path(), &[part("w", 0), part("w", 5)]).is_err());
-        assert!(write_parts(dst.path(), &[part("../escape", 0)]).is_err());
+        for bad in ["../escape", "a/../../escape", "/abs", "a//b", "./w", ""] {
+            assert!(write_parts(dst.path(), &[part(bad, 0)]).is_err(), "`{bad}` must be refused");
+        }
         assert!(write_parts(dst.path(), &[part("w", 0), part("w", 2)]).is_ok());
     }
 }

@@ -832,10 +832,19 @@ fn fill_free(
 ) -> Result<(), ConfigError> {
     for (name, domain) in given {
         let key = format!("{section}.{name}");
-        if space.dims().iter().any(|(n, _)| *n == name) {
-            return Err(ConfigError::invalid(file, &key, "also given in the other section; give it once"));
+        // argparse and most option parsers read `--a-b` and `--a_b` as one option.
+        let same = |n: &str| n.replace('-', "_") == name.replace('-', "_");
+        if let Some((other, _)) = space.dims().iter().find(|(n, _)| same(n)) {
+            return Err(ConfigError::invalid(
+                file,
+                &key,
+                format!("clashes with `{other}` (given before): both become the option --{name}; give it once"),
+            ));
         }
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')) || name.starts_with('-') {
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            || name.starts_with('-')
+        {
             return Err(ConfigError::invalid(
                 file,
                 &key,

@@ -27,8 +27,15 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::{Stop, TrainError, Trainable, TrialContext};
-use crate::checkpoint::META_FILE;
+use crate::checkpoint::copy_tree;
 use crate::config::{Config, ParamValue};
+
+/// The program's files inside a trial checkpoint (beside Gauntlet's own
+/// `checkpoint.json`, so that no name of the program's can clash with it).
+pub const PROGRAM_DIR: &str = "program";
+
+/// The longest stderr line quoted in a crash's error.
+const QUOTE_CHARS: usize = 300;
 
 /// Runs the program of `[model] command` for each trial.
 pub struct CommandTrainable {
@@ -63,8 +70,11 @@ impl Trainable for CommandTrainable {
         let ckpt_dir = scratch.path().join("checkpoint");
         fs::create_dir(&ckpt_dir)?;
         if let Some(resume) = ctx.resume() {
-            copy_tree(&resume.dir, &ckpt_dir, true)
-                .map_err(|e| TrainError::Failed(format!("restoring checkpoint {}: {e}", resume.dir.display())))?;
+            let saved = resume.dir.join(PROGRAM_DIR);
+            if saved.is_dir() {
+                copy_tree(&saved, &ckpt_dir)
+                    .map_err(|e| TrainError::Failed(format!("restoring checkpoint {}: {e}", saved.display())))?;
+            }
         }
         let params_file = scratch.path().join("params.json");
         let params: BTreeMap<&str, serde_json::Value> =
@@ -103,8 +113,20 @@ impl Trainable for CommandTrainable {
                 Ok(())
             });
         }
+        if !self.workdir.is_dir() {
+            return Err(TrainError::Failed(format!(
+                "{} does not exist here: command trials run in the config file's directory, which must exist \
+                 (with the program) on every worker machine",
+                self.workdir.display()
+            )));
+        }
         let child = command.spawn().map_err(|e| {
-            TrainError::Invalid(format!("cannot start `{}` in {}: {e}", self.argv[0], self.workdir.display()))
+            let message = format!("cannot start `{}` in {}: {e}", self.argv[0], self.workdir.display());
+            match e.kind() {
+                // The program itself is missing or not executable: no restart will help.
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => TrainError::Invalid(message),
+                _ => TrainError::Failed(message),
+            }
         })?;
         let mut program = Program::new(child, self.grace);
         let lines = program.lines();
@@ -129,6 +151,7 @@ impl CommandTrainable {
         let mut log = String::new();
         let mut stderr_tail: Vec<String> = Vec::new();
         let mut flushed = Instant::now();
+        let mut exited_at: Option<Instant> = None;
         loop {
             if ctx.cancelled() {
                 ctx.output(&log);
@@ -140,12 +163,23 @@ impl CommandTrainable {
             }
             let line = match lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => line,
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    // Exited, but its stdout is still open: something it
+                    // started holds it. The group was killed on exit, so
+                    // the output ends soon; read what is left, up to 2 s.
+                    if program.exited() {
+                        let since = *exited_at.get_or_insert_with(Instant::now);
+                        if since.elapsed() > Duration::from_secs(2) {
+                            break;
+                        }
+                    }
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => Line::Closed,
             };
             let text = match line {
                 Line::Err(text) => {
-                    stderr_tail.push(text.clone());
+                    stderr_tail.push(quotable(&text));
                     if stderr_tail.len() > 5 {
                         stderr_tail.remove(0);
                     }
@@ -183,8 +217,15 @@ impl CommandTrainable {
             let verdict = ctx.report(epoch, &named);
             let keep = matches!(verdict, Ok(()) | Err(TrainError::Stopped(Stop::Completed | Stop::Cancelled)));
             if changed {
-                let saved =
-                    if keep { Some(ctx.save_checkpoint(epoch, |dir| copy_tree(ckpt_dir, dir, false))) } else { None };
+                let saved = if keep {
+                    Some(ctx.save_checkpoint(epoch, |dir| {
+                        let into = dir.join(PROGRAM_DIR);
+                        fs::create_dir(&into)?;
+                        copy_tree(ckpt_dir, &into)
+                    }))
+                } else {
+                    None
+                };
                 program.resume();
                 if let Some(saved) = saved {
                     saved?;
@@ -193,8 +234,20 @@ impl CommandTrainable {
             }
             match verdict {
                 Err(TrainError::Stopped(Stop::Completed)) => {
-                    // The budget is spent: the program may end on its own.
-                    program.wait_for(self.grace);
+                    // The budget is spent: the program may end on its own
+                    // (its last lines still go to the log).
+                    let deadline = Instant::now() + self.grace;
+                    while !program.exited() && Instant::now() < deadline && !ctx.cancelled() {
+                        if let Ok(Line::Out(text) | Line::Err(text)) = lines.recv_timeout(Duration::from_millis(20)) {
+                            log.push_str(&text);
+                            log.push('\n');
+                        }
+                    }
+                    while let Ok(Line::Out(text) | Line::Err(text)) = lines.try_recv() {
+                        log.push_str(&text);
+                        log.push('\n');
+                    }
+                    ctx.output(&log);
                     return verdict;
                 }
                 Err(_) => return verdict,
@@ -215,7 +268,7 @@ impl CommandTrainable {
         // What stderr still holds once the program is gone.
         while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
             if let Line::Err(text) | Line::Out(text) = line {
-                stderr_tail.push(text.clone());
+                stderr_tail.push(quotable(&text));
                 log.push_str(&text);
                 log.push('\n');
             }
@@ -249,14 +302,41 @@ fn parse_report(text: &str, last_epoch: u32) -> Option<(u32, Vec<(String, f64)>)
     if !trimmed.starts_with('{') {
         return None;
     }
-    let serde_json::Value::Object(map) = serde_json::from_str(trimmed).ok()? else { return None };
+    // Python's json.dumps writes NaN and Infinity, which JSON lacks: a
+    // diverged metric must still be seen, so read them as strings.
+    let parsed = serde_json::from_str(trimmed).ok().or_else(|| {
+        let quoted = trimmed.replace("-Infinity", "\"-inf\"").replace("Infinity", "\"inf\"").replace("NaN", "\"nan\"");
+        serde_json::from_str(&quoted).ok()
+    });
+    let Some(serde_json::Value::Object(map)) = parsed else { return None };
     let epoch = match map.get("epoch") {
         Some(e) => u32::try_from(e.as_u64()?).ok().filter(|&e| e >= 1)?,
         None => last_epoch + 1,
     };
     let metrics: Vec<(String, f64)> =
-        map.iter().filter(|(k, _)| *k != "epoch").filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect();
+        map.iter().filter(|(k, _)| *k != "epoch").filter_map(|(k, v)| Some((k.clone(), number(v)?))).collect();
     (!metrics.is_empty()).then_some((epoch, metrics))
+}
+
+/// What a crash's error quotes of a stderr line: the text after its last
+/// carriage return (progress bars redraw with `\r`), at most [`QUOTE_CHARS`].
+fn quotable(line: &str) -> String {
+    let shown = line.rsplit('\r').find(|p| !p.trim().is_empty()).unwrap_or("");
+    match shown.char_indices().nth(QUOTE_CHARS) {
+        Some((cut, _)) => format!("{}…", &shown[..cut]),
+        None => shown.to_owned(),
+    }
+}
+
+/// A metric's value: a number, or NaN/Infinity as Python writes them.
+fn number(v: &serde_json::Value) -> Option<f64> {
+    match v.as_str() {
+        Some("nan") => Some(f64::NAN),
+        Some("inf") => Some(f64::INFINITY),
+        Some("-inf") => Some(f64::NEG_INFINITY),
+        Some(_) => None,
+        None => v.as_f64(),
+    }
 }
 
 fn json_value(v: &ParamValue) -> serde_json::Value {
@@ -328,39 +408,52 @@ impl Program {
         self.signal(libc::SIGCONT);
     }
 
+    /// Whether the program has exited (and was reaped). On exit, what is
+    /// left of its process group is killed first, while the dead program
+    /// still holds the group's id (a zombie is not reaped by `waitid` with
+    /// `WNOWAIT`), so the id cannot name anyone else's group yet.
+    fn exited(&mut self) -> bool {
+        if self.status.is_some() {
+            return true;
+        }
+        // SAFETY: an all-zero siginfo_t is valid; waitid only writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        // SAFETY: plain syscall on our own child.
+        let r = unsafe { libc::waitid(libc::P_PID, self.child.id(), &mut info, flags) };
+        // SAFETY: si_pid is set by waitid (0 when the child has not exited).
+        if r != 0 || unsafe { info.si_pid() } == 0 {
+            return false;
+        }
+        // SAFETY: the group is the program's own (process_group(0)); it may be empty.
+        unsafe { libc::killpg(self.child.id() as i32, libc::SIGKILL) };
+        self.status = self.child.wait().ok();
+        true
+    }
+
     /// Waits up to `limit` for the program to exit.
     fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
-        while self.status.is_none() {
-            match self.child.try_wait() {
-                Ok(Some(s)) => self.status = Some(s),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-                Ok(None) => break,
-                Err(_) => break,
-            }
+        while !self.exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
         self.status
     }
 
-    /// SIGTERM to the group, SIGKILL after the grace period; reaps the program.
+    /// SIGTERM to the group, SIGKILL after the grace period; reaps the
+    /// program (and kills what is left of its group, see [`Program::exited`]).
     fn terminate(&mut self) {
-        if self.wait_for(Duration::ZERO).is_some() {
-            self.signal_group_leftovers();
+        if self.exited() {
             return;
         }
         self.signal(libc::SIGCONT);
         self.signal(libc::SIGTERM);
         if self.wait_for(self.grace).is_none() {
             self.signal(libc::SIGKILL);
-            self.status = self.child.wait().ok();
+            while !self.exited() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
-        self.signal_group_leftovers();
-    }
-
-    /// Children the program left in its group die with it.
-    fn signal_group_leftovers(&self) {
-        // SAFETY: as in `signal`; the group may be empty (ESRCH, ignored).
-        unsafe { libc::killpg(self.child.id() as i32, libc::SIGKILL) };
     }
 }
 
@@ -411,22 +504,6 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-/// Copies a directory tree (skipping the checkpoint's own metadata file
-/// when `skip_meta`).
-fn copy_tree(from: &Path, to: &Path, skip_meta: bool) -> std::io::Result<()> {
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            fs::create_dir_all(&target)?;
-            copy_tree(&entry.path(), &target, false)?;
-        } else if !(skip_meta && entry.file_name() == META_FILE) {
-            fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,5 +518,9 @@ mod tests {
         assert!(parse_report(r#"{"msg": "starting"}"#, 0).is_none(), "no numbers: a log line");
         assert!(parse_report(r#"{"epoch": 0, "loss": 1}"#, 0).is_none(), "epochs count from 1");
         assert!(parse_report(r#"{"epoch": 2, "loss": 1"#, 0).is_none(), "broken JSON is output");
+        let (_, m) = parse_report(r#"{"epoch": 2, "loss": NaN, "gain": -Infinity}"#, 0).unwrap();
+        assert!(m[1].1.is_nan() && m[0].1 == f64::NEG_INFINITY, "Python's NaN and Infinity are read: {m:?}");
+        assert_eq!(quotable("10%\r50%\r100% done"), "100% done");
+        assert_eq!(quotable(&"x".repeat(1000)).chars().count(), QUOTE_CHARS + 1);
     }
 }

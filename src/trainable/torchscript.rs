@@ -162,13 +162,14 @@ impl TorchScriptTrainable {
         } else {
             vec![data.features]
         };
-        let device = Device::cuda_if_available();
-        let net = ScriptNet::from_bytes(&module, input.clone(), device)
+        // Checked on the CPU: the coordinator builds this too, and must not
+        // hold a GPU context for the whole sweep.
+        let mut net = ScriptNet::from_bytes(&module, input.clone(), Device::Cpu)
             .map_err(|e| bad(format!("{e} (expected a file saved by torch.jit.save)")))?;
+        net.set_train(false);
         let rows = data.validation.rows().min(2) as i64;
-        let xs = Tensor::from_slice(&data.validation.x[..rows as usize * data.features])
-            .view([rows, data.features as i64])
-            .to_device(device);
+        let xs =
+            Tensor::from_slice(&data.validation.x[..rows as usize * data.features]).view([rows, data.features as i64]);
         let out = tch::no_grad(|| net.try_forward(&xs)).map_err(|e| {
             bad(format!("the module failed on samples of shape {input:?} (model.input = \"flat\" or \"image\"): {e}"))
         })?;
@@ -181,6 +182,7 @@ impl TorchScriptTrainable {
                 data.classes
             )));
         }
+        let device = Device::cuda_if_available();
         Ok(TorchScriptTrainable { data, module: Arc::new(module), file: file.to_owned(), input, device })
     }
 }
