@@ -708,7 +708,11 @@ impl Config {
             return Err(ConfigError::invalid(
                 file,
                 "model.module",
-                format!("{} does not exist or is not a file; expected a module saved by torch.jit.save", m.display()),
+                format!(
+                    "{} does not exist or is not a file; expected a module saved by \
+                     torch.jit.script(model).save(path) (scripts/export-torchscript writes an example)",
+                    m.display()
+                ),
             ));
         }
         let d = &self.data;
