@@ -80,16 +80,22 @@ impl Model {
             return Err(bad(format!("no {weights}: the best trial saved no checkpoint")));
         }
         let spec_err = |e: serde_json::Error| bad(format!("model.json `spec`: {e}"));
+        // The built-in networks are built from their spec, then take their
+        // weights; a TorchScript module file is both at once.
         let (mut net, inputs, classes): (Box<dyn Network + Send>, usize, usize) = match about.kind.as_str() {
             "mlp" => {
                 let spec: MlpSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
                 let (i, c) = (spec.inputs, spec.classes);
-                (Box::new(Mlp::new(spec, 0, Device::Cpu)), i, c)
+                let mut net = Mlp::new(spec, 0, Device::Cpu);
+                net.restore_dir(dir).map_err(|e| bad(e.to_string()))?;
+                (Box::new(net), i, c)
             }
             "cnn" => {
                 let spec: CnnSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
                 let (i, c) = (spec.input.iter().product(), spec.classes);
-                (Box::new(Cnn::new(spec, 0, Device::Cpu)), i, c)
+                let mut net = Cnn::new(spec, 0, Device::Cpu);
+                net.restore_dir(dir).map_err(|e| bad(e.to_string()))?;
+                (Box::new(net), i, c)
             }
             "torchscript" => {
                 let spec: ScriptSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
@@ -99,7 +105,6 @@ impl Model {
             }
             other => return Err(bad(format!("model kind `{other}` cannot predict; expected mlp, cnn or torchscript"))),
         };
-        net.restore_dir(dir).map_err(|e| bad(e.to_string()))?;
         net.set_train(false);
         let classes = about.class_names.unwrap_or_else(|| (0..classes).map(|c| c.to_string()).collect());
         Ok(Model { net, inputs, classes, standardization: about.standardization, feature_names: about.feature_names })

@@ -16,7 +16,6 @@
 //! program's process group, then SIGKILL after `grace_seconds`. Exit 0 ends
 //! the trial as completed; any other end is a crash, restarted.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -77,9 +76,7 @@ impl Trainable for CommandTrainable {
             }
         }
         let params_file = scratch.path().join("params.json");
-        let params: BTreeMap<&str, serde_json::Value> =
-            ctx.params().iter().map(|(k, v)| (k.as_str(), json_value(v))).collect();
-        fs::write(&params_file, serde_json::to_vec_pretty(&params).map_err(std::io::Error::other)?)?;
+        fs::write(&params_file, serde_json::to_vec_pretty(ctx.params()).map_err(std::io::Error::other)?)?;
 
         let mut command = Command::new(&self.argv[0]);
         command.args(&self.argv[1..]).current_dir(&self.workdir);
@@ -336,15 +333,6 @@ fn number(v: &serde_json::Value) -> Option<f64> {
         Some("-inf") => Some(f64::NEG_INFINITY),
         Some(_) => None,
         None => v.as_f64(),
-    }
-}
-
-fn json_value(v: &ParamValue) -> serde_json::Value {
-    match v {
-        ParamValue::Bool(b) => (*b).into(),
-        ParamValue::Int(i) => (*i).into(),
-        ParamValue::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into),
-        ParamValue::Str(s) => s.clone().into(),
     }
 }
 
