@@ -68,7 +68,8 @@ fn trial_events(id: u32) -> Vec<Event> {
 
 fn main() {
     let trials: u32 = std::env::var("GAUNTLET_BENCH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    let dir = tempfile::tempdir_in(".").expect("a temporary directory next to the project");
+    // Under target/ (ignored by git): on the project's disk, not a tmpfs, and never committed.
+    let dir = tempfile::tempdir_in("target").expect("a temporary directory under target/");
     let path = dir.path().join("journal.msgpack");
 
     // 1. Appends with group commit.
