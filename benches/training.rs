@@ -48,7 +48,8 @@ fn main() {
              [data]\nsource = \"fashion-mnist\"\nmax_samples = {samples}\nvalidation_fraction = 0.1\n\
              [model]\n{model}\n[train]\noptimizer = \"adam\"\nlr = 0.001\nbatch_size = {batch}\nmax_epochs = {epochs}\n"
         );
-        let config = Config::parse(&text, false, Path::new("bench.toml")).expect("the bench config is valid");
+        let config = Config::parse(&text, gauntlet::config::ConfigFormat::Toml, Path::new("bench.toml"))
+            .expect("the bench config is valid");
         config.check_files(Path::new("bench.toml")).expect("Fashion-MNIST is installed (scripts/setup)");
         let rows = gauntlet::data::Dataset::load(&config).expect("Fashion-MNIST loads").train.rows();
         let trainable = gauntlet::trainable::from_config(&config).expect("the trainable builds");

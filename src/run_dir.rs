@@ -102,7 +102,7 @@ impl RunDir {
     /// Keeps a copy of the config as given.
     pub fn save_config(&self, source: &Path) -> io::Result<()> {
         let name = match source.extension().and_then(|e| e.to_str()) {
-            Some(ext @ ("yaml" | "yml")) => format!("config.{ext}"),
+            Some(ext @ ("yaml" | "yml" | "json")) => format!("config.{ext}"),
             _ => "config.toml".into(),
         };
         fs::copy(source, self.root.join(name)).map(drop)

@@ -73,7 +73,12 @@ fn crashed_trials_resume_from_their_checkpoint() {
 #[test]
 fn trials_that_keep_crashing_fail_with_their_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = run_ok(tmp.path(), &chaos_config("doomed", 1.0, 2));
+    let cfg = write(tmp.path(), "doomed.toml", &chaos_config("doomed", 1.0, 2));
+    let dir = tmp.path().join("run");
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4), "a sweep whose every trial failed exits 4: {}", stderr(&o));
+    let said = stdout(&o);
+    assert!(said.contains("    6 x ") && said.contains("injected panic"), "one reason, counted: {said}");
     let status = status_json(&dir);
     let trials = status["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 6, "the sweep went on after failures");

@@ -110,7 +110,7 @@ fn events(lives: &[Life], order: &[usize]) -> Vec<Event> {
 
 /// The same events applied live, as the leaderboard does.
 fn live(events: &[Event]) -> Board {
-    let config = Config::parse(CONFIG, false, Path::new("prop.toml")).unwrap();
+    let config = Config::parse(CONFIG, gauntlet::config::ConfigFormat::Toml, Path::new("prop.toml")).unwrap();
     let mut board = Board::new("val_accuracy", config.experiment.mode, 9, Scheduler::new(&config.scheduler, 9));
     let mut last = std::collections::BTreeMap::new();
     for e in events {

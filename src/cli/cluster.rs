@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use gauntlet::cluster::local::{LocalWorkers, Spec};
+use gauntlet::cluster::local::{Capacity, LocalWorkers, Spec};
 use gauntlet::cluster::node::{self, NodeError};
 use gauntlet::cluster::wire::Experiment;
 use gauntlet::supervision::pool::Pool;
@@ -43,7 +43,9 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Starts the node, the pool and the local workers. Runs on the tokio runtime.
+    /// Starts the node, the pool and the local workers (as many as asked,
+    /// at most what the machine holds: see [`Capacity`]; each holds
+    /// `data_bytes` of data). Runs on the tokio runtime.
     pub async fn start(
         args: &ClusterArgs,
         experiment: Experiment,
@@ -51,6 +53,7 @@ impl Coordinator {
         gpus_per_trial: u32,
         threads: u32,
         log_dir: PathBuf,
+        data_bytes: u64,
     ) -> anyhow::Result<Self> {
         let secret = node::read_secret(args.secret_file.as_deref()).map_err(usage)?;
         let listen: SocketAddr = match &args.listen {
@@ -92,12 +95,14 @@ impl Coordinator {
                 );
             }
         }
-        let count = args.workers.unwrap_or(slots) as usize;
-        if count == 0 && args.listen.is_none() {
+        let asked = args.workers.unwrap_or(slots) as usize;
+        if asked == 0 && args.listen.is_none() {
             return Err(
                 UsageError("--workers 0 needs --listen: with no local workers, workers must join".into()).into()
             );
         }
+        let what = if args.workers.is_some() { "--workers" } else { "experiment.concurrency" };
+        let count = capped(asked, &Capacity::of_machine(data_bytes), what);
         let local = if count > 0 {
             let spec = Spec {
                 exe: std::env::current_exe().context("cannot find the gauntlet binary to start workers")?,
@@ -126,6 +131,23 @@ impl Coordinator {
             let _ = tokio::task::spawn_blocking(move || local.shutdown(Duration::from_secs(3))).await;
         }
     }
+}
+
+/// The local workers to start when `asked` for: at most the capacity, with
+/// a warning that says why when that is fewer.
+fn capped(asked: usize, capacity: &Capacity, what: &str) -> usize {
+    if asked <= capacity.limit {
+        return asked;
+    }
+    let text = format!(
+        "{what} asks for {asked} local workers; starting {}, the most this machine holds ({}). Workers that \
+         join with --listen add slots beyond that",
+        capacity.limit,
+        capacity.explain()
+    );
+    tracing::warn!("{text}");
+    eprintln!("warning: {text}");
+    capacity.limit
 }
 
 /// Splits the GPU list into one group of `per` GPUs for each worker.
@@ -179,11 +201,21 @@ pub struct WorkerArgs {
     local: bool,
 }
 
+/// The most slots one worker offers (each is a thread, or a process with `--gpus`).
+const MAX_SLOTS: u32 = 1024;
+
 pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     init_worker_logging();
     super::install_panic_hook();
-    if args.slots == 0 {
-        return Err(UsageError("--slots: expected at least 1".into()).into());
+    if !(1..=MAX_SLOTS).contains(&args.slots) {
+        return Err(UsageError(format!("--slots: expected 1 to {MAX_SLOTS}, got {}", args.slots)).into());
+    }
+    let most = gauntlet::config::MAX_THREADS_PER_TRIAL;
+    if let Some(t) = args.threads_per_slot.filter(|t| !(1..=most).contains(t)) {
+        return Err(UsageError(format!("--threads-per-slot: expected 1 to {most}, got {t}")).into());
+    }
+    if args.gpus.len() > MAX_SLOTS as usize {
+        return Err(UsageError(format!("--gpus: expected at most {MAX_SLOTS} GPUs, got {}", args.gpus.len())).into());
     }
     let secret = node::read_secret(args.secret_file.as_deref()).map_err(usage)?.ok_or_else(|| {
         UsageError(format!(
@@ -243,7 +275,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
 
 /// `--gpus` with several slots: one process per slot, each owning its GPU.
 fn gpu_launcher(args: &WorkerArgs, secret: String) -> anyhow::Result<ExitCode> {
-    let count = args.slots.max(args.gpus.len() as u32) as usize;
+    let count = capped(args.slots.max(args.gpus.len() as u32) as usize, &Capacity::of_machine(0), "--slots");
     let spec = Spec {
         exe: std::env::current_exe().context("cannot find the gauntlet binary")?,
         join: args.join.clone(),

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gauntlet::checkpoint::CheckpointStore;
 use gauntlet::cluster::wire::Experiment;
-use gauntlet::config::{Config, ConfigError};
+use gauntlet::config::{Config, ConfigError, ConfigFormat};
 use gauntlet::data::DataError;
 use gauntlet::journal::{self, Event, Journal, JournalError, ReplayError, RunState};
 use gauntlet::run_dir::{RunDir, RunDirError, StatusDoc};
@@ -48,6 +48,9 @@ enum Command {
     Validate {
         /// The config file.
         config: PathBuf,
+        /// Also check that this run directory could be created.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Continue an interrupted run from its journal and checkpoints.
     Resume {
@@ -112,7 +115,7 @@ pub(crate) struct UsageError(pub(crate) String);
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, out, json, cluster } => run_experiment(&config, out, json, &cluster),
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config, out } => validate(&config, out.as_deref()),
         Command::Resume { dir, repair, json, cluster } => resume(&dir, repair, json, &cluster),
         Command::Worker(args) => cluster::worker(args),
         Command::Predict { model, input, output } => predict(&model, &input, output.as_deref()),
@@ -151,8 +154,10 @@ fn predict(model: &Path, input: &Path, output: Option<&Path>) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(path: &Path) -> anyhow::Result<ExitCode> {
+fn validate(path: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
+    trainable::check_space(&config).map_err(|message| model_too_large(path, message))?;
+    check_out(&out.map_or_else(|| default_out(&config), Path::to_owned), out.is_some())?;
     let searched: Vec<&str> = config.space.searched().collect();
     println!(
         "{}: ok: experiment `{}`, {} trials, {:?} search over {} parameter(s) [{}], {:?} scheduler, {} epochs",
@@ -188,6 +193,41 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         print!("{}", table::standings(&doc.trials, &doc.metric, doc.mode, usize::MAX));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn model_too_large(file: &Path, message: String) -> ConfigError {
+    ConfigError::Invalid { file: file.to_owned(), key: "model".into(), message }
+}
+
+/// `runs/<name>-<timestamp>`.
+fn default_out(config: &Config) -> PathBuf {
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+    PathBuf::from("runs").join(format!("{}-{stamp}", config.experiment.name))
+}
+
+/// Refuses a run directory that cannot be one: a file, a path through a
+/// file, or a name longer than file systems hold. `flag`: it came from
+/// `--out` (else from `experiment.name`).
+fn check_out(dir: &Path, flag: bool) -> Result<(), UsageError> {
+    let named = if flag { "--out" } else { "experiment.name (the run directory's name)" };
+    let bad = |why: String| UsageError(format!("{named}: {}: {why}", dir.display()));
+    if dir.as_os_str().is_empty() {
+        return Err(bad("expected a directory path".into()));
+    }
+    if dir.as_os_str().len() > 4000 {
+        return Err(bad(format!("{} bytes long: paths are at most 4095 bytes", dir.as_os_str().len())));
+    }
+    if let Some(long) = dir.components().map(|c| c.as_os_str()).find(|c| c.len() > 255) {
+        return Err(bad(format!(
+            "the name `{}…` is {} bytes long: file systems hold at most 255 bytes a name",
+            long.to_string_lossy().chars().take(20).collect::<String>(),
+            long.len()
+        )));
+    }
+    if let Some(file) = dir.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists() && !a.is_dir()) {
+        return Err(bad(format!("{} is a file, not a directory: expected a run directory", file.display())));
+    }
+    Ok(())
 }
 
 /// Reads a run's journal, saying what a torn tail loses; with `repair`, a
@@ -275,7 +315,7 @@ fn resume(dir: &Path, repair: bool, json: bool, cluster: &cluster::ClusterArgs) 
     let experiment = Experiment {
         name: config.experiment.name.clone(),
         config_text: state.config_text.clone(),
-        yaml: state.yaml,
+        format: state.format,
         config_path: state.config_path.clone(),
         context: ContextSettings::from_config(&config),
     };
@@ -289,10 +329,9 @@ fn run_experiment(
     cluster: &cluster::ClusterArgs,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let dir = out.unwrap_or_else(|| {
-        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-        PathBuf::from("runs").join(format!("{}-{stamp}", config.experiment.name))
-    });
+    let flag = out.is_some();
+    let dir = out.unwrap_or_else(|| default_out(&config));
+    check_out(&dir, flag)?;
     let existing = dir.join(journal::JOURNAL_FILE);
     if existing.exists() && journal::read(&existing).is_ok_and(|c| c.records.is_empty()) {
         // A run that died before recording its config: nothing to keep.
@@ -309,8 +348,12 @@ fn run_experiment(
     // Bad data is bad input too: find out before a run directory appears.
     let started = Instant::now();
     let data = trainable::from_config(&config)?;
+    data.check_space(&config.space).map_err(|message| model_too_large(config_path, message))?;
     let loaded = started.elapsed();
-    let run_dir = RunDir::create(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    let run_dir = RunDir::create(&dir).map_err(|e| {
+        let named = if flag { "--out" } else { "the run directory" };
+        UsageError(format!("{named}: cannot create {}: {e}", dir.display()))
+    })?;
     run_dir.save_config(config_path).context("cannot copy the config into the run directory")?;
     let _log = init_logging(&run_dir, false)?;
     install_panic_hook();
@@ -320,11 +363,12 @@ fn run_experiment(
     let config_path_abs = std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_owned());
     let config_text =
         std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let yaml = config_path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    let format = ConfigFormat::of(config_path);
+    let yaml = format == ConfigFormat::Yaml;
     let experiment = Experiment {
         name: config.experiment.name.clone(),
         config_text: config_text.clone(),
-        yaml,
+        format,
         config_path: config_path_abs.clone(),
         context: ContextSettings::from_config(&config),
     };
@@ -349,6 +393,7 @@ fn execute(
         progress::Progress::new(config.experiment.max_trials, &config.experiment.metric, config.experiment.mode);
     progress.advance(done as u64);
     let observer = progress.clone();
+    let data_bytes = trainable.resident_bytes();
     let mut sweep = Sweep::from_config_shared(config, trainable)
         .run_dir(run_dir.clone())
         .journal(journal)
@@ -360,23 +405,50 @@ fn execute(
     let e = &config.experiment;
     let log_dir = run_dir.root().join("workers");
     let summary = runtime.block_on(async {
-        let coordinator =
-            cluster::Coordinator::start(cluster, experiment, e.slots(), e.gpus_per_trial, e.threads_per_trial, log_dir)
-                .await?;
+        let coordinator = cluster::Coordinator::start(
+            cluster,
+            experiment,
+            e.slots(),
+            e.gpus_per_trial,
+            e.threads_per_trial,
+            log_dir,
+            data_bytes,
+        )
+        .await?;
         let summary = sweep.workers(coordinator.pool.clone()).run_until(shutdown_signal()).await;
         coordinator.shutdown().await;
         anyhow::Ok(summary?)
     })?;
     progress.finish();
     report(&summary, &run_dir, json)?;
-    Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+    Ok(if summary.interrupted {
+        ExitCode::from(130)
+    } else if summary.failed() {
+        use gauntlet::TrialStatus::*;
+        let where_ = if json { "`failures` in the JSON" } else { "the reasons above" };
+        eprintln!(
+            "error: the sweep failed: {} of {} trials failed{} (exit code {FAILED_SWEEP}); see {where_}",
+            summary.count(Failed),
+            summary.standings.len(),
+            if summary.count(Completed) + summary.count(Pruned) == 0 { ", none gave a result" } else { "" }
+        );
+        ExitCode::from(FAILED_SWEEP)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
+/// The exit code of a sweep that ran but failed (see [`Summary::failed`]).
+const FAILED_SWEEP: u8 = 4;
+
 fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()> {
+    let failures = summary.failures();
     if json {
         let out = serde_json::json!({
             "dir": run_dir.root(),
             "interrupted": summary.interrupted,
+            "failed": summary.failed(),
+            "failures": failures,
             "elapsed_s": summary.elapsed.as_secs_f64(),
             "metric": summary.metric,
             "best": summary.best(),
@@ -397,6 +469,12 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
         if summary.interrupted { format!(", {} paused (interrupted)", summary.count(Paused)) } else { String::new() },
     );
     print!("{}", table::standings(&summary.standings, &summary.metric, summary.mode, 10));
+    if !failures.is_empty() {
+        println!("\nwhy trials failed:");
+        for f in &failures {
+            println!("  {:>5} x {} (first: trial {})", f.count, one_line(&f.error, 300), f.first_trial);
+        }
+    }
     match rank(&summary.standings, summary.mode).first() {
         Some(best) => {
             // best/ holds the best checkpoint, which may be of another epoch
@@ -426,6 +504,15 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
         println!("interrupted: continue with `gauntlet resume {}`", run_dir.root().display());
     }
     Ok(())
+}
+
+/// The first line of `text`, at most `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or("");
+    match line.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,8 +1,13 @@
 //! Local workers: the worker processes a coordinator spawns itself, one per
 //! slot, with `std::process::Command` (never a bare fork: libtorch may be
-//! running). A thread watches them, tells the pool how each one ended (a
-//! crash signal counts against the trial it ran, a kill does not), and
-//! starts a new one in its place until the sweep ends.
+//! running). A thread starts and watches them, tells the pool how each one
+//! ended (a crash signal counts against the trial it ran, a kill does not),
+//! and starts a new one in its place until the sweep ends.
+//!
+//! How many a machine holds is [`Capacity`]'s rule. Each worker gets
+//! SIGHUP from the kernel when that thread (so, the coordinator) dies,
+//! however it dies (`PR_SET_PDEATHSIG`): it then kills its trials' programs
+//! and exits at once, without waiting for a missed heartbeat.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -56,6 +61,84 @@ pub(crate) fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// What one local worker costs in memory besides its data set: libtorch
+/// loaded and a small model training. An idle worker measures about 400 MiB
+/// resident, half of it library pages shared with every other worker, and
+/// 200 MiB of its own (see README, "Resource bounds").
+pub const WORKER_BASE_BYTES: u64 = 256 << 20;
+
+/// Local workers per core at most: more only queue for the CPU (trials
+/// that wait on I/O or sleep can use a few per core; training cannot).
+pub const WORKERS_PER_CORE: usize = 8;
+
+/// How many local worker processes this machine holds: at most
+/// [`WORKERS_PER_CORE`] per core, and no more than the memory available
+/// now (`MemAvailable`, or what the cgroup still allows) divided by what
+/// one worker holds ([`WORKER_BASE_BYTES`] plus twice its data set: it
+/// holds the data twice for a moment while it splits it). Never fewer
+/// than one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capacity {
+    /// Cores this process may use.
+    pub cores: usize,
+    /// Memory available, in bytes, when it could be read.
+    pub available: Option<u64>,
+    /// What one worker holds, in bytes.
+    pub per_worker: u64,
+    /// Local workers at most.
+    pub limit: usize,
+}
+
+impl Capacity {
+    /// The capacity of this machine for workers that each hold `data_bytes` of data.
+    pub fn of_machine(data_bytes: u64) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::rule(cores, available_memory(), data_bytes)
+    }
+
+    /// The rule itself.
+    pub fn rule(cores: usize, available: Option<u64>, data_bytes: u64) -> Self {
+        let per_worker = WORKER_BASE_BYTES.saturating_add(data_bytes.saturating_mul(2));
+        let by_cores = cores.max(1) * WORKERS_PER_CORE;
+        let by_memory = available.map_or(usize::MAX, |a| usize::try_from(a / per_worker).unwrap_or(usize::MAX));
+        Capacity { cores, available, per_worker, limit: by_cores.min(by_memory).max(1) }
+    }
+
+    /// The rule in words, with this machine's numbers.
+    pub fn explain(&self) -> String {
+        let mib = |b: u64| b >> 20;
+        let memory = match self.available {
+            Some(a) => format!("{} MiB available / {} MiB a worker", mib(a), mib(self.per_worker)),
+            None => "memory unknown".into(),
+        };
+        format!("{WORKERS_PER_CORE} a core x {} cores, and {memory}", self.cores)
+    }
+}
+
+/// Memory this process could still use: `MemAvailable`, or less when a
+/// cgroup (v2) limits it.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let mut available = kib * 1024;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok();
+    if let Some(path) = cgroup.as_deref().and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::"))) {
+        let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok()?.trim().parse::<u64>().ok();
+        if let (Some(max), Some(current)) = (read("memory.max"), read("memory.current")) {
+            available = available.min(max.saturating_sub(current));
+        }
+    }
+    Some(available)
+}
+
 /// How to start one local worker.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -100,30 +183,60 @@ struct Slot {
 impl LocalWorkers {
     /// Starts `count` workers and the thread that watches them; `on_exit`
     /// hears of every worker that ends.
+    ///
+    /// The watcher thread spawns them all: a worker's parent-death signal
+    /// follows the thread that spawned it, and this one lives as long as
+    /// the workers are wanted.
     pub fn start(spec: Spec, count: usize, on_exit: impl Fn(Exit) + Send + 'static) -> std::io::Result<Self> {
         std::fs::create_dir_all(&spec.log_dir)?;
-        let mut slots = Vec::with_capacity(count);
-        for index in 0..count {
-            let child = spawn(&spec, index)?;
-            slots.push(Slot {
-                index,
-                done: false,
-                child: Some(child),
-                started: Instant::now(),
-                quick_deaths: 0,
-                next_start: Instant::now(),
-            });
-        }
         let stop = Arc::new(AtomicBool::new(false));
         let grace_ms = Arc::new(AtomicU64::new(2000));
-        let live = Arc::new(Mutex::new(slots.iter().filter_map(|s| s.child.as_ref().map(Child::id)).collect()));
+        let live = Arc::new(Mutex::new(Vec::new()));
         let respawn = Arc::new(AtomicBool::new(true));
         let control =
             Control { stop: stop.clone(), respawn: respawn.clone(), grace: grace_ms.clone(), live: live.clone() };
-        let watcher = std::thread::Builder::new()
-            .name("gauntlet-local-workers".into())
-            .spawn(move || watch(spec, slots, control, on_exit))?;
-        Ok(LocalWorkers { stop, respawn, grace_ms, live, watcher: Some(watcher) })
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let watcher = std::thread::Builder::new().name("gauntlet-local-workers".into()).spawn(move || {
+            let mut slots = Vec::with_capacity(count);
+            for index in 0..count {
+                match spawn(&spec, index) {
+                    Ok(child) => slots.push(Slot {
+                        index,
+                        done: false,
+                        child: Some(child),
+                        started: Instant::now(),
+                        quick_deaths: 0,
+                        next_start: Instant::now(),
+                    }),
+                    Err(e) => {
+                        for slot in &mut slots {
+                            if let Some(mut child) = slot.child.take() {
+                                let _ = child.kill();
+                                let _ = child.wait();
+                            }
+                        }
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if let Ok(mut l) = control.live.lock() {
+                *l = slots.iter().filter_map(|s| s.child.as_ref().map(Child::id)).collect();
+            }
+            let _ = started_tx.send(Ok(()));
+            watch(spec, slots, control, on_exit)
+        })?;
+        match started.recv() {
+            Ok(Ok(())) => Ok(LocalWorkers { stop, respawn, grace_ms, live, watcher: Some(watcher) }),
+            Ok(Err(e)) => {
+                let _ = watcher.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = watcher.join();
+                Err(std::io::Error::other("the thread starting local workers died"))
+            }
+        }
     }
 
     /// Replaces no more workers (the sweep is ending).
@@ -188,6 +301,18 @@ fn spawn(spec: &Spec, index: usize) -> std::io::Result<Child> {
         .process_group(0);
     if let Some(gpus) = spec.gpus.get(index).cloned().flatten() {
         cmd.env("CUDA_VISIBLE_DEVICES", gpus);
+    }
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe, and the closure
+    // allocates nothing. The worker gets SIGHUP when this thread dies; a
+    // parent that died before prctl took effect is seen by getppid.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGHUP) != 0 || libc::getppid() != parent {
+                return Err(std::io::Error::other("the coordinator is gone"));
+            }
+            Ok(())
+        });
     }
     let child = cmd.spawn()?;
     tracing::info!(worker = index, pid = child.id(), "local worker started");
@@ -279,4 +404,24 @@ fn reap(slot: &mut Slot, replace_clean_exits: bool, on_exit: &impl Fn(Exit)) {
     let delay = Duration::from_millis(100u64 << slot.quick_deaths.min(7));
     slot.next_start = Instant::now() + delay;
     on_exit(exit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_is_the_smaller_of_cores_and_memory() {
+        let gib = 1u64 << 30;
+        // 2 cores, 24 GiB: the cores bound.
+        assert_eq!(Capacity::rule(2, Some(24 * gib), 0).limit, 2 * WORKERS_PER_CORE);
+        // 2 cores, 2 GiB, 200 MiB of data a worker: the memory bound.
+        let c = Capacity::rule(2, Some(2 * gib), 100 << 20);
+        assert_eq!(c.limit, (2 * gib / (WORKER_BASE_BYTES + (200 << 20))) as usize);
+        assert!(c.explain().contains("2048 MiB available / 456 MiB a worker"), "{}", c.explain());
+        // Never none, and no memory figure means the cores decide.
+        assert_eq!(Capacity::rule(4, Some(1 << 20), 0).limit, 1);
+        assert_eq!(Capacity::rule(1, None, 0).limit, WORKERS_PER_CORE);
+        assert!(available_memory().is_some_and(|a| a > 0), "this machine's memory is readable");
+    }
 }

@@ -8,13 +8,13 @@ use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
-use crate::config::Params;
+use crate::config::{ConfigFormat, Params};
 use crate::schedule::Decision;
 use crate::trainable::ContextSettings;
 use crate::trial::{AttemptEnd, Report, TrialId};
 
 /// Bumped when a message changes shape; a worker of another protocol is refused.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// The process group the coordinator's worker pool joins.
 pub const POOL_GROUP: &str = "gauntlet.pool";
@@ -41,8 +41,8 @@ pub struct Experiment {
     pub name: String,
     /// The config file's text, as the run recorded it.
     pub config_text: String,
-    /// Whether the text is YAML.
-    pub yaml: bool,
+    /// How the text is written.
+    pub format: ConfigFormat,
     /// Where the config file was on the coordinator: relative data paths
     /// are resolved against it.
     pub config_path: PathBuf,

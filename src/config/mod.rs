@@ -42,6 +42,48 @@ impl ConfigError {
     }
 }
 
+/// The largest config file read (a config is a few hundred bytes; this
+/// keeps a wrong path, say a data file, from being read whole).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The longest experiment name: it names the run directory
+/// (`runs/<name>-<timestamp>`), and file systems hold 255 bytes a name.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// The most trials one experiment may ask for.
+pub const MAX_TRIALS: u32 = 1_000_000;
+
+/// The most slots one experiment may use at once (each is a thread or a
+/// worker's slot).
+pub const MAX_CONCURRENCY: u32 = 1024;
+
+/// The most libtorch threads one trial may ask for.
+pub const MAX_THREADS_PER_TRIAL: u32 = 256;
+
+/// How a config file is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigFormat {
+    /// TOML (any other extension).
+    #[default]
+    Toml,
+    /// YAML (`.yaml`, `.yml`).
+    Yaml,
+    /// JSON (`.json`), as the daemon's API takes it.
+    Json,
+}
+
+impl ConfigFormat {
+    /// The format a file's extension says.
+    pub fn of(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => ConfigFormat::Yaml,
+            Some("json") => ConfigFormat::Json,
+            _ => ConfigFormat::Toml,
+        }
+    }
+}
+
 /// A validated experiment: every section resolved, defaults filled in.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -223,6 +265,9 @@ pub struct ModelProgram {
     /// command: the directory it runs in (the config file's).
     pub workdir: Option<PathBuf>,
 }
+
+/// The most values a grid dimension may have (`search.grid_points`).
+pub const MAX_GRID_POINTS: u32 = 1000;
 
 /// Default seconds a pruned program has to exit after SIGTERM.
 pub const DEFAULT_GRACE_SECONDS: f64 = 5.0;
@@ -484,26 +529,41 @@ const TRAIN_FIELDS: &[Field] = &[
 pub const MLP_METRICS: &[&str] = &["val_accuracy", "val_loss", "train_loss"];
 
 impl Config {
-    /// Reads and validates a config file; YAML for `.yaml`/`.yml`, TOML otherwise.
+    /// Reads and validates a config file: YAML for `.yaml`/`.yml`, JSON
+    /// for `.json`, TOML otherwise.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
-        let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
-        let mut config = Self::parse(&text, yaml, path)?;
+        let text = read_text(path)?;
+        let mut config = Self::parse(&text, ConfigFormat::of(path), path)?;
         config.resolve_paths(path);
         config.check_files(path)?;
         Ok(config)
     }
 
     /// Parses and validates config text; `file` is only used in messages.
-    pub fn parse(text: &str, yaml: bool, file: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = if yaml {
-            let de = serde_norway::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| path_error(file, e))?
-        } else {
-            let de = toml::Deserializer::parse(text)
-                .map_err(|e| ConfigError::invalid(file, "(document)", e.to_string().trim_end()))?;
-            serde_path_to_error::deserialize(de).map_err(|e| path_error(file, e))?
+    pub fn parse(text: &str, format: ConfigFormat, file: &Path) -> Result<Config, ConfigError> {
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::invalid(
+                file,
+                "(document)",
+                format!("{} bytes: a config is at most {MAX_CONFIG_BYTES} bytes", text.len()),
+            ));
+        }
+        let raw: RawConfig = match format {
+            ConfigFormat::Yaml => {
+                let de = serde_norway::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de).map_err(|e| path_error(file, e))?
+            }
+            ConfigFormat::Json => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                let raw = serde_path_to_error::deserialize(&mut de).map_err(|e| path_error(file, e))?;
+                de.end().map_err(|e| ConfigError::invalid(file, "(document)", e.to_string()))?;
+                raw
+            }
+            ConfigFormat::Toml => {
+                let de = toml::Deserializer::parse(text)
+                    .map_err(|e| ConfigError::invalid(file, "(document)", e.to_string().trim_end()))?;
+                serde_path_to_error::deserialize(de).map_err(|e| path_error(file, e))?
+            }
         };
         Self::validate(raw, file)
     }
@@ -520,14 +580,36 @@ impl Config {
                 format!("`{c}` is not allowed: the name names a directory; use letters, digits, '-', '_' and '.'"),
             ));
         }
+        if e.name.len() > MAX_NAME_LEN {
+            return Err(bad(
+                "experiment.name",
+                format!(
+                    "{} bytes long: the name names the run directory, and file systems hold 255 bytes a name; \
+                     use at most {MAX_NAME_LEN}",
+                    e.name.len()
+                ),
+            ));
+        }
         if e.max_trials == 0 {
             return Err(bad("experiment.max_trials", "expected at least 1".into()));
         }
-        if e.concurrency == Some(0) {
-            return Err(bad("experiment.concurrency", "expected at least 1".into()));
+        if e.max_trials > MAX_TRIALS {
+            return Err(bad("experiment.max_trials", format!("expected at most {MAX_TRIALS}, got {}", e.max_trials)));
         }
-        if e.threads_per_trial == 0 {
-            return Err(bad("experiment.threads_per_trial", "expected at least 1".into()));
+        if let Some(c) = e.concurrency.filter(|c| !(1..=MAX_CONCURRENCY).contains(c)) {
+            return Err(bad(
+                "experiment.concurrency",
+                format!(
+                    "expected 1 to {MAX_CONCURRENCY}, got {c} (local worker processes are capped further by the \
+                     machine; see README, \"Resource bounds\")"
+                ),
+            ));
+        }
+        if !(1..=MAX_THREADS_PER_TRIAL).contains(&e.threads_per_trial) {
+            return Err(bad(
+                "experiment.threads_per_trial",
+                format!("expected 1 to {MAX_THREADS_PER_TRIAL}, got {}", e.threads_per_trial),
+            ));
         }
         if e.gpus_per_trial == 0 || e.gpus_per_trial > 64 {
             return Err(bad("experiment.gpus_per_trial", format!("expected 1 to 64, got {}", e.gpus_per_trial)));
@@ -639,8 +721,11 @@ impl Config {
             fill_section(&mut space, "train", train, TRAIN_FIELDS, file)?;
         }
 
-        if raw.search.grid_points == 0 {
-            return Err(bad("search.grid_points", "expected at least 1".into()));
+        if !(1..=MAX_GRID_POINTS).contains(&raw.search.grid_points) {
+            return Err(bad(
+                "search.grid_points",
+                format!("expected 1 to {MAX_GRID_POINTS}, got {}", raw.search.grid_points),
+            ));
         }
         let s = &raw.scheduler;
         if s.grace_epochs == 0 || s.grace_epochs > max_epochs {
@@ -652,8 +737,14 @@ impl Config {
         if s.reduction_factor < 2 {
             return Err(bad("scheduler.reduction_factor", format!("expected at least 2, got {}", s.reduction_factor)));
         }
-        if raw.fault.keep_checkpoints == 0 {
-            return Err(bad("fault.keep_checkpoints", "expected at least 1".into()));
+        if !(1..=1000).contains(&raw.fault.keep_checkpoints) {
+            return Err(bad(
+                "fault.keep_checkpoints",
+                format!("expected 1 to 1000, got {}", raw.fault.keep_checkpoints),
+            ));
+        }
+        if raw.fault.max_restarts > 1000 {
+            return Err(bad("fault.max_restarts", format!("expected 0 to 1000, got {}", raw.fault.max_restarts)));
         }
         if raw.fault.checkpoint_every == 0 {
             return Err(bad("fault.checkpoint_every", "expected at least 1 (epochs)".into()));
@@ -704,6 +795,10 @@ impl Config {
 
     /// Checks that the files the config names exist, before anything runs.
     pub fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
+        if let Some(program) = self.program.command.first() {
+            let workdir = self.program.workdir.as_deref().unwrap_or(Path::new("."));
+            find_program(program, workdir).map_err(|m| ConfigError::invalid(file, "model.command", m))?;
+        }
         if let Some(m) = self.program.module.as_ref().filter(|m| !m.is_file()) {
             return Err(ConfigError::invalid(
                 file,
@@ -761,6 +856,57 @@ impl Config {
     /// The directory holding the data files.
     pub fn data_dir(&self) -> PathBuf {
         self.data.path.clone().unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR))
+    }
+}
+
+/// Where the program of `model.command` is: a path with a `/` is taken in
+/// the directory it runs in (the config file's), a bare name on `PATH`,
+/// as `execvp` would.
+fn find_program(program: &str, workdir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let path = workdir.join(program);
+        return if runnable(&path) {
+            Ok(path)
+        } else if path.exists() {
+            Err(format!("{} is not an executable file (chmod +x it, or name its interpreter first)", path.display()))
+        } else {
+            Err(format!("`{program}`: {} does not exist", path.display()))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| runnable(p)).ok_or_else(|| {
+        format!(
+            "`{program}` is not found on PATH ({}); install it, or give its path",
+            std::env::var("PATH").unwrap_or_default()
+        )
+    })
+}
+
+/// Reads a config file, refusing one larger than [`MAX_CONFIG_BYTES`]
+/// before reading it.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_err = |source| ConfigError::Read { file: path.to_owned(), source };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if meta.is_dir() {
+        return Err(ConfigError::invalid(path, "(document)", "is a directory: expected a config file"));
+    }
+    let mut text = String::new();
+    let read = file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text);
+    match read {
+        Ok(n) if n as u64 > MAX_CONFIG_BYTES => Err(ConfigError::invalid(
+            path,
+            "(document)",
+            format!("larger than {MAX_CONFIG_BYTES} bytes: expected a config file (TOML, YAML or JSON)"),
+        )),
+        Ok(_) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(ConfigError::invalid(path, "(document)", "not UTF-8 text: expected a config file (TOML, YAML or JSON)"))
+        }
+        Err(e) => Err(read_err(e)),
     }
 }
 
@@ -978,7 +1124,7 @@ max_epochs = 3
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, false, Path::new("t.toml"))
+        Config::parse(text, ConfigFormat::Toml, Path::new("t.toml"))
     }
 
     #[test]
@@ -1011,7 +1157,51 @@ max_epochs = 3
     #[test]
     fn yaml_reads_the_same_keys() {
         let yaml = "experiment: {name: t}\ndata: {source: synthetic}\nmodel: {kind: mlp, dropout: {uniform: [0.0, 0.5]}}\ntrain: {max_epochs: 2}\n";
-        let c = Config::parse(yaml, true, Path::new("t.yaml")).unwrap();
+        let c = Config::parse(yaml, ConfigFormat::Yaml, Path::new("t.yaml")).unwrap();
         assert_eq!(c.space.searched().collect::<Vec<_>>(), ["dropout"]);
+    }
+
+    #[test]
+    fn json_reads_the_same_keys_and_names_them_in_errors() {
+        let json = r#"{"experiment": {"name": "t", "max_trials": 4}, "data": {"source": "synthetic"},
+            "model": {"kind": "mlp", "hidden_units": {"int": [8, 64], "log": true}},
+            "train": {"lr": {"loguniform": [1e-4, 1e-1]}, "max_epochs": 2}}"#;
+        let c = Config::parse(json, ConfigFormat::Json, Path::new("t.json")).unwrap();
+        assert_eq!(c.space.searched().collect::<Vec<_>>(), ["hidden_units", "lr"]);
+        assert_eq!(c.experiment.max_trials, 4);
+        let bad = json.replace(r#""max_trials": 4"#, r#""max_trials": "four""#);
+        match Config::parse(&bad, ConfigFormat::Json, Path::new("t.json")) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "experiment.max_trials"),
+            other => panic!("expected an error at experiment.max_trials, got {other:?}"),
+        }
+        let trailing = format!("{json} x");
+        assert!(Config::parse(&trailing, ConfigFormat::Json, Path::new("t.json")).is_err());
+        assert_eq!(ConfigFormat::of(Path::new("a/b.json")), ConfigFormat::Json);
+        assert_eq!(ConfigFormat::of(Path::new("b.yml")), ConfigFormat::Yaml);
+        assert_eq!(ConfigFormat::of(Path::new("b.conf")), ConfigFormat::Toml);
+    }
+
+    #[test]
+    fn counts_that_become_processes_threads_or_loops_are_bounded() {
+        let cases = [
+            ("name = \"t\"", "name = \"t\"\nconcurrency = 100000", "experiment.concurrency"),
+            ("name = \"t\"", "name = \"t\"\nthreads_per_trial = 100000", "experiment.threads_per_trial"),
+            ("name = \"t\"", "name = \"t\"\nmax_trials = 4000000000", "experiment.max_trials"),
+            ("max_epochs = 3", "max_epochs = 3\n[search]\ngrid_points = 4000000000", "search.grid_points"),
+        ];
+        for (from, to, key) in cases {
+            match parse(&GOOD.replace(from, to)) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("expected an error at {key}, got {other:?}"),
+            }
+        }
+        let long = format!("name = \"{}\"", "n".repeat(MAX_NAME_LEN + 1));
+        match parse(&GOOD.replace("name = \"t\"", &long)) {
+            Err(ConfigError::Invalid { key, message, .. }) => {
+                assert_eq!(key, "experiment.name");
+                assert!(message.contains("255 bytes"), "{message}");
+            }
+            other => panic!("expected an error at experiment.name, got {other:?}"),
+        }
     }
 }

@@ -1,11 +1,16 @@
 //! The IDX format of (Fashion-)MNIST: a magic number giving the element type
 //! and the number of dimensions, the dimensions as big-endian u32, then the
 //! data. Gzipped files (`.gz`) are read through flate2.
+//!
+//! The header is read first and what it declares is checked before any
+//! data is held: against [`super::MAX_VALUES`], against the bytes the file
+//! has (or, gzipped, the most deflate can inflate them to), and while the
+//! data is read, against inflating past it.
 
-use std::io::Read;
+use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
-use super::DataError;
+use super::{read_full, DataError, MAX_VALUES};
 
 /// An IDX file of unsigned bytes.
 #[derive(Debug, Clone)]
@@ -18,23 +23,67 @@ pub struct Idx {
     pub header_len: usize,
 }
 
+/// The most deflate inflates a byte to (its format's limit is about 1032:1).
+const MAX_INFLATION: u64 = 1032;
+
 /// Reads an IDX file of unsigned bytes, gzipped or not.
 pub fn read_idx(path: &Path) -> Result<Idx, DataError> {
     let err = |offset: Option<u64>, message: String| DataError { file: path.to_owned(), offset, message };
-    let raw = std::fs::read(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| err(None, format!("not a valid gzip file: {e}")))?;
-        out
+    let cannot = |e: std::io::Error| err(None, format!("cannot read: {e}"));
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let on_disk = file.metadata().map_err(cannot)?.len();
+    let mut magic = [0u8; 2];
+    let gzipped = file.read(&mut magic).map_err(cannot)? == 2 && magic == [0x1f, 0x8b];
+    file.rewind().map_err(cannot)?;
+    let reader: Box<dyn Read> = if gzipped {
+        Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
     } else {
-        raw
+        Box::new(BufReader::new(file))
     };
-    parse_idx(&bytes).map_err(|(offset, message)| err(Some(offset), message))
+    let gz_err = |e: std::io::Error| err(None, format!("not a valid gzip file: {e}"));
+    let mut reader = reader.take(u64::MAX);
+    let mut head = [0u8; 4];
+    let got = read_full(&mut reader, &mut head).map_err(gz_err)?;
+    let ndims = usize::from(head[3]);
+    let mut header = head[..got].to_vec();
+    if got == 4 {
+        header.resize(4 + 4 * ndims, 0);
+        let more = read_full(&mut reader, &mut header[4..]).map_err(gz_err)?;
+        header.truncate(4 + more);
+    }
+    let (dims, header_len, expected) = parse_header(&header).map_err(|(o, m)| err(Some(o), m))?;
+    let within = if gzipped { on_disk.saturating_mul(MAX_INFLATION) } else { on_disk - header_len as u64 };
+    if expected as u64 > within {
+        let holds = if gzipped {
+            format!("a gzipped file of {on_disk} bytes inflates to at most {within}")
+        } else {
+            format!("the file has {within} data bytes")
+        };
+        return Err(err(
+            Some((header_len as u64).min(on_disk)),
+            format!("dimensions {dims:?} declare {expected} data bytes, but {holds}"),
+        ));
+    }
+    // One more than declared, to notice data past the end.
+    reader.set_limit(expected as u64 + 1);
+    // The size is known: no doubling (a plain file holds it; a gzipped one
+    // may still lie, so it grows from what its size makes likely).
+    let likely = if gzipped { expected.min(on_disk.saturating_mul(8) as usize) } else { expected };
+    let mut data = Vec::with_capacity(likely + usize::from(!gzipped));
+    reader.read_to_end(&mut data).map_err(gz_err)?;
+    if data.len() != expected {
+        let found = if data.len() > expected { "more".to_owned() } else { data.len().to_string() };
+        return Err(err(
+            Some((header_len + data.len().min(expected)) as u64),
+            format!("expected {expected} data bytes for dimensions {dims:?}, found {found}"),
+        ));
+    }
+    Ok(Idx { dims, data, header_len })
 }
 
-fn parse_idx(bytes: &[u8]) -> Result<Idx, (u64, String)> {
+/// The dimensions, the header's length and the data bytes it declares,
+/// from the header's bytes (all of it, or as much as the file has).
+fn parse_header(bytes: &[u8]) -> Result<(Vec<usize>, usize, usize), (u64, String)> {
     if bytes.len() < 4 {
         return Err((0, format!("file is {} bytes: expected a 4-byte IDX magic number", bytes.len())));
     }
@@ -55,7 +104,15 @@ fn parse_idx(bytes: &[u8]) -> Result<Idx, (u64, String)> {
     let dims: Vec<usize> =
         bytes[4..header_len].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     let expected =
-        dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or((4, "dimensions overflow".to_string()))?;
+        dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= MAX_VALUES).ok_or_else(|| {
+            (4, format!("dimensions {dims:?} declare more than {MAX_VALUES} values, the most a data set may have"))
+        })?;
+    Ok((dims, header_len, expected))
+}
+
+#[cfg(test)]
+fn parse_idx(bytes: &[u8]) -> Result<Idx, (u64, String)> {
+    let (dims, header_len, expected) = parse_header(bytes)?;
     let have = bytes.len() - header_len;
     if have != expected {
         return Err((
@@ -68,6 +125,8 @@ fn parse_idx(bytes: &[u8]) -> Result<Idx, (u64, String)> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -91,5 +150,42 @@ mod tests {
         assert_eq!(parse_idx(&idx(&[2, 3], &[1, 2, 3])).unwrap_err().0, 15);
         assert_eq!(parse_idx(&[0, 0, 9, 1]).unwrap_err().0, 2);
         assert_eq!(parse_idx(&[1]).unwrap_err().0, 0);
+    }
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn declared_sizes_are_checked_before_reading_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        // 60000 x 60000 x 60000 bytes: an overflow of any sane bound.
+        let huge = dir.path().join("huge.idx");
+        std::fs::write(&huge, idx(&[60000, 60000, 60000], &[0; 16])).unwrap();
+        let e = read_idx(&huge).unwrap_err();
+        assert_eq!(e.offset, Some(4));
+        assert!(e.message.contains("more than"), "{e}");
+        // 30000 x 30000 = 9e8 values declared by a 24-byte file.
+        let lying = dir.path().join("lying.idx");
+        std::fs::write(&lying, idx(&[30000, 30000], &[0; 12])).unwrap();
+        let e = read_idx(&lying).unwrap_err();
+        assert!(e.message.contains("the file has 12 data bytes"), "{e}");
+        // The same, gzipped: a few dozen bytes cannot inflate to 9e8.
+        let lying_gz = dir.path().join("lying.idx.gz");
+        std::fs::write(&lying_gz, gz(&idx(&[30000, 30000], &[0; 12]))).unwrap();
+        let e = read_idx(&lying_gz).unwrap_err();
+        assert!(e.message.contains("inflates to at most"), "{e}");
+        // A gzipped file that inflates past what its header declares.
+        let bomb = dir.path().join("bomb.idx.gz");
+        std::fs::write(&bomb, gz(&idx(&[2, 2], &vec![0; 1 << 20]))).unwrap();
+        let e = read_idx(&bomb).unwrap_err();
+        assert!(e.message.contains("found more"), "{e}");
+        assert_eq!(e.offset, Some(16));
+        // And a good gzipped file reads.
+        let good = dir.path().join("good.idx.gz");
+        std::fs::write(&good, gz(&idx(&[2, 2], &[1, 2, 3, 4]))).unwrap();
+        assert_eq!(read_idx(&good).unwrap().data, [1, 2, 3, 4]);
     }
 }

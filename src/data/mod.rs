@@ -18,6 +18,15 @@ use crate::config::{Config, DataSource};
 pub use idx::read_idx;
 pub use npy::read_samples as read_npy;
 
+/// The most values (samples x features) a data set may have: each is held
+/// as a 4-byte float, so 4 GiB, in the coordinator and in every worker.
+/// Every size a data file declares is checked against this, and against
+/// what the file can hold, before anything is allocated.
+pub const MAX_VALUES: usize = 1 << 30;
+
+/// The most classes a data set may have (the largest label plus one).
+pub const MAX_CLASSES: usize = 65_536;
+
 /// The Fashion-MNIST training files Gauntlet reads.
 pub const FASHION_FILES: [&str; 2] = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"];
 
@@ -113,6 +122,16 @@ impl Standardization {
         Standardization { mean: mean.iter().map(|&m| m as f32).collect(), std }
     }
 
+    /// Standardises rows of features where they are.
+    pub fn apply_in_place(&self, x: &mut [f32]) {
+        let features = self.mean.len().max(1);
+        for row in x.chunks_exact_mut(features) {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (*v - self.mean[j]) / self.std[j];
+            }
+        }
+    }
+
     /// Standardises rows of features.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
         let features = self.mean.len();
@@ -123,6 +142,12 @@ impl Standardization {
 }
 
 impl Dataset {
+    /// The bytes its samples and labels take.
+    pub fn bytes(&self) -> u64 {
+        let split = |s: &Split| (s.x.len() * 4 + s.y.len() * 8) as u64;
+        split(&self.train) + split(&self.validation)
+    }
+
     /// Loads what `[data]` describes.
     pub fn load(config: &Config) -> Result<Dataset, DataError> {
         let d = &config.data;
@@ -130,7 +155,7 @@ impl Dataset {
         let (x, y, dims, classes, names) = match d.source {
             DataSource::Synthetic => {
                 let (x, y) = synthetic::generate(d.samples, d.features, d.classes, d.seed);
-                (x, y, vec![d.features], d.classes, None)
+                (Values::Floats(x), y, vec![d.features], d.classes, None)
             }
             DataSource::FashionMnist => {
                 let dir = config.data_dir();
@@ -159,8 +184,22 @@ impl Dataset {
                 let path = d.path.clone().unwrap_or_default();
                 let t = tabular::read_csv(&path, d.label.as_deref().unwrap_or_default())?;
                 feature_names = Some(t.feature_names);
-                let classes = t.class_names.as_ref().map_or_else(|| classes_of(&t.y, &path), |n| Ok(n.len()))?;
-                (t.x, t.y, vec![t.features], classes, t.class_names)
+                let classes = match &t.class_names {
+                    Some(names) if names.len() > MAX_CLASSES => {
+                        return Err(DataError {
+                            file: path,
+                            offset: None,
+                            message: format!(
+                                "column `{}` has {} distinct labels: expected at most {MAX_CLASSES} classes",
+                                d.label.as_deref().unwrap_or_default(),
+                                names.len()
+                            ),
+                        })
+                    }
+                    Some(names) => names.len(),
+                    None => classes_of(&t.y, &path)?,
+                };
+                (Values::Floats(t.x), t.y, vec![t.features], classes, t.class_names)
             }
         };
         let features = dims.iter().product::<usize>().max(1);
@@ -172,7 +211,7 @@ impl Dataset {
                 message: format!("{} samples: expected at least 2 (one to train on, one to validate)", y.len()),
             });
         }
-        let mut data = Self::split(x, y, features, classes, names, d.validation_fraction, d.max_samples, d.seed);
+        let mut data = Self::split_values(x, y, features, classes, names, d.validation_fraction, d.max_samples, d.seed);
         data.feature_names = feature_names;
         data.shape = match dims[..] {
             [h, w] => Some(vec![1, h, w]),
@@ -181,8 +220,12 @@ impl Dataset {
         };
         if d.standardize {
             let s = Standardization::of(&data.train, features);
-            data.train.x = s.apply(&data.train.x).into();
-            data.validation.x = s.apply(&data.validation.x).into();
+            for split in [&mut data.train, &mut data.validation] {
+                match Arc::get_mut(&mut split.x) {
+                    Some(x) => s.apply_in_place(x),
+                    None => split.x = s.apply(&split.x).into(),
+                }
+            }
             data.standardization = Some(s);
         }
         Ok(data)
@@ -200,14 +243,30 @@ impl Dataset {
         max_samples: Option<usize>,
         seed: u64,
     ) -> Dataset {
+        let x = Values::Floats(x);
+        Self::split_values(x, y, features, classes, class_names, validation_fraction, max_samples, seed)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn split_values(
+        x: Values,
+        y: Vec<i64>,
+        features: usize,
+        classes: usize,
+        class_names: Option<Vec<String>>,
+        validation_fraction: f64,
+        max_samples: Option<usize>,
+        seed: u64,
+    ) -> Dataset {
         let mut order: Vec<usize> = (0..y.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_DA7A));
         order.truncate(max_samples.unwrap_or(usize::MAX));
         let n_val = ((order.len() as f64 * validation_fraction).round() as usize).clamp(1, order.len() - 1);
-        let take = |idx: &[usize]| Split {
-            x: idx.iter().flat_map(|&i| x[i * features..(i + 1) * features].iter().copied()).collect(),
-            y: idx.iter().map(|&i| y[i]).collect(),
+        let rows = |idx: &[usize]| match &x {
+            Values::Floats(v) => gather(v, features, idx, |f| f),
+            Values::Pixels(v) => gather(v, features, idx, |p| f32::from(p) / 255.0),
         };
+        let take = |idx: &[usize]| Split { x: rows(idx), y: idx.iter().map(|&i| y[i]).collect() };
         Dataset {
             features,
             classes,
@@ -221,15 +280,77 @@ impl Dataset {
     }
 }
 
+/// The rows `idx` of `x`, in that order, in one allocation of exactly their
+/// size (collecting an iterator would grow a `Vec` by doubling and then
+/// copy it into the `Arc`: three times the split's size at its peak).
+fn gather<T: Copy>(x: &[T], features: usize, idx: &[usize], value: impl Fn(T) -> f32) -> Arc<[f32]> {
+    if features == 0 {
+        return Arc::from([]);
+    }
+    let mut out = Arc::<[f32]>::new_uninit_slice(idx.len() * features);
+    let slots = Arc::get_mut(&mut out).expect("a new Arc has no other owner");
+    for (row, &i) in slots.chunks_exact_mut(features).zip(idx) {
+        for (slot, &v) in row.iter_mut().zip(&x[i * features..(i + 1) * features]) {
+            slot.write(value(v));
+        }
+    }
+    // SAFETY: every element was written: idx.len() rows of `features` values.
+    unsafe { out.assume_init() }
+}
+
+/// Reads until `buf` is full or the stream ends; the bytes read (a short
+/// count is a file that ends early, which the caller reports with its offset).
+fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut at = 0;
+    while at < buf.len() {
+        match reader.read(&mut buf[at..]) {
+            Ok(0) => break,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(at)
+}
+
+/// Sample values as a file holds them, made floats only as they are split
+/// (so that a data set of bytes is never held as floats twice).
+enum Values {
+    Floats(Vec<f32>),
+    /// Bytes, scaled to [0, 1].
+    Pixels(Vec<u8>),
+}
+
 /// Samples (row-major), their labels, and one sample's dimensions.
-type Samples = (Vec<f32>, Vec<i64>, Vec<usize>);
+type Samples = (Values, Vec<i64>, Vec<usize>);
 
 fn load_fashion(dir: &Path) -> Result<Samples, DataError> {
     load_idx_pair(&dir.join(FASHION_FILES[0]), &dir.join(FASHION_FILES[1]), Some(10))
 }
 
 /// The number of classes integer labels imply (the largest plus one).
+/// Labels are class indexes: one beyond [`MAX_CLASSES`], or beyond the
+/// number of samples (so that some classes could have no sample at all),
+/// is refused, naming the sample, rather than becoming a huge output layer.
 fn classes_of(y: &[i64], file: &Path) -> Result<usize, DataError> {
+    let bound = MAX_CLASSES.min(y.len()) as i64;
+    if let Some(i) = y.iter().position(|&l| l < 0 || l >= bound) {
+        let why = if y[i] < 0 {
+            "expected a class index, 0 or more".to_owned()
+        } else if bound == MAX_CLASSES as i64 {
+            format!("expected a class index below {MAX_CLASSES}, the most classes a data set may have")
+        } else {
+            format!(
+                "expected a class index below the number of samples ({}): labels number the classes 0, 1, 2, ...",
+                y.len()
+            )
+        };
+        return Err(DataError {
+            file: file.to_owned(),
+            offset: None,
+            message: format!("label {} of sample {i}: {why}", y[i]),
+        });
+    }
     let classes = y.iter().copied().max().unwrap_or(0) as usize + 1;
     if classes < 2 {
         return Err(DataError {
@@ -274,7 +395,7 @@ fn load_idx_pair(images_file: &Path, labels_file: &Path, classes: Option<u8>) ->
         }
     }
     let features = images.dims[1..].to_vec();
-    let x = images.data.iter().map(|&p| f32::from(p) / 255.0).collect();
+    let x = Values::Pixels(images.data);
     let y = labels.data.iter().map(|&l| i64::from(l)).collect();
     Ok((x, y, features))
 }

@@ -4,9 +4,16 @@
 //! sorted order.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 
-use super::DataError;
+use super::{DataError, MAX_VALUES};
+
+/// The longest line of a CSV file (a row of a million wide features fits).
+pub(super) const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// The most columns a CSV file may have.
+pub(super) const MAX_COLUMNS: usize = 1_000_000;
 
 /// The rows of a CSV file.
 #[derive(Debug, Clone)]
@@ -29,12 +36,16 @@ pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
             None => message,
         },
     };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| err(None, format!("cannot read: {e}")))?;
+    let file = std::fs::File::open(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).trim(csv::Trim::All).from_reader(LineGuard {
+        inner: std::io::BufReader::new(file),
+        line: 1,
+        run: 0,
+    });
     let header = reader.headers().map_err(|e| err(Some(1), format!("cannot read the header: {e}")))?.clone();
+    if header.len() > MAX_COLUMNS {
+        return Err(err(Some(1), format!("{} columns: expected at most {MAX_COLUMNS}", header.len())));
+    }
     let label_at = header.iter().position(|h| h == label).ok_or_else(|| {
         let names: Vec<&str> = header.iter().collect();
         err(Some(1), format!("no column `{label}` for the labels; the header has {}", names.join(", ")))
@@ -47,10 +58,19 @@ pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
     let (mut x, mut raw_labels) = (Vec::new(), Vec::new());
     for record in reader.records() {
         let record = record.map_err(|e| {
+            if let csv::ErrorKind::Io(io) = e.kind() {
+                return err(None, io.to_string());
+            }
             let line = e.position().map(|p| p.line());
             err(line, format!("{e}; expected {} comma-separated fields as in the header", names.len()))
         })?;
         let line = record.position().map_or(0, |p| p.line());
+        if x.len() + features > MAX_VALUES {
+            return Err(err(
+                Some(line),
+                format!("more than {MAX_VALUES} feature values in all, the most a data set may have"),
+            ));
+        }
         for (i, field) in record.iter().enumerate() {
             if i == label_at {
                 raw_labels.push((field.to_owned(), line));
@@ -86,6 +106,36 @@ pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
     Ok(Table { x, y, features, class_names, feature_names })
 }
 
+/// Refuses a line longer than [`MAX_LINE_BYTES`] as it is read, so that a
+/// file without newlines is not read into one record.
+struct LineGuard<R> {
+    inner: R,
+    line: u64,
+    /// Bytes since the last newline.
+    run: usize,
+}
+
+impl<R: Read> Read for LineGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                self.line += 1;
+                self.run = 0;
+            } else {
+                self.run += 1;
+            }
+        }
+        if self.run > MAX_LINE_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {} is longer than {MAX_LINE_BYTES} bytes", self.line),
+            ));
+        }
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +167,15 @@ mod tests {
         assert!(e.contains("line 3") && e.contains("3 comma-separated fields"), "{e}");
         let e = read_csv(f.path(), "label").unwrap_err().to_string();
         assert!(e.contains("no column `label`") && e.contains("a, b, y"), "{e}");
+    }
+
+    #[test]
+    fn a_line_without_end_is_refused_as_it_is_read() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut text = b"a,y\n1,0\n".to_vec();
+        text.resize(text.len() + MAX_LINE_BYTES + 10, b'1');
+        std::fs::write(f.path(), &text).unwrap();
+        let e = read_csv(f.path(), "y").unwrap_err().to_string();
+        assert!(e.contains("line 3 is longer than"), "{e}");
     }
 }

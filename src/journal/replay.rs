@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Event, Record};
 use crate::board::Board;
-use crate::config::{Config, ConfigError, Params};
+use crate::config::{Config, ConfigError, ConfigFormat, Params};
 use crate::schedule::{Decision, Scheduler};
 use crate::trial::{divergence, Report, TrialId, TrialStatus};
 
@@ -35,8 +35,8 @@ pub struct TrialRecord {
 pub struct RunState {
     /// The config file the run was created from.
     pub config_path: PathBuf,
-    /// Whether that file is YAML.
-    pub yaml: bool,
+    /// How that file is written.
+    pub format: ConfigFormat,
     /// Its text.
     pub config_text: String,
     /// The config, validated again.
@@ -95,12 +95,14 @@ pub fn replay(records: Vec<Record>, path: &Path) -> Result<RunState, ReplayError
     let Some(Event::ExperimentCreated { config_path, yaml, config_text }) = records.next() else {
         return Err(ReplayError::NoConfig { path: path.to_owned() });
     };
-    let config = Config::parse(&config_text, yaml, &config_path)?.with_paths_from(&config_path);
+    // The event's `yaml` flag predates JSON configs, which their extension tells.
+    let format = if yaml { ConfigFormat::Yaml } else { ConfigFormat::of(&config_path) };
+    let config = Config::parse(&config_text, format, &config_path)?.with_paths_from(&config_path);
     let scheduler = Scheduler::new(&config.scheduler, config.max_epochs);
     let e = &config.experiment;
     let mut state = RunState {
         config_path,
-        yaml,
+        format,
         config_text,
         board: Board::new(e.metric.clone(), e.mode, config.max_epochs, scheduler),
         config,

@@ -110,6 +110,55 @@ impl Summary {
     pub fn count(&self, status: TrialStatus) -> usize {
         self.standings.iter().filter(|s| s.status == status).count()
     }
+
+    /// The distinct reasons trials failed, most common first.
+    pub fn failures(&self) -> Vec<Failure> {
+        failures(&self.standings)
+    }
+
+    /// Whether the sweep failed as a whole: at least half of its ended
+    /// trials failed, or none of them gave a result (all failed or diverged).
+    pub fn failed(&self) -> bool {
+        let ended: Vec<&Standing> = self.standings.iter().filter(|s| s.status.is_final()).collect();
+        let failed = ended.iter().filter(|s| s.status == TrialStatus::Failed).count();
+        let usable = ended.iter().any(|s| matches!(s.status, TrialStatus::Completed | TrialStatus::Pruned));
+        !ended.is_empty() && (2 * failed >= ended.len() || !usable)
+    }
+}
+
+/// Trials that failed for one reason.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Failure {
+    /// How many trials failed so.
+    pub count: usize,
+    /// The first of them.
+    pub first_trial: crate::trial::TrialId,
+    /// Its error, as it was.
+    pub error: String,
+}
+
+/// Groups failed trials by their error with the numbers taken out (the
+/// same crash in another epoch, the same size error for other sizes).
+pub fn failures(standings: &[Standing]) -> Vec<Failure> {
+    let mut groups: Vec<(String, Failure)> = Vec::new();
+    for s in standings.iter().filter(|s| s.status == TrialStatus::Failed) {
+        let error = s.error.clone().unwrap_or_else(|| "(no error text)".into());
+        let key: String = error
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect::<String>()
+            .split('#')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect::<Vec<_>>()
+            .join("#");
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, f)) => f.count += 1,
+            None => groups.push((key, Failure { count: 1, first_trial: s.id, error })),
+        }
+    }
+    let mut out: Vec<Failure> = groups.into_iter().map(|(_, f)| f).collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then(a.first_trial.cmp(&b.first_trial)));
+    out
 }
 
 /// Trials with a finite metric, best first (ties: lower id first).

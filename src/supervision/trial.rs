@@ -271,9 +271,14 @@ impl TrialActor {
             }
             FromWorker::Output { text, .. } => {
                 let log = state.settings.checkpoints.trial_dir(state.id).join(OUTPUT_LOG);
-                let appended = std::fs::create_dir_all(log.parent().unwrap_or(&log)).and_then(|()| {
-                    std::fs::OpenOptions::new().create(true).append(true).open(&log)?.write_all(text.as_bytes())
-                });
+                // Awaited, so that pieces are appended in order; off the tokio workers.
+                let file = log.clone();
+                let appended = tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(file.parent().unwrap_or(&file))?;
+                    std::fs::OpenOptions::new().create(true).append(true).open(&file)?.write_all(text.as_bytes())
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                 if let Err(e) = appended {
                     tracing::warn!(trial = %state.id, "cannot append to {}: {e}", log.display());
                 }

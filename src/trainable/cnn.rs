@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use super::fit::{Network, WEIGHTS_FILE};
-use super::{TrainError, Trainable, TrialContext};
-use crate::config::Params;
+use super::size::Footprint;
+use super::{Shape, TrainError, Trainable, TrialContext};
+use crate::config::{Params, SearchSpace};
 use crate::data::Dataset;
 
 /// Pooling after each convolution block.
@@ -55,12 +56,10 @@ pub struct CnnSpec {
 }
 
 impl CnnSpec {
-    /// The spec a trial's parameters describe on `data`.
-    fn from_params(params: &Params, data: &Dataset) -> Result<Self, TrainError> {
-        let input = match data.shape.as_deref() {
-            Some(&[c, h, w]) => [c, h, w],
-            _ => return Err(TrainError::Invalid("kind = \"cnn\" needs image-shaped samples".into())),
-        };
+    /// The spec a trial's parameters describe on `shape`'s data.
+    fn from_params(params: &Params, shape: &Shape) -> Result<Self, TrainError> {
+        let input =
+            shape.image.ok_or_else(|| TrainError::Invalid("kind = \"cnn\" needs image-shaped samples".into()))?;
         let int = |name: &str| {
             params
                 .get(name)
@@ -86,7 +85,7 @@ impl CnnSpec {
             batch_norm: params.get("batch_norm").and_then(|v| v.as_bool()).unwrap_or(true),
             dropout: params.get("dropout").and_then(|v| v.as_f64()).unwrap_or(0.0),
             hidden: vec![int("hidden_units")?.max(1) as usize; int("hidden_layers")?.clamp(0, 64) as usize],
-            classes: data.classes,
+            classes: shape.classes,
         };
         if spec.flat() == 0 {
             return Err(TrainError::Invalid(format!(
@@ -95,6 +94,55 @@ impl CnnSpec {
             )));
         }
         Ok(spec)
+    }
+
+    /// Its parameters and activations, before it is built.
+    pub fn footprint(&self) -> Footprint {
+        let (mut parameters, mut activations) = (0.0, 0.0);
+        let (mut c_in, mut h, mut w) = (self.input[0] as f64, self.input[1] as f64, self.input[2] as f64);
+        let k2 = (self.kernel * self.kernel) as f64;
+        for &c in &self.channels {
+            let c = c as f64;
+            parameters += c_in * c * k2 + c + if self.batch_norm { 2.0 * c } else { 0.0 };
+            // The convolution's output, batch norm's, ReLU's; then pooled and dropped out.
+            activations += c * h * w * if self.batch_norm { 3.0 } else { 2.0 };
+            if self.pooling != Pooling::None {
+                (h, w) = ((h / 2.0).floor().max(1.0), (w / 2.0).floor().max(1.0));
+            }
+            activations += 2.0 * c * h * w;
+            c_in = c;
+        }
+        let sizes: Vec<f64> = std::iter::once(c_in * h * w)
+            .chain(self.hidden.iter().map(|&u| u as f64))
+            .chain([self.classes as f64])
+            .collect();
+        parameters += sizes.windows(2).map(|p| p[0] * p[1] + p[1]).sum::<f64>();
+        activations += self.hidden.iter().map(|&u| 3.0 * u as f64).sum::<f64>() + self.classes as f64;
+        Footprint { parameters, activations }
+    }
+
+    /// The spec for `params`, refused when it is too large to train.
+    fn checked(params: &Params, shape: &Shape) -> Result<Self, TrainError> {
+        let spec = Self::from_params(params, shape)?;
+        spec.footprint().check(shape.batch(params)).map_err(TrainError::Invalid)?;
+        Ok(spec)
+    }
+
+    /// The smallest network `space` allows on `shape`'s data, when it is too large to train.
+    pub fn too_large(space: &SearchSpace, shape: &Shape) -> Option<String> {
+        let keys = [
+            "conv_blocks",
+            "channels",
+            "kernel_size",
+            "pooling",
+            "batch_norm",
+            "hidden_layers",
+            "hidden_units",
+            "batch_size",
+        ];
+        super::size::too_large(space, &keys, |p| {
+            Some(Self::from_params(p, shape).ok()?.footprint().training_bytes(shape.batch(p)))
+        })
     }
 
     /// Height and width after the blocks.
@@ -253,8 +301,16 @@ impl Trainable for CnnTrainable {
         tch::set_num_threads(threads as i32);
     }
 
+    fn resident_bytes(&self) -> u64 {
+        self.data.bytes()
+    }
+
+    fn check_space(&self, space: &SearchSpace) -> Result<(), String> {
+        CnnSpec::too_large(space, &Shape::of(&self.data)).map_or(Ok(()), Err)
+    }
+
     fn describe(&self, params: &Params) -> Option<serde_json::Value> {
-        let spec = CnnSpec::from_params(params, &self.data).ok()?;
+        let spec = CnnSpec::from_params(params, &Shape::of(&self.data)).ok()?;
         Some(serde_json::json!({
             "kind": "cnn",
             "spec": spec,
@@ -267,7 +323,7 @@ impl Trainable for CnnTrainable {
     }
 
     fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {
-        let spec = CnnSpec::from_params(ctx.params(), &self.data)?;
+        let spec = CnnSpec::checked(ctx.params(), &Shape::of(&self.data))?;
         let mut cnn = Cnn::new(spec, ctx.seed(), self.device);
         super::fit::fit(ctx, &self.data, self.device, &mut cnn)
     }

@@ -36,6 +36,25 @@ pub const PROGRAM_DIR: &str = "program";
 /// The longest stderr line quoted in a crash's error.
 const QUOTE_CHARS: usize = 300;
 
+/// The longest line read from the program: a longer one is no report; its
+/// first [`TRUNCATED_HEAD`] bytes go to the log, the rest is skipped.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// What the log keeps of a line longer than [`MAX_LINE_BYTES`].
+const TRUNCATED_HEAD: usize = 4096;
+
+/// The most output one attempt writes to `output.log`; past it, other
+/// lines are counted and dropped (reports are still read).
+pub const MAX_OUTPUT_BYTES: usize = 64 << 20;
+
+/// Output gathered before it is sent to the log, at most.
+const FLUSH_BYTES: usize = 64 << 10;
+
+/// Lines waiting between the reader threads and the trial: when they are
+/// full, the readers wait, and so does a program that prints faster than
+/// the trial can follow.
+const LINES_IN_FLIGHT: usize = 256;
+
 /// Runs the program of `[model] command` for each trial.
 pub struct CommandTrainable {
     argv: Vec<String>,
@@ -59,8 +78,58 @@ impl CommandTrainable {
 enum Line {
     Out(String),
     Err(String),
+    /// A line longer than [`MAX_LINE_BYTES`]: its head, for the log only.
+    Long(String),
     /// Its stdout closed.
     Closed,
+}
+
+/// What goes to the trial's `output.log`: gathered, sent in pieces, and
+/// capped at [`MAX_OUTPUT_BYTES`] an attempt.
+#[derive(Default)]
+struct Log {
+    pending: String,
+    written: usize,
+    dropped: u64,
+    flushed: Option<Instant>,
+}
+
+impl Log {
+    fn line(&mut self, ctx: &mut TrialContext, text: &str) {
+        if self.written + self.pending.len() + text.len() >= MAX_OUTPUT_BYTES {
+            if self.dropped == 0 {
+                self.pending.push_str(&format!(
+                    "gauntlet: this attempt's output reached {} MiB; further lines are not logged (reports are \
+                     still read)\n",
+                    MAX_OUTPUT_BYTES >> 20
+                ));
+            }
+            self.dropped += 1;
+        } else {
+            self.pending.push_str(text);
+            self.pending.push('\n');
+        }
+        let due = self.flushed.is_none_or(|t| t.elapsed() > Duration::from_millis(200));
+        if self.pending.len() >= FLUSH_BYTES || due {
+            self.flush(ctx);
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut TrialContext) {
+        if !self.pending.is_empty() {
+            self.written += self.pending.len();
+            ctx.output(&std::mem::take(&mut self.pending));
+        }
+        self.flushed = Some(Instant::now());
+    }
+
+    fn finish(&mut self, ctx: &mut TrialContext) {
+        if self.dropped > 0 {
+            self.pending.push_str(&format!("gauntlet: {} lines of output were not logged\n", self.dropped));
+            self.dropped = 0;
+        }
+        self.flush(ctx);
+    }
 }
 
 impl Trainable for CommandTrainable {
@@ -128,6 +197,8 @@ impl Trainable for CommandTrainable {
         let mut program = Program::new(child, self.grace);
         let lines = program.lines();
         let outcome = self.follow(ctx, &mut program, &lines, &ckpt_dir);
+        // What it prints while it stops is dropped, never left to block it.
+        std::thread::spawn(move || lines.iter().for_each(drop));
         program.terminate();
         outcome
     }
@@ -145,22 +216,18 @@ impl CommandTrainable {
         let mut snapshot = fingerprint(ckpt_dir);
         let mut last_epoch = ctx.first_epoch() - 1;
         let mut reported = 0u32;
-        let mut log = String::new();
+        let mut log = Log::default();
         let mut stderr_tail: Vec<String> = Vec::new();
-        let mut flushed = Instant::now();
         let mut exited_at: Option<Instant> = None;
         loop {
             if ctx.cancelled() {
-                ctx.output(&log);
+                log.finish(ctx);
                 return Err(TrainError::Stopped(Stop::Cancelled));
-            }
-            if !log.is_empty() && flushed.elapsed() > Duration::from_millis(200) {
-                ctx.output(&std::mem::take(&mut log));
-                flushed = Instant::now();
             }
             let line = match lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => line,
                 Err(RecvTimeoutError::Timeout) => {
+                    log.flush(ctx);
                     // Exited, but its stdout is still open: something it
                     // started holds it. The group was killed on exit, so
                     // the output ends soon; read what is left, up to 2 s.
@@ -180,24 +247,29 @@ impl CommandTrainable {
                     if stderr_tail.len() > 5 {
                         stderr_tail.remove(0);
                     }
-                    log.push_str(&text);
-                    log.push('\n');
+                    log.line(ctx, &text);
+                    continue;
+                }
+                Line::Long(text) => {
+                    log.line(ctx, &text);
                     continue;
                 }
                 Line::Closed => break,
                 Line::Out(text) => text,
             };
             let Some((epoch, metrics)) = parse_report(&text, last_epoch) else {
-                log.push_str(&text);
-                log.push('\n');
+                log.line(ctx, &text);
                 continue;
             };
-            ctx.output(&std::mem::take(&mut log));
+            log.flush(ctx);
             if epoch <= last_epoch {
-                ctx.output(&format!(
-                    "gauntlet: ignored the report of epoch {epoch}: epoch {last_epoch} was already reported \
-                     (resume from GAUNTLET_CHECKPOINT_DIR, or start at GAUNTLET_FIRST_EPOCH)\n"
-                ));
+                log.line(
+                    ctx,
+                    &format!(
+                        "gauntlet: ignored the report of epoch {epoch}: epoch {last_epoch} was already reported \
+                         (resume from GAUNTLET_CHECKPOINT_DIR, or start at GAUNTLET_FIRST_EPOCH)"
+                    ),
+                );
                 continue;
             }
             last_epoch = epoch;
@@ -235,19 +307,22 @@ impl CommandTrainable {
                     // (its last lines still go to the log).
                     let deadline = Instant::now() + self.grace;
                     while !program.exited() && Instant::now() < deadline && !ctx.cancelled() {
-                        if let Ok(Line::Out(text) | Line::Err(text)) = lines.recv_timeout(Duration::from_millis(20)) {
-                            log.push_str(&text);
-                            log.push('\n');
+                        if let Ok(Line::Out(text) | Line::Err(text) | Line::Long(text)) =
+                            lines.recv_timeout(Duration::from_millis(20))
+                        {
+                            log.line(ctx, &text);
                         }
                     }
-                    while let Ok(Line::Out(text) | Line::Err(text)) = lines.try_recv() {
-                        log.push_str(&text);
-                        log.push('\n');
+                    while let Ok(Line::Out(text) | Line::Err(text) | Line::Long(text)) = lines.try_recv() {
+                        log.line(ctx, &text);
                     }
-                    ctx.output(&log);
+                    log.finish(ctx);
                     return verdict;
                 }
-                Err(_) => return verdict,
+                Err(_) => {
+                    log.finish(ctx);
+                    return verdict;
+                }
                 Ok(()) => {}
             }
         }
@@ -258,20 +333,19 @@ impl CommandTrainable {
                 break status;
             }
             if ctx.cancelled() {
-                ctx.output(&log);
+                log.finish(ctx);
                 return Err(TrainError::Stopped(Stop::Cancelled));
             }
         };
         // What stderr still holds once the program is gone.
         while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
-            if let Line::Err(text) | Line::Out(text) = line {
+            if let Line::Err(text) | Line::Out(text) | Line::Long(text) = line {
                 stderr_tail.push(quotable(&text));
-                log.push_str(&text);
-                log.push('\n');
+                log.line(ctx, &text);
             }
         }
         stderr_tail.drain(..stderr_tail.len().saturating_sub(5));
-        ctx.output(&log);
+        log.finish(ctx);
         if status.success() && reported == 0 && ctx.first_epoch() <= ctx.max_epochs() {
             return Err(TrainError::Invalid(format!(
                 "`{}` exited 0 without a report; print one JSON object per epoch on stdout, e.g. \
@@ -353,6 +427,25 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
+/// The process groups of the programs running in this process.
+static GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every program this process runs, with its whole process group:
+/// for a worker that lost its coordinator and exits now.
+pub fn kill_programs() {
+    let groups = GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
+    for group in groups {
+        // SAFETY: plain syscall; each group is a program's own, not yet reaped.
+        unsafe { libc::killpg(group, libc::SIGKILL) };
+    }
+}
+
+fn forget_group(group: i32) {
+    if let Ok(mut g) = GROUPS.lock() {
+        g.retain(|&x| x != group);
+    }
+}
+
 /// The running program: its process group, signalled as a whole.
 struct Program {
     child: Child,
@@ -362,21 +455,24 @@ struct Program {
 
 impl Program {
     fn new(child: Child, grace: Duration) -> Self {
+        if let Ok(mut g) = GROUPS.lock() {
+            g.push(child.id() as i32);
+        }
         Program { child, grace, status: None }
     }
 
     /// Its stdout and stderr, line by line, from two reader threads.
     fn lines(&mut self) -> Receiver<Line> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::bounded(LINES_IN_FLIGHT);
         if let Some(out) = self.child.stdout.take() {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                read_lines(out, |l| tx.send(Line::Out(l)).is_ok());
+                read_lines(out, |l| tx.send(l.map_or_else(Line::Long, Line::Out)).is_ok());
                 let _ = tx.send(Line::Closed);
             });
         }
         if let Some(err) = self.child.stderr.take() {
-            std::thread::spawn(move || read_lines(err, |l| tx.send(Line::Err(l)).is_ok()));
+            std::thread::spawn(move || read_lines(err, |l| tx.send(l.map_or_else(Line::Long, Line::Err)).is_ok()));
         }
         rx
     }
@@ -415,6 +511,7 @@ impl Program {
         }
         // SAFETY: the group is the program's own (process_group(0)); it may be empty.
         unsafe { libc::killpg(self.child.id() as i32, libc::SIGKILL) };
+        forget_group(self.child.id() as i32);
         self.status = self.child.wait().ok();
         true
     }
@@ -450,25 +547,60 @@ impl Drop for Program {
         // A panic (chaos, a bug) on the way out must not leave the program running.
         if self.status.is_none() {
             self.signal(libc::SIGKILL);
+            forget_group(self.child.id() as i32);
             self.status = self.child.wait().ok();
         }
     }
 }
 
-fn read_lines(stream: impl Read, mut each: impl FnMut(String) -> bool) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
+/// Calls `each` with every line of `stream` (without its end), or with
+/// `Err(head)` for a line longer than [`MAX_LINE_BYTES`]: its first bytes and
+/// a note; the rest of such a line is read and dropped, so memory stays
+/// bounded whatever the program prints.
+fn read_lines(stream: impl Read, mut each: impl FnMut(Result<String, String>) -> bool) {
+    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    let mut line: Vec<u8> = Vec::new();
+    // Bytes of the current line past the limit (it was sent as too long).
+    let mut skipped: Option<usize> = None;
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
-                if !each(line) {
+        let chunk = match reader.fill_buf() {
+            Ok([]) | Err(_) => break,
+            Ok(chunk) => chunk,
+        };
+        let (part, end) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], Some(i + 1)),
+            None => (chunk, None),
+        };
+        let used = end.unwrap_or(part.len());
+        match &mut skipped {
+            Some(n) => *n += part.len(),
+            None if line.len() + part.len() > MAX_LINE_BYTES => {
+                line.extend_from_slice(&part[..MAX_LINE_BYTES.saturating_sub(line.len()).min(part.len())]);
+                let head = String::from_utf8_lossy(&line[..TRUNCATED_HEAD.min(line.len())]).into_owned();
+                let note = format!(
+                    "{head}… [gauntlet: a line longer than {} MiB: truncated here, not read as a report]",
+                    MAX_LINE_BYTES >> 20
+                );
+                line.clear();
+                skipped = Some(0);
+                if !each(Err(note)) {
                     return;
                 }
             }
+            None => line.extend_from_slice(part),
         }
+        reader.consume(used);
+        // A line that ends here was sent already when it was too long.
+        if end.is_some() && skipped.take().is_none() {
+            let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_owned();
+            line.clear();
+            if !each(Ok(text)) {
+                return;
+            }
+        }
+    }
+    if skipped.is_none() && !line.is_empty() {
+        each(Ok(String::from_utf8_lossy(&line).trim_end_matches('\r').to_owned()));
     }
 }
 
@@ -510,5 +642,37 @@ mod tests {
         assert!(m[1].1.is_nan() && m[0].1 == f64::NEG_INFINITY, "Python's NaN and Infinity are read: {m:?}");
         assert_eq!(quotable("10%\r50%\r100% done"), "100% done");
         assert_eq!(quotable(&"x".repeat(1000)).chars().count(), QUOTE_CHARS + 1);
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_skipped_with_bounded_memory() {
+        let mut input = b"first\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 3 * MAX_LINE_BYTES + 7));
+        input.extend_from_slice(b"\n{\"epoch\": 1, \"loss\": 0.5}\nlast without end");
+        let mut got = Vec::new();
+        read_lines(&input[..], |l| {
+            got.push(l);
+            true
+        });
+        assert_eq!(
+            got.len(),
+            4,
+            "{:?}",
+            got.iter().map(|l| l.as_ref().map_or_else(|e| e.len(), |o| o.len())).collect::<Vec<_>>()
+        );
+        assert_eq!(got[0], Ok("first".to_owned()));
+        let long = got[1].as_ref().unwrap_err();
+        assert!(long.len() < TRUNCATED_HEAD + 200 && long.contains("truncated"), "{}", &long[long.len() - 100..]);
+        assert_eq!(got[2], Ok(r#"{"epoch": 1, "loss": 0.5}"#.to_owned()), "the next line is read whole");
+        assert_eq!(got[3], Ok("last without end".to_owned()));
+        // A stream that never ends its line gives one note, whatever its length.
+        let endless = vec![b'y'; 5 * MAX_LINE_BYTES];
+        let mut n = 0;
+        read_lines(&endless[..], |l| {
+            assert!(l.is_err());
+            n += 1;
+            true
+        });
+        assert_eq!(n, 1);
     }
 }

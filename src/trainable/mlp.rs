@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::fit::{read_named, Network};
-use super::{TrainError, Trainable, TrialContext};
-use crate::config::Params;
+use super::size::Footprint;
+use super::{Shape, TrainError, Trainable, TrialContext};
+use crate::config::{Params, SearchSpace};
 use crate::data::Dataset;
 
 pub use super::fit::WEIGHTS_FILE;
@@ -38,18 +39,46 @@ pub struct MlpSpec {
 }
 
 impl MlpSpec {
-    /// The spec a trial's parameters describe.
-    pub fn from_params(ctx: &TrialContext, data: &Dataset) -> Result<Self, TrainError> {
-        let layers = ctx.int("hidden_layers")?;
-        let units = ctx.int("hidden_units")?;
+    /// The spec a trial's parameters describe for `shape`'s data.
+    pub fn from_params(params: &Params, shape: &Shape) -> Result<Self, TrainError> {
+        let int = |name: &str| {
+            params
+                .get(name)
+                .and_then(|v| v.as_i64())
+                .ok_or_else(|| TrainError::Invalid(format!("parameter `{name}` missing or not an integer")))
+        };
+        let (layers, units) = (int("hidden_layers")?, int("hidden_units")?);
         if !(0..=64).contains(&layers) || !(1..=1 << 20).contains(&units) {
             return Err(TrainError::Invalid(format!("hidden_layers {layers} or hidden_units {units} out of range")));
         }
         Ok(MlpSpec {
-            inputs: data.features,
+            inputs: shape.features,
             hidden: vec![units as usize; layers as usize],
-            classes: data.classes,
-            dropout: ctx.float("dropout")?,
+            classes: shape.classes,
+            dropout: params.get("dropout").and_then(|v| v.as_f64()).unwrap_or(0.0),
+        })
+    }
+
+    /// Its parameters and activations, before it is built.
+    pub fn footprint(&self) -> Footprint {
+        let sizes = self.sizes();
+        let parameters = sizes.windows(2).map(|p| (p[0] * p[1] + p[1]) as f64).sum();
+        // A hidden layer's output, its ReLU and dropout mask; the logits.
+        let activations = self.hidden.iter().map(|&u| 3.0 * u as f64).sum::<f64>() + self.classes as f64;
+        Footprint { parameters, activations }
+    }
+
+    /// The spec for `params`, refused when it is too large to train.
+    pub fn checked(params: &Params, shape: &Shape) -> Result<Self, TrainError> {
+        let spec = Self::from_params(params, shape)?;
+        spec.footprint().check(shape.batch(params)).map_err(TrainError::Invalid)?;
+        Ok(spec)
+    }
+
+    /// The smallest network `space` allows on `shape`'s data, when it is too large to train.
+    pub fn too_large(space: &SearchSpace, shape: &Shape) -> Option<String> {
+        super::size::too_large(space, &["hidden_layers", "hidden_units", "batch_size"], |p| {
+            Some(Self::from_params(p, shape).ok()?.footprint().training_bytes(shape.batch(p)))
         })
     }
 
@@ -158,14 +187,16 @@ impl Trainable for MlpTrainable {
         tch::set_num_threads(threads as i32);
     }
 
+    fn resident_bytes(&self) -> u64 {
+        self.data.bytes()
+    }
+
+    fn check_space(&self, space: &SearchSpace) -> Result<(), String> {
+        MlpSpec::too_large(space, &Shape::of(&self.data)).map_or(Ok(()), Err)
+    }
+
     fn describe(&self, params: &Params) -> Option<serde_json::Value> {
-        let int = |name: &str| params.get(name).and_then(|v| v.as_i64()).unwrap_or(0) as usize;
-        let spec = MlpSpec {
-            inputs: self.data.features,
-            hidden: vec![int("hidden_units"); int("hidden_layers")],
-            classes: self.data.classes,
-            dropout: params.get("dropout").and_then(|v| v.as_f64()).unwrap_or(0.0),
-        };
+        let spec = MlpSpec::from_params(params, &Shape::of(&self.data)).ok()?;
         Some(serde_json::json!({
             "kind": "mlp",
             "spec": spec,
@@ -178,7 +209,7 @@ impl Trainable for MlpTrainable {
     }
 
     fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {
-        let spec = MlpSpec::from_params(ctx, &self.data)?;
+        let spec = MlpSpec::checked(ctx.params(), &Shape::of(&self.data))?;
         let mut mlp = Mlp::new(spec, ctx.seed(), self.device);
         super::fit::fit(ctx, &self.data, self.device, &mut mlp)
     }

@@ -12,6 +12,7 @@ pub mod command;
 pub mod fit;
 pub mod mlp;
 pub mod optim;
+pub mod size;
 pub mod sleep;
 pub mod torchscript;
 
@@ -34,6 +35,17 @@ pub trait Trainable: Send + Sync + 'static {
     /// Called once on each slot thread before it runs trials.
     fn init_thread(&self, _threads: u32) {}
 
+    /// The memory it holds in every process that trains it (its data set).
+    fn resident_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Refuses a search space whose every network is too large to train
+    /// (see [`size`]), saying how large the smallest one is.
+    fn check_space(&self, _space: &crate::config::SearchSpace) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Describes the model a trial with `params` trains, for `best/model.json`.
     fn describe(&self, _params: &Params) -> Option<serde_json::Value> {
         None
@@ -47,6 +59,69 @@ where
     fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {
         self(ctx)
     }
+}
+
+/// What a built-in network's size depends on in the data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape {
+    /// Features per sample.
+    pub features: usize,
+    /// Each sample as channels x height x width, when it is an image.
+    pub image: Option<[usize; 3]>,
+    /// Classes.
+    pub classes: usize,
+    /// Training samples (the largest batch there can be).
+    pub rows: usize,
+}
+
+impl Shape {
+    /// The shape of loaded data.
+    pub fn of(data: &crate::data::Dataset) -> Self {
+        let image = match data.shape.as_deref() {
+            Some(&[c, h, w]) => Some([c, h, w]),
+            _ => None,
+        };
+        Shape { features: data.features, image, classes: data.classes, rows: data.train.rows() }
+    }
+
+    /// What a config tells of its data without reading it: exact for
+    /// synthetic data and Fashion-MNIST, the least there can be otherwise
+    /// (one feature, one pixel, two classes), so that a space refused on it
+    /// is too large for any data.
+    pub fn least(config: &crate::config::Config) -> Self {
+        use crate::config::DataSource;
+        let d = &config.data;
+        let train = |n: usize| n - ((n as f64 * d.validation_fraction).round() as usize).clamp(1, n.max(2) - 1);
+        match d.source {
+            DataSource::Synthetic => {
+                let n = d.max_samples.map_or(d.samples, |m| m.min(d.samples));
+                Shape { features: d.features, image: None, classes: d.classes, rows: train(n) }
+            }
+            DataSource::FashionMnist => {
+                let n = d.max_samples.map_or(60_000, |m| m.min(60_000));
+                Shape { features: 784, image: Some([1, 28, 28]), classes: 10, rows: train(n) }
+            }
+            _ => Shape { features: 1, image: Some([1, 1, 1]), classes: 2, rows: 1 },
+        }
+    }
+
+    /// The batch a trial with `params` trains on: its `batch_size`, at most every training sample.
+    pub fn batch(&self, params: &crate::config::Params) -> f64 {
+        let size = params.get("batch_size").and_then(|v| v.as_i64()).unwrap_or(1).max(1) as f64;
+        size.min(self.rows.max(1) as f64)
+    }
+}
+
+/// Refuses a config whose every network is too large to train, from what
+/// the config alone tells of its data (`gauntlet validate`).
+pub fn check_space(config: &crate::config::Config) -> Result<(), String> {
+    let shape = Shape::least(config);
+    let too_large = match config.model {
+        crate::config::ModelKind::Mlp => mlp::MlpSpec::too_large(&config.space, &shape),
+        crate::config::ModelKind::Cnn => cnn::CnnSpec::too_large(&config.space, &shape),
+        _ => None,
+    };
+    too_large.map_or(Ok(()), Err)
 }
 
 /// The trainable a config describes, with its data loaded: what a worker

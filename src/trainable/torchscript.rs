@@ -188,6 +188,10 @@ impl TorchScriptTrainable {
 }
 
 impl Trainable for TorchScriptTrainable {
+    fn resident_bytes(&self) -> u64 {
+        self.data.bytes()
+    }
+
     fn init_thread(&self, threads: u32) {
         tch::set_num_threads(threads as i32);
     }

@@ -340,7 +340,7 @@ fn prepare(mut job: Job, parts: &[Part], store: &CheckpointStore) -> Result<(Job
 
 /// Builds the experiment's trainable (loading its data) and the slot threads.
 fn load(e: Experiment, slots: u32, threads: Option<u32>, store: CheckpointStore) -> Result<Loaded, String> {
-    let config = Config::parse(&e.config_text, e.yaml, &e.config_path)
+    let config = Config::parse(&e.config_text, e.format, &e.config_path)
         .map_err(|err| err.to_string())?
         .with_paths_from(&e.config_path);
     config.check_files(&e.config_path).map_err(|err| err.to_string())?;
@@ -396,13 +396,31 @@ fn host_name() -> String {
 }
 
 /// Runs a worker until it exits; builds its own tokio runtime.
+///
+/// SIGHUP, from the kernel when the coordinator that spawned this worker
+/// dies (or a closed terminal), ends it at once, whatever it is doing
+/// (connecting, loading data, training). Whenever it loses its
+/// coordinator, the programs of its `command` trials are killed with it.
 pub fn run(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| WorkerError::Start(e.to_string()))?;
-    runtime.block_on(serve(options))
+    let exit = runtime.block_on(async {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| WorkerError::Start(e.to_string()))?;
+        tokio::select! {
+            exit = serve(options) => exit,
+            _ = hangup.recv() => Ok(WorkerExit::CoordinatorLost("its coordinator died (SIGHUP)".into())),
+        }
+    });
+    if let Ok(WorkerExit::CoordinatorLost(_)) = &exit {
+        crate::trainable::command::kill_programs();
+    }
+    // Data still loading on a blocking thread is not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    exit
 }
 
 async fn serve(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
