@@ -12,7 +12,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::Instant;
 
-use gauntlet::config::{SchedulerConfig, SchedulerKind};
+use gauntlet::config::SchedulerConfig;
+use gauntlet::schedule::{AshaConfig, FifoConfig};
 use gauntlet::{Domain, Mode, ParamValue, SearchSpace, Sweep, TrainError, TrialContext, TrialStatus};
 
 fn space() -> SearchSpace {
@@ -37,7 +38,8 @@ fn main() {
         "{:<10} {:>5} {:>10} {:>12} {:>12} {:>8}",
         "scheduler", "slots", "seconds", "trials/s", "reports/s", "pruned"
     );
-    for kind in [SchedulerKind::Fifo, SchedulerKind::Asha] {
+    let schedulers = [SchedulerConfig::Fifo(FifoConfig {}), SchedulerConfig::Asha(AshaConfig::default())];
+    for scheduler in schedulers {
         for slots in [1, 2, 4] {
             let started = Instant::now();
             let summary = Sweep::new("bench", space(), noop)
@@ -45,7 +47,7 @@ fn main() {
                 .max_trials(trials)
                 .max_epochs(10)
                 .concurrency(slots)
-                .scheduler(SchedulerConfig { kind, grace_epochs: 1, reduction_factor: 3 })
+                .scheduler(scheduler.clone())
                 .run_blocking()
                 .expect("the sweep runs");
             let secs = started.elapsed().as_secs_f64();
@@ -53,7 +55,7 @@ fn main() {
             assert_eq!(summary.standings.len(), trials as usize);
             println!(
                 "{:<10} {:>5} {:>10.3} {:>12.0} {:>12.0} {:>8}",
-                format!("{kind:?}").to_lowercase(),
+                scheduler.kind(),
                 slots,
                 secs,
                 f64::from(trials) / secs,

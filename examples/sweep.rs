@@ -11,7 +11,8 @@
 
 use std::sync::Arc;
 
-use gauntlet::config::{SchedulerConfig, SchedulerKind};
+use gauntlet::config::SchedulerConfig;
+use gauntlet::schedule::AshaConfig;
 use gauntlet::{Domain, Mode, ParamValue, SearchSpace, Sweep, TrainError, TrialContext};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
@@ -83,7 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_trials(16)
         .concurrency(2)
         .max_epochs(12)
-        .scheduler(SchedulerConfig { kind: SchedulerKind::Asha, grace_epochs: 2, reduction_factor: 3 })
+        .scheduler(SchedulerConfig::Asha(AshaConfig { grace_epochs: 2, reduction_factor: 3 }))
         .run_blocking()?;
 
     println!("{:<5} {:<10} {:>12} {:>7}  params", "rank", "status", "val_accuracy", "epochs");

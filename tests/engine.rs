@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gauntlet::config::{FaultConfig, SchedulerConfig, SchedulerKind};
+use gauntlet::config::{FaultConfig, SchedulerConfig};
+use gauntlet::schedule::AshaConfig;
 use gauntlet::{Domain, Mode, SearchSpace, Sweep, SweepEvent, TrainError, TrialContext, TrialStatus};
 
 fn space() -> SearchSpace {
@@ -164,7 +165,7 @@ fn asha_prunes_poor_trials_within_one_epoch() {
     .max_trials(27)
     .max_epochs(9)
     .concurrency(1)
-    .scheduler(SchedulerConfig { kind: SchedulerKind::Asha, grace_epochs: 1, reduction_factor: 3 })
+    .scheduler(SchedulerConfig::Asha(AshaConfig { grace_epochs: 1, reduction_factor: 3 }))
     .run_blocking()
     .unwrap();
     let pruned = summary.count(TrialStatus::Pruned);

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 pub use space::{Domain, ParamValue, Params, SearchSpace};
 
+pub use crate::schedule::SchedulerConfig;
+
 /// A configuration problem: which file, which key, and what is expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -295,32 +297,6 @@ pub enum SearchAlgorithm {
     Random,
 }
 
-/// `[scheduler]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SchedulerConfig {
-    /// The early-stopping policy.
-    #[serde(default)]
-    pub kind: SchedulerKind,
-    /// Epochs before the first rung.
-    #[serde(default = "one")]
-    pub grace_epochs: u32,
-    /// Keep the top 1/reduction_factor at each rung.
-    #[serde(default = "default_reduction_factor")]
-    pub reduction_factor: u32,
-}
-
-/// `[scheduler] kind`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SchedulerKind {
-    /// Every trial trains to the end.
-    #[default]
-    Fifo,
-    /// Asynchronous successive halving.
-    Asha,
-}
-
 /// `[fault]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -375,9 +351,6 @@ fn default_classes() -> usize {
 fn default_grid_points() -> u32 {
     3
 }
-fn default_reduction_factor() -> u32 {
-    3
-}
 fn default_max_restarts() -> u32 {
     3
 }
@@ -391,11 +364,6 @@ fn default_keep_checkpoints() -> u32 {
 impl Default for SearchConfig {
     fn default() -> Self {
         Self { algorithm: SearchAlgorithm::default(), grid_points: default_grid_points() }
-    }
-}
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        Self { kind: SchedulerKind::default(), grace_epochs: 1, reduction_factor: default_reduction_factor() }
     }
 }
 impl DataConfig {
@@ -727,16 +695,7 @@ impl Config {
                 format!("expected 1 to {MAX_GRID_POINTS}, got {}", raw.search.grid_points),
             ));
         }
-        let s = &raw.scheduler;
-        if s.grace_epochs == 0 || s.grace_epochs > max_epochs {
-            return Err(bad(
-                "scheduler.grace_epochs",
-                format!("expected 1 to train.max_epochs ({max_epochs}), got {}", s.grace_epochs),
-            ));
-        }
-        if s.reduction_factor < 2 {
-            return Err(bad("scheduler.reduction_factor", format!("expected at least 2, got {}", s.reduction_factor)));
-        }
+        raw.scheduler.check(max_epochs).map_err(|(key, message)| bad(key, message))?;
         if !(1..=1000).contains(&raw.fault.keep_checkpoints) {
             return Err(bad(
                 "fault.keep_checkpoints",

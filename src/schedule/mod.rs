@@ -5,14 +5,17 @@
 //! leaderboard actor can ask them and a resumed run can restore them.
 
 mod asha;
+mod hyperband;
+mod median;
 mod ranks;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{SchedulerConfig, SchedulerKind};
 use crate::trial::TrialId;
 
 pub use asha::Asha;
+pub use hyperband::{Hyperband, HyperbandConfig};
+pub use median::{Median, MedianConfig};
 pub use ranks::Ranks;
 
 /// A scheduler's answer to one report.
@@ -27,6 +30,105 @@ pub enum Decision {
     Complete,
 }
 
+/// `[scheduler]`: one table per kind, tagged by `kind`, each with its own
+/// keys (another kind's key is an error naming it) and its own checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SchedulerConfig {
+    /// Every trial trains to the end.
+    Fifo(FifoConfig),
+    /// Asynchronous successive halving.
+    Asha(AshaConfig),
+    /// Median stopping.
+    Median(MedianConfig),
+    /// Asynchronous Hyperband: several ASHA brackets.
+    Hyperband(HyperbandConfig),
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig::Fifo(FifoConfig {})
+    }
+}
+
+/// `[scheduler] kind = "fifo"`: no keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FifoConfig {}
+
+/// `[scheduler] kind = "asha"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AshaConfig {
+    /// Epochs before the first rung.
+    #[serde(default = "one")]
+    pub grace_epochs: u32,
+    /// Keep the top 1/reduction_factor at each rung.
+    #[serde(default = "three")]
+    pub reduction_factor: u32,
+}
+
+impl Default for AshaConfig {
+    fn default() -> Self {
+        AshaConfig { grace_epochs: 1, reduction_factor: 3 }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+fn three() -> u32 {
+    3
+}
+
+impl SchedulerConfig {
+    /// The kind's name, as written in configs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SchedulerConfig::Fifo(_) => "fifo",
+            SchedulerConfig::Asha(_) => "asha",
+            SchedulerConfig::Median(_) => "median",
+            SchedulerConfig::Hyperband(_) => "hyperband",
+        }
+    }
+
+    /// Checks the kind's keys for trials of `max_epochs` epochs: the key at
+    /// fault (`scheduler.grace_epochs`) and what is expected.
+    pub fn check(&self, max_epochs: u32) -> Result<(), (&'static str, String)> {
+        let grace = |g: u32| {
+            if g == 0 || g > max_epochs {
+                Err(("scheduler.grace_epochs", format!("expected 1 to train.max_epochs ({max_epochs}), got {g}")))
+            } else {
+                Ok(())
+            }
+        };
+        let eta = |r: u32| {
+            if r < 2 {
+                Err(("scheduler.reduction_factor", format!("expected at least 2, got {r}")))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            SchedulerConfig::Fifo(_) => Ok(()),
+            SchedulerConfig::Asha(a) => grace(a.grace_epochs).and(eta(a.reduction_factor)),
+            SchedulerConfig::Hyperband(h) => {
+                grace(h.grace_epochs)?;
+                eta(h.reduction_factor)?;
+                match h.brackets {
+                    Some(0) => Err(("scheduler.brackets", "expected at least 1".into())),
+                    _ => Ok(()),
+                }
+            }
+            SchedulerConfig::Median(m) if m.warmup_epochs >= max_epochs => Err((
+                "scheduler.warmup_epochs",
+                format!("expected fewer than train.max_epochs ({max_epochs}), got {}", m.warmup_epochs),
+            )),
+            SchedulerConfig::Median(_) => Ok(()),
+        }
+    }
+}
+
 /// An early-stopping policy with its state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -38,14 +140,20 @@ pub enum Scheduler {
     },
     /// Asynchronous successive halving.
     Asha(Asha),
+    /// Median stopping.
+    Median(Median),
+    /// Asynchronous Hyperband.
+    Hyperband(Hyperband),
 }
 
 impl Scheduler {
     /// Builds the scheduler a config asks for.
     pub fn new(config: &SchedulerConfig, max_epochs: u32) -> Self {
-        match config.kind {
-            SchedulerKind::Fifo => Scheduler::Fifo { max_epochs },
-            SchedulerKind::Asha => Scheduler::Asha(Asha::new(config.grace_epochs, config.reduction_factor, max_epochs)),
+        match config {
+            SchedulerConfig::Fifo(_) => Scheduler::Fifo { max_epochs },
+            SchedulerConfig::Asha(a) => Scheduler::Asha(Asha::new(a.grace_epochs, a.reduction_factor, max_epochs)),
+            SchedulerConfig::Median(m) => Scheduler::Median(Median::new(m, max_epochs)),
+            SchedulerConfig::Hyperband(h) => Scheduler::Hyperband(Hyperband::new(h, max_epochs)),
         }
     }
 
@@ -60,6 +168,8 @@ impl Scheduler {
                 }
             }
             Scheduler::Asha(a) => a.on_report(trial, epoch, score),
+            Scheduler::Median(m) => m.on_report(trial, epoch, score),
+            Scheduler::Hyperband(h) => h.on_report(trial, epoch, score),
         }
     }
 }

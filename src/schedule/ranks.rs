@@ -50,6 +50,28 @@ impl Ranks {
         within + self.chunks[(i + 1).min(self.chunks.len())..].iter().map(Vec::len).sum::<usize>()
     }
 
+    /// The `k`-th smallest score (from 0), if there are more than `k`.
+    pub fn nth(&self, k: usize) -> Option<f64> {
+        let mut k = k;
+        for c in &self.chunks {
+            if k < c.len() {
+                return Some(c[k]);
+            }
+            k -= c.len();
+        }
+        None
+    }
+
+    /// The median: the middle score, or the mean of the two middle ones.
+    pub fn median(&self) -> Option<f64> {
+        let n = self.len;
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => self.nth(n / 2),
+            _ => Some((self.nth(n / 2 - 1)? + self.nth(n / 2)?) / 2.0),
+        }
+    }
+
     fn values(&self) -> impl Iterator<Item = f64> + '_ {
         self.chunks.iter().flatten().copied()
     }
@@ -93,6 +115,12 @@ mod tests {
             }
         }
         assert_eq!(ranks.len(), 5_000);
+        all.sort_by(f64::total_cmp);
+        for k in [0, 1, 511, 512, 2_500, 4_999] {
+            assert_eq!(ranks.nth(k), Some(all[k]), "k={k}");
+        }
+        assert_eq!(ranks.nth(5_000), None);
+        assert_eq!(ranks.median(), Some((all[2_499] + all[2_500]) / 2.0));
         let back: Ranks = serde_json::from_str(&serde_json::to_string(&ranks).unwrap()).unwrap();
         assert_eq!(back.greater_than(15.0), ranks.greater_than(15.0));
     }

@@ -1,0 +1,121 @@
+//! Schedulers beyond ASHA through the real binary: median stopping and
+//! asynchronous Hyperband prune, a run killed with SIGKILL and resumed ends
+//! exactly as an uninterrupted one (concurrency 1), and each kind's table
+//! refuses the keys of another.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn config(name: &str, scheduler: &str) -> String {
+    format!(
+        r#"
+[experiment]
+name = "{name}"
+seed = 11
+max_trials = 14
+concurrency = 1
+[model]
+kind = "sleep"
+epoch_ms = 15
+quality = {{ uniform = [0.1, 0.9] }}
+[train]
+max_epochs = 9
+[scheduler]
+{scheduler}
+"#
+    )
+}
+
+/// (id, params, status, epochs) of every trial.
+fn outcome(dir: &Path) -> Vec<(u64, String, String, u64)> {
+    status_json(dir)["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_u64().unwrap(),
+                t["params"].to_string(),
+                t["status"].as_str().unwrap().to_owned(),
+                t["epochs"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn run_and_kill(tmp: &Path, name: &str, config: &str, reports: usize) -> PathBuf {
+    let cfg = write(tmp, &format!("{name}.toml"), config);
+    let out = tmp.join(name);
+    let mut guard = spawn_run(&cfg, &out);
+    let start = Instant::now();
+    while reported(&out) < reports {
+        assert!(guard.0.try_wait().unwrap().is_none(), "{name}: ended before {reports} reports");
+        assert!(start.elapsed() < Duration::from_secs(60), "{name}: too slow");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    guard.0.kill().unwrap();
+    guard.0.wait().unwrap();
+    out
+}
+
+fn prunes_and_resumes_exactly(kind: &str, scheduler: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = run_ok(tmp.path(), &config(kind, scheduler));
+    let expected = outcome(&reference);
+    assert_eq!(expected.len(), 14);
+    let pruned = expected.iter().filter(|t| t.2 == "pruned").count();
+    assert!(pruned >= 3, "{kind} pruned {pruned} of 14: {expected:?}");
+    assert!(expected.iter().any(|t| t.2 == "completed" && t.3 == 9), "{kind}: some trial trains to the end");
+    for reports in [5, 23, 41] {
+        let dir = run_and_kill(tmp.path(), &format!("{kind}-killed-{reports}"), &config(kind, scheduler), reports);
+        let o = gauntlet().args(["resume", dir.to_str().unwrap()]).output().unwrap();
+        assert!(o.status.success(), "resume after {reports} reports: {}", stderr(&o));
+        assert_eq!(outcome(&dir), expected, "{kind}: killed after {reports} reports, resumed");
+    }
+}
+
+#[test]
+fn median_stopping_prunes_and_resumes_exactly() {
+    prunes_and_resumes_exactly("median", "kind = \"median\"\nstartup_trials = 3\nwarmup_epochs = 1");
+}
+
+#[test]
+fn hyperband_prunes_by_bracket_and_resumes_exactly() {
+    prunes_and_resumes_exactly("hyperband", "kind = \"hyperband\"\ngrace_epochs = 1\nreduction_factor = 3");
+    // Trials of the patient bracket (every third-ish id) all train to the end.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_ok(tmp.path(), &config("hb", "kind = \"hyperband\""));
+    let h = gauntlet::schedule::Hyperband::new(&Default::default(), 9);
+    for (id, _, status, epochs) in outcome(&dir) {
+        if h.bracket_of(gauntlet::TrialId(id as u32)) == 2 {
+            assert_eq!(
+                (status.as_str(), epochs),
+                ("completed", 9),
+                "trial {id} is in the bracket that never stops early"
+            );
+        }
+    }
+}
+
+#[test]
+fn each_kind_takes_only_its_own_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("kind = \"median\"\ngrace_epochs = 1", "unknown field `grace_epochs`"),
+        ("kind = \"fifo\"\nreduction_factor = 3", "unknown field `reduction_factor`"),
+        ("kind = \"asha\"\nstartup_trials = 3", "unknown field `startup_trials`"),
+        ("kind = \"hyperband\"\nbrackets = 0", "scheduler.brackets"),
+        ("kind = \"median\"\nwarmup_epochs = 9", "scheduler.warmup_epochs"),
+        ("kind = \"pbt2\"", "unknown variant `pbt2`"),
+    ];
+    for (table, phrase) in cases {
+        let cfg = write(tmp.path(), "bad.toml", &config("bad", table));
+        let o = run_in(tmp.path(), &["validate", cfg.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{table}: {}", stderr(&o));
+        assert!(stderr(&o).contains("scheduler") && stderr(&o).contains(phrase), "{table}: {}", stderr(&o));
+    }
+}
