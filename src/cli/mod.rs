@@ -160,11 +160,11 @@ fn validate(path: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     check_out(&out.map_or_else(|| default_out(&config), Path::to_owned), out.is_some())?;
     let searched: Vec<&str> = config.space.searched().collect();
     println!(
-        "{}: ok: experiment `{}`, {} trials, {:?} search over {} parameter(s) [{}], {} scheduler, {} epochs",
+        "{}: ok: experiment `{}`, {} trials, {} search over {} parameter(s) [{}], {} scheduler, {} epochs",
         path.display(),
         config.experiment.name,
         config.experiment.max_trials,
-        config.search.algorithm,
+        config.search.name(),
         searched.len(),
         searched.join(", "),
         config.scheduler.kind(),

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use space::{Domain, ParamValue, Params, SearchSpace};
 
 pub use crate::schedule::SchedulerConfig;
+pub use crate::search::SearchConfig;
 
 /// A configuration problem: which file, which key, and what is expected.
 #[derive(Debug, thiserror::Error)]
@@ -268,34 +269,8 @@ pub struct ModelProgram {
     pub workdir: Option<PathBuf>,
 }
 
-/// The most values a grid dimension may have (`search.grid_points`).
-pub const MAX_GRID_POINTS: u32 = 1000;
-
 /// Default seconds a pruned program has to exit after SIGTERM.
 pub const DEFAULT_GRACE_SECONDS: f64 = 5.0;
-
-/// `[search]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SearchConfig {
-    /// The search algorithm.
-    #[serde(default)]
-    pub algorithm: SearchAlgorithm,
-    /// Grid: values per continuous dimension.
-    #[serde(default = "default_grid_points")]
-    pub grid_points: u32,
-}
-
-/// `[search] algorithm`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SearchAlgorithm {
-    /// Every combination, in order.
-    Grid,
-    /// Independent seeded draws.
-    #[default]
-    Random,
-}
 
 /// `[fault]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -348,9 +323,6 @@ fn default_features() -> usize {
 fn default_classes() -> usize {
     4
 }
-fn default_grid_points() -> u32 {
-    3
-}
 fn default_max_restarts() -> u32 {
     3
 }
@@ -361,11 +333,6 @@ fn default_keep_checkpoints() -> u32 {
     2
 }
 
-impl Default for SearchConfig {
-    fn default() -> Self {
-        Self { algorithm: SearchAlgorithm::default(), grid_points: default_grid_points() }
-    }
-}
 impl DataConfig {
     /// The section of a model that reads no data.
     fn none() -> Self {
@@ -689,12 +656,7 @@ impl Config {
             fill_section(&mut space, "train", train, TRAIN_FIELDS, file)?;
         }
 
-        if !(1..=MAX_GRID_POINTS).contains(&raw.search.grid_points) {
-            return Err(bad(
-                "search.grid_points",
-                format!("expected 1 to {MAX_GRID_POINTS}, got {}", raw.search.grid_points),
-            ));
-        }
+        raw.search.check(&space).map_err(|(key, message)| bad(key, message))?;
         raw.scheduler.check(max_epochs).map_err(|(key, message)| bad(key, message))?;
         if !(1..=1000).contains(&raw.fault.keep_checkpoints) {
             return Err(bad(
@@ -1146,7 +1108,11 @@ max_epochs = 3
             ("name = \"t\"", "name = \"t\"\nconcurrency = 100000", "experiment.concurrency"),
             ("name = \"t\"", "name = \"t\"\nthreads_per_trial = 100000", "experiment.threads_per_trial"),
             ("name = \"t\"", "name = \"t\"\nmax_trials = 4000000000", "experiment.max_trials"),
-            ("max_epochs = 3", "max_epochs = 3\n[search]\ngrid_points = 4000000000", "search.grid_points"),
+            (
+                "max_epochs = 3",
+                "max_epochs = 3\n[search]\nalgorithm = \"grid\"\ngrid_points = 4000000000",
+                "search.grid_points",
+            ),
         ];
         for (from, to, key) in cases {
             match parse(&GOOD.replace(from, to)) {

@@ -200,6 +200,31 @@ impl Domain {
         }
     }
 
+    /// The value at `u` of the unit interval, by the inverse of the
+    /// distribution [`Domain::sample`] draws from: `u` uniform in [0, 1)
+    /// gives the same distribution. Log ranges map in log space; integers
+    /// and choices take equal slices.
+    pub fn at_unit(&self, u: f64) -> ParamValue {
+        let u = u.clamp(0.0, 1.0);
+        let slice = |n: u64| ((u * n as f64) as u64).min(n.saturating_sub(1));
+        match self {
+            Domain::Fixed(v) => v.clone(),
+            Domain::Uniform { low, high } => ParamValue::Float(lerp(*low, *high, u)),
+            Domain::LogUniform { low, high } => {
+                ParamValue::Float(lerp(low.ln(), high.ln(), u).exp().clamp(*low, *high))
+            }
+            Domain::Int { low, high, log: false } => {
+                let n = (i128::from(*high) - i128::from(*low) + 1).min(i128::from(u64::MAX)) as u64;
+                ParamValue::Int((i128::from(*low) + i128::from(slice(n))).min(i128::from(*high)) as i64)
+            }
+            Domain::Int { low, high, log: true } => {
+                let (l, h) = ((*low as f64 - 0.4999).ln(), (*high as f64 + 0.4999).ln());
+                ParamValue::Int((lerp(l, h, u).exp().round() as i64).clamp(*low, *high))
+            }
+            Domain::Choice(values) => values[slice(values.len() as u64) as usize].clone(),
+        }
+    }
+
     /// The values a grid search visits: every choice, every integer of a
     /// small range, or `points` evenly spaced values of a continuous range
     /// (log-spaced for log domains).
@@ -285,6 +310,20 @@ impl SearchSpace {
     /// Names of the dimensions that are actually searched.
     pub fn searched(&self) -> impl Iterator<Item = &str> {
         self.dims.iter().filter(|(_, d)| d.is_searched()).map(|(n, _)| n.as_str())
+    }
+
+    /// The parameters at a point of the unit cube: one coordinate for each
+    /// searched dimension, in order ([`Domain::at_unit`]); fixed ones keep
+    /// their value. Missing coordinates count as 0.5.
+    pub fn at_unit(&self, point: &[f64]) -> Params {
+        let mut coordinates = point.iter().copied();
+        self.dims
+            .iter()
+            .map(|(n, d)| {
+                let u = if d.is_searched() { coordinates.next().unwrap_or(0.5) } else { 0.5 };
+                (n.clone(), d.at_unit(u))
+            })
+            .collect()
     }
 
     /// Draws one point.

@@ -34,7 +34,7 @@ use ractor::{Actor, ActorRef};
 
 use crate::board::Board;
 use crate::checkpoint::CheckpointStore;
-use crate::config::{ChaosConfig, Config, FaultConfig, Mode, SchedulerConfig, SearchAlgorithm, SearchSpace};
+use crate::config::{ChaosConfig, Config, FaultConfig, Mode, SchedulerConfig, SearchConfig, SearchSpace};
 use crate::journal::{Journal, RunState};
 use crate::run_dir::RunDir;
 use crate::schedule::Scheduler;
@@ -228,8 +228,7 @@ pub struct Sweep {
     concurrency: u32,
     threads_per_trial: u32,
     max_epochs: u32,
-    algorithm: SearchAlgorithm,
-    grid_points: u32,
+    search: SearchConfig,
     scheduler: SchedulerConfig,
     fault: FaultConfig,
     chaos: ChaosConfig,
@@ -260,8 +259,7 @@ impl Sweep {
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             threads_per_trial: 1,
             max_epochs: 10,
-            algorithm: SearchAlgorithm::Random,
-            grid_points: 3,
+            search: SearchConfig::default(),
             scheduler: SchedulerConfig::default(),
             fault: FaultConfig::default(),
             chaos: ChaosConfig::default(),
@@ -288,7 +286,7 @@ impl Sweep {
             .concurrency(e.slots())
             .threads_per_trial(e.threads_per_trial)
             .max_epochs(config.max_epochs)
-            .search(config.search.algorithm, config.search.grid_points)
+            .search(config.search.clone())
             .scheduler(config.scheduler.clone())
             .fault(config.fault.clone())
             .chaos(config.chaos.clone())
@@ -326,9 +324,8 @@ impl Sweep {
         self
     }
     /// The search algorithm.
-    pub fn search(mut self, algorithm: SearchAlgorithm, grid_points: u32) -> Self {
-        self.algorithm = algorithm;
-        self.grid_points = grid_points.max(1);
+    pub fn search(mut self, search: SearchConfig) -> Self {
+        self.search = search;
         self
     }
     /// The early-stopping policy.
@@ -407,7 +404,7 @@ impl Sweep {
                 CheckpointStore::new(scratch.path(), 2)
             }
         };
-        let mut searcher = Searcher::new(self.algorithm, &self.space, self.seed, self.grid_points);
+        let mut searcher = Searcher::new(&self.search, &self.space, self.seed);
         let prior = self.prior.unwrap_or_else(|| Prior {
             board: Board::new(
                 self.metric.clone(),

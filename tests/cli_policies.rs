@@ -1,7 +1,7 @@
-//! Schedulers beyond ASHA through the real binary: median stopping and
-//! asynchronous Hyperband prune, a run killed with SIGKILL and resumed ends
-//! exactly as an uninterrupted one (concurrency 1), and each kind's table
-//! refuses the keys of another.
+//! Search and scheduling policies beyond random search and ASHA through the
+//! real binary: Sobol points, median stopping and asynchronous Hyperband; a
+//! run killed with SIGKILL and resumed ends exactly as an uninterrupted one
+//! (concurrency 1), and each kind's table refuses the keys of another.
 
 mod common;
 
@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn config(name: &str, scheduler: &str) -> String {
+/// `tables`: the `[search]` and `[scheduler]` sections.
+fn config(name: &str, tables: &str) -> String {
     format!(
         r#"
 [experiment]
@@ -24,8 +25,7 @@ epoch_ms = 15
 quality = {{ uniform = [0.1, 0.9] }}
 [train]
 max_epochs = 9
-[scheduler]
-{scheduler}
+{tables}
 "#
     )
 }
@@ -62,20 +62,40 @@ fn run_and_kill(tmp: &Path, name: &str, config: &str, reports: usize) -> PathBuf
     out
 }
 
-fn prunes_and_resumes_exactly(kind: &str, scheduler: &str) {
+/// Runs `tables` to the end, then killed at three points and resumed: the
+/// same trials, parameters, statuses and epochs. Returns the outcome.
+fn resumes_exactly(kind: &str, tables: &str) -> Vec<(u64, String, String, u64)> {
     let tmp = tempfile::tempdir().unwrap();
-    let reference = run_ok(tmp.path(), &config(kind, scheduler));
+    let reference = run_ok(tmp.path(), &config(kind, tables));
     let expected = outcome(&reference);
     assert_eq!(expected.len(), 14);
-    let pruned = expected.iter().filter(|t| t.2 == "pruned").count();
-    assert!(pruned >= 3, "{kind} pruned {pruned} of 14: {expected:?}");
-    assert!(expected.iter().any(|t| t.2 == "completed" && t.3 == 9), "{kind}: some trial trains to the end");
     for reports in [5, 23, 41] {
-        let dir = run_and_kill(tmp.path(), &format!("{kind}-killed-{reports}"), &config(kind, scheduler), reports);
+        let dir = run_and_kill(tmp.path(), &format!("{kind}-killed-{reports}"), &config(kind, tables), reports);
         let o = gauntlet().args(["resume", dir.to_str().unwrap()]).output().unwrap();
         assert!(o.status.success(), "resume after {reports} reports: {}", stderr(&o));
         assert_eq!(outcome(&dir), expected, "{kind}: killed after {reports} reports, resumed");
     }
+    expected
+}
+
+fn prunes_and_resumes_exactly(kind: &str, scheduler: &str) {
+    let expected = resumes_exactly(kind, &format!("[scheduler]\n{scheduler}"));
+    let pruned = expected.iter().filter(|t| t.2 == "pruned").count();
+    assert!(pruned >= 3, "{kind} pruned {pruned} of 14: {expected:?}");
+    assert!(expected.iter().any(|t| t.2 == "completed" && t.3 == 9), "{kind}: some trial trains to the end");
+}
+
+#[test]
+fn sobol_points_spread_evenly_and_resume_the_same_sequence() {
+    let expected = resumes_exactly("sobol", "[search]\nalgorithm = \"sobol\"\n[scheduler]\nkind = \"asha\"");
+    // 14 points in one dimension: the first 8 fall one in each eighth of [0.1, 0.9].
+    let qualities: Vec<f64> = expected[..8]
+        .iter()
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t.1).unwrap()["quality"].as_f64().unwrap())
+        .collect();
+    let mut eighths: Vec<usize> = qualities.iter().map(|q| ((q - 0.1) / 0.1) as usize).collect();
+    eighths.sort_unstable();
+    assert_eq!(eighths, (0..8).collect::<Vec<_>>(), "{qualities:?}");
 }
 
 #[test]
@@ -88,7 +108,7 @@ fn hyperband_prunes_by_bracket_and_resumes_exactly() {
     prunes_and_resumes_exactly("hyperband", "kind = \"hyperband\"\ngrace_epochs = 1\nreduction_factor = 3");
     // Trials of the patient bracket (every third-ish id) all train to the end.
     let tmp = tempfile::tempdir().unwrap();
-    let dir = run_ok(tmp.path(), &config("hb", "kind = \"hyperband\""));
+    let dir = run_ok(tmp.path(), &config("hb", "[scheduler]\nkind = \"hyperband\""));
     let h = gauntlet::schedule::Hyperband::new(&Default::default(), 9);
     for (id, _, status, epochs) in outcome(&dir) {
         if h.bracket_of(gauntlet::TrialId(id as u32)) == 2 {
@@ -113,9 +133,19 @@ fn each_kind_takes_only_its_own_keys() {
         ("kind = \"pbt2\"", "unknown variant `pbt2`"),
     ];
     for (table, phrase) in cases {
-        let cfg = write(tmp.path(), "bad.toml", &config("bad", table));
+        let cfg = write(tmp.path(), "bad.toml", &config("bad", &format!("[scheduler]\n{table}")));
         let o = run_in(tmp.path(), &["validate", cfg.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(2), "{table}: {}", stderr(&o));
         assert!(stderr(&o).contains("scheduler") && stderr(&o).contains(phrase), "{table}: {}", stderr(&o));
+    }
+    for (table, phrase) in [
+        ("algorithm = \"sobol\"\ngrid_points = 3", "unknown field `grid_points`"),
+        ("algorithm = \"grid\"\ngrid_points = 0", "search.grid_points"),
+        ("algorithm = \"tpe2\"", "unknown variant `tpe2`"),
+    ] {
+        let cfg = write(tmp.path(), "bad.toml", &config("bad", &format!("[search]\n{table}")));
+        let o = run_in(tmp.path(), &["validate", cfg.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{table}: {}", stderr(&o));
+        assert!(stderr(&o).contains("search") && stderr(&o).contains(phrase), "{table}: {}", stderr(&o));
     }
 }
