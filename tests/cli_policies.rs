@@ -78,6 +78,19 @@ fn resumes_exactly(kind: &str, tables: &str) -> Vec<(u64, String, String, u64)> 
     expected
 }
 
+#[test]
+fn tpe_learns_from_finished_and_pruned_trials_and_resumes_the_same_sequence() {
+    let tables = "[search]\nalgorithm = \"tpe\"\nstartup_trials = 4\n[scheduler]\nkind = \"asha\"";
+    let expected = resumes_exactly("tpe", tables);
+    // After 4 random start-up trials, proposals lean towards high quality (the metric climbs to it).
+    let quality = |t: &(u64, String, String, u64)| {
+        serde_json::from_str::<serde_json::Value>(&t.1).unwrap()["quality"].as_f64().unwrap()
+    };
+    let late: Vec<f64> = expected[8..].iter().map(quality).collect();
+    let high = late.iter().filter(|q| **q > 0.5).count();
+    assert!(high >= 4, "late TPE proposals: {late:?}");
+}
+
 fn prunes_and_resumes_exactly(kind: &str, scheduler: &str) {
     let expected = resumes_exactly(kind, &format!("[scheduler]\n{scheduler}"));
     let pruned = expected.iter().filter(|t| t.2 == "pruned").count();

@@ -25,6 +25,11 @@ impl GridSearch {
         self.size
     }
 
+    /// Continues after `n` combinations.
+    pub fn skip_to(&mut self, n: u64) {
+        self.position = n;
+    }
+
     /// The next combination, or `None` after the last.
     pub fn propose(&mut self, space: &SearchSpace) -> Option<Params> {
         if self.position >= self.size {

@@ -7,14 +7,17 @@
 mod grid;
 mod random;
 mod sobol;
+mod tpe;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Params, SearchSpace};
+use crate::config::{Mode, Params, SearchSpace};
+use crate::trial::Standing;
 
 pub use grid::GridSearch;
 pub use random::RandomSearch;
 pub use sobol::{SobolSearch, MAX_SOBOL_DIMS};
+pub use tpe::{TpeConfig, TpeSearch};
 
 /// The most values a grid dimension may have (`search.grid_points`).
 pub const MAX_GRID_POINTS: u32 = 1000;
@@ -30,6 +33,8 @@ pub enum SearchConfig {
     Random(NoKeys),
     /// Scrambled Sobol points.
     Sobol(NoKeys),
+    /// The Tree-structured Parzen Estimator.
+    Tpe(TpeConfig),
 }
 
 impl Default for SearchConfig {
@@ -63,6 +68,7 @@ impl SearchConfig {
             SearchConfig::Grid(_) => "grid",
             SearchConfig::Random(_) => "random",
             SearchConfig::Sobol(_) => "sobol",
+            SearchConfig::Tpe(_) => "tpe",
         }
     }
 
@@ -79,6 +85,12 @@ impl SearchConfig {
                     space.searched().count()
                 ),
             )),
+            SearchConfig::Tpe(t) if t.candidates == 0 || t.candidates > 10_000 => {
+                Err(("search.candidates", format!("expected 1 to 10000, got {}", t.candidates)))
+            }
+            SearchConfig::Tpe(t) if t.startup_trials > 1_000_000 => {
+                Err(("search.startup_trials", format!("expected at most 1000000, got {}", t.startup_trials)))
+            }
             _ => Ok(()),
         }
     }
@@ -94,6 +106,8 @@ pub enum Searcher {
     Random(RandomSearch),
     /// Scrambled Sobol points.
     Sobol(SobolSearch),
+    /// The Tree-structured Parzen Estimator.
+    Tpe(TpeSearch),
 }
 
 impl Searcher {
@@ -103,15 +117,36 @@ impl Searcher {
             SearchConfig::Grid(g) => Searcher::Grid(GridSearch::new(space, g.grid_points.max(1) as usize)),
             SearchConfig::Random(_) => Searcher::Random(RandomSearch::new(seed)),
             SearchConfig::Sobol(_) => Searcher::Sobol(SobolSearch::new(seed)),
+            SearchConfig::Tpe(t) => Searcher::Tpe(TpeSearch::new(t, seed)),
         }
     }
 
-    /// Proposes the parameters of the next trial, or `None` when the space is exhausted.
-    pub fn propose(&mut self, space: &SearchSpace) -> Option<Params> {
+    /// Whether proposals depend on the trials so far (the caller then
+    /// passes them; others get an empty slice for free).
+    pub fn learns(&self) -> bool {
+        matches!(self, Searcher::Tpe(_))
+    }
+
+    /// Continues after `n` proposals: a resumed run proposes nothing again,
+    /// its past proposals are in the journal.
+    pub fn skip_to(&mut self, n: u64) {
+        match self {
+            Searcher::Grid(g) => g.skip_to(n),
+            Searcher::Random(r) => r.skip_to(n),
+            Searcher::Sobol(s) => s.skip_to(n),
+            Searcher::Tpe(t) => t.skip_to(n),
+        }
+    }
+
+    /// Proposes the parameters of the next trial, or `None` when the space
+    /// is exhausted. `trials`: every trial so far, as they stand (read by
+    /// searchers that [`Searcher::learns`]); `mode`: which way is better.
+    pub fn propose(&mut self, space: &SearchSpace, trials: &[Standing], mode: Mode) -> Option<Params> {
         match self {
             Searcher::Grid(g) => g.propose(space),
             Searcher::Random(r) => Some(r.propose(space)),
             Searcher::Sobol(s) => Some(s.propose(space)),
+            Searcher::Tpe(t) => Some(t.propose(space, trials, mode)),
         }
     }
 }

@@ -20,6 +20,11 @@ impl RandomSearch {
         RandomSearch { seed, drawn: 0 }
     }
 
+    /// Continues after `n` draws.
+    pub fn skip_to(&mut self, n: u64) {
+        self.drawn = n;
+    }
+
     /// Draws the next point.
     pub fn propose(&mut self, space: &SearchSpace) -> Params {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);

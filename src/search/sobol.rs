@@ -46,6 +46,11 @@ impl SobolSearch {
         SobolSearch { seed, drawn: 0, table: None }
     }
 
+    /// Continues after `n` points.
+    pub fn skip_to(&mut self, n: u64) {
+        self.drawn = n;
+    }
+
     /// The next point of the unit cube in `dims` dimensions.
     pub fn next_point(&mut self, dims: usize) -> Vec<f64> {
         if self.table.as_ref().is_none_or(|t| t.shifts.len() != dims) {

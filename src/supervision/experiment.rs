@@ -247,7 +247,16 @@ impl ExperimentSupervisor {
             && state.live.len() < s.concurrency as usize
             && state.proposed < s.max_trials
         {
-            let Some(params) = state.searcher.propose(&s.space) else {
+            // A searcher that learns sees every trial as it stands now.
+            let trials = if state.searcher.learns() {
+                match state.leaderboard.call(LeaderboardMsg::Snapshot, None).await {
+                    Ok(ractor::rpc::CallResult::Success(standings)) => standings,
+                    other => return Err(format!("no leaderboard snapshot for the searcher: {other:?}").into()),
+                }
+            } else {
+                Vec::new()
+            };
+            let Some(params) = state.searcher.propose(&s.space, &trials, s.mode) else {
                 state.exhausted = true;
                 break;
             };

@@ -415,9 +415,8 @@ impl Sweep {
             unfinished: Vec::new(),
             proposed: 0,
         });
-        for _ in 0..prior.proposed {
-            searcher.propose(&self.space); // the proposals already made
-        }
+        // The proposals already made are in the journal: continue after them.
+        searcher.skip_to(u64::from(prior.proposed));
         let settings = Arc::new(Settings {
             name: self.name,
             space: self.space,
