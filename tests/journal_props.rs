@@ -41,6 +41,7 @@ fn event() -> impl Strategy<Value = Event> {
             error
         }),
         any::<bool>().prop_map(|finished| Event::SweepStopped { finished }),
+        Just(Event::SweepResumed),
     ]
 }
 

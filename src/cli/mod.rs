@@ -277,6 +277,8 @@ fn tidy_for_resume(run: &RunDir, config: &Config, state: &RunState, journal: &Jo
             store.keep_only_best(*id)?;
         }
     }
+    // A new session: the time budget counts sessions, not the time between them.
+    journal.append(Event::SweepResumed)?;
     journal.sync()?;
     Ok(())
 }
@@ -447,6 +449,7 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
         let out = serde_json::json!({
             "dir": run_dir.root(),
             "interrupted": summary.interrupted,
+            "stopped": summary.stopped,
             "failed": summary.failed(),
             "failures": failures,
             "elapsed_s": summary.elapsed.as_secs_f64(),
@@ -469,6 +472,9 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
         if summary.interrupted { format!(", {} paused (interrupted)", summary.count(Paused)) } else { String::new() },
     );
     print!("{}", table::standings(&summary.standings, &summary.metric, summary.mode, 10));
+    if let Some(why) = &summary.stopped {
+        println!("\nstopped early: {why}");
+    }
     if !failures.is_empty() {
         println!("\nwhy trials failed:");
         for f in &failures {

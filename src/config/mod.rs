@@ -139,6 +139,52 @@ pub struct ExperimentConfig {
     /// GPUs each trial's worker owns when `gauntlet run --gpus` lists some.
     #[serde(default = "one")]
     pub gpus_per_trial: u32,
+    /// Stop the sweep once a trial's metric reaches this value.
+    #[serde(default)]
+    pub stop_at: Option<f64>,
+    /// Stop the sweep after this much wall time in all, e.g. "30m", "2h", "1h30m", "90s".
+    #[serde(default)]
+    pub time_budget: Option<String>,
+    /// Stop the sweep once this many epochs were trained across all trials.
+    #[serde(default)]
+    pub epoch_budget: Option<u64>,
+}
+
+impl ExperimentConfig {
+    /// The time budget, parsed (validated when the config was read).
+    pub fn time_budget(&self) -> Option<std::time::Duration> {
+        self.time_budget.as_deref().and_then(|t| parse_duration(t).ok())
+    }
+}
+
+/// Reads `90s`, `30m`, `2h`, `1d` or sums of them (`1h30m`); at most a year.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let expected = "expected a duration such as \"90s\", \"30m\", \"2h\" or \"1h30m\"";
+    let mut total = 0f64;
+    let mut number = String::new();
+    let mut any = false;
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1.0,
+            'm' => 60.0,
+            'h' => 3600.0,
+            'd' => 86400.0,
+            _ => return Err(format!("`{text}`: {expected}")),
+        };
+        let n: f64 = number.parse().map_err(|_| format!("`{text}`: {expected}"))?;
+        total += n * unit;
+        number.clear();
+        any = true;
+    }
+    let whole = number.is_empty() && any;
+    if !(whole && total > 0.0 && total <= 366.0 * 86400.0) {
+        return Err(format!("`{text}`: {expected}, more than 0 and at most a year"));
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 impl ExperimentConfig {
@@ -545,6 +591,15 @@ impl Config {
                 "experiment.threads_per_trial",
                 format!("expected 1 to {MAX_THREADS_PER_TRIAL}, got {}", e.threads_per_trial),
             ));
+        }
+        if let Some(t) = &e.time_budget {
+            parse_duration(t).map_err(|m| bad("experiment.time_budget", m))?;
+        }
+        if e.epoch_budget == Some(0) {
+            return Err(bad("experiment.epoch_budget", "expected at least 1 (epochs across all trials)".into()));
+        }
+        if e.stop_at.is_some_and(|v| !v.is_finite()) {
+            return Err(bad("experiment.stop_at", "expected a finite metric value".into()));
         }
         if e.gpus_per_trial == 0 || e.gpus_per_trial > 64 {
             return Err(bad("experiment.gpus_per_trial", format!("expected 1 to 64, got {}", e.gpus_per_trial)));
@@ -1072,6 +1127,20 @@ max_epochs = 3
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
                 other => panic!("expected an error at {key}, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn durations_and_stop_rules() {
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse_duration("0.5m").unwrap().as_secs(), 30);
+        for bad in ["", "30", "5x", "0s", "400d", "m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        match parse(&GOOD.replace("name = \"t\"", "name = \"t\"\ntime_budget = \"soon\"")) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "experiment.time_budget"),
+            other => panic!("expected an error at experiment.time_budget, got {other:?}"),
         }
     }
 

@@ -130,6 +130,15 @@ pub enum Event {
         /// Whether the budget was spent.
         finished: bool,
     },
+    /// A resumed run started: a new session (the time budget counts each
+    /// session from its first event to its last).
+    SweepResumed,
+    /// The experiment's time budget is spent: from here on every report
+    /// completes its trial and nothing new is proposed.
+    BudgetSpent {
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// A journal that cannot be read as it is.

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Event, Record};
-use crate::board::Board;
+use crate::board::{Board, StopRules};
 use crate::config::{Config, ConfigError, ConfigFormat, Params};
 use crate::schedule::{Decision, Scheduler};
 use crate::trial::{divergence, Report, TrialId, TrialStatus};
@@ -49,6 +49,9 @@ pub struct RunState {
     pub finished: bool,
     /// Events replayed.
     pub events: usize,
+    /// Wall time the run has spent so far: each session (its creation, each
+    /// resume) from its first event to its last.
+    pub spent: std::time::Duration,
     /// Trials that replay ended although the journal holds no end for them
     /// (the run died between the decision and the end): (trial, status, error).
     pub ended_by_replay: Vec<(TrialId, TrialStatus, Option<String>)>,
@@ -88,9 +91,33 @@ pub enum ReplayError {
     },
 }
 
+/// The wall time of a run's sessions: each from its first event (the
+/// creation, or a resume) to the last event before the next session.
+fn sessions_time(records: &[Record]) -> std::time::Duration {
+    let mut total = 0u64;
+    let mut session: Option<(u64, u64)> = None;
+    for r in records {
+        let starts = matches!(r.event, Event::ExperimentCreated { .. } | Event::SweepResumed);
+        match &mut session {
+            Some((first, last)) if !starts => *last = r.at_ms.max(*first),
+            _ => {
+                if let Some((first, last)) = session {
+                    total += last - first;
+                }
+                session = Some((r.at_ms, r.at_ms));
+            }
+        }
+    }
+    if let Some((first, last)) = session {
+        total += last - first;
+    }
+    std::time::Duration::from_millis(total)
+}
+
 /// Rebuilds a run's state from its journal's records (in file order).
 pub fn replay(records: Vec<Record>, path: &Path) -> Result<RunState, ReplayError> {
     let events = records.len();
+    let spent = sessions_time(&records);
     let mut records = records.into_iter().map(|r| r.event);
     let Some(Event::ExperimentCreated { config_path, yaml, config_text }) = records.next() else {
         return Err(ReplayError::NoConfig { path: path.to_owned() });
@@ -104,11 +131,12 @@ pub fn replay(records: Vec<Record>, path: &Path) -> Result<RunState, ReplayError
         config_path,
         format,
         config_text,
-        board: Board::new(e.metric.clone(), e.mode, config.max_epochs, scheduler),
+        board: Board::new(e.metric.clone(), e.mode, config.max_epochs, scheduler).with_rules(StopRules::of(e)),
         config,
         trials: Vec::new(),
         finished: false,
         events,
+        spent,
         ended_by_replay: Vec::new(),
     };
     for (index, event) in records.enumerate().map(|(i, e)| (i + 1, e)) {
@@ -164,6 +192,8 @@ pub fn replay(records: Vec<Record>, path: &Path) -> Result<RunState, ReplayError
                 state.board.end(id, status, error);
             }
             Event::SweepStopped { finished } => state.finished = finished,
+            Event::SweepResumed => {}
+            Event::BudgetSpent { reason } => state.board.stop(reason),
         }
     }
     // A trial whose last report ended it (divergence first, as the trial's

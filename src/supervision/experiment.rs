@@ -20,7 +20,8 @@ use crate::trainable::ContextSettings;
 use crate::trial::AttemptEnd;
 use crate::trial::{trial_seed, Standing, TrialId, TrialStatus};
 
-pub(super) type Outcome = Result<(Vec<Standing>, bool), SweepError>;
+/// The standings, whether the sweep was interrupted, and why it stopped early.
+pub(super) type Outcome = Result<(Vec<Standing>, bool, Option<String>), SweepError>;
 
 pub(super) struct ExperimentSupervisor;
 
@@ -46,6 +47,10 @@ pub(super) enum ExperimentMsg {
     Respawn(TrialId),
     /// Stop: running trials stop at their next report and stay resumable.
     Interrupt,
+    /// A stop rule fired (the leaderboard saw it on a report): propose no more.
+    Spent(String),
+    /// The time budget is spent.
+    TimeUp,
 }
 
 struct LiveTrial {
@@ -77,6 +82,8 @@ pub(super) struct State {
     proposed: u32,
     exhausted: bool,
     interrupted: bool,
+    /// Why the sweep stops early (a stop rule): nothing more is proposed.
+    spent: Option<String>,
     live: BTreeMap<TrialId, LiveTrial>,
     by_actor: HashMap<ActorId, TrialId>,
     done: Option<oneshot::Sender<Outcome>>,
@@ -89,13 +96,17 @@ impl Actor for ExperimentSupervisor {
 
     async fn pre_start(&self, myself: ActorRef<ExperimentMsg>, args: Args) -> Result<State, ActorProcessingErr> {
         let settings = args.settings;
+        let spent = args.board.stopped().map(str::to_owned);
         let (leaderboard, _) = Actor::spawn_linked(
             None,
             Leaderboard,
-            leaderboard::Args { settings: settings.clone(), board: args.board },
+            leaderboard::Args { settings: settings.clone(), board: args.board, supervisor: myself.clone() },
             myself.get_cell(),
         )
         .await?;
+        if let Some(left) = settings.time_left.filter(|_| spent.is_none()) {
+            myself.send_after(left, || ExperimentMsg::TimeUp);
+        }
         // Trials train on in-process slot threads unless a worker pool trains them.
         let slots = match settings.pool {
             Some(_) => None,
@@ -137,6 +148,7 @@ impl Actor for ExperimentSupervisor {
             proposed: args.proposed,
             exhausted: false,
             interrupted: false,
+            spent,
             live,
             by_actor: HashMap::new(),
             done: Some(args.done),
@@ -180,6 +192,22 @@ impl Actor for ExperimentSupervisor {
                 } else if state.live.contains_key(&id) {
                     self.spawn_attempt(&myself, state, id).await;
                 }
+            }
+            ExperimentMsg::Spent(reason) => {
+                if state.spent.is_none() {
+                    tracing::info!("stopping the sweep: {reason}; running trials complete at their next report");
+                    state.spent = Some(reason);
+                }
+                self.fill(&myself, state).await?;
+            }
+            ExperimentMsg::TimeUp => {
+                if state.spent.is_none() {
+                    let reason = "the time budget is spent".to_owned();
+                    tracing::info!("stopping the sweep: {reason}; running trials complete at their next report");
+                    state.leaderboard.cast(LeaderboardMsg::Stop(reason.clone()))?;
+                    state.spent = Some(reason);
+                }
+                self.fill(&myself, state).await?;
             }
             ExperimentMsg::Interrupt => {
                 state.interrupted = true;
@@ -244,6 +272,7 @@ impl ExperimentSupervisor {
         let s = state.settings.clone();
         while !state.interrupted
             && !state.exhausted
+            && state.spent.is_none()
             && state.live.len() < s.concurrency as usize
             && state.proposed < s.max_trials
         {
@@ -267,7 +296,8 @@ impl ExperimentSupervisor {
             state.live.insert(id, LiveTrial { params, seed, attempts: 0, restarts: 0, preemptions: 0, actor: None });
             self.spawn_attempt(myself, state, id).await;
         }
-        if state.live.is_empty() && (state.interrupted || state.exhausted || state.proposed >= s.max_trials) {
+        let ended = state.interrupted || state.exhausted || state.spent.is_some() || state.proposed >= s.max_trials;
+        if state.live.is_empty() && ended {
             self.finish(myself, state).await?;
         }
         Ok(())
@@ -403,7 +433,7 @@ impl ExperimentSupervisor {
                 .and_then(|r| r.map_err(SweepError::Journal));
             written = written.and(synced);
         }
-        let _ = done.send(written.map(|()| (standings, state.interrupted)));
+        let _ = done.send(written.map(|()| (standings, state.interrupted, state.spent.clone())));
         state.leaderboard.stop(None);
         myself.stop(None);
         Ok(())

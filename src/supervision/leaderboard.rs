@@ -73,12 +73,33 @@ pub enum SweepEvent {
 
 pub(super) enum LeaderboardMsg {
     Report(Report, DecisionReply),
-    Proposed { id: TrialId, params: Params },
-    Started { id: TrialId, attempt: u32, from_epoch: Option<u32>, worker: Option<String> },
-    Restarting { id: TrialId, restarts: u32, error: String },
-    Preempted { id: TrialId, reason: String },
-    Ended { id: TrialId, status: TrialStatus, error: Option<String> },
+    Proposed {
+        id: TrialId,
+        params: Params,
+    },
+    Started {
+        id: TrialId,
+        attempt: u32,
+        from_epoch: Option<u32>,
+        worker: Option<String>,
+    },
+    Restarting {
+        id: TrialId,
+        restarts: u32,
+        error: String,
+    },
+    Preempted {
+        id: TrialId,
+        reason: String,
+    },
+    Ended {
+        id: TrialId,
+        status: TrialStatus,
+        error: Option<String>,
+    },
     Snapshot(RpcReplyPort<Vec<Standing>>),
+    /// The time budget is spent: every report from now on completes its trial.
+    Stop(String),
 }
 
 impl ractor::Message for LeaderboardMsg {}
@@ -146,12 +167,15 @@ pub(super) struct Leaderboard;
 pub(super) struct Args {
     pub(super) settings: Arc<Settings>,
     pub(super) board: Board,
+    /// Told when a report makes a stop rule fire.
+    pub(super) supervisor: ActorRef<super::experiment::ExperimentMsg>,
 }
 
 pub(super) struct State {
     settings: Arc<Settings>,
     board: Board,
     results: Option<ResultsLog>,
+    supervisor: ActorRef<super::experiment::ExperimentMsg>,
 }
 
 impl State {
@@ -172,7 +196,11 @@ impl State {
     /// report is durable in the journal.
     fn on_report(&mut self, report: Report, reply: DecisionReply) -> Result<(), ActorProcessingErr> {
         let value = report.metric(self.board.metric());
+        let was_stopped = self.board.stopped().is_some();
         let decision = self.board.report(report.clone());
+        if let Some(reason) = self.board.stopped().filter(|_| !was_stopped) {
+            let _ = self.supervisor.cast(super::experiment::ExperimentMsg::Spent(reason.to_owned()));
+        }
         if value.is_none() {
             tracing::warn!(trial = %report.trial, metric = %self.board.metric(), "report lacks the experiment metric");
         }
@@ -207,7 +235,7 @@ impl Actor for Leaderboard {
             Some(dir) => Some(dir.results_log()?),
             None => None,
         };
-        Ok(State { settings: args.settings, board: args.board, results })
+        Ok(State { settings: args.settings, board: args.board, results, supervisor: args.supervisor })
     }
 
     async fn handle(
@@ -267,6 +295,10 @@ impl Actor for Leaderboard {
             }
             LeaderboardMsg::Snapshot(reply) => {
                 let _ = reply.send(state.board.standings().to_vec());
+            }
+            LeaderboardMsg::Stop(reason) => {
+                state.journal(Event::BudgetSpent { reason: reason.clone() })?;
+                state.board.stop(reason);
             }
         }
         Ok(())

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef};
 
-use crate::board::Board;
+use crate::board::{Board, StopRules};
 use crate::checkpoint::CheckpointStore;
 use crate::config::{ChaosConfig, Config, FaultConfig, Mode, SchedulerConfig, SearchConfig, SearchSpace};
 use crate::journal::{Journal, RunState};
@@ -93,6 +93,9 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Whether the sweep was interrupted before its budget was spent.
     pub interrupted: bool,
+    /// Why the sweep stopped early, when a stop rule ended it
+    /// (`stop_at`, `epoch_budget`, `time_budget`).
+    pub stopped: Option<String>,
 }
 
 impl Summary {
@@ -190,6 +193,8 @@ pub(crate) struct Settings {
     pub journal: Option<Journal>,
     pub observer: Option<Observer>,
     pub pool: Option<ActorRef<pool::PoolMsg>>,
+    /// Wall time this session may still run before the time budget is spent.
+    pub time_left: Option<Duration>,
 }
 
 /// What a resumed sweep starts from.
@@ -197,6 +202,8 @@ struct Prior {
     board: Board,
     unfinished: Vec<experiment::PriorTrial>,
     proposed: u32,
+    /// Wall time spent in earlier sessions.
+    spent: Duration,
 }
 
 /// A sweep, configured and ready to run: the library's entry point.
@@ -230,6 +237,8 @@ pub struct Sweep {
     max_epochs: u32,
     search: SearchConfig,
     scheduler: SchedulerConfig,
+    rules: StopRules,
+    time_budget: Option<Duration>,
     fault: FaultConfig,
     chaos: ChaosConfig,
     run_dir: Option<Arc<RunDir>>,
@@ -261,6 +270,8 @@ impl Sweep {
             max_epochs: 10,
             search: SearchConfig::default(),
             scheduler: SchedulerConfig::default(),
+            rules: StopRules::default(),
+            time_budget: None,
             fault: FaultConfig::default(),
             chaos: ChaosConfig::default(),
             run_dir: None,
@@ -288,6 +299,8 @@ impl Sweep {
             .max_epochs(config.max_epochs)
             .search(config.search.clone())
             .scheduler(config.scheduler.clone())
+            .stop_rules(StopRules::of(e))
+            .time_budget(e.time_budget())
             .fault(config.fault.clone())
             .chaos(config.chaos.clone())
     }
@@ -333,6 +346,17 @@ impl Sweep {
         self.scheduler = scheduler;
         self
     }
+    /// Stops the sweep early on reports: a metric target, an epoch budget.
+    pub fn stop_rules(mut self, rules: StopRules) -> Self {
+        self.rules = rules;
+        self
+    }
+    /// Stops the sweep after this much wall time in all (earlier sessions of
+    /// a resumed run included); running trials complete at their next report.
+    pub fn time_budget(mut self, budget: Option<Duration>) -> Self {
+        self.time_budget = budget;
+        self
+    }
     /// Restart policy and checkpoint cadence.
     pub fn fault(mut self, fault: FaultConfig) -> Self {
         self.fault = fault;
@@ -367,7 +391,12 @@ impl Sweep {
                 restarts: t.restarts,
             })
             .collect();
-        self.prior = Some(Prior { board: state.board.clone(), unfinished, proposed: state.trials.len() as u32 });
+        self.prior = Some(Prior {
+            board: state.board.clone(),
+            unfinished,
+            proposed: state.trials.len() as u32,
+            spent: state.spent,
+        });
         self
     }
     /// Trains in the worker processes of `pool` rather than on in-process
@@ -411,9 +440,11 @@ impl Sweep {
                 self.mode,
                 self.max_epochs,
                 Scheduler::new(&self.scheduler, self.max_epochs),
-            ),
+            )
+            .with_rules(self.rules.clone()),
             unfinished: Vec::new(),
             proposed: 0,
+            spent: Duration::ZERO,
         });
         // The proposals already made are in the journal: continue after them.
         searcher.skip_to(u64::from(prior.proposed));
@@ -435,6 +466,7 @@ impl Sweep {
             journal: self.journal,
             observer: self.observer,
             pool: self.pool.map(|p| p.0),
+            time_left: self.time_budget.map(|b| b.saturating_sub(prior.spent)),
         });
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let args = experiment::Args {
@@ -459,13 +491,15 @@ impl Sweep {
             }
         };
         let _ = handle.await;
-        let (standings, interrupted) = outcome.map_err(|_| SweepError::Aborted("no summary was sent".into()))??;
+        let (standings, interrupted, stopped) =
+            outcome.map_err(|_| SweepError::Aborted("no summary was sent".into()))??;
         Ok(Summary {
             standings,
             metric: settings.metric.clone(),
             mode: settings.mode,
             elapsed: started.elapsed(),
             interrupted,
+            stopped,
         })
     }
 
