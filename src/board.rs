@@ -3,8 +3,8 @@
 //! drives a [`Board`] live; journal replay drives one from the journal's
 //! events, which is how a resumed run gets its scheduler state back exactly.
 
-use crate::config::{Mode, Params};
 use crate::schedule::{Decision, Scheduler};
+use crate::space::{Mode, Params};
 use crate::trial::{Report, Standing, TrialId, TrialStatus};
 
 /// Standings and the scheduler of one experiment.
@@ -30,13 +30,6 @@ pub struct StopRules {
     pub stop_at: Option<f64>,
     /// Stop once this many epochs were trained across all trials.
     pub epoch_budget: Option<u64>,
-}
-
-impl StopRules {
-    /// The rules of an experiment's config.
-    pub fn of(e: &crate::config::ExperimentConfig) -> Self {
-        StopRules { stop_at: e.stop_at, epoch_budget: e.epoch_budget }
-    }
 }
 
 impl Board {

@@ -40,6 +40,7 @@ pub mod predict;
 pub mod run_dir;
 pub mod schedule;
 pub mod search;
+pub mod space;
 pub mod supervision;
 pub mod trainable;
 pub mod trial;

@@ -5,8 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Params;
-use crate::trainable::{Stop, TrainError};
+use crate::space::Params;
 
 /// A trial's id: assigned in proposal order, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -143,21 +142,6 @@ pub enum AttemptEnd {
     /// Its worker was lost or left: restarted elsewhere from the last
     /// checkpoint without counting as a restart (preemption is not failure).
     Preempted(String),
-}
-
-impl AttemptEnd {
-    /// How a trainable's return (or panic) ends the attempt.
-    pub fn of(result: Result<Result<(), TrainError>, Box<dyn std::any::Any + Send>>) -> Self {
-        match result {
-            Ok(Ok(())) | Ok(Err(TrainError::Stopped(Stop::Completed))) => AttemptEnd::Completed,
-            Ok(Err(TrainError::Stopped(Stop::Pruned))) => AttemptEnd::Pruned,
-            Ok(Err(TrainError::Stopped(Stop::Cancelled | Stop::Lost))) => AttemptEnd::Cancelled,
-            Ok(Err(TrainError::Diverged(m))) => AttemptEnd::Diverged(m),
-            Ok(Err(TrainError::Invalid(m))) => AttemptEnd::Invalid(m),
-            Ok(Err(TrainError::Failed(m))) => AttemptEnd::Crashed(m),
-            Err(panic) => AttemptEnd::Crashed(panic_text(panic.as_ref())),
-        }
-    }
 }
 
 /// The text of a panic payload.

@@ -4,14 +4,12 @@
 //! Errors name the file, the key path (`train.lr`) and what was expected; the
 //! binary turns every [`ConfigError`] into exit code 2.
 
-mod space;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use space::{Domain, ParamValue, Params, SearchSpace};
+pub use crate::space::{Domain, Mode, ParamValue, Params, SearchSpace};
 
 pub use crate::schedule::SchedulerConfig;
 pub use crate::search::SearchConfig;
@@ -151,6 +149,11 @@ pub struct ExperimentConfig {
 }
 
 impl ExperimentConfig {
+    /// The rules that stop the sweep early on reports.
+    pub fn stop_rules(&self) -> crate::board::StopRules {
+        crate::board::StopRules { stop_at: self.stop_at, epoch_budget: self.epoch_budget }
+    }
+
     /// The time budget, parsed (validated when the config was read).
     pub fn time_budget(&self) -> Option<std::time::Duration> {
         self.time_budget.as_deref().and_then(|t| parse_duration(t).ok())
@@ -194,27 +197,6 @@ impl ExperimentConfig {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
             (cores / self.threads_per_trial.max(1)).max(1)
         })
-    }
-}
-
-/// Whether bigger or smaller is better.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Bigger is better (accuracy).
-    #[default]
-    Max,
-    /// Smaller is better (loss).
-    Min,
-}
-
-impl Mode {
-    /// Maps a metric value to a score where bigger is always better.
-    pub fn score(self, value: f64) -> f64 {
-        match self {
-            Mode::Max => value,
-            Mode::Min => -value,
-        }
     }
 }
 

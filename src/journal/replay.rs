@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Event, Record};
-use crate::board::{Board, StopRules};
+use crate::board::Board;
 use crate::config::{Config, ConfigError, ConfigFormat, Params};
 use crate::schedule::{Decision, Scheduler};
 use crate::trial::{divergence, Report, TrialId, TrialStatus};
@@ -131,7 +131,7 @@ pub fn replay(records: Vec<Record>, path: &Path) -> Result<RunState, ReplayError
         config_path,
         format,
         config_text,
-        board: Board::new(e.metric.clone(), e.mode, config.max_epochs, scheduler).with_rules(StopRules::of(e)),
+        board: Board::new(e.metric.clone(), e.mode, config.max_epochs, scheduler).with_rules(e.stop_rules()),
         config,
         trials: Vec::new(),
         finished: false,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Params, SearchSpace};
+use crate::space::{Params, SearchSpace};
 
 /// Every combination, once, in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,7 +51,7 @@ impl GridSearch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Domain, ParamValue};
+    use crate::space::{Domain, ParamValue};
 
     #[test]
     fn visits_every_combination_once() {

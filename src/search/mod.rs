@@ -11,7 +11,7 @@ mod tpe;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Mode, Params, SearchSpace};
+use crate::space::{Mode, Params, SearchSpace};
 use crate::trial::Standing;
 
 pub use grid::GridSearch;

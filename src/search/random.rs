@@ -5,7 +5,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Params, SearchSpace};
+use crate::space::{Params, SearchSpace};
 
 /// Seeded independent draws.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,7 +37,7 @@ impl RandomSearch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Domain;
+    use crate::space::Domain;
 
     fn space() -> SearchSpace {
         SearchSpace::new()

@@ -8,14 +8,14 @@
 //! that the bits of its Gray code select), so the state is a counter and a
 //! resumed run continues the sequence exactly. Coordinates of the unit cube
 //! become parameters through each domain's inverse distribution function
-//! ([`crate::config::Domain::at_unit`]): log ranges in log space, integers
+//! ([`crate::space::Domain::at_unit`]): log ranges in log space, integers
 //! and choices by equal slices.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Params, SearchSpace};
+use crate::space::{Params, SearchSpace};
 
 /// Bits of each coordinate.
 const BITS: usize = 52;
@@ -152,7 +152,7 @@ fn scramble(v: &[u64; BITS], rng: &mut ChaCha8Rng) -> [u64; BITS] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Domain, ParamValue};
+    use crate::space::{Domain, ParamValue};
 
     #[test]
     fn unscrambled_points_are_the_classic_sequence() {

@@ -29,7 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Domain, Mode, ParamValue, Params, SearchSpace};
+use crate::space::{Domain, Mode, ParamValue, Params, SearchSpace};
 use crate::trial::{Standing, TrialStatus};
 
 /// `[search] algorithm = "tpe"`.
@@ -72,6 +72,10 @@ pub struct TpeSearch {
     config: TpeConfig,
     seed: u64,
     drawn: u64,
+    /// Each trial's parameters in the model's space, by id: a trial's
+    /// parameters never change, so each is encoded once.
+    #[serde(skip)]
+    encoded: Vec<Option<Vec<f64>>>,
 }
 
 /// One searched dimension, as the estimator models it.
@@ -139,6 +143,10 @@ struct Parzen<'a> {
     centres: Vec<Vec<f64>>,
     sigmas: Vec<Vec<f64>>,
     choice_weights: Vec<Vec<Vec<f64>>>,
+    /// `log_norms[k][d]`: what a continuous kernel's log density adds to
+    /// `-z^2 / 2`: `-ln(sigma sqrt(2 pi))` less the log of its mass inside
+    /// the range (computed once per fit, not per candidate).
+    log_norms: Vec<Vec<f64>>,
 }
 
 impl<'a> Parzen<'a> {
@@ -195,7 +203,22 @@ impl<'a> Parzen<'a> {
                 }
             }
         }
-        Parzen { dims, weights, centres, sigmas, choice_weights }
+        let log_norms = (0..kernels)
+            .map(|k| {
+                dims.iter()
+                    .enumerate()
+                    .map(|(d, dim)| match dim {
+                        Dim::Numeric { low, high, .. } => {
+                            let (mu, sigma) = (centres[k][d], sigmas[k][d]);
+                            let mass = (phi((high - mu) / sigma) - phi((low - mu) / sigma)).max(1e-300);
+                            -(sigma * (2.0 * std::f64::consts::PI).sqrt()).ln() - mass.ln()
+                        }
+                        Dim::Choice(_) => 0.0,
+                    })
+                    .collect()
+            })
+            .collect();
+        Parzen { dims, weights, centres, sigmas, choice_weights, log_norms }
     }
 
     /// Draws a point: a kernel by weight, then each dimension from it
@@ -249,16 +272,15 @@ impl<'a> Parzen<'a> {
     fn log_density(&self, x: &[f64], multivariate: bool) -> f64 {
         let per_kernel = |k: usize, d: usize| -> f64 {
             match &self.dims[d] {
-                Dim::Numeric { low, high, int, log } => {
+                Dim::Numeric { low, high, int: true, log: false } => {
                     let (mu, sigma) = (self.centres[k][d], self.sigmas[k][d]);
                     let mass = phi((high - mu) / sigma) - phi((low - mu) / sigma);
-                    let p = if *int && !*log {
-                        (phi((x[d] + 0.5 - mu) / sigma) - phi((x[d] - 0.5 - mu) / sigma)) / mass
-                    } else {
-                        let z = (x[d] - mu) / sigma;
-                        (-0.5 * z * z).exp() / (sigma * (2.0 * std::f64::consts::PI).sqrt()) / mass
-                    };
+                    let p = (phi((x[d] + 0.5 - mu) / sigma) - phi((x[d] - 0.5 - mu) / sigma)) / mass;
                     p.max(1e-300).ln()
+                }
+                Dim::Numeric { .. } => {
+                    let z = (x[d] - self.centres[k][d]) / self.sigmas[k][d];
+                    -0.5 * z * z + self.log_norms[k][d]
                 }
                 Dim::Choice(_) => self.choice_weights[k][d][x[d] as usize].max(1e-300).ln(),
             }
@@ -313,7 +335,7 @@ fn phi(z: f64) -> f64 {
 impl TpeSearch {
     /// TPE with `config`, seeded.
     pub fn new(config: &TpeConfig, seed: u64) -> Self {
-        TpeSearch { config: config.clone(), seed, drawn: 0 }
+        TpeSearch { config: config.clone(), seed, drawn: 0, encoded: Vec::new() }
     }
 
     /// Continues after `n` proposals (a resumed run: nothing is proposed again).
@@ -348,13 +370,20 @@ impl TpeSearch {
             .collect();
         ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(b.2.total_cmp(&a.2)).then(a.3.id.cmp(&b.3.id)));
         let good = ((0.1 * ranked.len() as f64).ceil() as usize).clamp(1, 25);
-        let encode = |t: &Standing| -> Option<Vec<f64>> {
-            names.iter().zip(&dims).map(|(n, d)| d.encode(t.params.get(*n)?)).collect()
-        };
+        for t in trials {
+            let i = t.id.0 as usize;
+            if self.encoded.len() <= i {
+                self.encoded.resize(i + 1, None);
+            }
+            if self.encoded[i].is_none() {
+                self.encoded[i] = names.iter().zip(&dims).map(|(n, d)| d.encode(t.params.get(*n)?)).collect();
+            }
+        }
+        let encoded = &self.encoded;
         // Oldest first: the weights ramp by age.
         let by_age = |mut set: Vec<&Standing>| -> Vec<Vec<f64>> {
             set.sort_by_key(|t| t.id);
-            set.into_iter().filter_map(encode).collect()
+            set.into_iter().filter_map(|t| encoded.get(t.id.0 as usize).cloned().flatten()).collect()
         };
         let below = by_age(ranked[..good].iter().map(|r| r.3).collect());
         let mut above_set: Vec<&Standing> = ranked[good..].iter().map(|r| r.3).collect();

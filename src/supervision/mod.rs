@@ -299,7 +299,7 @@ impl Sweep {
             .max_epochs(config.max_epochs)
             .search(config.search.clone())
             .scheduler(config.scheduler.clone())
-            .stop_rules(StopRules::of(e))
+            .stop_rules(e.stop_rules())
             .time_budget(e.time_budget())
             .fault(config.fault.clone())
             .chaos(config.chaos.clone())

@@ -131,7 +131,7 @@ impl Actor for TrialActor {
         slots.submit(Box::new(move || {
             let result = catch_unwind(AssertUnwindSafe(|| trainable.train(&mut ctx)));
             // The actor may be gone (sweep interrupted); nothing else to tell then.
-            let _ = reply.cast(TrialMsg::Finished(AttemptEnd::of(result)));
+            let _ = reply.cast(TrialMsg::Finished(crate::trainable::attempt_end(result)));
         }))?;
         Ok(state)
     }

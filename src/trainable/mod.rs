@@ -23,7 +23,7 @@ use std::sync::Arc;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::{Mode, Params};
 use crate::schedule::Decision;
-use crate::trial::{divergence, splitmix64, Report, TrialId};
+use crate::trial::{divergence, splitmix64, AttemptEnd, Report, TrialId};
 
 /// Trains one trial. Implemented for closures `Fn(&mut TrialContext) -> Result<(), TrainError>`.
 pub trait Trainable: Send + Sync + 'static {
@@ -174,6 +174,20 @@ pub enum TrainError {
 impl From<std::io::Error> for TrainError {
     fn from(e: std::io::Error) -> Self {
         TrainError::Failed(e.to_string())
+    }
+}
+
+/// How a trainable's return (or panic) ends the attempt. Here, not in
+/// [`crate::trial`], so that the trial table depends on nothing that trains.
+pub fn attempt_end(result: Result<Result<(), TrainError>, Box<dyn std::any::Any + Send>>) -> AttemptEnd {
+    match result {
+        Ok(Ok(())) | Ok(Err(TrainError::Stopped(Stop::Completed))) => AttemptEnd::Completed,
+        Ok(Err(TrainError::Stopped(Stop::Pruned))) => AttemptEnd::Pruned,
+        Ok(Err(TrainError::Stopped(Stop::Cancelled | Stop::Lost))) => AttemptEnd::Cancelled,
+        Ok(Err(TrainError::Diverged(m))) => AttemptEnd::Diverged(m),
+        Ok(Err(TrainError::Invalid(m))) => AttemptEnd::Invalid(m),
+        Ok(Err(TrainError::Failed(m))) => AttemptEnd::Crashed(m),
+        Err(panic) => AttemptEnd::Crashed(crate::trial::panic_text(panic.as_ref())),
     }
 }
 

@@ -317,7 +317,9 @@ impl WorkerActor {
                         store,
                         flag,
                     );
-                    AttemptEnd::of(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainable.train(&mut ctx))))
+                    crate::trainable::attempt_end(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        trainable.train(&mut ctx)
+                    })))
                 }
             };
             // Its checkpoints are at the coordinator; the next attempt brings its own.

@@ -1,4 +1,7 @@
-//! Search spaces: the value-or-distribution fields of `[model]` and `[train]`.
+//! Search spaces: the value-or-distribution fields of `[model]` and `[train]`,
+//! and which way a metric is better. Pure: the policies (`search`,
+//! `schedule`, `board`) and the trial table build on it and on nothing that
+//! trains, talks or stores; `config` reads files into it.
 //!
 //! A [`Domain`] is what the user wrote for one hyperparameter; a
 //! [`SearchSpace`] is an ordered list of named domains; [`Params`] is one
@@ -429,6 +432,27 @@ impl<'de> Visitor<'de> for DomainVisitor {
             },
             _ => Domain::Choice(values),
         })
+    }
+}
+
+/// Whether bigger or smaller is better.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Bigger is better (accuracy).
+    #[default]
+    Max,
+    /// Smaller is better (loss).
+    Min,
+}
+
+impl Mode {
+    /// Maps a metric value to a score where bigger is always better.
+    pub fn score(self, value: f64) -> f64 {
+        match self {
+            Mode::Max => value,
+            Mode::Min => -value,
+        }
     }
 }
 
