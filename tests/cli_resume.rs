@@ -215,3 +215,33 @@ fn resume_refuses_a_live_run() {
     let status = status_json(&out);
     assert_eq!(status["trials"][0]["status"], "running");
 }
+
+/// A run directory that the previous main (d933a1e) wrote and that was
+/// killed with SIGKILL after 7 reports: this version resumes it, and it ends
+/// as this version's own uninterrupted run of the same config.
+#[test]
+fn a_run_killed_under_the_previous_version_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let dir = tmp.path().join("earlier");
+    std::fs::create_dir(&dir).unwrap();
+    copy_dir(&data.join("run-d933a1e"), &dir);
+    assert_eq!(status_json(&dir)["finished"], false);
+    let o = resume(&dir, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = run_ok(tmp.path(), &std::fs::read_to_string(data.join("run-d933a1e.toml")).unwrap());
+    assert_eq!(outcome(&dir), outcome(&reference), "the resumed run ends as an uninterrupted one");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
