@@ -37,6 +37,16 @@ fn summary(dir: &Path, cfg: &Path) -> (std::process::Output, serde_json::Value) 
     (o, v)
 }
 
+/// (id, status, epochs) of every trial in a summary or `status --json`.
+fn trials(v: &serde_json::Value) -> Vec<(u64, String, u64)> {
+    v["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_u64().unwrap(), t["status"].as_str().unwrap().to_owned(), t["epochs"].as_u64().unwrap()))
+        .collect()
+}
+
 fn events(dir: &Path) -> Vec<Event> {
     journal::read(&dir.join(journal::JOURNAL_FILE)).unwrap().records.into_iter().map(|r| r.event).collect()
 }
@@ -63,12 +73,7 @@ fn the_epoch_budget_counts_every_epoch_and_survives_a_kill() {
     let (_, s) = summary(tmp.path(), &cfg);
     assert_eq!(results(&tmp.path().join("run")).len(), 23, "exactly the budget, at concurrency 1");
     assert!(s["stopped"].as_str().unwrap().contains("epoch budget (23 epochs)"));
-    let expected: Vec<(u64, String, u64)> = s["trials"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["id"].as_u64().unwrap(), t["status"].as_str().unwrap().to_owned(), t["epochs"].as_u64().unwrap()))
-        .collect();
+    let expected = trials(&s);
 
     // Killed after 12 epochs and resumed: the same trials, epochs and statuses.
     let cfg = write(tmp.path(), "killed.toml", &text);
@@ -83,13 +88,7 @@ fn the_epoch_budget_counts_every_epoch_and_survives_a_kill() {
     run.0.wait().unwrap();
     let o = gauntlet().args(["resume", out.to_str().unwrap()]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let resumed: Vec<(u64, String, u64)> = status_json(&out)["trials"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["id"].as_u64().unwrap(), t["status"].as_str().unwrap().to_owned(), t["epochs"].as_u64().unwrap()))
-        .collect();
-    assert_eq!(resumed, expected);
+    assert_eq!(trials(&status_json(&out)), expected);
     // An epoch re-run after the kill is reported again, but counted once.
     assert!(results(&out).len() >= 23 && results(&out).len() <= 24, "{}", results(&out).len());
 }

@@ -211,7 +211,7 @@ impl Dataset {
                 message: format!("{} samples: expected at least 2 (one to train on, one to validate)", y.len()),
             });
         }
-        let mut data = Self::split_values(x, y, features, classes, names, d.validation_fraction, d.max_samples, d.seed);
+        let mut data = Self::split(x, y, features, classes, names, d.validation_fraction, d.max_samples, d.seed);
         data.feature_names = feature_names;
         data.shape = match dims[..] {
             [h, w] => Some(vec![1, h, w]),
@@ -233,22 +233,7 @@ impl Dataset {
 
     /// Shuffles (seeded), caps at `max_samples`, and holds out a validation share.
     #[allow(clippy::too_many_arguments)]
-    pub fn split(
-        x: Vec<f32>,
-        y: Vec<i64>,
-        features: usize,
-        classes: usize,
-        class_names: Option<Vec<String>>,
-        validation_fraction: f64,
-        max_samples: Option<usize>,
-        seed: u64,
-    ) -> Dataset {
-        let x = Values::Floats(x);
-        Self::split_values(x, y, features, classes, class_names, validation_fraction, max_samples, seed)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn split_values(
+    fn split(
         x: Values,
         y: Vec<i64>,
         features: usize,
