@@ -51,8 +51,8 @@ fn main() {
                 .run_blocking()
                 .expect("the sweep runs");
             let secs = started.elapsed().as_secs_f64();
-            let reports: u64 = summary.standings.iter().map(|s| u64::from(s.epochs)).sum();
-            assert_eq!(summary.standings.len(), trials as usize);
+            let reports: u64 = summary.trials.iter().map(|s| u64::from(s.epochs)).sum();
+            assert_eq!(summary.trials.len(), trials as usize);
             println!(
                 "{:<10} {:>5} {:>10.3} {:>12.0} {:>12.0} {:>8}",
                 scheduler.kind(),

@@ -154,11 +154,11 @@ fn main() {
     let read = started.elapsed().as_secs_f64();
     let state = journal::replay(contents.records, &path).unwrap();
     let secs = started.elapsed().as_secs_f64();
-    assert_eq!(state.trials.len(), trials as usize);
+    assert_eq!(state.trials().len(), trials as usize);
     println!(
         "replay:  {} events, {} trials in {secs:.2} s (read and check {read:.2} s, rebuild {:.2} s)",
         state.events,
-        state.trials.len(),
+        state.trials().len(),
         secs - read
     );
 }

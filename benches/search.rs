@@ -11,14 +11,14 @@ use std::time::Instant;
 
 use gauntlet::config::{Domain, Mode, Params, SearchConfig, SearchSpace};
 use gauntlet::search::{NoKeys, Searcher, TpeConfig};
-use gauntlet::trial::{Standing, TrialId, TrialStatus};
+use gauntlet::trial::{Trial, TrialId, TrialStatus};
 
 fn space(dims: usize) -> SearchSpace {
     (0..dims).fold(SearchSpace::new(), |s, d| s.with(format!("x{d}"), Domain::Uniform { low: 0.0, high: 1.0 }))
 }
 
-fn finished(id: u32, params: Params, value: f64) -> Standing {
-    let mut s = Standing::pending(TrialId(id), params);
+fn finished(id: u32, params: Params, value: f64) -> Trial {
+    let mut s = Trial::pending(TrialId(id), params);
     s.status = TrialStatus::Completed;
     s.best_metric = Some(value);
     s.epochs = 1;
@@ -28,7 +28,7 @@ fn finished(id: u32, params: Params, value: f64) -> Standing {
 fn proposal_cost(trials: u32, dims: usize, samples: usize) {
     let space = space(dims);
     let mut random = Searcher::new(&SearchConfig::default(), &space, 1);
-    let history: Vec<Standing> = (0..trials)
+    let history: Vec<Trial> = (0..trials)
         .map(|i| {
             let p = random.propose(&space, &[], Mode::Min).expect("random proposes");
             let v: f64 = p.values().filter_map(|v| v.as_f64()).map(|x| (x - 0.3) * (x - 0.3)).sum();
@@ -85,7 +85,7 @@ fn quality(name: &str, dims: usize, f: fn(&Params) -> f64, optimum: f64, trials:
         let bests: Vec<f64> = (0..10)
             .map(|seed| {
                 let mut searcher = Searcher::new(&config, &space, seed);
-                let mut history: Vec<Standing> = Vec::new();
+                let mut history: Vec<Trial> = Vec::new();
                 for i in 0..trials {
                     let p = searcher.propose(&space, &history, Mode::Min).expect("a proposal");
                     let v = f(&p);

@@ -5,9 +5,11 @@
 //! whole; the directory on disk is the truth a restarted trial resumes from.
 //! Retention keeps the last `keep` checkpoints of a trial plus its best one.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,12 +37,64 @@ pub const META_FILE: &str = "checkpoint.json";
 pub struct CheckpointStore {
     root: PathBuf,
     keep: usize,
+    /// Checkpoints another trial will copy (PBT donors), with how many
+    /// copies are pending: retention leaves them alone. Shared by clones.
+    pins: Arc<Mutex<BTreeMap<(TrialId, u32), u32>>>,
 }
 
 impl CheckpointStore {
     /// Stores checkpoints under `root`, keeping the last `keep` per trial plus the best.
     pub fn new(root: impl Into<PathBuf>, keep: usize) -> Self {
-        CheckpointStore { root: root.into(), keep: keep.max(1) }
+        CheckpointStore { root: root.into(), keep: keep.max(1), pins: Arc::default() }
+    }
+
+    /// Keeps a trial's checkpoint of `epoch` until as many [`unpin`](Self::unpin)s.
+    pub fn pin(&self, trial: TrialId, epoch: u32) {
+        *self.pins().entry((trial, epoch)).or_default() += 1;
+    }
+
+    /// Releases one [`pin`](Self::pin).
+    pub fn unpin(&self, trial: TrialId, epoch: u32) {
+        let mut pins = self.pins();
+        if let Some(n) = pins.get_mut(&(trial, epoch)) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&(trial, epoch));
+            }
+        }
+    }
+
+    fn pins(&self) -> std::sync::MutexGuard<'_, BTreeMap<(TrialId, u32), u32>> {
+        self.pins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pinned(&self, trial: TrialId, epoch: u32) -> bool {
+        self.pins().contains_key(&(trial, epoch))
+    }
+
+    /// PBT's exploit: `trial` continues from a copy of `donor`'s checkpoint
+    /// of `epoch` (weights and optimizer state). The trial's own checkpoints
+    /// belong to the history it leaves and go, but for those pinned for
+    /// other trials. The copy is written and renamed like any checkpoint.
+    pub fn copy_from(&self, trial: TrialId, donor: TrialId, epoch: u32, seed: u64) -> io::Result<Checkpoint> {
+        let source = self.list(donor).into_iter().find(|c| c.epoch == epoch).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("trial {donor} has no checkpoint of epoch {epoch} to copy"))
+        })?;
+        for c in self.list(trial) {
+            if !self.pinned(trial, c.epoch) {
+                fs::remove_dir_all(&c.dir)?;
+            }
+        }
+        let meta = Checkpoint { epoch, score: source.score, seed, dir: PathBuf::new() };
+        let copied = self.save(trial, &meta, |dir| {
+            copy_tree(&source.dir, dir)?;
+            // The copy's own metadata is written by `save`.
+            match fs::remove_file(dir.join(META_FILE)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })?;
+        Ok(copied)
     }
 
     /// The directory of one trial.
@@ -107,7 +161,7 @@ impl CheckpointStore {
     pub fn keep_only_best(&self, trial: TrialId) -> io::Result<()> {
         let all = self.list(trial);
         let best = best_of(&all).map(|c| c.epoch);
-        for c in all.iter().filter(|c| Some(c.epoch) != best) {
+        for c in all.iter().filter(|c| Some(c.epoch) != best && !self.pinned(trial, c.epoch)) {
             fs::remove_dir_all(&c.dir)?;
         }
         Ok(())
@@ -145,7 +199,7 @@ impl CheckpointStore {
         }
         let best = best_of(&all).map(|c| c.epoch);
         for c in &all[..all.len() - self.keep] {
-            if Some(c.epoch) != best {
+            if Some(c.epoch) != best && !self.pinned(trial, c.epoch) {
                 fs::remove_dir_all(&c.dir)?;
             }
         }
@@ -209,5 +263,27 @@ mod tests {
         let err = store.save(TrialId(3), &meta, |_| Err(io::Error::other("disk full")));
         assert!(err.is_err());
         assert_eq!(store.latest(TrialId(3)).unwrap().epoch, 1);
+    }
+
+    #[test]
+    fn pinned_checkpoints_survive_retention_and_copies_replace_the_history() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(tmp.path(), 1);
+        save(&store, 1, 0.1);
+        store.clone().pin(TrialId(3), 1); // a clone shares the pins
+        save(&store, 2, 0.2);
+        save(&store, 3, 0.3);
+        let epochs: Vec<u32> = store.list(TrialId(3)).iter().map(|c| c.epoch).collect();
+        assert_eq!(epochs, [1, 3], "the pinned epoch stays");
+        let other = Checkpoint { epoch: 7, score: Some(0.0), seed: 9, dir: PathBuf::new() };
+        store.save(TrialId(4), &other, |d| fs::write(d.join("w"), "old")).unwrap();
+        let copy = store.copy_from(TrialId(4), TrialId(3), 1, 9).unwrap();
+        assert_eq!((copy.epoch, copy.seed, copy.score), (1, 9, Some(0.1)));
+        assert_eq!(fs::read_to_string(copy.dir.join("w")).unwrap(), "1");
+        assert_eq!(store.list(TrialId(4)).len(), 1, "its own history is gone");
+        store.unpin(TrialId(3), 1);
+        store.keep_only_best(TrialId(3)).unwrap();
+        assert_eq!(store.list(TrialId(3)).iter().map(|c| c.epoch).collect::<Vec<_>>(), [3]);
+        assert!(store.copy_from(TrialId(4), TrialId(3), 1, 9).is_err(), "gone once unpinned");
     }
 }

@@ -4,8 +4,10 @@
 //! - [`supervision`]: the actors (ractor) that own lifecycles: experiment
 //!   supervisor, leaderboard, trial actors, the worker pool, and the slot
 //!   threads that train.
+//! - [`state`]: one experiment's state, a pure fold over its [`event`]s,
+//!   shared by the live leaderboard and journal replay.
 //! - [`search`] and [`schedule`]: the policies, pure code with serde state:
-//!   which parameters to try next, which trials to stop early.
+//!   which parameters to try next, which trials to stop early or exploit.
 //! - [`trainable`]: what trains a trial: the libtorch MLP, or any closure.
 //! - [`cluster`] and [`worker`]: worker processes, local or on other
 //!   machines, that run trials for a coordinator over ractor_cluster.
@@ -30,23 +32,25 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod board;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod data;
+pub mod event;
 pub mod journal;
 pub mod predict;
 pub mod run_dir;
 pub mod schedule;
 pub mod search;
 pub mod space;
+pub mod state;
 pub mod supervision;
 pub mod trainable;
 pub mod trial;
 pub mod worker;
 
 pub use config::{Config, ConfigError, Domain, Mode, ParamValue, Params, SearchSpace};
+pub use state::ExperimentState;
 pub use supervision::{Summary, Sweep, SweepError, SweepEvent};
 pub use trainable::{Stop, TrainError, Trainable, TrialContext};
-pub use trial::{Report, Standing, TrialId, TrialStatus};
+pub use trial::{Report, Trial, TrialId, TrialStatus};

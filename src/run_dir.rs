@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::Checkpoint;
 use crate::config::Mode;
 use crate::journal::JOURNAL_FILE;
-use crate::schedule::Decision;
+use crate::schedule::{Decision, Exploit};
 use crate::supervision::rank;
-use crate::trial::{Report, Standing};
+use crate::trial::{Report, Trial};
 
 /// A run directory.
 #[derive(Debug, Clone)]
@@ -41,7 +41,7 @@ pub struct StatusDoc {
     /// Whether the sweep spent its whole budget.
     pub finished: bool,
     /// Every trial.
-    pub trials: Vec<Standing>,
+    pub trials: Vec<Trial>,
 }
 
 /// A run directory that cannot be read.
@@ -115,7 +115,7 @@ impl RunDir {
     }
 
     /// Writes `leaderboard.csv`: ranked trials, then those without a metric.
-    pub fn write_leaderboard(&self, standings: &[Standing], metric: &str, mode: Mode) -> io::Result<()> {
+    pub fn write_leaderboard(&self, standings: &[Trial], metric: &str, mode: Mode) -> io::Result<()> {
         let ranked = rank(standings, mode);
         let rest = standings.iter().filter(|s| !ranked.iter().any(|r| r.id == s.id));
         let param_names: Vec<&String> = standings.first().map(|s| s.params.keys().collect()).unwrap_or_default();
@@ -124,7 +124,7 @@ impl RunDir {
             let mut w = csv::Writer::from_path(&tmp).map_err(io::Error::other)?;
             let mut header =
                 vec!["rank".to_owned(), "trial".into(), "status".into(), metric.into(), "best_epoch".into()];
-            header.extend(["epochs".into(), "restarts".into()]);
+            header.extend(["epochs".into(), "restarts".into(), "lineage".into()]);
             header.extend(param_names.iter().map(|n| n.to_string()));
             w.write_record(&header).map_err(io::Error::other)?;
             for (i, s) in
@@ -138,6 +138,7 @@ impl RunDir {
                     s.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
                     s.epochs.to_string(),
                     s.restarts.to_string(),
+                    lineage(s),
                 ];
                 row.extend(param_names.iter().map(|n| s.params.get(*n).map(|v| v.to_string()).unwrap_or_default()));
                 w.write_record(&row).map_err(io::Error::other)?;
@@ -151,7 +152,7 @@ impl RunDir {
     /// files of its best checkpoint (the weights).
     pub fn write_best(
         &self,
-        best: &Standing,
+        best: &Trial,
         checkpoint: Option<&Checkpoint>,
         model: Option<&serde_json::Value>,
         metric: &str,
@@ -197,6 +198,14 @@ impl RunDir {
     }
 }
 
+/// A trial's PBT exploits as `leaderboard.csv` shows them: `4 from 6@3`
+/// is "at epoch 4, continued from trial 6's checkpoint of epoch 3".
+pub fn lineage(trial: &Trial) -> String {
+    let steps: Vec<String> =
+        trial.lineage.iter().map(|l| format!("{} from {}@{}", l.at_epoch, l.donor, l.donor_epoch)).collect();
+    steps.join("; ")
+}
+
 /// `results.jsonl`: an export of every report, a line each.
 pub struct ResultsLog {
     out: BufWriter<File>,
@@ -207,19 +216,25 @@ struct ResultLine<'a> {
     trial: u32,
     attempt: u32,
     epoch: u32,
-    decision: Decision,
+    decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exploit: Option<&'a Exploit>,
     #[serde(flatten)]
     metrics: std::collections::BTreeMap<&'a str, f64>,
 }
 
 impl ResultsLog {
     /// Appends one report.
-    pub fn append(&mut self, report: &Report, decision: Decision) -> io::Result<()> {
+    pub fn append(&mut self, report: &Report, decision: &Decision) -> io::Result<()> {
         let line = ResultLine {
             trial: report.trial.0,
             attempt: report.attempt,
             epoch: report.epoch,
-            decision,
+            decision: decision.name(),
+            exploit: match decision {
+                Decision::Exploit(e) => Some(e),
+                _ => None,
+            },
             metrics: report.metrics.iter().map(|(n, v)| (n.as_str(), *v)).collect(),
         };
         serde_json::to_writer(&mut self.out, &line).map_err(io::Error::other)?;

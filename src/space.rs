@@ -310,6 +310,11 @@ impl SearchSpace {
         &self.dims
     }
 
+    /// One dimension's domain.
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        self.dims.iter().find(|(n, _)| n == name).map(|(_, d)| d)
+    }
+
     /// Names of the dimensions that are actually searched.
     pub fn searched(&self) -> impl Iterator<Item = &str> {
         self.dims.iter().filter(|(_, d)| d.is_searched()).map(|(n, _)| n.as_str())

@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::{Decision, Exploit};
 use crate::space::Params;
 
 /// A trial's id: assigned in proposal order, never reused.
@@ -84,16 +85,19 @@ impl Report {
     }
 }
 
-/// What the leaderboard knows about one trial: its row in `gauntlet status`.
+/// One trial, as the experiment's state knows it: the single record that
+/// the live leaderboard, journal replay, `gauntlet status`, the final table
+/// and the searchers and schedulers all read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Standing {
+pub struct Trial {
     /// The trial.
     pub id: TrialId,
     /// Its status.
     pub status: TrialStatus,
-    /// Its hyperparameters.
+    /// Its hyperparameters (after PBT's last exploit, when there was one).
     pub params: Params,
-    /// The last epoch it reported.
+    /// The last epoch it reported (after an exploit: the donor's epoch
+    /// until its next report).
     pub epochs: u32,
     /// The best value of the experiment's metric so far.
     pub best_metric: Option<f64>,
@@ -101,16 +105,50 @@ pub struct Standing {
     pub best_epoch: Option<u32>,
     /// The last reported metrics.
     pub last_metrics: BTreeMap<String, f64>,
+    /// Attempts started so far (the next attempt's number).
+    #[serde(default)]
+    pub attempts: u32,
     /// How often it was restarted after a crash.
     pub restarts: u32,
     /// The last crash or failure text.
     pub error: Option<String>,
+    /// The decision on its last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<Decision>,
+    /// Its newest checkpoint epoch that the journal knows of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<u32>,
+    /// Why its last report means divergence, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<String>,
+    /// An exploit decided and not yet started from: its next attempt
+    /// starts from a copy of the donor's checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exploit: Option<Exploit>,
+    /// Every exploit it went through, oldest first (PBT).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<Lineage>,
 }
 
-impl Standing {
+/// One PBT exploit of a trial: where it came from and what changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The trial's epoch when it was exploited.
+    pub at_epoch: u32,
+    /// The trial whose checkpoint it continued from.
+    pub donor: TrialId,
+    /// That checkpoint's epoch.
+    pub donor_epoch: u32,
+    /// Its parameters before.
+    pub old_params: Params,
+    /// Its parameters after.
+    pub new_params: Params,
+}
+
+impl Trial {
     /// A new pending trial.
     pub fn pending(id: TrialId, params: Params) -> Self {
-        Standing {
+        Trial {
             id,
             status: TrialStatus::Pending,
             params,
@@ -118,9 +156,20 @@ impl Standing {
             best_metric: None,
             best_epoch: None,
             last_metrics: BTreeMap::new(),
+            attempts: 0,
             restarts: 0,
             error: None,
+            last_decision: None,
+            last_checkpoint: None,
+            diverged: None,
+            exploit: None,
+            lineage: Vec::new(),
         }
+    }
+
+    /// Its last reported value of `metric`, as a score (bigger is better).
+    pub fn last_score(&self, metric: &str, mode: crate::space::Mode) -> Option<f64> {
+        self.last_metrics.get(metric).copied().filter(|v| v.is_finite()).map(|v| mode.score(v))
     }
 }
 
@@ -142,6 +191,9 @@ pub enum AttemptEnd {
     /// Its worker was lost or left: restarted elsewhere from the last
     /// checkpoint without counting as a restart (preemption is not failure).
     Preempted(String),
+    /// PBT exploited it: it continues from a copy of the donor's checkpoint
+    /// with new parameters (not counted as a restart).
+    Exploited,
 }
 
 /// The text of a panic payload.

@@ -144,6 +144,11 @@ fn each_kind_takes_only_its_own_keys() {
         ("kind = \"hyperband\"\nbrackets = 0", "scheduler.brackets"),
         ("kind = \"median\"\nwarmup_epochs = 9", "scheduler.warmup_epochs"),
         ("kind = \"pbt2\"", "unknown variant `pbt2`"),
+        ("kind = \"pbt\"\ngrace_epochs = 1", "unknown field `grace_epochs`"),
+        ("kind = \"pbt\"\ninterval = 9", "scheduler.interval"),
+        ("kind = \"pbt\"\nquantile = 0.75", "scheduler.quantile"),
+        ("kind = \"pbt\"\nperturb = [0.8, -1.0]", "scheduler.perturb"),
+        ("kind = \"pbt\"\nmutate = [\"epoch_ms\"]", "not a searched parameter"),
     ];
     for (table, phrase) in cases {
         let cfg = write(tmp.path(), "bad.toml", &config("bad", &format!("[scheduler]\n{table}")));

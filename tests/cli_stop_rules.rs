@@ -118,7 +118,7 @@ fn the_time_budget_stops_the_sweep_and_counts_earlier_sessions() {
     assert!(s["trials"].as_array().unwrap().len() < 1000);
     let state = journal::replay(journal::read(&out.join(journal::JOURNAL_FILE)).unwrap().records, &out).unwrap();
     assert!(state.spent >= Duration::from_secs(3), "both sessions count: {:?}", state.spent);
-    assert!(state.finished);
+    assert!(state.finished());
     let o = gauntlet().args(["resume", out.to_str().unwrap()]).output().unwrap();
     assert!(stdout(&o).contains("finished already"), "{}", stdout(&o));
 }

@@ -77,6 +77,24 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "scheduler.reduction_factor",
         "at least 2",
     ),
+    (
+        "max_epochs = 2",
+        "max_epochs = 4\n[scheduler]\nkind = \"pbt\"\ninterval = 2\nmutate = [\"hidden_units\"]",
+        "scheduler.mutate",
+        "cannot change under PBT",
+    ),
+    (
+        "max_epochs = 2",
+        "max_epochs = 4\n[scheduler]\nkind = \"pbt\"\ninterval = 2\nmutate = [\"momentum\"]",
+        "scheduler.mutate",
+        "not a searched parameter",
+    ),
+    (
+        "lr = { loguniform = [1e-4, 1e-1] }\noptimizer = { choice = [\"adam\", \"sgd\"] }\nmax_epochs = 2",
+        "optimizer = { choice = [\"adam\", \"sgd\"] }\nmax_epochs = 4\n[scheduler]\nkind = \"pbt\"\ninterval = 2",
+        "scheduler.mutate",
+        "no searched parameter that PBT may change",
+    ),
     ("max_trials = 2", "max_trials = 2 2", "(document)", "line"),
 ];
 

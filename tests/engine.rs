@@ -73,7 +73,7 @@ fn a_crashed_trial_restarts_from_its_checkpoint() {
     .fault(fault(3))
     .run_blocking()
     .unwrap();
-    let t = &summary.standings[0];
+    let t = &summary.trials[0];
     assert_eq!(t.status, TrialStatus::Completed);
     assert_eq!((t.restarts, t.epochs), (1, 6));
     assert!(t.error.as_deref().unwrap().contains("boom at epoch 4"), "{:?}", t.error);
@@ -97,7 +97,7 @@ fn errors_are_restarted_then_failed_and_the_sweep_goes_on() {
     .fault(fault(2))
     .run_blocking()
     .unwrap();
-    let failed: Vec<_> = summary.standings.iter().filter(|s| s.status == TrialStatus::Failed).collect();
+    let failed: Vec<_> = summary.trials.iter().filter(|s| s.status == TrialStatus::Failed).collect();
     assert!(!failed.is_empty() && failed.len() < 10);
     assert_eq!(attempts.load(Ordering::SeqCst), failed.len() * 3, "1 attempt + 2 restarts each");
     for f in failed {
@@ -123,7 +123,7 @@ fn nan_loss_is_diverged_and_not_restarted() {
     .fault(fault(3))
     .run_blocking()
     .unwrap();
-    let t = &summary.standings[0];
+    let t = &summary.trials[0];
     assert_eq!(t.status, TrialStatus::Diverged);
     assert!(t.error.as_deref().unwrap().contains("train_loss is NaN at epoch 2"), "{:?}", t.error);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -139,7 +139,7 @@ fn invalid_parameters_fail_without_restarts() {
     .fault(fault(3))
     .run_blocking()
     .unwrap();
-    let t = &summary.standings[0];
+    let t = &summary.trials[0];
     assert_eq!((t.status, t.restarts), (TrialStatus::Failed, 0));
     assert!(t.error.as_deref().unwrap().contains("layers"));
 }
@@ -170,7 +170,7 @@ fn asha_prunes_poor_trials_within_one_epoch() {
     .unwrap();
     let pruned = summary.count(TrialStatus::Pruned);
     assert!(pruned >= 9, "pruned only {pruned} of 27");
-    for s in &summary.standings {
+    for s in &summary.trials {
         let (_, ran) = epochs_run.lock().unwrap().iter().copied().find(|(id, _)| *id == s.id).unwrap();
         // The trial stopped right after the report that pruned it.
         assert_eq!(ran, s.epochs, "trial {} trained past its prune", s.id);
@@ -180,7 +180,7 @@ fn asha_prunes_poor_trials_within_one_epoch() {
     }
     // Minimising: the best trial has the smallest loss.
     let best = summary.best().unwrap();
-    let min = summary.standings.iter().filter_map(|s| s.best_metric).fold(f64::MAX, f64::min);
+    let min = summary.trials.iter().filter_map(|s| s.best_metric).fold(f64::MAX, f64::min);
     assert_eq!(best.best_metric, Some(min));
 }
 
@@ -203,8 +203,8 @@ fn interrupting_pauses_running_trials() {
     .observer(move |e| ev.lock().unwrap().push(e.clone()));
     let summary = rt.block_on(async { sweep.run_until(tokio::time::sleep(Duration::from_millis(200))).await }).unwrap();
     assert!(summary.interrupted);
-    assert_eq!(summary.standings.len(), 2, "no new trials after the interrupt");
-    assert!(summary.standings.iter().all(|s| s.status == TrialStatus::Paused && s.epochs > 0));
+    assert_eq!(summary.trials.len(), 2, "no new trials after the interrupt");
+    assert!(summary.trials.iter().all(|s| s.status == TrialStatus::Paused && s.epochs > 0));
     let ended = events.lock().unwrap().iter().filter(|e| matches!(e, SweepEvent::Ended { .. })).count();
     assert_eq!(ended, 2);
 }

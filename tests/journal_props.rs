@@ -27,7 +27,7 @@ fn event() -> impl Strategy<Value = Event> {
                 attempt,
                 epoch,
                 metrics,
-                decision: [Decision::Continue, Decision::Prune, Decision::Complete][d as usize],
+                decision: [Decision::Continue, Decision::Prune, Decision::Complete][d as usize].clone(),
             }),
         (id.clone(), 1u32..100).prop_map(|(id, epoch)| Event::CheckpointWritten { id, epoch }),
         (id.clone(), 1u32..9, ".{0,40}").prop_map(|(id, restarts, error)| Event::TrialRestarted {

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use gauntlet::board::Board;
 use gauntlet::config::{Config, ParamValue, Params};
 use gauntlet::journal::{decode, encode_frame, header, replay, Event, Record};
-use gauntlet::schedule::{Decision, Scheduler};
+use gauntlet::schedule::Decision;
+use gauntlet::ExperimentState;
 use gauntlet::{Report, TrialId, TrialStatus};
 use proptest::prelude::*;
 
@@ -108,24 +108,20 @@ fn events(lives: &[Life], order: &[usize]) -> Vec<Event> {
     out
 }
 
-/// The same events applied live, as the leaderboard does.
-fn live(events: &[Event]) -> Board {
+/// The same events applied live, as the leaderboard does: reports decided
+/// afresh (`report`), every other event folded (`apply`).
+fn live(events: &[Event]) -> ExperimentState {
     let config = Config::parse(CONFIG, gauntlet::config::ConfigFormat::Toml, Path::new("prop.toml")).unwrap();
-    let mut board = Board::new("val_accuracy", config.experiment.mode, 9, Scheduler::new(&config.scheduler, 9));
-    let mut last = std::collections::BTreeMap::new();
+    let mut state = config.initial_state();
     for e in events {
         match e.clone() {
-            Event::TrialProposed { id, params } => board.propose(id, params).unwrap(),
-            Event::TrialStarted { id, .. } => board.start(id),
-            Event::TrialRestarted { id, restarts, error } => board.restart(id, restarts, error),
             Event::Report { id, attempt, epoch, metrics, .. } => {
-                last.insert(id, board.report(Report { trial: id, attempt, epoch, metrics }));
+                state.report(Report { trial: id, attempt, epoch, metrics });
             }
-            Event::TrialEnded { id, status, error } => drop(board.end(id, status, error)),
-            _ => {}
+            other => drop(state.apply(&other).unwrap()),
         }
     }
-    board
+    state
 }
 
 fn journal(events: &[Event]) -> Vec<u8> {
@@ -149,9 +145,9 @@ proptest! {
         let bytes = journal(&events);
         let contents = decode(&bytes, Path::new("j")).unwrap();
         let state = replay(contents.records, Path::new("j")).unwrap();
-        let board = live(&events);
-        prop_assert_eq!(state.trials.len(), lives.len());
-        for (replayed, live) in state.board.standings().iter().zip(board.standings()) {
+        let live = live(&events);
+        prop_assert_eq!(state.trials().len(), lives.len());
+        for (replayed, live) in state.trials().iter().zip(live.trials()) {
             prop_assert_eq!(replayed.params.clone(), live.params.clone());
             prop_assert_eq!(replayed.epochs, live.epochs);
             prop_assert_eq!(replayed.best_metric, live.best_metric);
@@ -163,7 +159,7 @@ proptest! {
         }
         // Unfinished trials are exactly those without a final status.
         let unfinished = state.unfinished().len();
-        prop_assert_eq!(unfinished, state.board.standings().iter().filter(|s| !s.status.is_final()).count());
+        prop_assert_eq!(unfinished, state.trials().iter().filter(|s| !s.status.is_final()).count());
     }
 
     #[test]

@@ -182,8 +182,8 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         experiment: e.name.clone(),
         metric: e.metric.clone(),
         mode: e.mode,
-        finished: state.finished,
-        trials: state.board.standings().to_vec(),
+        finished: state.finished(),
+        trials: state.trials().to_vec(),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -264,17 +264,23 @@ fn read_journal(run: &RunDir, repair: bool) -> anyhow::Result<journal::Contents>
 /// are removed, so no trial resumes from them.
 fn tidy_for_resume(run: &RunDir, config: &Config, state: &RunState, journal: &Journal) -> anyhow::Result<()> {
     let store = CheckpointStore::new(run.trials_dir(), config.fault.keep_checkpoints as usize);
-    let mut stale = store.discard_trials_from(state.trials.len() as u32)?;
-    for s in state.board.standings() {
+    let mut stale = store.discard_trials_from(state.trials().len() as u32)?;
+    // Donor checkpoints that exploits still wait to copy stay.
+    for e in state.trials().iter().filter_map(|t| t.exploit.as_ref()) {
+        store.pin(e.donor, e.epoch);
+    }
+    for s in state.trials() {
         stale += store.discard_after(s.id, s.epochs)?;
     }
     if stale > 0 {
         tracing::warn!("removed {stale} checkpoint(s) the journal has no reports for");
     }
-    for (id, status, error) in &state.ended_by_replay {
-        journal.append(Event::TrialEnded { id: *id, status: *status, error: error.clone() })?;
-        if *status != TrialStatus::Completed {
-            store.keep_only_best(*id)?;
+    for end in &state.ended_by_replay {
+        journal.append(end.clone())?;
+        if let Event::TrialEnded { id, status, .. } = end {
+            if *status != TrialStatus::Completed {
+                store.keep_only_best(*id)?;
+            }
         }
     }
     // A new session: the time budget counts sessions, not the time between them.
@@ -288,7 +294,7 @@ fn resume(dir: &Path, repair: bool, json: bool, cluster: &cluster::ClusterArgs) 
     let contents = read_journal(&run, repair)?;
     let valid_len = contents.valid_len;
     let state = journal::replay(contents.records, &run.journal_file())?;
-    if state.finished {
+    if state.finished() {
         println!("{}: this run finished already; nothing to resume", dir.display());
         return Ok(ExitCode::SUCCESS);
     }
@@ -302,7 +308,7 @@ fn resume(dir: &Path, repair: bool, json: bool, cluster: &cluster::ClusterArgs) 
     let unfinished = state.unfinished().len();
     tracing::info!(
         events = state.events,
-        trials = state.trials.len(),
+        trials = state.trials().len(),
         unfinished,
         "resuming experiment {}",
         config.experiment.name
@@ -311,7 +317,7 @@ fn resume(dir: &Path, repair: bool, json: bool, cluster: &cluster::ClusterArgs) 
         eprintln!(
             "resuming {}: {} trials so far, {unfinished} to continue from their checkpoints",
             dir.display(),
-            state.trials.len()
+            state.trials().len()
         );
     }
     let experiment = Experiment {
@@ -390,7 +396,7 @@ fn execute(
     json: bool,
     cluster: &cluster::ClusterArgs,
 ) -> anyhow::Result<ExitCode> {
-    let done = resumed.map_or(0, |s| s.board.standings().iter().filter(|t| t.status.is_final()).count());
+    let done = resumed.map_or(0, |s| s.trials().iter().filter(|t| t.status.is_final()).count());
     let progress =
         progress::Progress::new(config.experiment.max_trials, &config.experiment.metric, config.experiment.mode);
     progress.advance(done as u64);
@@ -431,7 +437,7 @@ fn execute(
         eprintln!(
             "error: the sweep failed: {} of {} trials failed{} (exit code {FAILED_SWEEP}); see {where_}",
             summary.count(Failed),
-            summary.standings.len(),
+            summary.trials.len(),
             if summary.count(Completed) + summary.count(Pruned) == 0 { ", none gave a result" } else { "" }
         );
         ExitCode::from(FAILED_SWEEP)
@@ -455,7 +461,7 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
             "elapsed_s": summary.elapsed.as_secs_f64(),
             "metric": summary.metric,
             "best": summary.best(),
-            "trials": summary.standings,
+            "trials": summary.trials,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -463,7 +469,7 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
     use gauntlet::TrialStatus::*;
     println!(
         "\n{} trials in {:.1?}: {} completed, {} pruned, {} failed, {} diverged{}",
-        summary.standings.len(),
+        summary.trials.len(),
         summary.elapsed,
         summary.count(Completed),
         summary.count(Pruned),
@@ -471,7 +477,7 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
         summary.count(Diverged),
         if summary.interrupted { format!(", {} paused (interrupted)", summary.count(Paused)) } else { String::new() },
     );
-    print!("{}", table::standings(&summary.standings, &summary.metric, summary.mode, 10));
+    print!("{}", table::standings(&summary.trials, &summary.metric, summary.mode, 10));
     if let Some(why) = &summary.stopped {
         println!("\nstopped early: {why}");
     }
@@ -481,7 +487,7 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
             println!("  {:>5} x {} (first: trial {})", f.count, one_line(&f.error, 300), f.first_trial);
         }
     }
-    match rank(&summary.standings, summary.mode).first() {
+    match rank(&summary.trials, summary.mode).first() {
         Some(best) => {
             // best/ holds the best checkpoint, which may be of another epoch
             // than the best report (checkpoint_every > 1, ties).

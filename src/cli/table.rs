@@ -3,12 +3,12 @@
 use std::fmt::Write;
 
 use gauntlet::supervision::rank;
-use gauntlet::{Mode, Standing};
+use gauntlet::{Mode, Trial};
 
 /// Ranked trials first (at most `limit`), then the others, as aligned text.
-pub fn standings(all: &[Standing], metric: &str, mode: Mode, limit: usize) -> String {
+pub fn standings(all: &[Trial], metric: &str, mode: Mode, limit: usize) -> String {
     let ranked = rank(all, mode);
-    let mut rows: Vec<&Standing> = ranked.iter().copied().take(limit).collect();
+    let mut rows: Vec<&Trial> = ranked.iter().copied().take(limit).collect();
     if limit == usize::MAX {
         rows.extend(all.iter().filter(|s| !ranked.iter().any(|r| r.id == s.id)));
     }
@@ -20,6 +20,11 @@ pub fn standings(all: &[Standing], metric: &str, mode: Mode, limit: usize) -> St
     let mut header =
         vec!["rank".to_owned(), "trial".into(), "status".into(), metric.into(), "epochs".into(), "restarts".into()];
     header.extend(params.iter().map(|p| p.to_string()));
+    // PBT's exploits, when there were any.
+    let lineage = all.iter().any(|t| !t.lineage.is_empty());
+    if lineage {
+        header.push("lineage".into());
+    }
     let mut table = vec![header];
     for s in &rows {
         let place = ranked.iter().position(|r| r.id == s.id).map(|i| (i + 1).to_string()).unwrap_or_default();
@@ -32,6 +37,9 @@ pub fn standings(all: &[Standing], metric: &str, mode: Mode, limit: usize) -> St
             s.restarts.to_string(),
         ];
         row.extend(params.iter().map(|p| s.params.get(*p).map(|v| v.to_string()).unwrap_or_default()));
+        if lineage {
+            row.push(gauntlet::run_dir::lineage(s));
+        }
         table.push(row);
     }
     let widths: Vec<usize> =

@@ -14,7 +14,7 @@ use crate::trainable::ContextSettings;
 use crate::trial::{AttemptEnd, Report, TrialId};
 
 /// Bumped when a message changes shape; a worker of another protocol is refused.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// The process group the coordinator's worker pool joins.
 pub const POOL_GROUP: &str = "gauntlet.pool";

@@ -150,8 +150,8 @@ pub struct ExperimentConfig {
 
 impl ExperimentConfig {
     /// The rules that stop the sweep early on reports.
-    pub fn stop_rules(&self) -> crate::board::StopRules {
-        crate::board::StopRules { stop_at: self.stop_at, epoch_budget: self.epoch_budget }
+    pub fn stop_rules(&self) -> crate::state::StopRules {
+        crate::state::StopRules { stop_at: self.stop_at, epoch_budget: self.epoch_budget }
     }
 
     /// The time budget, parsed (validated when the config was read).
@@ -465,6 +465,48 @@ const SLEEP_FIELDS: &[Field] = &[
     },
 ];
 
+/// The parameters PBT may change: those asked for, or by default every
+/// searched one that a copied checkpoint still fits. For the built-in
+/// models, the network's shape and the optimizer (whose state is copied)
+/// stay as the donor had them.
+fn pbt_mutable(asked: Option<Vec<String>>, kind: ModelKind, space: &SearchSpace) -> Result<Vec<String>, String> {
+    let fixed: &[&str] = match kind {
+        ModelKind::Mlp | ModelKind::Cnn => &[
+            "hidden_layers",
+            "hidden_units",
+            "conv_blocks",
+            "channels",
+            "kernel_size",
+            "pooling",
+            "batch_norm",
+            "optimizer",
+        ],
+        _ => &[],
+    };
+    let Some(asked) = asked else {
+        let all: Vec<String> = space.searched().filter(|n| !fixed.contains(n)).map(str::to_owned).collect();
+        if all.is_empty() {
+            return Err("no searched parameter that PBT may change (it cannot change the network's shape or the \
+                        optimizer); search lr, momentum, weight_decay, batch_size or dropout"
+                .into());
+        }
+        return Ok(all);
+    };
+    if asked.is_empty() || asked.len() > space.dims().len() {
+        return Err(format!("expected 1 to {} searched parameter names", space.dims().len().max(1)));
+    }
+    for name in &asked {
+        if fixed.contains(&name.as_str()) {
+            return Err(format!("`{name}` cannot change under PBT: a copied checkpoint would not fit it"));
+        }
+        if !space.searched().any(|n| n == name) {
+            let searched: Vec<&str> = space.searched().collect();
+            return Err(format!("`{name}` is not a searched parameter; expected one of {searched:?}"));
+        }
+    }
+    Ok(asked)
+}
+
 /// Optimizer names the trainables understand.
 pub const OPTIMIZERS: &[&str] = &["adam", "sgd"];
 
@@ -695,6 +737,10 @@ impl Config {
 
         raw.search.check(&space).map_err(|(key, message)| bad(key, message))?;
         raw.scheduler.check(max_epochs).map_err(|(key, message)| bad(key, message))?;
+        if let SchedulerConfig::Pbt(pbt) = &mut raw.scheduler {
+            pbt.mutate =
+                Some(pbt_mutable(pbt.mutate.take(), model_kind, &space).map_err(|m| bad("scheduler.mutate", m))?);
+        }
         if !(1..=1000).contains(&raw.fault.keep_checkpoints) {
             return Err(bad(
                 "fault.keep_checkpoints",
@@ -726,6 +772,21 @@ impl Config {
             scheduler: raw.scheduler,
             fault: raw.fault,
             chaos: raw.chaos,
+        })
+    }
+
+    /// The experiment's state before its first event.
+    pub fn initial_state(&self) -> crate::state::ExperimentState {
+        let e = &self.experiment;
+        crate::state::ExperimentState::new(crate::state::Setup {
+            metric: e.metric.clone(),
+            mode: e.mode,
+            max_epochs: self.max_epochs,
+            max_trials: e.max_trials,
+            searcher: crate::search::Searcher::new(&self.search, &self.space, e.seed),
+            scheduler: crate::schedule::Scheduler::new(&self.scheduler, self.max_epochs, e.seed, &self.space),
+            space: self.space.clone(),
+            rules: e.stop_rules(),
         })
     }
 

@@ -7,19 +7,22 @@
 mod asha;
 mod hyperband;
 mod median;
+mod pbt;
 mod ranks;
 
 use serde::{Deserialize, Serialize};
 
-use crate::trial::TrialId;
+use crate::space::{Mode, Params, SearchSpace};
+use crate::trial::{Trial, TrialId};
 
 pub use asha::Asha;
 pub use hyperband::{Hyperband, HyperbandConfig};
 pub use median::{Median, MedianConfig};
+pub use pbt::{perturb, Pbt, PbtConfig};
 pub use ranks::Ranks;
 
 /// A scheduler's answer to one report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     /// Train another epoch.
@@ -28,6 +31,33 @@ pub enum Decision {
     Prune,
     /// Stop now: the trial has used its whole budget.
     Complete,
+    /// Stop this attempt; the trial continues from another trial's
+    /// checkpoint with other parameters (PBT's exploit and explore).
+    Exploit(Exploit),
+}
+
+impl Decision {
+    /// The lowercase name used in files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Decision::Continue => "continue",
+            Decision::Prune => "prune",
+            Decision::Complete => "complete",
+            Decision::Exploit(_) => "exploit",
+        }
+    }
+}
+
+/// A trial continues from a better trial's checkpoint: the donor's weights
+/// and optimizer state at `epoch`, with `params` (the donor's, perturbed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exploit {
+    /// The trial copied from.
+    pub donor: TrialId,
+    /// The donor's checkpoint epoch: the trial's epoch counter continues from it.
+    pub epoch: u32,
+    /// The trial's parameters from now on.
+    pub params: Params,
 }
 
 /// `[scheduler]`: one table per kind, tagged by `kind`, each with its own
@@ -43,6 +73,22 @@ pub enum SchedulerConfig {
     Median(MedianConfig),
     /// Asynchronous Hyperband: several ASHA brackets.
     Hyperband(HyperbandConfig),
+    /// Population Based Training.
+    Pbt(PbtConfig),
+}
+
+/// What a scheduler sees of the experiment: every trial as it stands (the
+/// report being decided on already recorded), read-only.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// Every trial, by id.
+    pub trials: &'a [Trial],
+    /// The experiment metric.
+    pub metric: &'a str,
+    /// Its direction.
+    pub mode: Mode,
+    /// The search space (PBT resamples from it).
+    pub space: &'a SearchSpace,
 }
 
 impl Default for SchedulerConfig {
@@ -89,6 +135,7 @@ impl SchedulerConfig {
             SchedulerConfig::Asha(_) => "asha",
             SchedulerConfig::Median(_) => "median",
             SchedulerConfig::Hyperband(_) => "hyperband",
+            SchedulerConfig::Pbt(_) => "pbt",
         }
     }
 
@@ -125,6 +172,7 @@ impl SchedulerConfig {
                 format!("expected fewer than train.max_epochs ({max_epochs}), got {}", m.warmup_epochs),
             )),
             SchedulerConfig::Median(_) => Ok(()),
+            SchedulerConfig::Pbt(p) => p.check(max_epochs),
         }
     }
 }
@@ -144,12 +192,20 @@ pub enum Scheduler {
     Median(Median),
     /// Asynchronous Hyperband.
     Hyperband(Hyperband),
+    /// Population Based Training.
+    Pbt(Pbt),
 }
 
 impl Scheduler {
-    /// Builds the scheduler a config asks for.
-    pub fn new(config: &SchedulerConfig, max_epochs: u32) -> Self {
+    /// Builds the scheduler a config asks for; `seed` is the experiment's
+    /// (PBT's draws), `space` the search space (PBT's default `mutate`: every
+    /// searched dimension).
+    pub fn new(config: &SchedulerConfig, max_epochs: u32, seed: u64, space: &SearchSpace) -> Self {
         match config {
+            SchedulerConfig::Pbt(p) => {
+                let mutate = p.mutate.clone().unwrap_or_else(|| space.searched().map(str::to_owned).collect());
+                Scheduler::Pbt(Pbt::new(p, mutate, max_epochs, seed))
+            }
             SchedulerConfig::Fifo(_) => Scheduler::Fifo { max_epochs },
             SchedulerConfig::Asha(a) => Scheduler::Asha(Asha::new(a.grace_epochs, a.reduction_factor, max_epochs)),
             SchedulerConfig::Median(m) => Scheduler::Median(Median::new(m, max_epochs)),
@@ -157,8 +213,9 @@ impl Scheduler {
         }
     }
 
-    /// Decides on a trial's report of `score` after `epoch`.
-    pub fn on_report(&mut self, trial: TrialId, epoch: u32, score: f64) -> Decision {
+    /// Decides on a trial's report of `score` after `epoch`, seeing every
+    /// trial through `view`.
+    pub fn on_report(&mut self, view: &View, trial: TrialId, epoch: u32, score: f64) -> Decision {
         match self {
             Scheduler::Fifo { max_epochs } => {
                 if epoch >= *max_epochs {
@@ -170,6 +227,7 @@ impl Scheduler {
             Scheduler::Asha(a) => a.on_report(trial, epoch, score),
             Scheduler::Median(m) => m.on_report(trial, epoch, score),
             Scheduler::Hyperband(h) => h.on_report(trial, epoch, score),
+            Scheduler::Pbt(p) => p.on_report(view, trial, epoch, score),
         }
     }
 }

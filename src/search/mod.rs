@@ -12,7 +12,7 @@ mod tpe;
 use serde::{Deserialize, Serialize};
 
 use crate::space::{Mode, Params, SearchSpace};
-use crate::trial::Standing;
+use crate::trial::Trial;
 
 pub use grid::GridSearch;
 pub use random::RandomSearch;
@@ -121,12 +121,6 @@ impl Searcher {
         }
     }
 
-    /// Whether proposals depend on the trials so far (the caller then
-    /// passes them; others get an empty slice for free).
-    pub fn learns(&self) -> bool {
-        matches!(self, Searcher::Tpe(_))
-    }
-
     /// Continues after `n` proposals: a resumed run proposes nothing again,
     /// its past proposals are in the journal.
     pub fn skip_to(&mut self, n: u64) {
@@ -139,9 +133,10 @@ impl Searcher {
     }
 
     /// Proposes the parameters of the next trial, or `None` when the space
-    /// is exhausted. `trials`: every trial so far, as they stand (read by
-    /// searchers that [`Searcher::learns`]); `mode`: which way is better.
-    pub fn propose(&mut self, space: &SearchSpace, trials: &[Standing], mode: Mode) -> Option<Params> {
+    /// is exhausted. `trials`: every trial so far, as they stand (the
+    /// experiment state's own table, lent: TPE learns from it); `mode`:
+    /// which way is better.
+    pub fn propose(&mut self, space: &SearchSpace, trials: &[Trial], mode: Mode) -> Option<Params> {
         match self {
             Searcher::Grid(g) => g.propose(space),
             Searcher::Random(r) => Some(r.propose(space)),

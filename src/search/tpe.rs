@@ -30,7 +30,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::space::{Domain, Mode, ParamValue, Params, SearchSpace};
-use crate::trial::{Standing, TrialStatus};
+use crate::trial::{Trial, TrialStatus};
 
 /// `[search] algorithm = "tpe"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -344,11 +344,11 @@ impl TpeSearch {
     }
 
     /// Proposes the next trial's parameters given every trial so far.
-    pub fn propose(&mut self, space: &SearchSpace, trials: &[Standing], mode: Mode) -> Params {
+    pub fn propose(&mut self, space: &SearchSpace, trials: &[Trial], mode: Mode) -> Params {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x7BE0_5EED);
         rng.set_stream(self.drawn);
         self.drawn += 1;
-        let finished: Vec<&Standing> = trials
+        let finished: Vec<&Trial> = trials
             .iter()
             .filter(|t| matches!(t.status, TrialStatus::Completed | TrialStatus::Pruned))
             .filter(|t| t.best_metric.is_some_and(f64::is_finite))
@@ -359,7 +359,7 @@ impl TpeSearch {
         let (names, dims): (Vec<&str>, Vec<Dim>) =
             space.dims().iter().filter_map(|(n, d)| Some((n.as_str(), Dim::of(d)?))).unzip();
         // Completed by value, then pruned by progress and value; running last (the liar).
-        let mut ranked: Vec<(u8, i64, f64, &Standing)> = finished
+        let mut ranked: Vec<(u8, i64, f64, &Trial)> = finished
             .iter()
             .map(|t| {
                 let score = mode.score(t.best_metric.unwrap_or(f64::NAN));
@@ -381,12 +381,12 @@ impl TpeSearch {
         }
         let encoded = &self.encoded;
         // Oldest first: the weights ramp by age.
-        let by_age = |mut set: Vec<&Standing>| -> Vec<Vec<f64>> {
+        let by_age = |mut set: Vec<&Trial>| -> Vec<Vec<f64>> {
             set.sort_by_key(|t| t.id);
             set.into_iter().filter_map(|t| encoded.get(t.id.0 as usize).cloned().flatten()).collect()
         };
         let below = by_age(ranked[..good].iter().map(|r| r.3).collect());
-        let mut above_set: Vec<&Standing> = ranked[good..].iter().map(|r| r.3).collect();
+        let mut above_set: Vec<&Trial> = ranked[good..].iter().map(|r| r.3).collect();
         if self.config.constant_liar {
             above_set.extend(trials.iter().filter(|t| matches!(t.status, TrialStatus::Running | TrialStatus::Pending)));
         }
@@ -414,8 +414,8 @@ mod tests {
     use super::*;
     use crate::trial::TrialId;
 
-    fn finished(id: u32, params: Params, value: f64) -> Standing {
-        let mut s = Standing::pending(TrialId(id), params);
+    fn finished(id: u32, params: Params, value: f64) -> Trial {
+        let mut s = Trial::pending(TrialId(id), params);
         s.status = TrialStatus::Completed;
         s.best_metric = Some(value);
         s.epochs = 1;
@@ -466,7 +466,7 @@ mod tests {
             let bonus = if p["opt"].as_str() == Some("b") { 1.0 } else { 0.0 };
             history.push(finished(i, p, -(x - 2.0) * (x - 2.0) + bonus));
         }
-        let late: Vec<&Standing> = history[40..].iter().collect();
+        let late: Vec<&Trial> = history[40..].iter().collect();
         let near = late.iter().filter(|t| (t.params["x"].as_f64().unwrap() - 2.0).abs() < 1.0).count();
         let b = late.iter().filter(|t| t.params["opt"].as_str() == Some("b")).count();
         assert!(near >= 12, "{near} of 20 late proposals within 1 of the optimum");
@@ -492,12 +492,12 @@ mod quality {
         a * (y - b * x * x + c * x - r).powi(2) + s * (1.0 - t) * x.cos() + s
     }
 
-    fn best_of(mut propose: impl FnMut(&[Standing]) -> Params, trials: u32) -> f64 {
-        let mut history: Vec<Standing> = Vec::new();
+    fn best_of(mut propose: impl FnMut(&[Trial]) -> Params, trials: u32) -> f64 {
+        let mut history: Vec<Trial> = Vec::new();
         for i in 0..trials {
             let p = propose(&history);
             let v = branin(p["x"].as_f64().unwrap(), p["y"].as_f64().unwrap());
-            let mut s = Standing::pending(TrialId(i), p);
+            let mut s = Trial::pending(TrialId(i), p);
             s.status = TrialStatus::Completed;
             s.best_metric = Some(v);
             history.push(s);

@@ -12,27 +12,21 @@ use super::leaderboard::{self, Leaderboard, LeaderboardMsg};
 use super::slots::SlotPool;
 use super::trial::{self, TrialActor, TrialMsg};
 use super::{backoff, rank, Settings, SweepError};
-use crate::board::Board;
-use crate::config::Params;
 use crate::journal::Event;
-use crate::search::Searcher;
+use crate::state::ExperimentState;
 use crate::trainable::ContextSettings;
 use crate::trial::AttemptEnd;
-use crate::trial::{trial_seed, Standing, TrialId, TrialStatus};
+use crate::trial::{trial_seed, Trial, TrialId, TrialStatus};
 
 /// The standings, whether the sweep was interrupted, and why it stopped early.
-pub(super) type Outcome = Result<(Vec<Standing>, bool, Option<String>), SweepError>;
+pub(super) type Outcome = Result<(Vec<Trial>, bool, Option<String>), SweepError>;
 
 pub(super) struct ExperimentSupervisor;
 
 pub(super) struct Args {
     pub(super) settings: Arc<Settings>,
-    pub(super) searcher: Searcher,
-    pub(super) board: Board,
-    /// Trials of a resumed run that must still run.
-    pub(super) unfinished: Vec<PriorTrial>,
-    /// Trials proposed before (a resumed run).
-    pub(super) proposed: u32,
+    /// The experiment's state: empty, or a resumed run's as replay left it.
+    pub(super) state: ExperimentState,
     pub(super) done: oneshot::Sender<Outcome>,
 }
 
@@ -53,10 +47,12 @@ pub(super) enum ExperimentMsg {
     TimeUp,
 }
 
+/// What the supervisor holds of a trial it keeps alive: the lifecycle
+/// (actor, attempt numbers, the restart policy's counts). The trial itself
+/// (parameters, exploits) is the leaderboard's record, read at each attempt.
 struct LiveTrial {
-    params: Params,
     seed: u64,
-    /// Attempts started so far (the next attempt's number).
+    /// The next attempt's number.
     attempts: u32,
     restarts: u32,
     /// Times its worker was lost under it.
@@ -64,22 +60,12 @@ struct LiveTrial {
     actor: Option<ActorRef<TrialMsg>>,
 }
 
-/// A trial of a resumed run that had not ended.
-#[derive(Debug, Clone)]
-pub(crate) struct PriorTrial {
-    pub(crate) id: TrialId,
-    pub(crate) params: Params,
-    pub(crate) attempts: u32,
-    pub(crate) restarts: u32,
-}
-
 pub(super) struct State {
     settings: Arc<Settings>,
     context: Arc<ContextSettings>,
-    searcher: Searcher,
     leaderboard: ActorRef<LeaderboardMsg>,
     slots: Option<SlotPool>,
-    proposed: u32,
+    /// The leaderboard proposes no more trials.
     exhausted: bool,
     interrupted: bool,
     /// Why the sweep stops early (a stop rule): nothing more is proposed.
@@ -96,11 +82,19 @@ impl Actor for ExperimentSupervisor {
 
     async fn pre_start(&self, myself: ActorRef<ExperimentMsg>, args: Args) -> Result<State, ActorProcessingErr> {
         let settings = args.settings;
-        let spent = args.board.stopped().map(str::to_owned);
+        let spent = args.state.stopped().map(str::to_owned);
+        // A resumed run's unfinished trials continue first, from their checkpoints.
+        let mut live = BTreeMap::new();
+        for t in args.state.unfinished() {
+            let seed = trial_seed(settings.seed, t.id);
+            let trial = LiveTrial { seed, attempts: t.attempts, restarts: t.restarts, preemptions: 0, actor: None };
+            live.insert(t.id, trial);
+            myself.cast(ExperimentMsg::Respawn(t.id))?;
+        }
         let (leaderboard, _) = Actor::spawn_linked(
             None,
             Leaderboard,
-            leaderboard::Args { settings: settings.clone(), board: args.board, supervisor: myself.clone() },
+            leaderboard::Args { settings: settings.clone(), state: args.state, supervisor: myself.clone() },
             myself.get_cell(),
         )
         .await?;
@@ -123,29 +117,12 @@ impl Actor for ExperimentSupervisor {
             panic_probability: settings.chaos.panic_probability,
             abort_probability: settings.chaos.abort_probability,
         });
-        // A resumed run's unfinished trials continue first, from their checkpoints.
-        let mut live = BTreeMap::new();
-        for t in args.unfinished {
-            let seed = trial_seed(settings.seed, t.id);
-            let trial = LiveTrial {
-                params: t.params,
-                seed,
-                attempts: t.attempts,
-                restarts: t.restarts,
-                preemptions: 0,
-                actor: None,
-            };
-            live.insert(t.id, trial);
-            myself.cast(ExperimentMsg::Respawn(t.id))?;
-        }
         myself.cast(ExperimentMsg::Fill)?;
         Ok(State {
             settings,
             context,
-            searcher: args.searcher,
             leaderboard,
             slots,
-            proposed: args.proposed,
             exhausted: false,
             interrupted: false,
             spent,
@@ -166,6 +143,18 @@ impl Actor for ExperimentSupervisor {
             ExperimentMsg::Ended { id, end: AttemptEnd::Preempted(reason) } => {
                 self.on_preempted(&myself, state, id, reason).await?
             }
+            // PBT: the next attempt starts from the donor's checkpoint.
+            ExperimentMsg::Ended { id, end: AttemptEnd::Exploited } => {
+                if let Some(t) = state.live.get_mut(&id) {
+                    t.actor = None;
+                }
+                if state.interrupted {
+                    self.end_trial(state, id, TrialStatus::Paused, None);
+                    self.fill(&myself, state).await?;
+                } else {
+                    self.spawn_attempt(&myself, state, id).await;
+                }
+            }
             ExperimentMsg::Ended { id, end } => {
                 let status = match &end {
                     AttemptEnd::Completed => TrialStatus::Completed,
@@ -173,7 +162,7 @@ impl Actor for ExperimentSupervisor {
                     AttemptEnd::Cancelled => TrialStatus::Paused,
                     AttemptEnd::Diverged(_) => TrialStatus::Diverged,
                     AttemptEnd::Invalid(_) | AttemptEnd::Crashed(_) => TrialStatus::Failed,
-                    AttemptEnd::Preempted(_) => TrialStatus::Paused,
+                    AttemptEnd::Preempted(_) | AttemptEnd::Exploited => TrialStatus::Paused,
                 };
                 let error = match end {
                     AttemptEnd::Diverged(m)
@@ -274,29 +263,21 @@ impl ExperimentSupervisor {
             && !state.exhausted
             && state.spent.is_none()
             && state.live.len() < s.concurrency as usize
-            && state.proposed < s.max_trials
         {
-            // A searcher that learns sees every trial as it stands now.
-            let trials = if state.searcher.learns() {
-                match state.leaderboard.call(LeaderboardMsg::Snapshot, None).await {
-                    Ok(ractor::rpc::CallResult::Success(standings)) => standings,
-                    other => return Err(format!("no leaderboard snapshot for the searcher: {other:?}").into()),
-                }
-            } else {
-                Vec::new()
+            // The searcher is part of the experiment's state, at the leaderboard.
+            let proposed = match state.leaderboard.call(LeaderboardMsg::Propose, None).await {
+                Ok(ractor::rpc::CallResult::Success(p)) => p,
+                other => return Err(format!("no proposal from the leaderboard: {other:?}").into()),
             };
-            let Some(params) = state.searcher.propose(&s.space, &trials, s.mode) else {
+            let Some((id, _params)) = proposed else {
                 state.exhausted = true;
                 break;
             };
-            let id = TrialId(state.proposed);
-            state.proposed += 1;
-            state.leaderboard.cast(LeaderboardMsg::Proposed { id, params: params.clone() })?;
             let seed = trial_seed(s.seed, id);
-            state.live.insert(id, LiveTrial { params, seed, attempts: 0, restarts: 0, preemptions: 0, actor: None });
+            state.live.insert(id, LiveTrial { seed, attempts: 0, restarts: 0, preemptions: 0, actor: None });
             self.spawn_attempt(myself, state, id).await;
         }
-        let ended = state.interrupted || state.exhausted || state.spent.is_some() || state.proposed >= s.max_trials;
+        let ended = state.interrupted || state.exhausted || state.spent.is_some();
         if state.live.is_empty() && ended {
             self.finish(myself, state).await?;
         }
@@ -304,17 +285,48 @@ impl ExperimentSupervisor {
     }
 
     async fn spawn_attempt(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State, id: TrialId) {
+        let record = match state.leaderboard.call(|reply| LeaderboardMsg::Record(id, reply), None).await {
+            Ok(ractor::rpc::CallResult::Success(Some(t))) => t,
+            other => {
+                let error = format!("cannot start: the leaderboard has no record of it ({other:?})");
+                if let Err(e) = Box::pin(self.on_crash(myself, state, id, error)).await {
+                    tracing::error!(trial = %id, "cannot handle a failed start: {e}");
+                }
+                return;
+            }
+        };
         let Some(t) = state.live.get_mut(&id) else { return };
         let attempt = t.attempts;
         t.attempts = t.attempts.saturating_add(1);
-        let resume = if attempt > 0 { state.settings.checkpoints.latest(id) } else { None };
+        let (restarts, seed) = (t.restarts, t.seed);
+        let store = state.settings.checkpoints.clone();
+        // Blocking file work (listing, PBT's copy of the donor's checkpoint) off the tokio workers.
+        let exploit = record.exploit.clone();
+        let resume = tokio::task::spawn_blocking(move || match exploit {
+            Some(e) => store.copy_from(id, e.donor, e.epoch, seed).map(Some).map_err(|err| {
+                format!("cannot copy the checkpoint of epoch {} of trial {} to exploit it: {err}", e.epoch, e.donor)
+            }),
+            None if attempt > 0 => Ok(store.latest(id)),
+            None => Ok(None),
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let resume = match resume {
+            Ok(r) => r,
+            Err(error) => {
+                if let Err(e) = Box::pin(self.on_crash(myself, state, id, error)).await {
+                    tracing::error!(trial = %id, "cannot handle a failed start: {e}");
+                }
+                return;
+            }
+        };
         let slots = state.slots.as_ref().map(SlotPool::queue);
         let args = trial::Args {
             id,
             attempt,
-            restarts: t.restarts,
-            seed: t.seed,
-            params: t.params.clone(),
+            restarts,
+            seed,
+            params: record.params,
             resume,
             settings: state.settings.clone(),
             context: state.context.clone(),
@@ -458,7 +470,7 @@ impl ExperimentSupervisor {
     }
 }
 
-fn write_outputs(dir: &crate::run_dir::RunDir, s: &Settings, standings: &[Standing]) -> std::io::Result<()> {
+fn write_outputs(dir: &crate::run_dir::RunDir, s: &Settings, standings: &[Trial]) -> std::io::Result<()> {
     dir.write_leaderboard(standings, &s.metric, s.mode)?;
     if let Some(best) = rank(standings, s.mode).first() {
         let checkpoint = s.checkpoints.best(best.id);

@@ -1,7 +1,9 @@
-//! Leaderboard: every report lands here. It keeps each trial's standing and
-//! asks the scheduler for a decision (both through the pure [`Board`]),
-//! appends the report to `results.jsonl` and the journal, and answers the
-//! trial's slot thread once the report is durable.
+//! Leaderboard: the live owner of the experiment's [`ExperimentState`].
+//! Every state change arrives here as a message, becomes an event, is
+//! folded by the same `apply` that journal replay uses, journalled, and its
+//! effects performed. Proposals come from here (the searcher is part of the
+//! state), and so do decisions: a report's decision reaches the trial only
+//! once the report is durable.
 
 use std::sync::Arc;
 
@@ -9,14 +11,14 @@ use crossbeam_channel::{bounded, Sender};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::Settings;
-use crate::board::Board;
 use crate::checkpoint::Checkpoint;
 use crate::config::Params;
-use crate::journal::{Event, Journal};
+use crate::journal::Event;
 use crate::run_dir::ResultsLog;
 use crate::schedule::Decision;
+use crate::state::{Effect, ExperimentState};
 use crate::trainable::ReportSink;
-use crate::trial::{Report, Standing, TrialId, TrialStatus};
+use crate::trial::{Report, Trial, TrialId, TrialStatus};
 
 /// What happened in a sweep, as the leaderboard saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,9 +75,13 @@ pub enum SweepEvent {
 
 pub(super) enum LeaderboardMsg {
     Report(Report, DecisionReply),
-    Proposed {
+    /// The searcher's next trial, journalled; `None` once no more are to come.
+    Propose(RpcReplyPort<Option<(TrialId, Params)>>),
+    /// A trial's record, to start its next attempt from.
+    Record(TrialId, RpcReplyPort<Option<Trial>>),
+    Checkpoint {
         id: TrialId,
-        params: Params,
+        epoch: u32,
     },
     Started {
         id: TrialId,
@@ -97,7 +103,7 @@ pub(super) enum LeaderboardMsg {
         status: TrialStatus,
         error: Option<String>,
     },
-    Snapshot(RpcReplyPort<Vec<Standing>>),
+    Snapshot(RpcReplyPort<Vec<Trial>>),
     /// The time budget is spent: every report from now on completes its trial.
     Stop(String),
 }
@@ -126,12 +132,11 @@ impl DecisionReply {
 /// comes back on a channel the thread blocks on (no tokio on slot threads).
 pub(super) struct LeaderboardSink {
     leaderboard: ActorRef<LeaderboardMsg>,
-    journal: Option<Journal>,
 }
 
 impl LeaderboardSink {
-    pub(super) fn new(leaderboard: ActorRef<LeaderboardMsg>, journal: Option<Journal>) -> Self {
-        LeaderboardSink { leaderboard, journal }
+    pub(super) fn new(leaderboard: ActorRef<LeaderboardMsg>) -> Self {
+        LeaderboardSink { leaderboard }
     }
 }
 
@@ -143,12 +148,7 @@ impl ReportSink for LeaderboardSink {
     }
 
     fn checkpoint_written(&mut self, id: TrialId, checkpoint: &Checkpoint) {
-        let epoch = checkpoint.epoch;
-        if let Some(journal) = &self.journal {
-            if let Err(e) = journal.append(Event::CheckpointWritten { id, epoch }) {
-                tracing::error!(trial = %id, "cannot journal checkpoint of epoch {epoch}: {e}");
-            }
-        }
+        let _ = self.leaderboard.cast(LeaderboardMsg::Checkpoint { id, epoch: checkpoint.epoch });
     }
 
     fn report(&mut self, report: Report) -> Option<Decision> {
@@ -166,14 +166,14 @@ pub(super) struct Leaderboard;
 
 pub(super) struct Args {
     pub(super) settings: Arc<Settings>,
-    pub(super) board: Board,
-    /// Told when a report makes a stop rule fire.
+    pub(super) state: ExperimentState,
+    /// Told when a stop rule fires.
     pub(super) supervisor: ActorRef<super::experiment::ExperimentMsg>,
 }
 
 pub(super) struct State {
     settings: Arc<Settings>,
-    board: Board,
+    state: ExperimentState,
     results: Option<ResultsLog>,
     supervisor: ActorRef<super::experiment::ExperimentMsg>,
 }
@@ -185,40 +185,74 @@ impl State {
         }
     }
 
-    fn journal(&self, event: Event) -> Result<(), ActorProcessingErr> {
-        if let Some(journal) = &self.settings.journal {
-            journal.append(event)?;
+    /// Folds an event, journals it and performs its effects (trimming
+    /// checkpoints only once the event is durable).
+    fn commit(&mut self, event: Event) -> Result<(), ActorProcessingErr> {
+        let effects = self.state.apply(&event)?;
+        let trim = self.perform(&effects);
+        match &self.settings.journal {
+            Some(journal) => journal.append_then(event, trim)?,
+            None => trim(),
         }
         Ok(())
+    }
+
+    /// Performs effects at once, but for trims, returned to run once the
+    /// event behind them is durable (a resume must not find a trimmed
+    /// trial it thinks is still running).
+    fn perform(&self, effects: &[Effect]) -> impl FnOnce() + Send + 'static {
+        let store = &self.settings.checkpoints;
+        let mut trims = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Stop(reason) => {
+                    let _ = self.supervisor.cast(super::experiment::ExperimentMsg::Spent(reason.clone()));
+                }
+                Effect::Trim(id) => trims.push(*id),
+                Effect::Pin { donor, epoch } => store.pin(*donor, *epoch),
+                Effect::Unpin { donor, epoch } => store.unpin(*donor, *epoch),
+            }
+        }
+        let store = store.clone();
+        move || {
+            for id in trims {
+                if let Err(e) = store.keep_only_best(id) {
+                    tracing::warn!(trial = %id, "cannot trim checkpoints: {e}");
+                }
+            }
+        }
     }
 
     /// Decides on a report; the decision reaches the trial only once the
     /// report is durable in the journal.
     fn on_report(&mut self, report: Report, reply: DecisionReply) -> Result<(), ActorProcessingErr> {
-        let value = report.metric(self.board.metric());
-        let was_stopped = self.board.stopped().is_some();
-        let decision = self.board.report(report.clone());
-        if let Some(reason) = self.board.stopped().filter(|_| !was_stopped) {
-            let _ = self.supervisor.cast(super::experiment::ExperimentMsg::Spent(reason.to_owned()));
-        }
+        let value = report.metric(self.state.metric());
         if value.is_none() {
-            tracing::warn!(trial = %report.trial, metric = %self.board.metric(), "report lacks the experiment metric");
+            tracing::warn!(trial = %report.trial, metric = %self.state.metric(), "report lacks the experiment metric");
         }
+        let (event, effects) = self.state.report(report);
+        let Event::Report { id, attempt, epoch, ref metrics, ref decision } = event else {
+            return Err("a report folded into another event".into());
+        };
+        let decision = decision.clone();
         if let Some(log) = &mut self.results {
-            if let Err(e) = log.append(&report, decision) {
+            let report = Report { trial: id, attempt, epoch, metrics: metrics.clone() };
+            if let Err(e) = log.append(&report, &decision) {
                 tracing::error!("cannot append to results.jsonl: {e}");
             }
         }
-        self.emit(SweepEvent::Reported { id: report.trial, epoch: report.epoch, value, decision });
+        if let Decision::Exploit(e) = &decision {
+            tracing::info!(trial = %id, donor = %e.donor, "exploits the donor's checkpoint of epoch {}", e.epoch);
+        }
+        // A report stops the sweep or pins a donor; it ends no trial, so it trims nothing.
+        debug_assert!(!effects.iter().any(|e| matches!(e, Effect::Trim(_))));
+        let _no_trims = self.perform(&effects);
+        self.emit(SweepEvent::Reported { id, epoch, value, decision: decision.clone() });
         match &self.settings.journal {
-            Some(journal) => {
-                let Report { trial, attempt, epoch, metrics } = report;
-                let event = Event::Report { id: trial, attempt, epoch, metrics, decision };
-                match reply {
-                    DecisionReply::Thread(tx) => journal.append_then_reply(event, tx, decision)?,
-                    remote => journal.append_then(event, move || remote.send(decision))?,
-                }
-            }
+            Some(journal) => match reply {
+                DecisionReply::Thread(tx) => journal.append_then_reply(event, tx, decision)?,
+                remote => journal.append_then(event, move || remote.send(decision))?,
+            },
             None => reply.send(decision),
         }
         Ok(())
@@ -235,7 +269,7 @@ impl Actor for Leaderboard {
             Some(dir) => Some(dir.results_log()?),
             None => None,
         };
-        Ok(State { settings: args.settings, board: args.board, results, supervisor: args.supervisor })
+        Ok(State { settings: args.settings, state: args.state, results, supervisor: args.supervisor })
     }
 
     async fn handle(
@@ -246,60 +280,52 @@ impl Actor for Leaderboard {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             LeaderboardMsg::Report(report, reply) => state.on_report(report, reply)?,
-            LeaderboardMsg::Proposed { id, params } => {
-                state.journal(Event::TrialProposed { id, params: params.clone() })?;
-                state.board.propose(id, params)?;
-                state.emit(SweepEvent::Proposed { id });
+            LeaderboardMsg::Propose(reply) => {
+                let mut proposed = None;
+                if let Some(event) = state.state.propose() {
+                    if let Event::TrialProposed { id, params } = &event {
+                        proposed = Some((*id, params.clone()));
+                    }
+                    state.commit(event)?;
+                }
+                if let Some((id, _)) = &proposed {
+                    state.emit(SweepEvent::Proposed { id: *id });
+                }
+                let _ = reply.send(proposed);
             }
+            LeaderboardMsg::Record(id, reply) => {
+                let _ = reply.send(state.state.trial(id).cloned());
+            }
+            LeaderboardMsg::Checkpoint { id, epoch } => state.commit(Event::CheckpointWritten { id, epoch })?,
             LeaderboardMsg::Started { id, attempt, from_epoch, worker } => {
                 let on = worker.as_deref().map(|w| format!(" on {w}")).unwrap_or_default();
                 match from_epoch {
                     Some(epoch) => tracing::info!(trial = %id, attempt, "resuming after epoch {epoch}{on}"),
                     None => tracing::info!(trial = %id, attempt, "started{on}"),
                 }
-                state.journal(Event::TrialStarted { id, attempt, from_epoch, worker })?;
-                state.board.start(id);
+                state.commit(Event::TrialStarted { id, attempt, from_epoch, worker })?;
                 state.emit(SweepEvent::Started { id, attempt });
             }
             LeaderboardMsg::Preempted { id, reason } => {
                 tracing::warn!(trial = %id, "preempted, continues elsewhere from its last checkpoint: {reason}");
-                state.journal(Event::TrialPreempted { id, reason: reason.clone() })?;
+                state.commit(Event::TrialPreempted { id, reason: reason.clone() })?;
                 state.emit(SweepEvent::Preempted { id, reason });
             }
             LeaderboardMsg::Restarting { id, restarts, error } => {
-                state.journal(Event::TrialRestarted { id, restarts, error: error.clone() })?;
-                state.board.restart(id, restarts, error.clone());
+                state.commit(Event::TrialRestarted { id, restarts, error: error.clone() })?;
                 state.emit(SweepEvent::Restarting { id, restarts, error });
             }
             LeaderboardMsg::Ended { id, status, error } => {
-                // Pruned, failed and diverged trials keep only their best
-                // checkpoint, once their end is durable (a resume must not
-                // find a trimmed trial it thinks is still running).
-                let store = state.settings.checkpoints.clone();
-                let trim = move || {
-                    if matches!(status, TrialStatus::Pruned | TrialStatus::Failed | TrialStatus::Diverged) {
-                        if let Err(e) = store.keep_only_best(id) {
-                            tracing::warn!(trial = %id, "cannot trim checkpoints: {e}");
-                        }
-                    }
-                };
-                let event = Event::TrialEnded { id, status, error: error.clone() };
-                match &state.settings.journal {
-                    Some(journal) => journal.append_then(event, trim)?,
-                    None => trim(),
-                }
-                let best = state.board.end(id, status, error);
-                let epochs = state.board.standing(id).map_or(0, |s| s.epochs);
+                state.commit(Event::TrialEnded { id, status, error })?;
+                let t = state.state.trial(id);
+                let (epochs, best) = (t.map_or(0, |t| t.epochs), t.and_then(|t| t.best_metric));
                 tracing::info!(trial = %id, epochs, best = ?best, "{status}");
                 state.emit(SweepEvent::Ended { id, status, best });
             }
             LeaderboardMsg::Snapshot(reply) => {
-                let _ = reply.send(state.board.standings().to_vec());
+                let _ = reply.send(state.state.trials().to_vec());
             }
-            LeaderboardMsg::Stop(reason) => {
-                state.journal(Event::BudgetSpent { reason: reason.clone() })?;
-                state.board.stop(reason);
-            }
+            LeaderboardMsg::Stop(reason) => state.commit(Event::BudgetSpent { reason })?,
         }
         Ok(())
     }

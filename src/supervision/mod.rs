@@ -3,8 +3,10 @@
 //! ```text
 //! WorkerPool                  knows the workers and their slots; places
 //! │                           attempts; notices dead workers
-//! ExperimentSupervisor        proposes trials, spawns and restarts TrialActors
-//! ├── Leaderboard             every report lands here; asks the scheduler
+//! ExperimentSupervisor        keeps `concurrency` trials alive: spawns and
+//! │                           restarts TrialActors, copies PBT donors' checkpoints
+//! ├── Leaderboard             owns the ExperimentState: proposals, every
+//! │                           report and its decision, every event journalled
 //! └── TrialActor ×N           one attempt of one trial: on an in-process slot
 //!                             thread, or on a worker's slot via the pool
 //! ```
@@ -18,8 +20,9 @@
 //! A trial that panics makes its TrialActor fail; the supervisor's
 //! `handle_supervisor_evt` restarts it from its last checkpoint after a
 //! backoff, up to `max_restarts`, then marks it `failed`. Actors carry
-//! messages and own lifecycles; the decisions are made by the pure policies
-//! in [`crate::search`] and [`crate::schedule`].
+//! messages and own lifecycles; the decisions are made by the pure
+//! [`crate::state::ExperimentState`] and its policies in [`crate::search`]
+//! and [`crate::schedule`].
 
 mod experiment;
 mod leaderboard;
@@ -32,15 +35,15 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef};
 
-use crate::board::{Board, StopRules};
 use crate::checkpoint::CheckpointStore;
 use crate::config::{ChaosConfig, Config, FaultConfig, Mode, SchedulerConfig, SearchConfig, SearchSpace};
 use crate::journal::{Journal, RunState};
 use crate::run_dir::RunDir;
 use crate::schedule::Scheduler;
 use crate::search::Searcher;
+use crate::state::{ExperimentState, Setup, StopRules};
 use crate::trainable::Trainable;
-use crate::trial::{Standing, TrialStatus};
+use crate::trial::{Trial, TrialStatus};
 
 pub use leaderboard::SweepEvent;
 
@@ -84,7 +87,7 @@ pub enum SweepError {
 #[derive(Debug, Clone)]
 pub struct Summary {
     /// Every trial, by id.
-    pub standings: Vec<Standing>,
+    pub trials: Vec<Trial>,
     /// The experiment's metric.
     pub metric: String,
     /// Its direction.
@@ -100,29 +103,29 @@ pub struct Summary {
 
 impl Summary {
     /// The trial with the best metric.
-    pub fn best(&self) -> Option<&Standing> {
+    pub fn best(&self) -> Option<&Trial> {
         self.ranked().into_iter().next()
     }
 
     /// Trials with a metric, best first.
-    pub fn ranked(&self) -> Vec<&Standing> {
-        rank(&self.standings, self.mode)
+    pub fn ranked(&self) -> Vec<&Trial> {
+        rank(&self.trials, self.mode)
     }
 
     /// How many trials ended with `status`.
     pub fn count(&self, status: TrialStatus) -> usize {
-        self.standings.iter().filter(|s| s.status == status).count()
+        self.trials.iter().filter(|s| s.status == status).count()
     }
 
     /// The distinct reasons trials failed, most common first.
     pub fn failures(&self) -> Vec<Failure> {
-        failures(&self.standings)
+        failures(&self.trials)
     }
 
     /// Whether the sweep failed as a whole: at least half of its ended
     /// trials failed, or none of them gave a result (all failed or diverged).
     pub fn failed(&self) -> bool {
-        let ended: Vec<&Standing> = self.standings.iter().filter(|s| s.status.is_final()).collect();
+        let ended: Vec<&Trial> = self.trials.iter().filter(|s| s.status.is_final()).collect();
         let failed = ended.iter().filter(|s| s.status == TrialStatus::Failed).count();
         let usable = ended.iter().any(|s| matches!(s.status, TrialStatus::Completed | TrialStatus::Pruned));
         !ended.is_empty() && (2 * failed >= ended.len() || !usable)
@@ -142,7 +145,7 @@ pub struct Failure {
 
 /// Groups failed trials by their error with the numbers taken out (the
 /// same crash in another epoch, the same size error for other sizes).
-pub fn failures(standings: &[Standing]) -> Vec<Failure> {
+pub fn failures(standings: &[Trial]) -> Vec<Failure> {
     let mut groups: Vec<(String, Failure)> = Vec::new();
     for s in standings.iter().filter(|s| s.status == TrialStatus::Failed) {
         let error = s.error.clone().unwrap_or_else(|| "(no error text)".into());
@@ -165,8 +168,8 @@ pub fn failures(standings: &[Standing]) -> Vec<Failure> {
 }
 
 /// Trials with a finite metric, best first (ties: lower id first).
-pub fn rank(standings: &[Standing], mode: Mode) -> Vec<&Standing> {
-    let mut out: Vec<&Standing> = standings.iter().filter(|s| s.best_metric.is_some_and(f64::is_finite)).collect();
+pub fn rank(standings: &[Trial], mode: Mode) -> Vec<&Trial> {
+    let mut out: Vec<&Trial> = standings.iter().filter(|s| s.best_metric.is_some_and(f64::is_finite)).collect();
     out.sort_by(|a, b| {
         let (x, y) = (mode.score(a.best_metric.unwrap()), mode.score(b.best_metric.unwrap()));
         y.total_cmp(&x).then(a.id.cmp(&b.id))
@@ -177,11 +180,9 @@ pub fn rank(standings: &[Standing], mode: Mode) -> Vec<&Standing> {
 /// Everything the actors share about one experiment.
 pub(crate) struct Settings {
     pub name: String,
-    pub space: SearchSpace,
     pub metric: String,
     pub mode: Mode,
     pub seed: u64,
-    pub max_trials: u32,
     pub concurrency: u32,
     pub threads_per_trial: u32,
     pub max_epochs: u32,
@@ -199,9 +200,8 @@ pub(crate) struct Settings {
 
 /// What a resumed sweep starts from.
 struct Prior {
-    board: Board,
-    unfinished: Vec<experiment::PriorTrial>,
-    proposed: u32,
+    /// The state replay left.
+    state: ExperimentState,
     /// Wall time spent in earlier sessions.
     spent: Duration,
 }
@@ -380,23 +380,8 @@ impl Sweep {
     /// Continues a run from its replayed journal: finished trials stay as
     /// they are, unfinished ones continue from their last checkpoints, new
     /// proposals continue the searcher's sequence and ids.
-    pub fn resume(mut self, state: &RunState) -> Self {
-        let unfinished = state
-            .unfinished()
-            .into_iter()
-            .map(|t| experiment::PriorTrial {
-                id: t.id,
-                params: t.params.clone(),
-                attempts: t.attempts,
-                restarts: t.restarts,
-            })
-            .collect();
-        self.prior = Some(Prior {
-            board: state.board.clone(),
-            unfinished,
-            proposed: state.trials.len() as u32,
-            spent: state.spent,
-        });
+    pub fn resume(mut self, run: &RunState) -> Self {
+        self.prior = Some(Prior { state: run.state.clone(), spent: run.spent });
         self
     }
     /// Trains in the worker processes of `pool` rather than on in-process
@@ -433,28 +418,28 @@ impl Sweep {
                 CheckpointStore::new(scratch.path(), 2)
             }
         };
-        let mut searcher = Searcher::new(&self.search, &self.space, self.seed);
         let prior = self.prior.unwrap_or_else(|| Prior {
-            board: Board::new(
-                self.metric.clone(),
-                self.mode,
-                self.max_epochs,
-                Scheduler::new(&self.scheduler, self.max_epochs),
-            )
-            .with_rules(self.rules.clone()),
-            unfinished: Vec::new(),
-            proposed: 0,
+            state: ExperimentState::new(Setup {
+                metric: self.metric.clone(),
+                mode: self.mode,
+                max_epochs: self.max_epochs,
+                max_trials: self.max_trials,
+                space: self.space.clone(),
+                searcher: Searcher::new(&self.search, &self.space, self.seed),
+                scheduler: Scheduler::new(&self.scheduler, self.max_epochs, self.seed, &self.space),
+                rules: self.rules.clone(),
+            }),
             spent: Duration::ZERO,
         });
-        // The proposals already made are in the journal: continue after them.
-        searcher.skip_to(u64::from(prior.proposed));
+        // Donor checkpoints that exploits decided before a resume still wait to be copied.
+        for e in prior.state.trials().iter().filter_map(|t| t.exploit.as_ref()) {
+            checkpoints.pin(e.donor, e.epoch);
+        }
         let settings = Arc::new(Settings {
             name: self.name,
-            space: self.space,
             metric: self.metric,
             mode: self.mode,
             seed: self.seed,
-            max_trials: self.max_trials,
             concurrency: self.concurrency,
             threads_per_trial: self.threads_per_trial,
             max_epochs: self.max_epochs,
@@ -469,14 +454,7 @@ impl Sweep {
             time_left: self.time_budget.map(|b| b.saturating_sub(prior.spent)),
         });
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let args = experiment::Args {
-            settings: settings.clone(),
-            searcher,
-            board: prior.board,
-            unfinished: prior.unfinished,
-            proposed: prior.proposed,
-            done: done_tx,
-        };
+        let args = experiment::Args { settings: settings.clone(), state: prior.state, done: done_tx };
         let (actor, handle) =
             Actor::spawn(Some(format!("experiment-{}", settings.name)), experiment::ExperimentSupervisor, args)
                 .await
@@ -491,10 +469,10 @@ impl Sweep {
             }
         };
         let _ = handle.await;
-        let (standings, interrupted, stopped) =
+        let (trials, interrupted, stopped) =
             outcome.map_err(|_| SweepError::Aborted("no summary was sent".into()))??;
         Ok(Summary {
-            standings,
+            trials,
             metric: settings.metric.clone(),
             mode: settings.mode,
             elapsed: started.elapsed(),

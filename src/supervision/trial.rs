@@ -122,7 +122,7 @@ impl Actor for TrialActor {
             a.params,
             a.resume,
             a.context,
-            Box::new(LeaderboardSink::new(a.leaderboard, a.settings.journal.clone())),
+            Box::new(LeaderboardSink::new(a.leaderboard)),
             a.settings.checkpoints.clone(),
             cancel,
         );
@@ -261,8 +261,7 @@ impl TrialActor {
                         .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                 match saved {
                     Ok(saved) => {
-                        LeaderboardSink::new(state.leaderboard.clone(), state.settings.journal.clone())
-                            .checkpoint_written(state.id, &saved);
+                        LeaderboardSink::new(state.leaderboard.clone()).checkpoint_written(state.id, &saved);
                     }
                     Err(e) => {
                         tracing::error!(trial = %state.id, "cannot store the checkpoint of epoch {epoch}: {e}")

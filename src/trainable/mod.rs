@@ -183,6 +183,7 @@ pub fn attempt_end(result: Result<Result<(), TrainError>, Box<dyn std::any::Any 
     match result {
         Ok(Ok(())) | Ok(Err(TrainError::Stopped(Stop::Completed))) => AttemptEnd::Completed,
         Ok(Err(TrainError::Stopped(Stop::Pruned))) => AttemptEnd::Pruned,
+        Ok(Err(TrainError::Stopped(Stop::Exploited))) => AttemptEnd::Exploited,
         Ok(Err(TrainError::Stopped(Stop::Cancelled | Stop::Lost))) => AttemptEnd::Cancelled,
         Ok(Err(TrainError::Diverged(m))) => AttemptEnd::Diverged(m),
         Ok(Err(TrainError::Invalid(m))) => AttemptEnd::Invalid(m),
@@ -203,6 +204,9 @@ pub enum Stop {
     /// The report could not be recorded (the sweep is gone): do not
     /// checkpoint the epoch, it was never reported.
     Lost,
+    /// PBT exploits the trial: it continues from another trial's checkpoint,
+    /// so this epoch's state is not saved.
+    Exploited,
 }
 
 /// Where reports go: the leaderboard's side of the context.
@@ -366,6 +370,7 @@ impl TrialContext {
         match decision {
             Decision::Prune => return Err(TrainError::Stopped(Stop::Pruned)),
             Decision::Complete => return Err(TrainError::Stopped(Stop::Completed)),
+            Decision::Exploit(_) => return Err(TrainError::Stopped(Stop::Exploited)),
             Decision::Continue => {}
         }
         if self.cancelled() {

@@ -1,0 +1,173 @@
+//! Population Based Training through the real binary, on real libtorch
+//! training: a trial in the bottom quarter continues from a top trial's
+//! checkpoint (its next report is at the donor's level, its epoch counter
+//! continues from the donor's epoch), the lineage is in `results.jsonl`,
+//! `status --json` and `leaderboard.csv`, and a run killed with SIGKILL
+//! resumes to the same end state.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Four trials at once, one learning rate each: two that barely move in 10
+/// epochs, two that learn the synthetic task quickly. Epochs of a few
+/// hundred milliseconds, so that all four run (and rank) together.
+fn config(name: &str) -> String {
+    synthetic_config(
+        name,
+        r#"max_trials = 4
+concurrency = 4
+[data]
+source = "synthetic"
+samples = 12000
+features = 12
+classes = 3
+validation_fraction = 0.25
+[model]
+kind = "mlp"
+hidden_units = 32
+[train]
+optimizer = "sgd"
+lr = { choice = [0.00001, 0.0001, 0.05, 0.2] }
+momentum = 0.9
+batch_size = 32
+max_epochs = 10
+[search]
+algorithm = "grid"
+[scheduler]
+kind = "pbt"
+interval = 3
+resample_probability = 0.0
+[fault]
+checkpoint_every = 1
+"#,
+    )
+}
+
+/// Accuracy of each (trial, epoch) as reported in `lines`, the last report winning.
+fn accuracies(lines: &[Value]) -> BTreeMap<(u64, u64), f64> {
+    lines
+        .iter()
+        .map(|l| ((l["trial"].as_u64().unwrap(), l["epoch"].as_u64().unwrap()), l["val_accuracy"].as_f64().unwrap()))
+        .collect()
+}
+
+/// The report lines as a table, for failure messages.
+fn table(lines: &[Value]) -> String {
+    lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {} {} {:.3} {} {}\n",
+                l["trial"],
+                l["attempt"],
+                l["epoch"],
+                l["val_accuracy"].as_f64().unwrap(),
+                l["decision"],
+                l["exploit"]
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn exploited_trials_continue_from_the_donor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_ok(tmp.path(), &config("pbt"));
+    let lines = results(&dir);
+    let exploits: Vec<&Value> = lines.iter().filter(|l| l["decision"] == "exploit").collect();
+    assert!(!exploits.is_empty(), "the bottom quarter exploits:\n{}", table(&lines));
+    let mut visible = 0;
+    for e in &exploits {
+        let trial = e["trial"].as_u64().unwrap();
+        let (donor, donor_epoch) = (e["exploit"]["donor"].as_u64().unwrap(), e["exploit"]["epoch"].as_u64().unwrap());
+        assert_ne!(trial, donor);
+        // The trial's next report is the epoch after the donor's checkpoint...
+        let pos = lines.iter().position(|l| std::ptr::eq(l, *e)).unwrap();
+        let next = lines[pos + 1..].iter().find(|l| l["trial"].as_u64() == Some(trial)).expect("it reports again");
+        assert_eq!(next["epoch"].as_u64(), Some(donor_epoch + 1), "{e} then {next}");
+        assert!(next["attempt"].as_u64() > e["attempt"].as_u64(), "a new attempt: {next}");
+        // ...at the donor's level (as it was when the decision was taken), not its own.
+        let own = e["val_accuracy"].as_f64().unwrap();
+        let donors = accuracies(&lines[..pos])[&(donor, donor_epoch)];
+        let after = next["val_accuracy"].as_f64().unwrap();
+        assert!((after - donors).abs() < 0.15, "trial {trial}: {after} after copying {donors} (was {own})");
+        if donors - own > 0.2 {
+            visible += 1;
+        }
+        // The learning rate is the donor's, times 0.8 or 1.2 in the choice list: a neighbour.
+        assert!(e["exploit"]["params"]["lr"].is_number());
+    }
+    assert!(visible >= 1, "an exploit that jumps from a poor trial to a good one:\n{}", table(&lines));
+    // Every trial trains to the end.
+    let status = status_json(&dir);
+    for t in status["trials"].as_array().unwrap() {
+        assert_eq!((t["status"].as_str(), t["epochs"].as_u64()), (Some("completed"), Some(10)), "{t}");
+    }
+    // The lineage in status and leaderboard.csv matches the decisions.
+    let lineage: usize =
+        status["trials"].as_array().unwrap().iter().map(|t| t["lineage"].as_array().map_or(0, Vec::len)).sum();
+    assert_eq!(lineage, exploits.len());
+    let first = &exploits[0];
+    let t = &status["trials"][first["trial"].as_u64().unwrap() as usize];
+    assert_eq!(t["lineage"][0]["donor"], first["exploit"]["donor"]);
+    assert_eq!(t["lineage"][0]["at_epoch"], first["epoch"]);
+    let csv = std::fs::read_to_string(dir.join("leaderboard.csv")).unwrap();
+    let expected = format!("{} from {}@{}", first["epoch"], first["exploit"]["donor"], first["exploit"]["epoch"]);
+    assert!(csv.lines().next().unwrap().contains("lineage") && csv.contains(&expected), "{expected} in\n{csv}");
+}
+
+#[test]
+fn a_killed_pbt_run_resumes_with_its_lineage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(tmp.path(), "pbt.toml", &config("pbt-killed"));
+    let out = tmp.path().join("killed");
+    let mut guard = spawn_run(&cfg, &out);
+    let start = Instant::now();
+    // Just past the first exploit in the journal (`results.jsonl` has it
+    // before the journal does).
+    let exploited = |out: &Path| {
+        let text = std::fs::read_to_string(out.join("results.jsonl")).unwrap_or_default();
+        text.contains("\"exploit\"") && !exploits_in_journal(out).is_empty()
+    };
+    while !exploited(&out) {
+        assert!(guard.0.try_wait().unwrap().is_none(), "ended before an exploit");
+        assert!(start.elapsed() < Duration::from_secs(120), "too slow");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    guard.0.kill().unwrap();
+    guard.0.wait().unwrap();
+    let before = exploits_in_journal(&out);
+    assert!(!before.is_empty(), "the journal holds the exploit");
+    let o = gauntlet().args(["resume", out.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "resume: {}", stderr(&o));
+    let status = status_json(&out);
+    for t in status["trials"].as_array().unwrap() {
+        assert_eq!((t["status"].as_str(), t["epochs"].as_u64()), (Some("completed"), Some(10)), "{t}");
+    }
+    // Exploits made before the kill are still in the trials' lineage.
+    for (trial, at_epoch, donor) in before {
+        let lineage = status["trials"][trial as usize]["lineage"].as_array().cloned().unwrap_or_default();
+        assert!(
+            lineage.iter().any(|l| l["at_epoch"].as_u64() == Some(at_epoch) && l["donor"].as_u64() == Some(donor)),
+            "trial {trial}'s exploit at epoch {at_epoch} from {donor}: {lineage:?}"
+        );
+    }
+}
+
+/// (trial, epoch, donor) of each exploit in `status --json` of a killed run.
+fn exploits_in_journal(dir: &Path) -> Vec<(u64, u64, u64)> {
+    let status = status_json(dir);
+    let mut out = Vec::new();
+    for t in status["trials"].as_array().unwrap() {
+        for l in t["lineage"].as_array().cloned().unwrap_or_default() {
+            out.push((t["id"].as_u64().unwrap(), l["at_epoch"].as_u64().unwrap(), l["donor"].as_u64().unwrap()));
+        }
+    }
+    out
+}
