@@ -171,3 +171,71 @@ fn exploits_in_journal(dir: &Path) -> Vec<(u64, u64, u64)> {
     }
     out
 }
+
+/// A program whose state is one number in its checkpoint directory: each
+/// epoch adds `gain` to it and reports it.
+const GROW: &str = r#"
+import json, os, time
+params = json.load(open(os.environ["GAUNTLET_PARAMS"]))
+ckpt = os.path.join(os.environ["GAUNTLET_CHECKPOINT_DIR"], "state.json")
+state = json.load(open(ckpt)) if os.path.exists(ckpt) else {"epoch": 0, "level": 0.0}
+for epoch in range(state["epoch"] + 1, int(os.environ["GAUNTLET_MAX_EPOCHS"]) + 1):
+    time.sleep(0.15)
+    state = {"epoch": epoch, "level": state["level"] + params["gain"]}
+    with open(ckpt + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(ckpt + ".tmp", ckpt)
+    print(json.dumps({"epoch": epoch, "score": state["level"]}), flush=True)
+"#;
+
+#[test]
+fn a_command_trial_continues_from_the_donors_checkpoint_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "grow.py", GROW);
+    let dir = run_ok(
+        tmp.path(),
+        r#"
+[experiment]
+name = "pbt-cmd"
+metric = "score"
+max_trials = 4
+concurrency = 4
+[model]
+kind = "command"
+command = "python3 grow.py"
+[train]
+gain = { choice = [0.0, 0.01, 0.5, 1.0] }
+max_epochs = 9
+[search]
+algorithm = "grid"
+[scheduler]
+kind = "pbt"
+interval = 3
+resample_probability = 0.0
+"#,
+    );
+    let lines = results(&dir);
+    let exploits: Vec<(usize, &Value)> = lines.iter().enumerate().filter(|(_, l)| l["decision"] == "exploit").collect();
+    assert!(!exploits.is_empty(), "the bottom quarter exploits:\n{}", table_of_scores(&lines));
+    for (pos, e) in exploits {
+        let trial = e["trial"].as_u64().unwrap();
+        let (donor, donor_epoch) = (e["exploit"]["donor"].as_u64().unwrap(), e["exploit"]["epoch"].as_u64().unwrap());
+        let gain = e["exploit"]["params"]["gain"].as_f64().unwrap();
+        let donor_level = lines[..pos]
+            .iter()
+            .rev()
+            .find(|l| l["trial"].as_u64() == Some(donor) && l["epoch"].as_u64() == Some(donor_epoch))
+            .unwrap()["score"]
+            .as_f64()
+            .unwrap();
+        let next = lines[pos + 1..].iter().find(|l| l["trial"].as_u64() == Some(trial)).expect("it reports again");
+        // The program found the donor's number in its checkpoint directory and added its new gain.
+        assert_eq!(next["epoch"].as_u64(), Some(donor_epoch + 1));
+        let score = next["score"].as_f64().unwrap();
+        assert!((score - (donor_level + gain)).abs() < 1e-9, "{next}: {donor_level} + {gain}");
+    }
+}
+
+fn table_of_scores(lines: &[Value]) -> String {
+    lines.iter().map(|l| format!("{} {} {} {} {}\n", l["trial"], l["attempt"], l["epoch"], l["score"], l["decision"])).collect()
+}
