@@ -237,5 +237,8 @@ resample_probability = 0.0
 }
 
 fn table_of_scores(lines: &[Value]) -> String {
-    lines.iter().map(|l| format!("{} {} {} {} {}\n", l["trial"], l["attempt"], l["epoch"], l["score"], l["decision"])).collect()
+    lines
+        .iter()
+        .map(|l| format!("{} {} {} {} {}\n", l["trial"], l["attempt"], l["epoch"], l["score"], l["decision"]))
+        .collect()
 }

@@ -135,95 +135,147 @@ impl Dim {
 
 /// A Parzen density over the searched dimensions: kernels (one per
 /// observation, then the prior) with weights.
+/// The most kernels a density holds (see [`Parzen::fit`]).
+const MAX_KERNELS: usize = 512;
+
+/// A Parzen mixture: kernel `k`'s parameters for dimension `d` at `k * D + d`
+/// (one flat allocation each, read in order by the density).
 struct Parzen<'a> {
     dims: &'a [Dim],
     weights: Vec<f64>,
-    /// `centres[k][d]`, `sigmas[k][d]` for numeric dimensions; for choices,
-    /// `choice_weights[k][d]` over the choices.
-    centres: Vec<Vec<f64>>,
-    sigmas: Vec<Vec<f64>>,
-    choice_weights: Vec<Vec<Vec<f64>>>,
-    /// `log_norms[k][d]`: what a continuous kernel's log density adds to
-    /// `-z^2 / 2`: `-ln(sigma sqrt(2 pi))` less the log of its mass inside
-    /// the range (computed once per fit, not per candidate).
-    log_norms: Vec<Vec<f64>>,
+    log_weights: Vec<f64>,
+    centres: Vec<f64>,
+    sigmas: Vec<f64>,
+    inv_sigmas: Vec<f64>,
+    /// For integer dimensions: the log of the kernel's mass over the range.
+    log_masses: Vec<f64>,
+    /// For continuous dimensions: the log normaliser of the truncated normal.
+    log_norms: Vec<f64>,
+    /// Per choice dimension and kernel, the log weights of the values.
+    choice_logs: Vec<Vec<f64>>,
+    choice_weights: Vec<Vec<f64>>,
+    /// Per kernel: its log weight plus the log normalisers of its
+    /// continuous dimensions (constant over the points it is evaluated at).
+    log_consts: Vec<f64>,
 }
 
 impl<'a> Parzen<'a> {
-    fn fit(dims: &'a [Dim], observations: &[Vec<f64>], multivariate: bool) -> Self {
-        let n = observations.len();
-        // Optuna's default weights: flat for the newest 25, a ramp for older ones; the prior weighs 1.
+    fn fit(dims: &'a [Dim], all: &[&[f64]], multivariate: bool) -> Self {
+        let n = all.len();
+        let nd = dims.len();
+        // Optuna's default weights: np.linspace(1/n, 1, n - 25) for the older
+        // trials, 1 for the newest 25; the prior weighs 1.
         let mut weights: Vec<f64> = if n < 25 {
             vec![1.0; n]
         } else {
             let ramp = n - 25;
             (0..ramp)
-                .map(|i| (1.0 / n as f64) + (1.0 - 1.0 / n as f64) * i as f64 / ramp.max(2) as f64)
+                .map(|i| (1.0 / n as f64) + (1.0 - 1.0 / n as f64) * i as f64 / (ramp - 1).max(1) as f64)
                 .chain(std::iter::repeat_n(1.0, 25))
                 .collect()
         };
+        // Past MAX_KERNELS observations the older ones are summarised: each
+        // run of consecutive ones becomes its middle member, weighing what
+        // the run weighed, so the cost of a proposal stops growing with the
+        // history. Bandwidths still follow the whole count.
+        let mut observations: Vec<&[f64]> = all.to_vec();
+        if n > MAX_KERNELS {
+            let old = n - 25;
+            let groups = MAX_KERNELS - 25;
+            let (mut kept, mut kept_weights) = (Vec::with_capacity(MAX_KERNELS), Vec::with_capacity(MAX_KERNELS));
+            for g in 0..groups {
+                let (from, to) = (g * old / groups, (g + 1) * old / groups);
+                kept.push(all[(from + to) / 2]);
+                kept_weights.push(weights[from..to].iter().sum());
+            }
+            kept.extend_from_slice(&all[old..]);
+            kept_weights.extend_from_slice(&weights[old..]);
+            (observations, weights) = (kept, kept_weights);
+        }
         weights.push(1.0);
         let total: f64 = weights.iter().sum();
         weights.iter_mut().for_each(|w| *w /= total);
-        let kernels = n + 1;
-        let mut centres = vec![vec![0.0; dims.len()]; kernels];
-        let mut sigmas = vec![vec![0.0; dims.len()]; kernels];
-        let mut choice_weights = vec![vec![Vec::new(); dims.len()]; kernels];
+        let kernels = observations.len() + 1;
+        let full = n + 1;
+        let kept = observations.len();
+        let mut centres = vec![0.0; kernels * nd];
+        let mut sigmas = vec![1.0; kernels * nd];
+        let mut log_masses = vec![0.0; kernels * nd];
+        let mut log_norms = vec![0.0; kernels * nd];
+        let log_weights: Vec<f64> = weights.iter().map(|w| w.ln()).collect();
+        let mut log_consts = log_weights.clone();
+        let mut choice_weights = vec![Vec::new(); kernels * nd];
         for (d, dim) in dims.iter().enumerate() {
             match dim {
-                Dim::Numeric { low, high, .. } => {
+                Dim::Numeric { low, high, int, .. } => {
                     let range = high - low;
                     let min_sigma = range / (1.0 + n as f64).min(100.0);
-                    let mus: Vec<f64> = observations.iter().map(|o| o[d]).collect();
                     let bandwidths: Vec<f64> = if multivariate {
-                        let s = 0.2 * (kernels as f64).powf(-1.0 / (dims.len() as f64 + 4.0)) * range;
-                        vec![s; n]
+                        let s = 0.2 * (full as f64).powf(-1.0 / (nd as f64 + 4.0)) * range;
+                        vec![s; kept]
                     } else {
+                        let mus: Vec<f64> = observations.iter().map(|o| o[d]).collect();
                         neighbour_bandwidths(&mus, *low, *high)
                     };
-                    for k in 0..n {
-                        centres[k][d] = mus[k];
-                        sigmas[k][d] = bandwidths[k].clamp(min_sigma, range);
+                    let mut last_sigma = (f64::NAN, 0.0);
+                    for k in 0..kernels {
+                        let (mu, sigma) = if k < kept {
+                            (observations[k][d], bandwidths[k].clamp(min_sigma, range))
+                        } else {
+                            ((low + high) / 2.0, range)
+                        };
+                        centres[k * nd + d] = mu;
+                        sigmas[k * nd + d] = sigma;
+                        let mass = (phi((high - mu) / sigma) - phi((low - mu) / sigma)).max(1e-300);
+                        if *int {
+                            log_masses[k * nd + d] = mass.ln();
+                        } else {
+                            // Kernels share their bandwidth (multivariate): one log for all of them.
+                            if sigma != last_sigma.0 {
+                                last_sigma = (sigma, -(sigma * (2.0 * std::f64::consts::PI).sqrt()).ln());
+                            }
+                            let norm = last_sigma.1 - if mass == 1.0 { 0.0 } else { mass.ln() };
+                            log_norms[k * nd + d] = norm;
+                            log_consts[k] += norm;
+                        }
                     }
-                    centres[n][d] = (low + high) / 2.0;
-                    sigmas[n][d] = range;
                 }
                 Dim::Choice(values) => {
                     let c = values.len();
                     for k in 0..kernels {
-                        let mut w = vec![1.0 / kernels as f64; c];
-                        if k < n {
+                        let mut w = vec![1.0 / full as f64; c];
+                        if k < kept {
                             w[observations[k][d] as usize % c] += 1.0;
                         } else {
                             w.iter_mut().for_each(|x| *x = 1.0);
                         }
                         let sum: f64 = w.iter().sum();
-                        choice_weights[k][d] = w.into_iter().map(|x| x / sum).collect();
+                        choice_weights[k * nd + d] = w.into_iter().map(|x| x / sum).collect();
                     }
                 }
             }
         }
-        let log_norms = (0..kernels)
-            .map(|k| {
-                dims.iter()
-                    .enumerate()
-                    .map(|(d, dim)| match dim {
-                        Dim::Numeric { low, high, .. } => {
-                            let (mu, sigma) = (centres[k][d], sigmas[k][d]);
-                            let mass = (phi((high - mu) / sigma) - phi((low - mu) / sigma)).max(1e-300);
-                            -(sigma * (2.0 * std::f64::consts::PI).sqrt()).ln() - mass.ln()
-                        }
-                        Dim::Choice(_) => 0.0,
-                    })
-                    .collect()
-            })
-            .collect();
-        Parzen { dims, weights, centres, sigmas, choice_weights, log_norms }
+        let inv_sigmas = sigmas.iter().map(|s| 1.0 / s).collect();
+        let choice_logs = choice_weights.iter().map(|w| w.iter().map(|p| p.max(1e-300).ln()).collect()).collect();
+        Parzen {
+            dims,
+            weights,
+            log_weights,
+            centres,
+            sigmas,
+            inv_sigmas,
+            log_masses,
+            log_norms,
+            choice_logs,
+            choice_weights,
+            log_consts,
+        }
     }
 
     /// Draws a point: a kernel by weight, then each dimension from it
     /// (multivariate), or a kernel per dimension (univariate).
     fn sample(&self, rng: &mut ChaCha8Rng, multivariate: bool) -> Vec<f64> {
+        let nd = self.dims.len();
         let pick = |rng: &mut ChaCha8Rng| {
             let mut u: f64 = rng.random();
             for (k, w) in self.weights.iter().enumerate() {
@@ -242,7 +294,7 @@ impl<'a> Parzen<'a> {
                 let k = if multivariate { joint } else { pick(rng) };
                 match dim {
                     Dim::Numeric { low, high, .. } => {
-                        let (mu, sigma) = (self.centres[k][d], self.sigmas[k][d]);
+                        let (mu, sigma) = (self.centres[k * nd + d], self.sigmas[k * nd + d]);
                         for _ in 0..100 {
                             let z: f64 = StandardNormal.sample(rng);
                             let x = mu + sigma * z;
@@ -254,7 +306,7 @@ impl<'a> Parzen<'a> {
                     }
                     Dim::Choice(_) => {
                         let mut u: f64 = rng.random();
-                        let w = &self.choice_weights[k][d];
+                        let w = &self.choice_weights[k * nd + d];
                         for (i, p) in w.iter().enumerate() {
                             if u < *p {
                                 return i as f64;
@@ -268,34 +320,86 @@ impl<'a> Parzen<'a> {
             .collect()
     }
 
+    /// Kernel `k`'s log density in dimension `d` at `x`, without the
+    /// constant part of continuous dimensions (in `log_consts`).
+    fn term(&self, k: usize, d: usize, x: f64) -> f64 {
+        let i = k * self.dims.len() + d;
+        match &self.dims[d] {
+            Dim::Numeric { int: true, .. } => {
+                let (mu, inv) = (self.centres[i], self.inv_sigmas[i]);
+                let p = phi((x + 0.5 - mu) * inv) - phi((x - 0.5 - mu) * inv);
+                p.max(1e-300).ln() - self.log_masses[i]
+            }
+            Dim::Numeric { .. } => {
+                let z = (x - self.centres[i]) * self.inv_sigmas[i];
+                -0.5 * z * z
+            }
+            Dim::Choice(_) => self.choice_logs[i][x as usize],
+        }
+    }
+
     /// The log density (log mass for integers and choices) of `x`.
     fn log_density(&self, x: &[f64], multivariate: bool) -> f64 {
-        let per_kernel = |k: usize, d: usize| -> f64 {
-            match &self.dims[d] {
-                Dim::Numeric { low, high, int: true, log: false } => {
-                    let (mu, sigma) = (self.centres[k][d], self.sigmas[k][d]);
-                    let mass = phi((high - mu) / sigma) - phi((low - mu) / sigma);
-                    let p = (phi((x[d] + 0.5 - mu) / sigma) - phi((x[d] - 0.5 - mu) / sigma)) / mass;
-                    p.max(1e-300).ln()
-                }
-                Dim::Numeric { .. } => {
-                    let z = (x[d] - self.centres[k][d]) / self.sigmas[k][d];
-                    -0.5 * z * z + self.log_norms[k][d]
-                }
-                Dim::Choice(_) => self.choice_weights[k][d][x[d] as usize].max(1e-300).ln(),
-            }
-        };
         let kernels = self.weights.len();
+        let nd = self.dims.len();
         if multivariate {
-            log_sum_exp(
-                (0..kernels)
-                    .map(|k| self.weights[k].ln() + (0..self.dims.len()).map(|d| per_kernel(k, d)).sum::<f64>()),
-            )
+            let plain = self.dims.iter().all(|d| matches!(d, Dim::Numeric { int: false, .. }));
+            let mut acc = LogSumExp::default();
+            for k in 0..kernels {
+                let mut s = self.log_consts[k];
+                if plain {
+                    // The common case, kept tight: continuous dimensions only.
+                    let (mus, invs) = (&self.centres[k * nd..(k + 1) * nd], &self.inv_sigmas[k * nd..(k + 1) * nd]);
+                    for ((x, mu), inv) in x.iter().zip(mus).zip(invs) {
+                        let z = (x - mu) * inv;
+                        s -= 0.5 * z * z;
+                    }
+                } else {
+                    s += (0..nd).map(|d| self.term(k, d, x[d])).sum::<f64>();
+                }
+                acc.add(s);
+            }
+            acc.value()
         } else {
-            (0..self.dims.len())
-                .map(|d| log_sum_exp((0..kernels).map(|k| self.weights[k].ln() + per_kernel(k, d))))
+            (0..nd)
+                .map(|d| {
+                    let mut acc = LogSumExp::default();
+                    for k in 0..kernels {
+                        // Univariate: each dimension with its own normaliser.
+                        acc.add(self.log_weights[k] + self.log_norms[k * nd + d] + self.term(k, d, x[d]));
+                    }
+                    acc.value()
+                })
                 .sum()
         }
+    }
+}
+
+/// log(sum(exp(x))) over a stream, without holding it.
+#[derive(Default)]
+struct LogSumExp {
+    max: f64,
+    sum: f64,
+    any: bool,
+}
+
+impl LogSumExp {
+    fn add(&mut self, x: f64) {
+        if !self.any {
+            (self.max, self.sum, self.any) = (x, 1.0, true);
+        } else if x > self.max {
+            self.sum = self.sum * (self.max - x).exp() + 1.0;
+            self.max = x;
+        } else {
+            self.sum += (x - self.max).exp();
+        }
+    }
+
+    fn value(&self) -> f64 {
+        if !self.any || !self.max.is_finite() {
+            return if self.any { self.max } else { f64::NEG_INFINITY };
+        }
+        self.max + self.sum.ln()
     }
 }
 
@@ -318,18 +422,16 @@ fn neighbour_bandwidths(mus: &[f64], low: f64, high: f64) -> Vec<f64> {
     out
 }
 
-fn log_sum_exp(xs: impl Iterator<Item = f64>) -> f64 {
-    let xs: Vec<f64> = xs.collect();
-    let m = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !m.is_finite() {
-        return m;
-    }
-    m + xs.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
-}
-
-/// The standard normal distribution function.
+/// The standard normal distribution function (0 and 1 exactly, in f64,
+/// past 8.3 standard deviations: no erf needed there).
 fn phi(z: f64) -> f64 {
-    0.5 * (1.0 + libm::erf(z / std::f64::consts::SQRT_2))
+    if z > 8.3 {
+        1.0
+    } else if z < -38.5 {
+        0.0
+    } else {
+        0.5 * (1.0 + libm::erf(z / std::f64::consts::SQRT_2))
+    }
 }
 
 impl TpeSearch {
@@ -343,7 +445,8 @@ impl TpeSearch {
         self.drawn = n;
     }
 
-    /// Proposes the next trial's parameters given every trial so far.
+    /// Proposes the next trial's parameters given every trial so far, in id
+    /// order (as the experiment state holds them).
     pub fn propose(&mut self, space: &SearchSpace, trials: &[Trial], mode: Mode) -> Params {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x7BE0_5EED);
         rng.set_stream(self.drawn);
@@ -368,8 +471,20 @@ impl TpeSearch {
                 (class, progress, score, *t)
             })
             .collect();
-        ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(b.2.total_cmp(&a.2)).then(a.3.id.cmp(&b.3.id)));
         let good = ((0.1 * ranked.len() as f64).ceil() as usize).clamp(1, 25);
+        // Only which trials are good matters, not their order: a selection, not a sort.
+        let order = |a: &(u8, i64, f64, &Trial), b: &(u8, i64, f64, &Trial)| {
+            a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(b.2.total_cmp(&a.2)).then(a.3.id.cmp(&b.3.id))
+        };
+        if good < ranked.len() {
+            ranked.select_nth_unstable_by(good - 1, order);
+        }
+        let mut is_good = vec![false; trials.len()];
+        for r in &ranked[..good] {
+            if let Some(flag) = is_good.get_mut(r.3.id.0 as usize) {
+                *flag = true;
+            }
+        }
         for t in trials {
             let i = t.id.0 as usize;
             if self.encoded.len() <= i {
@@ -379,18 +494,19 @@ impl TpeSearch {
                 self.encoded[i] = names.iter().zip(&dims).map(|(n, d)| d.encode(t.params.get(*n)?)).collect();
             }
         }
-        let encoded = &self.encoded;
-        // Oldest first: the weights ramp by age.
-        let by_age = |mut set: Vec<&Trial>| -> Vec<Vec<f64>> {
-            set.sort_by_key(|t| t.id);
-            set.into_iter().filter_map(|t| encoded.get(t.id.0 as usize).cloned().flatten()).collect()
-        };
-        let below = by_age(ranked[..good].iter().map(|r| r.3).collect());
-        let mut above_set: Vec<&Trial> = ranked[good..].iter().map(|r| r.3).collect();
-        if self.config.constant_liar {
-            above_set.extend(trials.iter().filter(|t| matches!(t.status, TrialStatus::Running | TrialStatus::Pending)));
+        // Oldest first (the weights ramp by age): the trials are in id order.
+        let liar = self.config.constant_liar;
+        let (mut below, mut above): (Vec<&[f64]>, Vec<&[f64]>) = (Vec::new(), Vec::new());
+        for t in trials {
+            let Some(x) = self.encoded.get(t.id.0 as usize).and_then(|e| e.as_deref()) else { continue };
+            let finished = matches!(t.status, TrialStatus::Completed | TrialStatus::Pruned)
+                && t.best_metric.is_some_and(f64::is_finite);
+            if finished && is_good.get(t.id.0 as usize) == Some(&true) {
+                below.push(x);
+            } else if finished || (liar && matches!(t.status, TrialStatus::Running | TrialStatus::Pending)) {
+                above.push(x);
+            }
         }
-        let above = by_age(above_set);
         let multivariate = self.config.multivariate;
         let l = Parzen::fit(&dims, &below, multivariate);
         let g = Parzen::fit(&dims, &above, multivariate);
@@ -425,21 +541,39 @@ mod tests {
     #[test]
     fn the_density_integrates_and_favours_its_observations() {
         let dims = [Dim::Numeric { low: 0.0, high: 1.0, log: false, int: false }];
-        let p = Parzen::fit(&dims, &[vec![0.2], vec![0.25]], true);
+        let p = Parzen::fit(&dims, &[&[0.2], &[0.25]], true);
         // A truncated mixture integrates to 1 over its range.
         let integral: f64 = (0..1000).map(|i| p.log_density(&[(i as f64 + 0.5) / 1000.0], true).exp() / 1000.0).sum();
         assert!((integral - 1.0).abs() < 1e-3, "{integral}");
         assert!(p.log_density(&[0.22], true) > p.log_density(&[0.9], true));
         // Integers: masses over the cells sum to 1.
         let ints = [Dim::Numeric { low: -0.5, high: 4.5, log: false, int: true }];
-        let q = Parzen::fit(&ints, &[vec![1.0]], true);
+        let q = Parzen::fit(&ints, &[&[1.0]], true);
         let mass: f64 = (0..5).map(|i| q.log_density(&[i as f64], true).exp()).sum();
         assert!((mass - 1.0).abs() < 1e-9, "{mass}");
         // Choices: the observed one gets the most weight, the prior keeps the others possible.
         let choices = [Dim::Choice(vec![ParamValue::Int(0), ParamValue::Int(1), ParamValue::Int(2)])];
-        let c = Parzen::fit(&choices, &[vec![2.0], vec![2.0]], false);
+        let c = Parzen::fit(&choices, &[&[2.0], &[2.0]], false);
         let w: Vec<f64> = (0..3).map(|i| c.log_density(&[i as f64], false).exp()).collect();
         assert!(w[2] > w[0] && w[0] > 0.0 && (w.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{w:?}");
+    }
+
+    #[test]
+    fn a_long_history_is_summarised_into_a_bounded_mixture() {
+        let dims = [Dim::Numeric { low: 0.0, high: 1.0, log: false, int: false }];
+        let points: Vec<[f64; 1]> = (0..5000).map(|i| [((i * 7919) % 5000) as f64 / 5000.0]).collect();
+        let observations: Vec<&[f64]> = points.iter().map(|p| &p[..]).collect();
+        let p = Parzen::fit(&dims, &observations, true);
+        assert_eq!(p.weights.len(), MAX_KERNELS + 1);
+        assert!((p.weights.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        // The newest 25 keep their own kernels and weights.
+        assert_eq!(p.centres[MAX_KERNELS - 1], points[4999][0]);
+        assert!((p.weights[MAX_KERNELS - 1] - p.weights[MAX_KERNELS - 2]).abs() < 1e-15);
+        let integral: f64 = (0..1000).map(|i| p.log_density(&[(i as f64 + 0.5) / 1000.0], true).exp() / 1000.0).sum();
+        assert!((integral - 1.0).abs() < 1e-3, "{integral}");
+        // Uniform observations: a nearly flat density.
+        let (a, b) = (p.log_density(&[0.3], true), p.log_density(&[0.7], true));
+        assert!((a - b).abs() < 0.1, "{a} {b}");
     }
 
     #[test]
@@ -448,9 +582,9 @@ mod tests {
         assert!(b.iter().zip([0.3, 0.1, 0.3]).all(|(x, y)| (x - y).abs() < 1e-12), "{b:?}");
         assert_eq!(neighbour_bandwidths(&[0.25], 0.0, 1.0), vec![0.75]);
         let dims = [Dim::Numeric { low: 0.0, high: 1.0, log: false, int: false }];
-        let p = Parzen::fit(&dims, &[vec![0.5], vec![0.5000001]], false);
-        assert!((p.sigmas[0][0] - 1.0 / 3.0).abs() < 1e-12, "clipped to range / (1 + n): {}", p.sigmas[0][0]);
-        assert_eq!(p.sigmas[2][0], 1.0, "the prior spans the range");
+        let p = Parzen::fit(&dims, &[&[0.5], &[0.5000001]], false);
+        assert!((p.sigmas[0] - 1.0 / 3.0).abs() < 1e-12, "clipped to range / (1 + n): {}", p.sigmas[0]);
+        assert_eq!(p.sigmas[2], 1.0, "the prior spans the range");
     }
 
     #[test]
