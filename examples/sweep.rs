@@ -84,7 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_trials(16)
         .concurrency(2)
         .max_epochs(12)
-        .scheduler(SchedulerConfig::Asha(AshaConfig { grace_epochs: 2, reduction_factor: 3 }))
+        .scheduler(SchedulerConfig::Asha(AshaConfig { grace_epochs: 2, reduction_factor: 3, promotion: false }))
         .run_blocking()?;
 
     println!("{:<5} {:<10} {:>12} {:>7}  params", "rank", "status", "val_accuracy", "epochs");

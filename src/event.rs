@@ -51,6 +51,12 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         worker: Option<String>,
     },
+    /// The scheduler promoted a paused trial: its next attempt continues
+    /// from its checkpoint.
+    TrialResumed {
+        /// The trial.
+        id: TrialId,
+    },
     /// A trial's worker was lost or left; the trial goes back to pending and
     /// continues from its last checkpoint elsewhere, not counted as a restart.
     TrialPreempted {

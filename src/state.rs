@@ -133,6 +133,12 @@ impl ExperimentState {
         self.trials.iter().filter(|t| !t.status.is_final())
     }
 
+    /// Unfinished trials that continue as soon as a run (re)starts: all but
+    /// those waiting for the scheduler to promote them.
+    pub fn to_continue(&self) -> impl Iterator<Item = &Trial> {
+        self.unfinished().filter(|t| !t.waiting)
+    }
+
     /// The experiment metric.
     pub fn metric(&self) -> &str {
         &self.metric
@@ -163,6 +169,31 @@ impl ExperimentState {
     /// space or a stop rule).
     pub fn proposals_over(&self) -> bool {
         self.exhausted || self.stopped.is_some() || self.trials.len() >= self.max_trials as usize
+    }
+
+    /// What a free slot runs next: a paused trial the scheduler promotes
+    /// ([`Event::TrialResumed`]), else a new proposal ([`Event::TrialProposed`]);
+    /// the event for the caller to journal and [`apply`](Self::apply), or
+    /// `None` when there is nothing to run now.
+    pub fn next_trial(&mut self) -> Option<Event> {
+        if self.stopped.is_none() {
+            let view = View { trials: &self.trials, metric: &self.metric, mode: self.mode, space: &self.space };
+            if let Some(id) = self.scheduler.promotable(&view) {
+                return Some(Event::TrialResumed { id });
+            }
+        }
+        self.propose()
+    }
+
+    /// Trials still waiting for a promotion when nothing more will run: they
+    /// end as pruned (the scheduler did not keep them). The ends, for the
+    /// caller to journal and apply.
+    pub fn end_waiting(&self) -> Vec<Event> {
+        self.trials
+            .iter()
+            .filter(|t| t.waiting && !t.status.is_final())
+            .map(|t| Event::TrialEnded { id: t.id, status: TrialStatus::Pruned, error: None })
+            .collect()
     }
 
     /// Asks the searcher for the next trial: the proposal as an event for
@@ -214,6 +245,14 @@ impl ExperimentState {
             }
             // Back to pending until its next start; nothing to count.
             Event::TrialPreempted { id, .. } => drop(self.known(*id)?),
+            Event::TrialResumed { id } => {
+                let t = self.known(*id)?;
+                if !t.waiting {
+                    return Err(format!("trial {id} resumed without waiting"));
+                }
+                t.waiting = false;
+                self.scheduler.promoted(*id);
+            }
             Event::TrialRestarted { id, restarts, error } => {
                 let t = self.known(*id)?;
                 t.restarts = *restarts;
@@ -263,6 +302,10 @@ impl ExperimentState {
                 (Some(why), _) => Some((TrialStatus::Diverged, Some(why.clone()))),
                 (None, Some(Decision::Prune)) => Some((TrialStatus::Pruned, None)),
                 (None, Some(Decision::Complete)) => Some((TrialStatus::Completed, None)),
+                // Paused by the scheduler: it waits (not "running") for its promotion.
+                (None, Some(Decision::Pause)) if t.waiting && t.status != TrialStatus::Paused => {
+                    Some((TrialStatus::Paused, None))
+                }
                 _ => None,
             };
             if let Some((status, error)) = end {
@@ -328,7 +371,9 @@ impl ExperimentState {
         }
         let decision = match recorded {
             Some(d) => d.clone(),
-            None if self.stopped.is_some() && matches!(decided, Decision::Continue | Decision::Exploit(_)) => {
+            None if self.stopped.is_some()
+                && matches!(decided, Decision::Continue | Decision::Exploit(_) | Decision::Pause) =>
+            {
                 Decision::Complete
             }
             None => decided,
@@ -343,12 +388,14 @@ impl ExperimentState {
                 new_params: e.params.clone(),
             });
             t.params = e.params.clone();
+            self.searcher.params_changed(t.id);
             // It continues from the donor's epoch, from its copy of the donor's checkpoint.
             t.epochs = e.epoch;
             t.last_checkpoint = Some(e.epoch);
             t.exploit = Some(e.clone());
             effects.push(Effect::Pin { donor: e.donor, epoch: e.epoch });
         }
+        t.waiting = decision == Decision::Pause;
         t.last_decision = Some(decision.clone());
         (decision, effects)
     }

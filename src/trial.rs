@@ -125,6 +125,9 @@ pub struct Trial {
     /// starts from a copy of the donor's checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exploit: Option<Exploit>,
+    /// Paused by the scheduler until it promotes the trial (promotion-based ASHA).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
     /// Every exploit it went through, oldest first (PBT).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lineage: Vec<Lineage>,
@@ -163,6 +166,7 @@ impl Trial {
             last_checkpoint: None,
             diverged: None,
             exploit: None,
+            waiting: false,
             lineage: Vec::new(),
         }
     }
@@ -194,6 +198,8 @@ pub enum AttemptEnd {
     /// PBT exploited it: it continues from a copy of the donor's checkpoint
     /// with new parameters (not counted as a restart).
     Exploited,
+    /// The scheduler paused it (checkpointed) until it promotes it.
+    Paused,
 }
 
 /// The text of a panic payload.

@@ -69,7 +69,10 @@ fn resumes_exactly(kind: &str, tables: &str) -> Vec<(u64, String, String, u64)> 
     let reference = run_ok(tmp.path(), &config(kind, tables));
     let expected = outcome(&reference);
     assert_eq!(expected.len(), 14);
-    for reports in [5, 23, 41] {
+    // Early, in the middle, and near the end of the run.
+    let total = reported(&reference);
+    assert!(total > 20, "{kind}: {total} reports");
+    for reports in [5, total / 2, total - 4] {
         let dir = run_and_kill(tmp.path(), &format!("{kind}-killed-{reports}"), &config(kind, tables), reports);
         let o = gauntlet().args(["resume", dir.to_str().unwrap()]).output().unwrap();
         assert!(o.status.success(), "resume after {reports} reports: {}", stderr(&o));
@@ -132,6 +135,29 @@ fn hyperband_prunes_by_bracket_and_resumes_exactly() {
             );
         }
     }
+}
+
+#[test]
+fn promotion_asha_pauses_promotes_and_resumes_exactly() {
+    let expected = resumes_exactly("asha-promotion", "[scheduler]\nkind = \"asha\"\npromotion = true");
+    // Nothing is left paused or running: promoted trials trained on, the rest were never promoted.
+    assert!(expected.iter().all(|t| t.2 == "completed" || t.2 == "pruned"), "{expected:?}");
+    assert!(expected.iter().any(|t| t.2 == "completed" && t.3 == 9), "the best are promoted to the end: {expected:?}");
+    assert!(expected.iter().filter(|t| t.2 == "pruned").count() >= 7, "most wait at a rung: {expected:?}");
+    // A promoted trial continues from its checkpoint: a later attempt reports the epoch after its rung.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_ok(tmp.path(), &config("promo", "[scheduler]\nkind = \"asha\"\npromotion = true"));
+    let lines = results(&dir);
+    let paused: Vec<&serde_json::Value> = lines.iter().filter(|l| l["decision"] == "pause").collect();
+    assert!(!paused.is_empty());
+    let promoted = paused.iter().any(|p| {
+        lines.iter().any(|l| {
+            l["trial"] == p["trial"]
+                && l["attempt"].as_u64() > p["attempt"].as_u64()
+                && l["epoch"].as_u64() == p["epoch"].as_u64().map(|e| e + 1)
+        })
+    });
+    assert!(promoted, "a paused trial continued after its rung: {lines:#?}");
 }
 
 #[test]

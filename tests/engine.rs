@@ -165,7 +165,7 @@ fn asha_prunes_poor_trials_within_one_epoch() {
     .max_trials(27)
     .max_epochs(9)
     .concurrency(1)
-    .scheduler(SchedulerConfig::Asha(AshaConfig { grace_epochs: 1, reduction_factor: 3 }))
+    .scheduler(SchedulerConfig::Asha(AshaConfig { grace_epochs: 1, reduction_factor: 3, promotion: false }))
     .run_blocking()
     .unwrap();
     let pruned = summary.count(TrialStatus::Pruned);

@@ -18,6 +18,9 @@ pub struct Asha {
     eta: u32,
     max_epochs: u32,
     rungs: Vec<Rung>,
+    /// Pause and promote rather than stop.
+    #[serde(default)]
+    promotion: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,6 +30,11 @@ struct Rung {
     judged: BTreeSet<TrialId>,
     /// Their scores, for rank queries.
     scores: Ranks,
+    /// Promotion: each judged trial's score, and those promoted from here.
+    #[serde(default)]
+    entries: Vec<(TrialId, f64)>,
+    #[serde(default)]
+    promoted: BTreeSet<TrialId>,
 }
 
 impl Asha {
@@ -36,9 +44,21 @@ impl Asha {
         let rungs = Self::milestones(grace, eta, max_epochs)
             .into_iter()
             .filter(|&e| e < max_epochs)
-            .map(|epoch| Rung { epoch, judged: BTreeSet::new(), scores: Ranks::default() })
+            .map(|epoch| Rung {
+                epoch,
+                judged: BTreeSet::new(),
+                scores: Ranks::default(),
+                entries: Vec::new(),
+                promoted: BTreeSet::new(),
+            })
             .collect();
-        Asha { eta, max_epochs, rungs }
+        Asha { eta, max_epochs, rungs, promotion: false }
+    }
+
+    /// The promotion-based form: trials pause at rungs and are promoted.
+    pub fn promoting(mut self) -> Self {
+        self.promotion = true;
+        self
     }
 
     /// The rung epochs `grace * eta^k` up to and including `max_epochs`.
@@ -72,6 +92,14 @@ impl Asha {
         let Some(rung) = self.rungs.iter_mut().rev().find(|r| r.epoch <= epoch) else {
             return Decision::Continue;
         };
+        if self.promotion {
+            // Paused here until promoted; once promoted, on to the next rung.
+            if rung.judged.insert(trial) {
+                rung.scores.insert(score);
+                rung.entries.push((trial, score));
+            }
+            return if rung.promoted.contains(&trial) { Decision::Continue } else { Decision::Pause };
+        }
         if !rung.judged.insert(trial) {
             return Decision::Continue; // already judged here (a re-run epoch after a restart)
         }
@@ -82,6 +110,32 @@ impl Asha {
             Decision::Continue
         } else {
             Decision::Prune
+        }
+    }
+}
+
+impl Asha {
+    /// Promotion: the paused trial to continue now, if any: the best of the
+    /// top `1/eta` of a rung (the highest rung first) not yet promoted from
+    /// it, among those `waiting` says are paused.
+    pub fn promotable(&self, waiting: impl Fn(TrialId) -> bool) -> Option<TrialId> {
+        if !self.promotion {
+            return None;
+        }
+        self.rungs.iter().rev().find_map(|rung| {
+            let mut ranked: Vec<&(TrialId, f64)> = rung.entries.iter().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let top = rung.entries.len() / self.eta as usize;
+            ranked[..top].iter().map(|e| e.0).find(|id| !rung.promoted.contains(id) && waiting(*id))
+        })
+    }
+
+    /// Records a promotion from the highest rung the trial waits at.
+    pub fn promoted(&mut self, trial: TrialId) {
+        if let Some(rung) =
+            self.rungs.iter_mut().rev().find(|r| r.judged.contains(&trial) && !r.promoted.contains(&trial))
+        {
+            rung.promoted.insert(trial);
         }
     }
 }
@@ -162,5 +216,32 @@ mod tests {
         a.on_report(TrialId(4), 1, 0.5);
         let b: Asha = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
         assert_eq!(b.rung_sizes(), [1, 0]);
+    }
+
+    #[test]
+    fn promotion_pauses_at_rungs_and_promotes_the_top_third() {
+        let mut a = Asha::new(1, 3, 9).promoting();
+        let waiting = |_: TrialId| true;
+        assert_eq!(a.on_report(TrialId(0), 1, 0.5), Decision::Pause);
+        assert_eq!(a.on_report(TrialId(1), 1, 0.9), Decision::Pause);
+        assert_eq!(a.promotable(waiting), None, "2 at the rung: the top third is empty");
+        assert_eq!(a.on_report(TrialId(2), 1, 0.1), Decision::Pause);
+        assert_eq!(a.promotable(waiting), Some(TrialId(1)), "the best of three");
+        a.promoted(TrialId(1));
+        assert_eq!(a.promotable(waiting), None, "promoted once");
+        assert_eq!(a.on_report(TrialId(1), 1, 0.9), Decision::Continue, "a re-run epoch after the promotion");
+        assert_eq!(a.on_report(TrialId(1), 2, 0.9), Decision::Continue);
+        assert_eq!(a.on_report(TrialId(1), 3, 0.95), Decision::Pause, "the next rung");
+        for (t, s) in [(3, 0.95), (4, 0.2), (5, 0.3)] {
+            assert_eq!(a.on_report(TrialId(t), 1, s), Decision::Pause);
+        }
+        // Rung 1 holds 6: its top 2 are trials 3 (0.95) and 1 (promoted); rung 3 holds 1.
+        assert_eq!(a.promotable(waiting), Some(TrialId(3)));
+        assert_eq!(a.promotable(|t| t != TrialId(3)), None, "only trials that wait");
+        a.promoted(TrialId(3));
+        assert_eq!(a.on_report(TrialId(3), 3, 0.5), Decision::Pause);
+        assert_eq!(a.on_report(TrialId(0), 9, 0.5), Decision::Complete);
+        // Rung 3 holds trials 1 and 3 (2 < 3): nothing promotable there yet.
+        assert_eq!(a.promotable(waiting), None);
     }
 }

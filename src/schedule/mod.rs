@@ -31,6 +31,9 @@ pub enum Decision {
     Prune,
     /// Stop now: the trial has used its whole budget.
     Complete,
+    /// Stop this attempt and wait (checkpointed) until the scheduler
+    /// promotes the trial (promotion-based ASHA).
+    Pause,
     /// Stop this attempt; the trial continues from another trial's
     /// checkpoint with other parameters (PBT's exploit and explore).
     Exploit(Exploit),
@@ -43,6 +46,7 @@ impl Decision {
             Decision::Continue => "continue",
             Decision::Prune => "prune",
             Decision::Complete => "complete",
+            Decision::Pause => "pause",
             Decision::Exploit(_) => "exploit",
         }
     }
@@ -112,11 +116,15 @@ pub struct AshaConfig {
     /// Keep the top 1/reduction_factor at each rung.
     #[serde(default = "three")]
     pub reduction_factor: u32,
+    /// Pause trials at rungs and promote the best, rather than stop the
+    /// others (Li et al.'s promotion-based ASHA).
+    #[serde(default)]
+    pub promotion: bool,
 }
 
 impl Default for AshaConfig {
     fn default() -> Self {
-        AshaConfig { grace_epochs: 1, reduction_factor: 3 }
+        AshaConfig { grace_epochs: 1, reduction_factor: 3, promotion: false }
     }
 }
 
@@ -197,6 +205,24 @@ pub enum Scheduler {
 }
 
 impl Scheduler {
+    /// A paused trial to continue now rather than start a new one
+    /// (promotion-based ASHA), among those `view` shows waiting.
+    pub fn promotable(&self, view: &View) -> Option<TrialId> {
+        match self {
+            Scheduler::Asha(a) => {
+                a.promotable(|id| view.trials.get(id.0 as usize).is_some_and(|t| t.waiting && !t.status.is_final()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Records that a paused trial was promoted.
+    pub fn promoted(&mut self, trial: TrialId) {
+        if let Scheduler::Asha(a) = self {
+            a.promoted(trial);
+        }
+    }
+
     /// Builds the scheduler a config asks for; `seed` is the experiment's
     /// (PBT's draws), `space` the search space (PBT's default `mutate`: every
     /// searched dimension).
@@ -207,7 +233,10 @@ impl Scheduler {
                 Scheduler::Pbt(Pbt::new(p, mutate, max_epochs, seed))
             }
             SchedulerConfig::Fifo(_) => Scheduler::Fifo { max_epochs },
-            SchedulerConfig::Asha(a) => Scheduler::Asha(Asha::new(a.grace_epochs, a.reduction_factor, max_epochs)),
+            SchedulerConfig::Asha(a) => {
+                let asha = Asha::new(a.grace_epochs, a.reduction_factor, max_epochs);
+                Scheduler::Asha(if a.promotion { asha.promoting() } else { asha })
+            }
             SchedulerConfig::Median(m) => Scheduler::Median(Median::new(m, max_epochs)),
             SchedulerConfig::Hyperband(h) => Scheduler::Hyperband(Hyperband::new(h, max_epochs)),
         }

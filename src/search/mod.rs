@@ -132,6 +132,14 @@ impl Searcher {
         }
     }
 
+    /// Observes that a trial's parameters changed after its proposal (PBT's
+    /// exploit): what a searcher learnt from the old ones goes.
+    pub fn params_changed(&mut self, trial: crate::trial::TrialId) {
+        if let Searcher::Tpe(t) = self {
+            t.forget(trial);
+        }
+    }
+
     /// Proposes the parameters of the next trial, or `None` when the space
     /// is exhausted. `trials`: every trial so far, as they stand (the
     /// experiment state's own table, lent: TPE learns from it); `mode`:

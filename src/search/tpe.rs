@@ -72,8 +72,8 @@ pub struct TpeSearch {
     config: TpeConfig,
     seed: u64,
     drawn: u64,
-    /// Each trial's parameters in the model's space, by id: a trial's
-    /// parameters never change, so each is encoded once.
+    /// Each trial's parameters in the model's space, by id: encoded once,
+    /// forgotten when PBT changes them.
     #[serde(skip)]
     encoded: Vec<Option<Vec<f64>>>,
 }
@@ -443,6 +443,13 @@ impl TpeSearch {
     /// Continues after `n` proposals (a resumed run: nothing is proposed again).
     pub fn skip_to(&mut self, n: u64) {
         self.drawn = n;
+    }
+
+    /// A trial's parameters changed (PBT's exploit): its encoding goes.
+    pub fn forget(&mut self, trial: crate::trial::TrialId) {
+        if let Some(e) = self.encoded.get_mut(trial.0 as usize) {
+            *e = None;
+        }
     }
 
     /// Proposes the next trial's parameters given every trial so far, in id

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
-use super::leaderboard::{self, Leaderboard, LeaderboardMsg};
+use super::leaderboard::{self, Leaderboard, LeaderboardMsg, NextTrial};
 use super::slots::SlotPool;
 use super::trial::{self, TrialActor, TrialMsg};
 use super::{backoff, rank, Settings, SweepError};
@@ -65,8 +65,6 @@ pub(super) struct State {
     context: Arc<ContextSettings>,
     leaderboard: ActorRef<LeaderboardMsg>,
     slots: Option<SlotPool>,
-    /// The leaderboard proposes no more trials.
-    exhausted: bool,
     interrupted: bool,
     /// Why the sweep stops early (a stop rule): nothing more is proposed.
     spent: Option<String>,
@@ -85,7 +83,7 @@ impl Actor for ExperimentSupervisor {
         let spent = args.state.stopped().map(str::to_owned);
         // A resumed run's unfinished trials continue first, from their checkpoints.
         let mut live = BTreeMap::new();
-        for t in args.state.unfinished() {
+        for t in args.state.to_continue() {
             let seed = trial_seed(settings.seed, t.id);
             let trial = LiveTrial { seed, attempts: t.attempts, restarts: t.restarts, preemptions: 0, actor: None };
             live.insert(t.id, trial);
@@ -123,7 +121,6 @@ impl Actor for ExperimentSupervisor {
             context,
             leaderboard,
             slots,
-            exhausted: false,
             interrupted: false,
             spent,
             live,
@@ -142,6 +139,11 @@ impl Actor for ExperimentSupervisor {
             ExperimentMsg::Fill => self.fill(&myself, state).await?,
             ExperimentMsg::Ended { id, end: AttemptEnd::Preempted(reason) } => {
                 self.on_preempted(&myself, state, id, reason).await?
+            }
+            // Paused by the scheduler: the slot is free; it waits for its promotion.
+            ExperimentMsg::Ended { id, end: AttemptEnd::Paused } => {
+                self.end_trial(state, id, TrialStatus::Paused, None);
+                self.fill(&myself, state).await?;
             }
             // PBT: the next attempt starts from the donor's checkpoint.
             ExperimentMsg::Ended { id, end: AttemptEnd::Exploited } => {
@@ -162,7 +164,7 @@ impl Actor for ExperimentSupervisor {
                     AttemptEnd::Cancelled => TrialStatus::Paused,
                     AttemptEnd::Diverged(_) => TrialStatus::Diverged,
                     AttemptEnd::Invalid(_) | AttemptEnd::Crashed(_) => TrialStatus::Failed,
-                    AttemptEnd::Preempted(_) | AttemptEnd::Exploited => TrialStatus::Paused,
+                    AttemptEnd::Preempted(_) | AttemptEnd::Exploited | AttemptEnd::Paused => TrialStatus::Paused,
                 };
                 let error = match end {
                     AttemptEnd::Diverged(m)
@@ -255,30 +257,36 @@ impl Actor for ExperimentSupervisor {
 }
 
 impl ExperimentSupervisor {
-    /// Starts new trials while there are free slots and budget; finishes the
-    /// experiment when nothing is left to run.
+    /// Starts trials (promoted or new) while there are free slots and work;
+    /// finishes the experiment when nothing is left to run.
     async fn fill(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
         let s = state.settings.clone();
-        while !state.interrupted
-            && !state.exhausted
-            && state.spent.is_none()
-            && state.live.len() < s.concurrency as usize
-        {
-            // The searcher is part of the experiment's state, at the leaderboard.
-            let proposed = match state.leaderboard.call(LeaderboardMsg::Propose, None).await {
-                Ok(ractor::rpc::CallResult::Success(p)) => p,
-                other => return Err(format!("no proposal from the leaderboard: {other:?}").into()),
+        let mut idle = state.interrupted || state.spent.is_some();
+        while !idle && state.live.len() < s.concurrency as usize {
+            // The searcher and the scheduler are part of the experiment's state, at the leaderboard.
+            let next = match state.leaderboard.call(LeaderboardMsg::Next, None).await {
+                Ok(ractor::rpc::CallResult::Success(next)) => next,
+                other => return Err(format!("no next trial from the leaderboard: {other:?}").into()),
             };
-            let Some((id, _params)) = proposed else {
-                state.exhausted = true;
-                break;
+            let (id, attempts, restarts) = match next {
+                Some(NextTrial::New(id)) => (id, 0, 0),
+                Some(NextTrial::Resume { id, attempts, restarts }) => (id, attempts, restarts),
+                None => {
+                    idle = true;
+                    break;
+                }
             };
             let seed = trial_seed(s.seed, id);
-            state.live.insert(id, LiveTrial { seed, attempts: 0, restarts: 0, preemptions: 0, actor: None });
+            state.live.insert(id, LiveTrial { seed, attempts, restarts, preemptions: 0, actor: None });
             self.spawn_attempt(myself, state, id).await;
         }
-        let ended = state.interrupted || state.exhausted || state.spent.is_some();
-        if state.live.is_empty() && ended {
+        if state.live.is_empty() && idle {
+            if !state.interrupted {
+                // Nothing runs and nothing will: trials waiting for a promotion end.
+                if let Err(e) = state.leaderboard.call(LeaderboardMsg::EndWaiting, None).await {
+                    tracing::error!("cannot end the trials waiting for a promotion: {e}");
+                }
+            }
             self.finish(myself, state).await?;
         }
         Ok(())

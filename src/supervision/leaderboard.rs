@@ -12,7 +12,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::Settings;
 use crate::checkpoint::Checkpoint;
-use crate::config::Params;
 use crate::journal::Event;
 use crate::run_dir::ResultsLog;
 use crate::schedule::Decision;
@@ -75,8 +74,10 @@ pub enum SweepEvent {
 
 pub(super) enum LeaderboardMsg {
     Report(Report, DecisionReply),
-    /// The searcher's next trial, journalled; `None` once no more are to come.
-    Propose(RpcReplyPort<Option<(TrialId, Params)>>),
+    /// What a free slot runs next, journalled; `None` when nothing is to run now.
+    Next(RpcReplyPort<Option<NextTrial>>),
+    /// Nothing more will run: trials still waiting for a promotion end.
+    EndWaiting(RpcReplyPort<()>),
     /// A trial's record, to start its next attempt from.
     Record(TrialId, RpcReplyPort<Option<Trial>>),
     Checkpoint {
@@ -109,6 +110,15 @@ pub(super) enum LeaderboardMsg {
 }
 
 impl ractor::Message for LeaderboardMsg {}
+
+/// What a free slot runs next.
+#[derive(Debug)]
+pub(super) enum NextTrial {
+    /// A new trial, just proposed.
+    New(TrialId),
+    /// A paused trial the scheduler promoted, with its attempt and restart counts.
+    Resume { id: TrialId, attempts: u32, restarts: u32 },
+}
 
 /// Where a decision goes once its report is durable.
 pub(super) enum DecisionReply {
@@ -280,18 +290,38 @@ impl Actor for Leaderboard {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             LeaderboardMsg::Report(report, reply) => state.on_report(report, reply)?,
-            LeaderboardMsg::Propose(reply) => {
-                let mut proposed = None;
-                if let Some(event) = state.state.propose() {
-                    if let Event::TrialProposed { id, params } = &event {
-                        proposed = Some((*id, params.clone()));
+            LeaderboardMsg::Next(reply) => {
+                let next = match state.state.next_trial() {
+                    Some(event @ Event::TrialProposed { .. }) => {
+                        let Event::TrialProposed { id, .. } = event else { unreachable!() };
+                        state.commit(event)?;
+                        state.emit(SweepEvent::Proposed { id });
+                        Some(NextTrial::New(id))
                     }
+                    Some(event @ Event::TrialResumed { .. }) => {
+                        let Event::TrialResumed { id } = event else { unreachable!() };
+                        state.commit(event)?;
+                        tracing::info!(trial = %id, "promoted: continues from its checkpoint");
+                        state.state.trial(id).map(|t| NextTrial::Resume {
+                            id,
+                            attempts: t.attempts,
+                            restarts: t.restarts,
+                        })
+                    }
+                    Some(other) => return Err(format!("the next trial came as {other:?}").into()),
+                    None => None,
+                };
+                let _ = reply.send(next);
+            }
+            LeaderboardMsg::EndWaiting(reply) => {
+                for event in state.state.end_waiting() {
+                    let Event::TrialEnded { id, status, .. } = event else { continue };
                     state.commit(event)?;
+                    let best = state.state.trial(id).and_then(|t| t.best_metric);
+                    tracing::info!(trial = %id, "{status}: never promoted");
+                    state.emit(SweepEvent::Ended { id, status, best });
                 }
-                if let Some((id, _)) = &proposed {
-                    state.emit(SweepEvent::Proposed { id: *id });
-                }
-                let _ = reply.send(proposed);
+                let _ = reply.send(());
             }
             LeaderboardMsg::Record(id, reply) => {
                 let _ = reply.send(state.state.trial(id).cloned());

@@ -284,7 +284,8 @@ impl CommandTrainable {
             }
             let named: Vec<(&str, f64)> = metrics.iter().map(|(n, v)| (n.as_str(), *v)).collect();
             let verdict = ctx.report(epoch, &named);
-            let keep = matches!(verdict, Ok(()) | Err(TrainError::Stopped(Stop::Completed | Stop::Cancelled)));
+            let keep =
+                matches!(verdict, Ok(()) | Err(TrainError::Stopped(Stop::Completed | Stop::Cancelled | Stop::Paused)));
             if changed {
                 let saved = if keep {
                     Some(ctx.save_checkpoint(epoch, |dir| {

@@ -92,7 +92,7 @@ pub fn fit(ctx: &mut TrialContext, data: &Dataset, device: Device, net: &mut imp
         // Checkpoint when due, at the end, and when the sweep is stopping
         // (so a resumed run loses no epoch); not for pruned or diverged trials.
         let completed = verdict == Err(TrainError::Stopped(Stop::Completed));
-        let cancelled = verdict == Err(TrainError::Stopped(Stop::Cancelled));
+        let cancelled = matches!(verdict, Err(TrainError::Stopped(Stop::Cancelled | Stop::Paused)));
         let last = completed || epoch == ctx.max_epochs();
         if (verdict.is_ok() && (ctx.checkpoint_due(epoch) || last)) || completed || cancelled {
             ctx.save_checkpoint(epoch, |dir| {

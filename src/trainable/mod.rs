@@ -184,6 +184,7 @@ pub fn attempt_end(result: Result<Result<(), TrainError>, Box<dyn std::any::Any 
         Ok(Ok(())) | Ok(Err(TrainError::Stopped(Stop::Completed))) => AttemptEnd::Completed,
         Ok(Err(TrainError::Stopped(Stop::Pruned))) => AttemptEnd::Pruned,
         Ok(Err(TrainError::Stopped(Stop::Exploited))) => AttemptEnd::Exploited,
+        Ok(Err(TrainError::Stopped(Stop::Paused))) => AttemptEnd::Paused,
         Ok(Err(TrainError::Stopped(Stop::Cancelled | Stop::Lost))) => AttemptEnd::Cancelled,
         Ok(Err(TrainError::Diverged(m))) => AttemptEnd::Diverged(m),
         Ok(Err(TrainError::Invalid(m))) => AttemptEnd::Invalid(m),
@@ -207,6 +208,9 @@ pub enum Stop {
     /// PBT exploits the trial: it continues from another trial's checkpoint,
     /// so this epoch's state is not saved.
     Exploited,
+    /// The scheduler pauses the trial until it promotes it: checkpoint the
+    /// epoch, then stop.
+    Paused,
 }
 
 /// Where reports go: the leaderboard's side of the context.
@@ -371,6 +375,7 @@ impl TrialContext {
             Decision::Prune => return Err(TrainError::Stopped(Stop::Pruned)),
             Decision::Complete => return Err(TrainError::Stopped(Stop::Completed)),
             Decision::Exploit(_) => return Err(TrainError::Stopped(Stop::Exploited)),
+            Decision::Pause => return Err(TrainError::Stopped(Stop::Paused)),
             Decision::Continue => {}
         }
         if self.cancelled() {

@@ -27,7 +27,7 @@ impl Trainable for SleepTrainable {
             let accuracy = quality * (0.5 + 0.5 * progress);
             let verdict = ctx.report(epoch, &[("val_accuracy", accuracy), ("val_loss", 1.0 - accuracy)]);
             let completed = verdict == Err(TrainError::Stopped(Stop::Completed));
-            let cancelled = verdict == Err(TrainError::Stopped(Stop::Cancelled));
+            let cancelled = matches!(verdict, Err(TrainError::Stopped(Stop::Cancelled | Stop::Paused)));
             if (verdict.is_ok() && (ctx.checkpoint_due(epoch) || epoch == ctx.max_epochs())) || completed || cancelled {
                 ctx.save_checkpoint(epoch, |dir| {
                     std::fs::write(dir.join("state.json"), format!("{{\"epoch\":{epoch}}}"))
