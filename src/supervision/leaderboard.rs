@@ -198,7 +198,14 @@ impl State {
     /// Folds an event, journals it and performs its effects (trimming
     /// checkpoints only once the event is durable).
     fn commit(&mut self, event: Event) -> Result<(), ActorProcessingErr> {
-        let effects = self.state.apply(&event)?;
+        let effects = match self.state.apply(&event) {
+            Ok(effects) => effects,
+            // Not journalled either, so that replay never meets it: the sweep goes on.
+            Err(e) => {
+                tracing::error!("dropping an event the experiment's state refuses ({e}): {event:?}");
+                return Ok(());
+            }
+        };
         let trim = self.perform(&effects);
         match &self.settings.journal {
             Some(journal) => journal.append_then(event, trim)?,
