@@ -13,7 +13,7 @@ mod ranks;
 use serde::{Deserialize, Serialize};
 
 use crate::space::{Mode, Params, SearchSpace};
-use crate::trial::{Trial, TrialId};
+use crate::trial::{Trial, TrialId, TrialStatus};
 
 pub use asha::Asha;
 pub use hyperband::{Hyperband, HyperbandConfig};
@@ -210,7 +210,10 @@ impl Scheduler {
     pub fn promotable(&self, view: &View) -> Option<TrialId> {
         match self {
             Scheduler::Asha(a) => {
-                a.promotable(|id| view.trials.get(id.0 as usize).is_some_and(|t| t.waiting && !t.status.is_final()))
+                // Waiting, and its attempt over (`paused`): never two attempts of one trial at once.
+                a.promotable(|id| {
+                    view.trials.get(id.0 as usize).is_some_and(|t| t.waiting && t.status == TrialStatus::Paused)
+                })
             }
             _ => None,
         }
