@@ -180,7 +180,7 @@ params = json.load(open(os.environ["GAUNTLET_PARAMS"]))
 ckpt = os.path.join(os.environ["GAUNTLET_CHECKPOINT_DIR"], "state.json")
 state = json.load(open(ckpt)) if os.path.exists(ckpt) else {"epoch": 0, "level": 0.0}
 for epoch in range(state["epoch"] + 1, int(os.environ["GAUNTLET_MAX_EPOCHS"]) + 1):
-    time.sleep(0.15)
+    time.sleep(0.25)
     state = {"epoch": epoch, "level": state["level"] + params["gain"]}
     with open(ckpt + ".tmp", "w") as f:
         json.dump(state, f)
@@ -205,7 +205,7 @@ kind = "command"
 command = "python3 grow.py"
 [train]
 gain = { choice = [0.0, 0.01, 0.5, 1.0] }
-max_epochs = 9
+max_epochs = 12
 [search]
 algorithm = "grid"
 [scheduler]

@@ -137,7 +137,7 @@ impl Pbt {
             .filter_map(|t| t.last_score(view.metric, view.mode).map(|s| (s, t.id)))
             .collect();
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let k = (ranked.len() as f64 * self.quantile).floor() as usize;
+        let k = quantile_size(ranked.len(), self.quantile);
         if k == 0 || !ranked[..k].iter().any(|(_, id)| *id == trial) {
             return Decision::Continue;
         }
@@ -175,6 +175,15 @@ impl Pbt {
         }
         out
     }
+}
+
+/// How many trials each end of a ranked population of `n` holds: Ray Tune's
+/// rule, `ceil(n * quantile)` but at most half, none below two trials.
+pub(super) fn quantile_size(n: usize, quantile: f64) -> usize {
+    if n < 2 {
+        return 0;
+    }
+    ((n as f64 * quantile).ceil() as usize).min(n / 2)
 }
 
 /// One value moved: a number multiplied by `factor` and clamped to its range
@@ -288,5 +297,13 @@ mod tests {
         );
         assert_eq!(a, b);
         assert!(matches!(a, Decision::Exploit(Exploit { donor: TrialId(3), epoch: 3, .. })));
+    }
+
+    #[test]
+    fn quantiles_count_as_ray_tune_counts_them() {
+        let sizes: Vec<usize> = (0..=9).map(|n| quantile_size(n, 0.25)).collect();
+        assert_eq!(sizes, [0, 0, 1, 1, 1, 2, 2, 2, 2, 3]);
+        assert_eq!(quantile_size(3, 0.5), 1, "at most half");
+        assert_eq!(quantile_size(10, 0.5), 5);
     }
 }
