@@ -64,6 +64,7 @@ fn trial_events(id: u32) -> Vec<Event> {
                 ("train_loss".into(), 0.9 - acc),
             ],
             decision: Decision::Continue,
+            at: None,
         });
     }
     events.push(Event::TrialEnded { id, status: TrialStatus::Completed, error: None });
@@ -122,6 +123,7 @@ fn main() {
                         epoch,
                         metrics: vec![("val_accuracy".into(), 0.5)],
                         decision: Decision::Continue,
+                        at: None,
                     };
                     journal.append_then_reply(event, tx.clone(), Decision::Continue).unwrap();
                     rx.recv().unwrap();

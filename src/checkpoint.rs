@@ -48,6 +48,11 @@ impl CheckpointStore {
         CheckpointStore { root: root.into(), keep: keep.max(1), pins: Arc::default() }
     }
 
+    /// Where the checkpoints are.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// Keeps a trial's checkpoint of `epoch` until as many [`unpin`](Self::unpin)s.
     pub fn pin(&self, trial: TrialId, epoch: u32) {
         *self.pins().entry((trial, epoch)).or_default() += 1;

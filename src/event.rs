@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::schedule::Decision;
 use crate::space::Params;
-use crate::trial::{TrialId, TrialStatus};
+use crate::trial::{Stamp, TrialId, TrialStatus};
 
 /// One journal entry: when, and what happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +86,9 @@ pub enum Event {
         metrics: Vec<(String, f64)>,
         /// The scheduler's decision.
         decision: Decision,
+        /// When the coordinator received it (absent in older journals).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<Stamp>,
     },
     /// A checkpoint was written (renamed into place).
     CheckpointWritten {

@@ -99,13 +99,14 @@ impl RunDir {
         self.root.join("gauntlet.log")
     }
 
-    /// Keeps a copy of the config as given.
-    pub fn save_config(&self, source: &Path) -> io::Result<()> {
+    /// Keeps a copy of the config's `text`, as given in the file `source`
+    /// (whose extension names the copy's).
+    pub fn save_config(&self, source: &Path, text: &str) -> io::Result<()> {
         let name = match source.extension().and_then(|e| e.to_str()) {
             Some(ext @ ("yaml" | "yml" | "json")) => format!("config.{ext}"),
             _ => "config.toml".into(),
         };
-        fs::copy(source, self.root.join(name)).map(drop)
+        fs::write(self.root.join(name), text)
     }
 
     /// Opens `results.jsonl` for appending.
@@ -219,14 +220,20 @@ struct ResultLine<'a> {
     decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     exploit: Option<&'a Exploit>,
+    /// When the report arrived (RFC 3339, UTC).
+    at: String,
+    /// Seconds the experiment had run (all sessions).
+    elapsed_s: f64,
     #[serde(flatten)]
     metrics: std::collections::BTreeMap<&'a str, f64>,
 }
 
 impl ResultsLog {
     /// Appends one report.
-    pub fn append(&mut self, report: &Report, decision: &Decision) -> io::Result<()> {
+    pub fn append(&mut self, report: &Report, decision: &Decision, at: &crate::trial::Stamp) -> io::Result<()> {
         let line = ResultLine {
+            at: at.rfc3339(),
+            elapsed_s: at.elapsed_ms as f64 / 1000.0,
             trial: report.trial.0,
             attempt: report.attempt,
             epoch: report.epoch,

@@ -17,7 +17,7 @@ use crate::event::Event;
 use crate::schedule::{Decision, Scheduler, View};
 use crate::search::Searcher;
 use crate::space::{Mode, SearchSpace};
-use crate::trial::{divergence, Lineage, Report, Trial, TrialId, TrialStatus};
+use crate::trial::{divergence, Lineage, Report, Stamp, Trial, TrialId, TrialStatus};
 
 /// When a sweep stops before its trials are all run, decided on reports
 /// (the time budget, which no report decides, arrives as
@@ -216,9 +216,14 @@ impl ExperimentState {
     /// decision) and the effects. Replaying that event through
     /// [`apply`](Self::apply) gives the same state.
     pub fn report(&mut self, report: Report) -> (Event, Vec<Effect>) {
-        let (decision, effects) = self.fold_report(&report, None);
+        self.report_at(report, None)
+    }
+
+    /// [`report`](Self::report), received at `at`.
+    pub fn report_at(&mut self, report: Report, at: Option<Stamp>) -> (Event, Vec<Effect>) {
+        let (decision, effects) = self.fold_report(&report, None, at);
         let Report { trial, attempt, epoch, metrics } = report;
-        (Event::Report { id: trial, attempt, epoch, metrics, decision }, effects)
+        (Event::Report { id: trial, attempt, epoch, metrics, decision, at }, effects)
     }
 
     /// Folds one event.
@@ -258,10 +263,10 @@ impl ExperimentState {
                 t.restarts = *restarts;
                 t.error = Some(error.clone());
             }
-            Event::Report { id, attempt, epoch, metrics, decision } => {
+            Event::Report { id, attempt, epoch, metrics, decision, at } => {
                 self.known(*id)?;
                 let report = Report { trial: *id, attempt: *attempt, epoch: *epoch, metrics: metrics.clone() };
-                effects = self.fold_report(&report, Some(decision)).1;
+                effects = self.fold_report(&report, Some(decision), *at).1;
             }
             Event::CheckpointWritten { id, epoch } => self.known(*id)?.last_checkpoint = Some(*epoch),
             Event::TrialEnded { id, status, error } => {
@@ -325,7 +330,12 @@ impl ExperimentState {
 
     /// Records a report; decides on it unless the decision is `recorded`
     /// (replay). Once the sweep is stopped, every report completes its trial.
-    fn fold_report(&mut self, report: &Report, recorded: Option<&Decision>) -> (Decision, Vec<Effect>) {
+    fn fold_report(
+        &mut self,
+        report: &Report,
+        recorded: Option<&Decision>,
+        at: Option<Stamp>,
+    ) -> (Decision, Vec<Effect>) {
         let mut effects = Vec::new();
         let (metric, mode, max_epochs) = (self.metric.clone(), self.mode, self.max_epochs);
         let Some(t) = self.trials.get_mut(report.trial.0 as usize) else {
@@ -335,6 +345,7 @@ impl ExperimentState {
         self.epochs_trained += u64::from(report.epoch > t.epochs);
         t.diverged = divergence(&report.metrics, &metric, report.epoch);
         t.epochs = report.epoch;
+        t.last_report = at;
         t.last_metrics = report.metrics.iter().cloned().collect();
         let value = report.metric(&metric);
         let finite = value.filter(|v| v.is_finite());
@@ -478,8 +489,14 @@ mod tests {
         let params: Params = [("x".to_owned(), ParamValue::Float(0.25))].into_iter().collect();
         let decision = Decision::Exploit(Exploit { donor: TrialId(1), epoch: 3, params: params.clone() });
         let old = s.trial(TrialId(0)).unwrap().params.clone();
-        let event =
-            Event::Report { id: TrialId(0), attempt: 0, epoch: 4, metrics: vec![("acc".into(), 0.1)], decision };
+        let event = Event::Report {
+            id: TrialId(0),
+            attempt: 0,
+            epoch: 4,
+            metrics: vec![("acc".into(), 0.1)],
+            decision,
+            at: None,
+        };
         assert_eq!(s.apply(&event).unwrap(), vec![Effect::Pin { donor: TrialId(1), epoch: 3 }]);
         let t = s.trial(TrialId(0)).unwrap();
         assert_eq!((t.epochs, t.last_checkpoint, &t.params), (3, Some(3), &params), "continues at the donor's epoch");

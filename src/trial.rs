@@ -85,6 +85,25 @@ impl Report {
     }
 }
 
+/// When a report arrived: wall time, and the experiment's running time (all
+/// its sessions so far; the time between sessions not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// Milliseconds the experiment had run.
+    pub elapsed_ms: u64,
+}
+
+impl Stamp {
+    /// The time as RFC 3339 (UTC, milliseconds).
+    pub fn rfc3339(&self) -> String {
+        chrono::DateTime::from_timestamp_millis(self.unix_ms as i64)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default()
+    }
+}
+
 /// One trial, as the experiment's state knows it: the single record that
 /// the live leaderboard, journal replay, `gauntlet status`, the final table
 /// and the searchers and schedulers all read.
@@ -131,6 +150,9 @@ pub struct Trial {
     /// Every exploit it went through, oldest first (PBT).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lineage: Vec<Lineage>,
+    /// When its last report arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report: Option<Stamp>,
 }
 
 /// One PBT exploit of a trial: where it came from and what changed.
@@ -168,6 +190,7 @@ impl Trial {
             exploit: None,
             waiting: false,
             lineage: Vec::new(),
+            last_report: None,
         }
     }
 

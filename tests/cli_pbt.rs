@@ -92,11 +92,13 @@ fn exploited_trials_continue_from_the_donor() {
         let next = lines[pos + 1..].iter().find(|l| l["trial"].as_u64() == Some(trial)).expect("it reports again");
         assert_eq!(next["epoch"].as_u64(), Some(donor_epoch + 1), "{e} then {next}");
         assert!(next["attempt"].as_u64() > e["attempt"].as_u64(), "a new attempt: {next}");
-        // ...at the donor's level (as it was when the decision was taken), not its own.
+        // ...from the donor's level (as it was when the decision was taken), not its own.
         let own = e["val_accuracy"].as_f64().unwrap();
         let donors = accuracies(&lines[..pos])[&(donor, donor_epoch)];
         let after = next["val_accuracy"].as_f64().unwrap();
-        assert!((after - donors).abs() < 0.15, "trial {trial}: {after} after copying {donors} (was {own})");
+        // One more epoch (at a perturbed learning rate, which for a choice
+        // is the neighbouring value) may climb far, but never falls back.
+        assert!(after > donors - 0.15, "trial {trial}: {after} after copying {donors} (was {own})");
         if donors - own > 0.2 {
             visible += 1;
         }

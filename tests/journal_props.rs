@@ -28,6 +28,7 @@ fn event() -> impl Strategy<Value = Event> {
                 epoch,
                 metrics,
                 decision: [Decision::Continue, Decision::Prune, Decision::Complete][d as usize].clone(),
+                at: None,
             }),
         (id.clone(), 1u32..100).prop_map(|(id, epoch)| Event::CheckpointWritten { id, epoch }),
         (id.clone(), 1u32..9, ".{0,40}").prop_map(|(id, restarts, error)| Event::TrialRestarted {

@@ -69,6 +69,7 @@ fn events(lives: &[Life], order: &[usize]) -> Vec<Event> {
                     epoch,
                     metrics: vec![("val_accuracy".into(), l.scores[epoch as usize - 1])],
                     decision: Decision::Continue,
+                    at: None,
                 });
                 q.push(Event::CheckpointWritten { id, epoch });
                 if l.restart_at == Some(epoch) {

@@ -1,17 +1,15 @@
 //! The coordinator's side of the cluster for `run` and `resume` (its node,
 //! pool and local workers), and the `worker` subcommand.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use gauntlet::cluster::local::{Capacity, LocalWorkers, Spec};
+use gauntlet::cluster::local::{LocalWorkers, Spec};
 use gauntlet::cluster::node::{self, NodeError};
-use gauntlet::cluster::wire::Experiment;
-use gauntlet::supervision::pool::Pool;
+use gauntlet::engine::{Engine, EngineOptions};
 use gauntlet::worker::{self, WorkerError, WorkerExit, WorkerOptions};
 
 use super::UsageError;
@@ -36,135 +34,40 @@ pub struct ClusterArgs {
     gpus: Vec<u32>,
 }
 
-/// The coordinator's running cluster.
-pub struct Coordinator {
-    pub pool: Pool,
-    local: Option<LocalWorkers>,
-}
-
-impl Coordinator {
-    /// Starts the node, the pool and the local workers (as many as asked,
-    /// at most what the machine holds: see [`Capacity`]; each holds
-    /// `data_bytes` of data). Runs on the tokio runtime.
-    pub async fn start(
-        args: &ClusterArgs,
-        experiment: Experiment,
-        slots: u32,
+impl ClusterArgs {
+    /// The engine these flags ask for: `default_workers` local workers
+    /// unless `--workers` says otherwise, each holding `data_bytes` of data.
+    pub fn engine_options(
+        &self,
+        default_workers: u32,
         gpus_per_trial: u32,
         threads: u32,
         log_dir: PathBuf,
         data_bytes: u64,
-    ) -> anyhow::Result<Self> {
-        let secret = node::read_secret(args.secret_file.as_deref()).map_err(usage)?;
-        let listen: SocketAddr = match &args.listen {
-            Some(addr) => node::resolve(addr).map_err(usage)?,
-            None => SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let secret = match secret {
-            Some(s) => s,
-            None if args.listen.is_some() => {
-                return Err(UsageError(
-                    "--listen lets workers on other machines join, so it needs a shared secret: put one in a file \
-                     (`chmod 600`) and pass --secret-file FILE, or set GAUNTLET_SECRET; workers need the same one"
-                        .into(),
-                )
-                .into())
-            }
-            None => node::random_secret(),
-        };
-        let gpus = per_worker_gpus(&args.gpus, gpus_per_trial)?;
-        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let name = format!("coordinator-{}", std::process::id());
-        let node = node::start(&name, listen, &secret, events_tx).await.map_err(usage)?;
-        let pool = Pool::start(experiment).await?;
-        let forward = pool.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                forward.node_event(event);
-            }
-        });
-        let ip = if listen.ip().is_unspecified() { [127, 0, 0, 1].into() } else { listen.ip() };
-        let join = SocketAddr::new(ip, node.port);
-        if args.listen.is_some() {
-            tracing::info!("listening for workers on {}", SocketAddr::new(listen.ip(), node.port));
-            eprintln!("listening for workers on {}:{}", listen.ip(), node.port);
-            if !node::is_loopback(&listen) {
-                tracing::warn!(
-                    "cluster traffic on {listen} is not encrypted (TLS is not configured): run it on a trusted \
-                     network or through a tunnel"
-                );
-            }
-        }
-        let asked = args.workers.unwrap_or(slots) as usize;
-        if asked == 0 && args.listen.is_none() {
-            return Err(
-                UsageError("--workers 0 needs --listen: with no local workers, workers must join".into()).into()
-            );
-        }
-        let what = if args.workers.is_some() { "--workers" } else { "experiment.concurrency" };
-        let count = capped(asked, &Capacity::of_machine(data_bytes), what);
-        let local = if count > 0 {
-            let spec = Spec {
-                exe: std::env::current_exe().context("cannot find the gauntlet binary to start workers")?,
-                join: join.to_string(),
-                threads,
-                secret,
-                log_dir,
-                gpus: (0..count).map(|i| (!gpus.is_empty()).then(|| gpus[i % gpus.len()].clone())).collect(),
-                local: true,
-            };
-            let on_exit = pool.clone();
-            Some(LocalWorkers::start(spec, count, move |exit| on_exit.worker_exited(exit))?)
-        } else {
-            None
-        };
-        Ok(Coordinator { pool, local })
-    }
-
-    /// Tells the workers the sweep is over and waits for the local ones to exit.
-    pub async fn shutdown(self) {
-        if let Some(local) = &self.local {
-            local.stop_respawning();
-        }
-        self.pool.shutdown().await;
-        if let Some(local) = self.local {
-            let _ = tokio::task::spawn_blocking(move || local.shutdown(Duration::from_secs(3))).await;
-        }
+    ) -> anyhow::Result<EngineOptions> {
+        let secret = node::read_secret(self.secret_file.as_deref()).map_err(usage)?;
+        Ok(EngineOptions {
+            workers: self.workers.unwrap_or(default_workers),
+            workers_from: if self.workers.is_some() { "--workers" } else { "experiment.concurrency" }.into(),
+            listen: self.listen.clone(),
+            secret,
+            gpus: self.gpus.clone(),
+            gpus_per_worker: gpus_per_trial,
+            threads,
+            log_dir,
+            data_bytes,
+        })
     }
 }
 
-/// The local workers to start when `asked` for: at most the capacity, with
-/// a warning that says why when that is fewer.
-fn capped(asked: usize, capacity: &Capacity, what: &str) -> usize {
-    if asked <= capacity.limit {
-        return asked;
+/// Starts an engine (its warnings go to the log and stderr), saying where
+/// workers join.
+pub async fn start_engine(options: EngineOptions) -> anyhow::Result<Engine> {
+    let engine = Engine::start(options).await?;
+    if let Some(addr) = engine.listening {
+        eprintln!("listening for workers on {addr}");
     }
-    let text = format!(
-        "{what} asks for {asked} local workers; starting {}, the most this machine holds ({}). Workers that \
-         join with --listen add slots beyond that",
-        capacity.limit,
-        capacity.explain()
-    );
-    tracing::warn!("{text}");
-    eprintln!("warning: {text}");
-    capacity.limit
-}
-
-/// Splits the GPU list into one group of `per` GPUs for each worker.
-fn per_worker_gpus(gpus: &[u32], per: u32) -> anyhow::Result<Vec<String>> {
-    if gpus.is_empty() || per == 0 {
-        return Ok(Vec::new());
-    }
-    if gpus.len() < per as usize {
-        return Err(
-            UsageError(format!("--gpus lists {} GPU(s) but experiment.gpus_per_trial is {per}", gpus.len())).into()
-        );
-    }
-    Ok(gpus
-        .chunks(per as usize)
-        .filter(|c| c.len() == per as usize)
-        .map(|c| c.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
-        .collect())
+    Ok(engine)
 }
 
 fn usage(e: NodeError) -> anyhow::Error {
@@ -258,10 +161,6 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             eprintln!("error: the coordinator refused this worker: {why}");
             ExitCode::from(2)
         }
-        WorkerExit::Unfit(why) => {
-            eprintln!("error: this worker cannot serve the experiment: {why}");
-            ExitCode::from(2)
-        }
         WorkerExit::CoordinatorLost(why) => {
             eprintln!(
                 "error: lost the coordinator at {} ({why}); its trials stop here. Continue the sweep with \
@@ -275,7 +174,12 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
 
 /// `--gpus` with several slots: one process per slot, each owning its GPU.
 fn gpu_launcher(args: &WorkerArgs, secret: String) -> anyhow::Result<ExitCode> {
-    let count = capped(args.slots.max(args.gpus.len() as u32) as usize, &Capacity::of_machine(0), "--slots");
+    let (count, warning) =
+        gauntlet::engine::local_workers(args.slots.max(args.gpus.len() as u32) as usize, 0, "--slots");
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+        eprintln!("warning: {w}");
+    }
     let spec = Spec {
         exe: std::env::current_exe().context("cannot find the gauntlet binary")?,
         join: args.join.clone(),

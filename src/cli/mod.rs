@@ -11,15 +11,14 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gauntlet::checkpoint::CheckpointStore;
-use gauntlet::cluster::wire::Experiment;
-use gauntlet::config::{Config, ConfigError, ConfigFormat};
+use gauntlet::config::{Config, ConfigError};
 use gauntlet::data::DataError;
-use gauntlet::journal::{self, Event, Journal, JournalError, ReplayError, RunState};
+use gauntlet::engine::{EngineError, Opened, Run};
+use gauntlet::journal::{JournalError, ReplayError};
 use gauntlet::run_dir::{RunDir, RunDirError, StatusDoc};
 use gauntlet::supervision::rank;
-use gauntlet::trainable::{self, ContextSettings, Trainable};
-use gauntlet::{Summary, Sweep, TrialStatus};
+use gauntlet::trainable;
+use gauntlet::Summary;
 
 /// Fault-tolerant hyperparameter sweeps: supervised trials, libtorch training, early pruning.
 #[derive(Parser)]
@@ -98,6 +97,7 @@ pub fn is_usage_error(e: &anyhow::Error) -> bool {
             || c.is::<DataError>()
             || c.is::<RunDirError>()
             || c.is::<UsageError>()
+            || c.downcast_ref::<EngineError>().is_some_and(EngineError::is_usage)
             || c.is::<ReplayError>()
             || c.is::<gauntlet::predict::PredictError>()
             || matches!(
@@ -174,9 +174,10 @@ fn validate(path: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
 }
 
 fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let run = RunDir::open(dir)?;
-    let contents = read_journal(&run, false)?;
-    let state = journal::replay(contents.records, &run.journal_file())?;
+    let (_, state, warnings) = gauntlet::engine::read_run(dir)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
     let e = &state.config.experiment;
     let doc = StatusDoc {
         experiment: e.name.clone(),
@@ -230,88 +231,27 @@ fn check_out(dir: &Path, flag: bool) -> Result<(), UsageError> {
     Ok(())
 }
 
-/// Reads a run's journal, saying what a torn tail loses; with `repair`, a
-/// journal corrupt in the middle is read up to the damage.
-fn read_journal(run: &RunDir, repair: bool) -> anyhow::Result<journal::Contents> {
-    let path = run.journal_file();
-    let contents = match journal::read(&path) {
-        Err(JournalError::Corrupt { offset, after, message, .. }) if repair => {
-            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let contents = journal::decode(&bytes[..offset as usize], &path)?;
-            eprintln!(
-                "repair: {}: {message} at byte {offset}; dropping the {after} bytes from there ({} readable events kept)",
-                path.display(),
-                contents.records.len()
-            );
-            contents
-        }
-        other => other?,
-    };
-    if contents.torn_bytes > 0 {
-        eprintln!(
-            "warning: {}: the last {} bytes, from byte {}, are a frame cut short by a crash; ignoring them",
-            path.display(),
-            contents.torn_bytes,
-            contents.valid_len
-        );
-    }
-    Ok(contents)
-}
-
-/// Makes the disk agree with the journal before continuing: trials that
-/// replay ended get their end recorded and their checkpoints trimmed, and
-/// checkpoints of a history the journal does not hold (a repair cut it off)
-/// are removed, so no trial resumes from them.
-fn tidy_for_resume(run: &RunDir, config: &Config, state: &RunState, journal: &Journal) -> anyhow::Result<()> {
-    let store = CheckpointStore::new(run.trials_dir(), config.fault.keep_checkpoints as usize);
-    let mut stale = store.discard_trials_from(state.trials().len() as u32)?;
-    // Donor checkpoints that exploits still wait to copy stay.
-    for e in state.trials().iter().filter_map(|t| t.exploit.as_ref()) {
-        store.pin(e.donor, e.epoch);
-    }
-    for s in state.trials() {
-        stale += store.discard_after(s.id, s.epochs)?;
-    }
-    if stale > 0 {
-        tracing::warn!("removed {stale} checkpoint(s) the journal has no reports for");
-    }
-    for end in &state.ended_by_replay {
-        journal.append(end.clone())?;
-        if let Event::TrialEnded { id, status, .. } = end {
-            if *status != TrialStatus::Completed {
-                store.keep_only_best(*id)?;
-            }
-        }
-    }
-    // A new session: the time budget counts sessions, not the time between them.
-    journal.append(Event::SweepResumed)?;
-    journal.sync()?;
-    Ok(())
-}
-
 fn resume(dir: &Path, repair: bool, json: bool, cluster: &cluster::ClusterArgs) -> anyhow::Result<ExitCode> {
-    let run = RunDir::open(dir)?;
-    let contents = read_journal(&run, repair)?;
-    let valid_len = contents.valid_len;
-    let state = journal::replay(contents.records, &run.journal_file())?;
-    if state.finished() {
-        println!("{}: this run finished already; nothing to resume", dir.display());
-        return Ok(ExitCode::SUCCESS);
+    let run = match Run::open(dir, repair)? {
+        Opened::Finished(_) => {
+            println!("{}: this run finished already; nothing to resume", dir.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Opened::Run(run) => *run,
+    };
+    for w in &run.warnings {
+        eprintln!("{}{w}", if w.starts_with("repair:") { "" } else { "warning: " });
     }
-    let config = state.config.clone();
-    config.check_files(&state.config_path)?;
-    let data = trainable::from_config(&config)?;
-    let journal = Journal::append_to(&run.journal_file(), valid_len)?;
-    let _log = init_logging(&run, true)?;
+    let _log = init_logging(&run.run_dir, true)?;
     install_panic_hook();
-    tidy_for_resume(&run, &config, &state, &journal)?;
+    let state = run.resumed.as_ref().expect("an opened run is resumed");
     let unfinished = state.unfinished().len();
     tracing::info!(
         events = state.events,
         trials = state.trials().len(),
         unfinished,
         "resuming experiment {}",
-        config.experiment.name
+        run.config.experiment.name
     );
     if !json {
         eprintln!(
@@ -320,14 +260,7 @@ fn resume(dir: &Path, repair: bool, json: bool, cluster: &cluster::ClusterArgs) 
             state.trials().len()
         );
     }
-    let experiment = Experiment {
-        name: config.experiment.name.clone(),
-        config_text: state.config_text.clone(),
-        format: state.format,
-        config_path: state.config_path.clone(),
-        context: ContextSettings::from_config(&config),
-    };
-    execute(&config, run, journal, data, experiment, Some(&state), json, cluster)
+    execute(run, json, cluster)
 }
 
 fn run_experiment(
@@ -340,92 +273,51 @@ fn run_experiment(
     let flag = out.is_some();
     let dir = out.unwrap_or_else(|| default_out(&config));
     check_out(&dir, flag)?;
-    let existing = dir.join(journal::JOURNAL_FILE);
-    if existing.exists() && journal::read(&existing).is_ok_and(|c| c.records.is_empty()) {
-        // A run that died before recording its config: nothing to keep.
-        std::fs::remove_file(&existing).with_context(|| format!("cannot remove {}", existing.display()))?;
-    }
-    if existing.exists() {
-        return Err(UsageError(format!(
-            "{} already holds a run; continue it with `gauntlet resume {}`, or choose another --out",
-            dir.display(),
-            dir.display()
-        ))
-        .into());
-    }
-    // Bad data is bad input too: find out before a run directory appears.
-    let started = Instant::now();
-    let data = trainable::from_config(&config)?;
-    data.check_space(&config.space).map_err(|message| model_too_large(config_path, message))?;
-    let loaded = started.elapsed();
-    let run_dir = RunDir::create(&dir).map_err(|e| {
-        let named = if flag { "--out" } else { "the run directory" };
-        UsageError(format!("{named}: cannot create {}: {e}", dir.display()))
-    })?;
-    run_dir.save_config(config_path).context("cannot copy the config into the run directory")?;
-    let _log = init_logging(&run_dir, false)?;
-    install_panic_hook();
-    tracing::info!(config = %config_path.display(), dir = %dir.display(), "starting experiment {}", config.experiment.name);
-    tracing::info!("data checked in {loaded:.1?}; each worker loads it once for all its trials");
-    let journal = Journal::create(&run_dir.journal_file())?;
-    let config_path_abs = std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_owned());
-    let config_text =
+    let text =
         std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let format = ConfigFormat::of(config_path);
-    let yaml = format == ConfigFormat::Yaml;
-    let experiment = Experiment {
-        name: config.experiment.name.clone(),
-        config_text: config_text.clone(),
-        format,
-        config_path: config_path_abs.clone(),
-        context: ContextSettings::from_config(&config),
-    };
-    journal.append_durable(Event::ExperimentCreated { config_path: config_path_abs, yaml, config_text })?;
-    execute(&config, run_dir, journal, data, experiment, None, json, cluster)
+    let started = Instant::now();
+    let run = Run::create_from(config, &text, config_path, &dir)?;
+    let loaded = started.elapsed();
+    let _log = init_logging(&run.run_dir, false)?;
+    install_panic_hook();
+    tracing::info!(config = %config_path.display(), dir = %dir.display(), "starting experiment {}", run.config.experiment.name);
+    tracing::info!("data checked in {loaded:.1?}; each worker loads it once for all its trials");
+    execute(run, json, cluster)
 }
 
-/// Runs (or resumes) the sweep and prints the outcome.
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    config: &Config,
-    run_dir: RunDir,
-    journal: Journal,
-    trainable: Arc<dyn Trainable>,
-    experiment: Experiment,
-    resumed: Option<&RunState>,
-    json: bool,
-    cluster: &cluster::ClusterArgs,
-) -> anyhow::Result<ExitCode> {
-    let done = resumed.map_or(0, |s| s.trials().iter().filter(|t| t.status.is_final()).count());
+/// Runs (or resumes) the sweep on an engine of its own and prints the outcome.
+fn execute(run: Run, json: bool, cluster: &cluster::ClusterArgs) -> anyhow::Result<ExitCode> {
+    let config = run.config.clone();
+    let run_dir = run.run_dir.clone();
+    let done = run.resumed.as_ref().map_or(0, |s| s.trials().iter().filter(|t| t.status.is_final()).count());
     let progress =
         progress::Progress::new(config.experiment.max_trials, &config.experiment.metric, config.experiment.mode);
     progress.advance(done as u64);
     let observer = progress.clone();
-    let data_bytes = trainable.resident_bytes();
-    let mut sweep = Sweep::from_config_shared(config, trainable)
-        .run_dir(run_dir.clone())
-        .journal(journal)
-        .observer(move |e| observer.on_event(e));
-    if let Some(state) = resumed {
-        sweep = sweep.resume(state);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let e = &config.experiment;
-    let log_dir = run_dir.root().join("workers");
+    let options = cluster.engine_options(
+        e.slots(),
+        e.gpus_per_trial,
+        e.threads_per_trial,
+        run_dir.root().join("workers"),
+        run.trainable.resident_bytes(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let summary = runtime.block_on(async {
-        let coordinator = cluster::Coordinator::start(
-            cluster,
-            experiment,
-            e.slots(),
-            e.gpus_per_trial,
-            e.threads_per_trial,
-            log_dir,
-            data_bytes,
-        )
-        .await?;
-        let summary = sweep.workers(coordinator.pool.clone()).run_until(shutdown_signal()).await;
-        coordinator.shutdown().await;
-        anyhow::Ok(summary?)
+        let engine = cluster::start_engine(options).await?;
+        let handle = engine.launch(run, Some(Arc::new(move |e: &gauntlet::SweepEvent| observer.on_event(e)))).await;
+        let summary = match handle {
+            Ok(handle) => {
+                tokio::select! {
+                    _ = handle.wait() => {}
+                    _ = shutdown_signal() => handle.cancel(),
+                }
+                handle.wait().await.map_err(anyhow::Error::from)
+            }
+            Err(e) => Err(e.into()),
+        };
+        engine.shutdown().await;
+        summary
     })?;
     progress.finish();
     report(&summary, &run_dir, json)?;

@@ -14,7 +14,7 @@ use crate::trainable::ContextSettings;
 use crate::trial::{AttemptEnd, Report, TrialId};
 
 /// Bumped when a message changes shape; a worker of another protocol is refused.
-pub const PROTOCOL: u32 = 4;
+pub const PROTOCOL: u32 = 5;
 
 /// The process group the coordinator's worker pool joins.
 pub const POOL_GROUP: &str = "gauntlet.pool";
@@ -34,7 +34,19 @@ pub const LEASE: std::time::Duration = std::time::Duration::from_secs(4);
 /// How often both sides say they are alive.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// What a worker needs to know about the experiment, sent once when it joins.
+/// An experiment's number within one coordinator's life: every placement,
+/// job and load names one. A worker holds each experiment it serves once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ExperimentKey(pub u64);
+
+impl std::fmt::Display for ExperimentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "e{}", self.0)
+    }
+}
+
+/// What a worker needs to know about an experiment to train its trials:
+/// sent when the experiment starts (or when a worker joins while it runs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Experiment {
     /// The experiment's name.
@@ -55,6 +67,8 @@ pub struct Experiment {
 pub struct Job {
     /// The placement this attempt runs under.
     pub lease: u64,
+    /// The experiment the trial belongs to (loaded on the worker before).
+    pub experiment: ExperimentKey,
     /// The trial.
     pub id: TrialId,
     /// Which attempt.
@@ -85,8 +99,21 @@ pub struct Part {
 /// Coordinator → worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// The worker may serve this experiment.
-    Welcome(Box<Experiment>),
+    /// The worker joined; experiments to load follow.
+    Welcome,
+    /// Load this experiment's data and model description, once for all its
+    /// trials on this worker.
+    Load {
+        /// The experiment.
+        experiment: ExperimentKey,
+        /// What it needs.
+        spec: Box<Experiment>,
+    },
+    /// The experiment ended: drop what was loaded for it.
+    Unload {
+        /// The experiment.
+        experiment: ExperimentKey,
+    },
     /// The worker may not join; it exits with the reason.
     Refused(String),
     /// A piece of the checkpoint the next `Start` of this lease resumes from.
@@ -112,7 +139,7 @@ pub enum ToWorker {
     },
     /// The coordinator is alive.
     Heartbeat,
-    /// The sweep is over: exit.
+    /// The coordinator is done with this worker: exit.
     Shutdown(String),
 }
 
@@ -136,15 +163,24 @@ pub enum FromWorker {
         /// Its gauntlet version.
         version: String,
     },
-    /// The worker loaded the data and waits for trials.
+    /// The worker was welcomed and waits for experiments.
     Ready {
         /// The worker.
         name: String,
     },
-    /// The worker cannot serve the experiment (its data did not load).
+    /// The worker loaded an experiment and takes its trials.
+    Loaded {
+        /// The worker.
+        name: String,
+        /// The experiment.
+        experiment: ExperimentKey,
+    },
+    /// The worker cannot serve an experiment (its data did not load there).
     Unfit {
         /// The worker.
         name: String,
+        /// The experiment.
+        experiment: ExperimentKey,
         /// Why.
         error: String,
     },

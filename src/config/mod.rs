@@ -146,6 +146,10 @@ pub struct ExperimentConfig {
     /// Stop the sweep once this many epochs were trained across all trials.
     #[serde(default)]
     pub epoch_budget: Option<u64>,
+    /// Where it stands when experiments share workers (the daemon): free
+    /// slots go to the highest priority first, equal ones in turn.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 impl ExperimentConfig {
@@ -618,6 +622,9 @@ impl Config {
         }
         if let Some(t) = &e.time_budget {
             parse_duration(t).map_err(|m| bad("experiment.time_budget", m))?;
+        }
+        if !(-1000..=1000).contains(&e.priority) {
+            return Err(bad("experiment.priority", format!("expected -1000 to 1000, got {}", e.priority)));
         }
         if e.epoch_budget == Some(0) {
             return Err(bad("experiment.epoch_budget", "expected at least 1 (epochs across all trials)".into()));

@@ -256,6 +256,7 @@ mod tests {
                     epoch: 1,
                     metrics: vec![("val_accuracy".into(), 0.5)],
                     decision: Decision::Continue,
+                    at: None,
                 },
             },
         ]

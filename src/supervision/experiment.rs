@@ -45,6 +45,11 @@ pub(super) enum ExperimentMsg {
     Spent(String),
     /// The time budget is spent.
     TimeUp,
+    /// Keep at most this many trials alive from now on (the pool's cap
+    /// follows; running trials over a lowered cap finish).
+    SetConcurrency(u32),
+    /// The trials as the leaderboard has them now.
+    Snapshot(ractor::RpcReplyPort<Vec<Trial>>),
 }
 
 /// What the supervisor holds of a trial it keeps alive: the lifecycle
@@ -69,6 +74,8 @@ pub(super) struct State {
     /// Why the sweep stops early (a stop rule): nothing more is proposed.
     spent: Option<String>,
     live: BTreeMap<TrialId, LiveTrial>,
+    /// The most trials alive at once.
+    concurrency: u32,
     by_actor: HashMap<ActorId, TrialId>,
     done: Option<oneshot::Sender<Outcome>>,
 }
@@ -102,9 +109,7 @@ impl Actor for ExperimentSupervisor {
         // Trials train on in-process slot threads unless a worker pool trains them.
         let slots = match settings.pool {
             Some(_) => None,
-            None => {
-                Some(SlotPool::start(settings.concurrency, settings.threads_per_trial, settings.trainable.clone())?)
-            }
+            None => Some(SlotPool::start(settings.concurrency)?),
         };
         let context = Arc::new(ContextSettings {
             metric: settings.metric.clone(),
@@ -116,6 +121,7 @@ impl Actor for ExperimentSupervisor {
             abort_probability: settings.chaos.abort_probability,
         });
         myself.cast(ExperimentMsg::Fill)?;
+        let concurrency = settings.concurrency;
         Ok(State {
             settings,
             context,
@@ -124,6 +130,7 @@ impl Actor for ExperimentSupervisor {
             interrupted: false,
             spent,
             live,
+            concurrency,
             by_actor: HashMap::new(),
             done: Some(args.done),
         })
@@ -200,6 +207,21 @@ impl Actor for ExperimentSupervisor {
                 }
                 self.fill(&myself, state).await?;
             }
+            ExperimentMsg::SetConcurrency(n) => {
+                state.concurrency = n.max(1);
+                if let Some(hosted) = &state.settings.pool {
+                    hosted.set_cap(state.concurrency);
+                }
+                tracing::info!(concurrency = state.concurrency, "concurrency changed");
+                self.fill(&myself, state).await?;
+            }
+            ExperimentMsg::Snapshot(reply) => {
+                if let Ok(ractor::rpc::CallResult::Success(trials)) =
+                    state.leaderboard.call(LeaderboardMsg::Snapshot, None).await
+                {
+                    let _ = reply.send(trials);
+                }
+            }
             ExperimentMsg::Interrupt => {
                 state.interrupted = true;
                 let mut waiting = Vec::new();
@@ -248,6 +270,10 @@ impl Actor for ExperimentSupervisor {
     }
 
     async fn post_stop(&self, _myself: ActorRef<ExperimentMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
+        // Its workers drop what they loaded for it.
+        if let Some(hosted) = &state.settings.pool {
+            hosted.unhost();
+        }
         if let Some(slots) = state.slots.take() {
             // Slot threads finish their current job (cancelled) and exit.
             let _ = tokio::task::spawn_blocking(move || slots.join()).await;
@@ -262,7 +288,7 @@ impl ExperimentSupervisor {
     async fn fill(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
         let s = state.settings.clone();
         let mut idle = state.interrupted || state.spent.is_some();
-        while !idle && state.live.len() < s.concurrency as usize {
+        while !idle && state.live.len() < state.concurrency as usize {
             // The searcher and the scheduler are part of the experiment's state, at the leaderboard.
             let next = match state.leaderboard.call(LeaderboardMsg::Next, None).await {
                 Ok(ractor::rpc::CallResult::Success(next)) => next,

@@ -20,7 +20,8 @@ use crate::trainable::ReportSink;
 use crate::trial::{Report, Trial, TrialId, TrialStatus};
 
 /// What happened in a sweep, as the leaderboard saw it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SweepEvent {
     /// A trial was proposed.
     Proposed {
@@ -44,6 +45,8 @@ pub enum SweepEvent {
         value: Option<f64>,
         /// The scheduler's answer.
         decision: Decision,
+        /// When it arrived.
+        at: crate::trial::Stamp,
     },
     /// A trial crashed and will be restarted.
     Restarting {
@@ -247,14 +250,15 @@ impl State {
         if value.is_none() {
             tracing::warn!(trial = %report.trial, metric = %self.state.metric(), "report lacks the experiment metric");
         }
-        let (event, effects) = self.state.report(report);
-        let Event::Report { id, attempt, epoch, ref metrics, ref decision } = event else {
+        let stamp = self.settings.stamp();
+        let (event, effects) = self.state.report_at(report, Some(stamp));
+        let Event::Report { id, attempt, epoch, ref metrics, ref decision, .. } = event else {
             return Err("a report folded into another event".into());
         };
         let decision = decision.clone();
         if let Some(log) = &mut self.results {
             let report = Report { trial: id, attempt, epoch, metrics: metrics.clone() };
-            if let Err(e) = log.append(&report, &decision) {
+            if let Err(e) = log.append(&report, &decision, &stamp) {
                 tracing::error!("cannot append to results.jsonl: {e}");
             }
         }
@@ -264,7 +268,7 @@ impl State {
         // A report stops the sweep or pins a donor; it ends no trial, so it trims nothing.
         debug_assert!(!effects.iter().any(|e| matches!(e, Effect::Trim(_))));
         let _no_trims = self.perform(&effects);
-        self.emit(SweepEvent::Reported { id, epoch, value, decision: decision.clone() });
+        self.emit(SweepEvent::Reported { id, epoch, value, decision: decision.clone(), at: stamp });
         match &self.settings.journal {
             Some(journal) => match reply {
                 DecisionReply::Thread(tx) => journal.append_then_reply(event, tx, decision)?,

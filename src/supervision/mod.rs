@@ -25,6 +25,7 @@
 //! and [`crate::schedule`].
 
 mod experiment;
+mod handle;
 mod leaderboard;
 pub mod pool;
 pub(crate) mod slots;
@@ -33,9 +34,10 @@ mod trial;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 
 use crate::checkpoint::CheckpointStore;
+use crate::cluster::wire::Experiment;
 use crate::config::{ChaosConfig, Config, FaultConfig, Mode, SchedulerConfig, SearchConfig, SearchSpace};
 use crate::journal::{Journal, RunState};
 use crate::run_dir::RunDir;
@@ -45,6 +47,7 @@ use crate::state::{ExperimentState, Setup, StopRules};
 use crate::trainable::Trainable;
 use crate::trial::{Trial, TrialStatus};
 
+pub use handle::{ExperimentHandle, Timed};
 pub use leaderboard::SweepEvent;
 
 /// Called by the leaderboard for every event; must be quick.
@@ -193,9 +196,23 @@ pub(crate) struct Settings {
     pub run_dir: Option<Arc<RunDir>>,
     pub journal: Option<Journal>,
     pub observer: Option<Observer>,
-    pub pool: Option<ActorRef<pool::PoolMsg>>,
+    pub pool: Option<pool::Hosted>,
     /// Wall time this session may still run before the time budget is spent.
     pub time_left: Option<Duration>,
+    /// Time earlier sessions ran.
+    pub spent: Duration,
+    /// When this session started.
+    pub started: Instant,
+}
+
+impl Settings {
+    /// Now, as a report's stamp.
+    pub(crate) fn stamp(&self) -> crate::trial::Stamp {
+        let unix_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let elapsed_ms = (self.spent + self.started.elapsed()).as_millis() as u64;
+        crate::trial::Stamp { unix_ms, elapsed_ms }
+    }
 }
 
 /// What a resumed sweep starts from.
@@ -245,7 +262,8 @@ pub struct Sweep {
     journal: Option<Journal>,
     prior: Option<Prior>,
     observer: Option<Observer>,
-    pool: Option<pool::Pool>,
+    pool: Option<(pool::Pool, Experiment)>,
+    priority: i32,
 }
 
 impl Sweep {
@@ -279,6 +297,7 @@ impl Sweep {
             prior: None,
             observer: None,
             pool: None,
+            priority: 0,
         }
     }
 
@@ -295,6 +314,7 @@ impl Sweep {
             .seed(e.seed)
             .max_trials(e.max_trials)
             .concurrency(e.slots())
+            .priority(e.priority)
             .threads_per_trial(e.threads_per_trial)
             .max_epochs(config.max_epochs)
             .search(config.search.clone())
@@ -385,9 +405,16 @@ impl Sweep {
         self
     }
     /// Trains in the worker processes of `pool` rather than on in-process
-    /// slot threads (the trainable then only describes models).
-    pub fn workers(mut self, pool: pool::Pool) -> Self {
-        self.pool = Some(pool);
+    /// slot threads (the trainable then only describes models); `spec` is
+    /// what the workers load to train this experiment's trials.
+    pub fn workers(mut self, pool: pool::Pool, spec: Experiment) -> Self {
+        self.pool = Some((pool, spec));
+        self
+    }
+    /// Where this experiment stands when it shares a pool: free slots go to
+    /// the highest priority first (see [`pool`]). Default 0.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
         self
     }
     /// Receives every event (progress displays).
@@ -404,18 +431,29 @@ impl Sweep {
     /// Runs until the budget is spent or `interrupt` resolves; then running
     /// trials stop at their next report and the summary says `interrupted`.
     pub async fn run_until(self, interrupt: impl std::future::Future<Output = ()>) -> Result<Summary, SweepError> {
+        let handle = self.spawn().await?;
+        tokio::pin!(interrupt);
+        tokio::select! {
+            _ = handle.wait() => {}
+            _ = &mut interrupt => handle.cancel(),
+        }
+        handle.wait().await
+    }
+
+    /// Starts the sweep and returns at once with its handle: status, events,
+    /// concurrency, cancel, and [`ExperimentHandle::wait`] for the summary.
+    pub async fn spawn(self) -> Result<ExperimentHandle, SweepError> {
         let started = Instant::now();
         for (name, domain) in self.space.dims() {
             domain.check().map_err(|message| SweepError::Space { name: name.clone(), message })?;
         }
         // Checkpoints live in the run directory, or in a temporary one that
         // lives as long as the sweep.
-        let scratch;
-        let checkpoints = match &self.run_dir {
-            Some(dir) => CheckpointStore::new(dir.trials_dir(), self.fault.keep_checkpoints as usize),
+        let (checkpoints, scratch) = match &self.run_dir {
+            Some(dir) => (CheckpointStore::new(dir.trials_dir(), self.fault.keep_checkpoints as usize), None),
             None => {
-                scratch = tempfile::tempdir().map_err(SweepError::RunDir)?;
-                CheckpointStore::new(scratch.path(), 2)
+                let scratch = tempfile::tempdir().map_err(SweepError::RunDir)?;
+                (CheckpointStore::new(scratch.path(), 2), Some(scratch))
             }
         };
         let prior = self.prior.unwrap_or_else(|| Prior {
@@ -435,6 +473,12 @@ impl Sweep {
         for e in prior.state.trials().iter().filter_map(|t| t.exploit.as_ref()) {
             checkpoints.pin(e.donor, e.epoch);
         }
+        // Sharing a pool: the workers load the experiment before its trials come.
+        let hosted = match &self.pool {
+            Some((pool, spec)) => Some(pool.host(spec.clone(), self.concurrency, self.priority).await?),
+            None => None,
+        };
+        let (events, _) = tokio::sync::broadcast::channel(handle::EVENT_BUFFER);
         let settings = Arc::new(Settings {
             name: self.name,
             metric: self.metric,
@@ -449,36 +493,26 @@ impl Sweep {
             checkpoints,
             run_dir: self.run_dir,
             journal: self.journal,
-            observer: self.observer,
-            pool: self.pool.map(|p| p.0),
+            observer: Some(handle::broadcasting(self.observer, events.clone())),
+            pool: hosted.clone(),
             time_left: self.time_budget.map(|b| b.saturating_sub(prior.spent)),
+            spent: prior.spent,
+            started,
         });
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let args = experiment::Args { settings: settings.clone(), state: prior.state, done: done_tx };
-        let (actor, handle) =
-            Actor::spawn(Some(format!("experiment-{}", settings.name)), experiment::ExperimentSupervisor, args)
-                .await
-                .map_err(|e| SweepError::Spawn { what: "experiment supervisor", message: e.to_string() })?;
-        tokio::pin!(interrupt);
-        tokio::pin!(done_rx);
-        let outcome = tokio::select! {
-            r = &mut done_rx => r,
-            _ = &mut interrupt => {
-                let _ = actor.cast(experiment::ExperimentMsg::Interrupt);
-                done_rx.await
+        let spawned =
+            Actor::spawn(Some(format!("experiment-{}", settings.name)), experiment::ExperimentSupervisor, args).await;
+        let (actor, join) = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(h) = &hosted {
+                    h.unhost();
+                }
+                return Err(SweepError::Spawn { what: "experiment supervisor", message: e.to_string() });
             }
         };
-        let _ = handle.await;
-        let (trials, interrupted, stopped) =
-            outcome.map_err(|_| SweepError::Aborted("no summary was sent".into()))??;
-        Ok(Summary {
-            trials,
-            metric: settings.metric.clone(),
-            mode: settings.mode,
-            elapsed: started.elapsed(),
-            interrupted,
-            stopped,
-        })
+        Ok(ExperimentHandle::new(handle::Parts { actor, join, done: done_rx, settings, events, started, scratch }))
     }
 
     /// Runs the sweep on a runtime of its own.

@@ -1,6 +1,12 @@
-//! WorkerPool: knows the worker processes and their free slots, places
-//! trial attempts on them, routes what workers send to the TrialActors, and
-//! notices dead workers.
+//! WorkerPool: knows the worker processes and their free slots, hosts the
+//! experiments that share them, places trial attempts on them by the
+//! [`crate::placement`] policy (each experiment's `concurrency` a cap, then
+//! priority, then in turn), routes what workers send to the TrialActors,
+//! and notices dead workers.
+//!
+//! Every worker loads each hosted experiment once (its data and model
+//! description) and takes only the trials of experiments it loaded; an
+//! experiment that ends is unloaded everywhere.
 //!
 //! A worker is dead when its connection drops (its actor leaves the
 //! workers' process group) or its heartbeats stop for [`wire::LEASE`]. Its
@@ -18,7 +24,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use super::trial::TrialMsg;
 use crate::cluster::local::Exit;
 use crate::cluster::node::NodeEvent;
-use crate::cluster::wire::{self, Experiment, FromWorker, ToWorker};
+use crate::cluster::wire::{self, Experiment, ExperimentKey, FromWorker, ToWorker};
+use crate::placement::{self, Demand, Offer};
 use crate::worker::WorkerMsg;
 
 /// A fresh placement id.
@@ -33,10 +40,35 @@ pub(crate) enum PoolMsg {
     Wire(FromWorker),
     /// A frame from a worker that did not decode.
     Garbled(String),
+    /// An experiment starts: workers load it, its trials may be placed.
+    Host {
+        /// Its key.
+        key: ExperimentKey,
+        /// What workers load.
+        spec: Box<Experiment>,
+        /// Its concurrency.
+        cap: u32,
+        /// Its priority.
+        priority: i32,
+    },
+    /// An experiment's concurrency changed (applies at the next placement).
+    SetCap {
+        /// The experiment.
+        key: ExperimentKey,
+        /// The new cap.
+        cap: u32,
+    },
+    /// An experiment ended: workers drop it.
+    Unhost {
+        /// The experiment.
+        key: ExperimentKey,
+    },
     /// A TrialActor wants a slot for an attempt.
     Place {
         /// The placement id.
         lease: u64,
+        /// The trial's experiment.
+        experiment: ExperimentKey,
         /// Who gets the slot.
         trial: ActorRef<TrialMsg>,
     },
@@ -73,7 +105,9 @@ pub(crate) enum PoolMsg {
     },
     /// How many workers and slots are ready.
     Capacity(RpcReplyPort<(usize, u32)>),
-    /// The sweep is over: tell the workers to exit; answered once they are
+    /// Slots in use and free, and the trials each experiment runs.
+    Usage(RpcReplyPort<Usage>),
+    /// The engine stops: tell the workers to exit; answered once they are
     /// gone (so the message is not lost with this process), or after 2 s.
     Shutdown(RpcReplyPort<()>),
     /// The workers took too long to go.
@@ -94,6 +128,15 @@ struct Worker {
     leases: BTreeSet<u64>,
     /// When its connection dropped (a local worker waiting for its exit status).
     disconnected: Option<Instant>,
+    /// The hosted experiments it was asked to load, and how that went.
+    loads: BTreeMap<ExperimentKey, Load>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Load {
+    Loading,
+    Ready,
+    Unfit,
 }
 
 impl Worker {
@@ -113,6 +156,7 @@ impl Worker {
 
 struct Lease {
     worker: String,
+    experiment: ExperimentKey,
     /// `None` once the TrialActor let go (it stopped); the worker is told to
     /// cancel and the slot is free when the attempt's end arrives.
     trial: Option<ActorRef<TrialMsg>>,
@@ -121,12 +165,37 @@ struct Lease {
 /// The pool actor.
 pub(crate) struct WorkerPool;
 
+/// An experiment the pool hosts.
+struct Hosting {
+    spec: Box<Experiment>,
+    cap: u32,
+    priority: i32,
+    /// Attempts waiting for a slot, in the order they asked.
+    queue: VecDeque<(u64, ActorRef<TrialMsg>)>,
+    running: u32,
+    last_served: u64,
+}
+
+/// Slots in use and free, and the trials on slots per experiment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    /// Ready workers.
+    pub workers: usize,
+    /// Their slots.
+    pub slots: u32,
+    /// Slots with a trial on them.
+    pub busy: u32,
+    /// Per hosted experiment: (key, trials on slots, waiting, cap).
+    pub experiments: Vec<(ExperimentKey, u32, usize, u32)>,
+}
+
 /// The pool's state.
 pub(crate) struct State {
-    experiment: Experiment,
+    experiments: BTreeMap<ExperimentKey, Hosting>,
+    /// Placements so far (the in-turn order's clock).
+    placements: u64,
     workers: BTreeMap<String, Worker>,
     leases: HashMap<u64, Lease>,
-    queue: VecDeque<(u64, ActorRef<TrialMsg>)>,
     /// Local worker exits not yet matched to a lost connection.
     exits: Vec<(Instant, Exit)>,
     /// Waiting for the workers to go after a shutdown.
@@ -136,17 +205,17 @@ pub(crate) struct State {
 impl Actor for WorkerPool {
     type Msg = PoolMsg;
     type State = State;
-    type Arguments = Experiment;
+    type Arguments = ();
 
-    async fn pre_start(&self, myself: ActorRef<PoolMsg>, experiment: Experiment) -> Result<State, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<PoolMsg>, _: ()) -> Result<State, ActorProcessingErr> {
         ractor::pg::join(wire::POOL_GROUP.into(), vec![myself.get_cell()]);
         ractor::pg::monitor(wire::WORKER_GROUP.into(), myself.get_cell());
         myself.send_interval(wire::HEARTBEAT, || PoolMsg::Tick);
         Ok(State {
-            experiment,
+            experiments: BTreeMap::new(),
+            placements: 0,
             workers: BTreeMap::new(),
             leases: HashMap::new(),
-            queue: VecDeque::new(),
             exits: Vec::new(),
             closing: None,
         })
@@ -161,10 +230,24 @@ impl Actor for WorkerPool {
         match msg {
             PoolMsg::Wire(w) => state.on_wire(&myself, w),
             PoolMsg::Garbled(e) => tracing::error!("a worker sent a message this coordinator cannot read: {e}"),
-            PoolMsg::Place { lease, trial } => {
-                state.queue.push_back((lease, trial));
+            PoolMsg::Host { key, spec, cap, priority } => state.host(key, spec, cap, priority),
+            PoolMsg::SetCap { key, cap } => {
+                if let Some(e) = state.experiments.get_mut(&key) {
+                    e.cap = cap.max(1);
+                }
                 state.dispatch();
             }
+            PoolMsg::Unhost { key } => state.unhost(key),
+            PoolMsg::Place { lease, experiment, trial } => match state.experiments.get_mut(&experiment) {
+                Some(e) => {
+                    e.queue.push_back((lease, trial));
+                    state.dispatch();
+                }
+                None => {
+                    let why = format!("experiment {experiment} is not hosted by this pool");
+                    let _ = trial.cast(TrialMsg::Lost { reason: why.clone(), crash: Some(why) });
+                }
+            },
             PoolMsg::Release { lease, started } => state.release(lease, started),
             PoolMsg::Gone { name } => state.on_disconnect(&myself, &name),
             PoolMsg::Exited(exit) => state.on_exit(exit),
@@ -184,9 +267,18 @@ impl Actor for WorkerPool {
                 let ready: Vec<&Worker> = state.workers.values().filter(|w| w.ready && !w.leaving).collect();
                 let _ = reply.send((ready.len(), ready.iter().map(|w| w.slots).sum()));
             }
+            PoolMsg::Usage(reply) => {
+                let ready: Vec<&Worker> = state.workers.values().filter(|w| w.ready && !w.leaving).collect();
+                let _ = reply.send(Usage {
+                    workers: ready.len(),
+                    slots: ready.iter().map(|w| w.slots).sum(),
+                    busy: state.leases.len() as u32,
+                    experiments: state.experiments.iter().map(|(k, e)| (*k, e.running, e.queue.len(), e.cap)).collect(),
+                });
+            }
             PoolMsg::Shutdown(reply) => {
                 for w in state.workers.values() {
-                    w.send(ToWorker::Shutdown("the sweep is over".into()));
+                    w.send(ToWorker::Shutdown("the coordinator is done".into()));
                 }
                 state.closing = Some(reply);
                 state.closed_if_empty();
@@ -237,9 +329,11 @@ impl State {
             | FromWorker::CheckpointDone { lease, .. }
             | FromWorker::Output { lease, .. }
             | FromWorker::Finished { lease, .. } => self.leases.get(lease).map(|l| l.worker.clone()),
-            FromWorker::Ready { name } | FromWorker::Heartbeat { name } | FromWorker::Leaving { name } => {
-                Some(name.clone())
-            }
+            FromWorker::Ready { name }
+            | FromWorker::Loaded { name, .. }
+            | FromWorker::Unfit { name, .. }
+            | FromWorker::Heartbeat { name }
+            | FromWorker::Leaving { name } => Some(name.clone()),
             _ => None,
         };
         if let Some(w) = from.and_then(|n| self.workers.get_mut(&n)) {
@@ -252,12 +346,31 @@ impl State {
                     w.ready = true;
                     w.last_seen = Instant::now();
                     tracing::info!(worker = %name, host = %w.host, pid = w.pid, slots = w.slots, "worker joined");
+                    for (key, e) in &self.experiments {
+                        w.loads.insert(*key, Load::Loading);
+                        w.send(ToWorker::Load { experiment: *key, spec: e.spec.clone() });
+                    }
+                }
+            }
+            FromWorker::Loaded { name, experiment } => {
+                if let Some(w) = self.workers.get_mut(&name) {
+                    if let Some(load) = w.loads.get_mut(&experiment) {
+                        *load = Load::Ready;
+                        tracing::info!(worker = %name, %experiment, "worker loaded the experiment");
+                    }
                 }
                 self.dispatch();
             }
-            FromWorker::Unfit { name, error } => {
-                tracing::error!(worker = %name, "worker cannot serve this experiment: {error}");
-                self.lose(&name, format!("it cannot serve the experiment: {error}"), None);
+            FromWorker::Unfit { name, experiment, error } => {
+                let what = self.experiments.get(&experiment).map_or("an experiment", |e| e.spec.name.as_str());
+                tracing::error!(
+                    worker = %name,
+                    %experiment,
+                    "worker cannot serve {what}: {error}; its trials go to the other workers"
+                );
+                if let Some(load) = self.workers.get_mut(&name).and_then(|w| w.loads.get_mut(&experiment)) {
+                    *load = Load::Unfit;
+                }
             }
             FromWorker::Heartbeat { name } => {
                 if let Some(w) = self.workers.get_mut(&name) {
@@ -287,10 +400,7 @@ impl State {
                 }
             }
             FromWorker::Finished { lease, end } => {
-                if let Some(l) = self.leases.remove(&lease) {
-                    if let Some(w) = self.workers.get_mut(&l.worker) {
-                        w.leases.remove(&lease);
-                    }
+                if let Some(l) = self.drop_lease(lease) {
                     if let Some(trial) = l.trial {
                         let _ = trial.cast(TrialMsg::Wire(FromWorker::Finished { lease, end }));
                     }
@@ -374,36 +484,98 @@ impl State {
             last_seen: Instant::now(),
             leases: BTreeSet::new(),
             disconnected: None,
+            loads: BTreeMap::new(),
         };
-        worker.send(ToWorker::Welcome(Box::new(self.experiment.clone())));
+        worker.send(ToWorker::Welcome);
         self.workers.insert(name.clone(), worker);
     }
 
-    /// Places queued attempts on the workers with the most free slots.
+    fn host(&mut self, key: ExperimentKey, spec: Box<Experiment>, cap: u32, priority: i32) {
+        for w in self.workers.values_mut().filter(|w| w.ready) {
+            w.loads.insert(key, Load::Loading);
+            w.send(ToWorker::Load { experiment: key, spec: spec.clone() });
+        }
+        tracing::info!(experiment = %key, name = %spec.name, cap, priority, "hosting an experiment");
+        let hosting = Hosting { spec, cap: cap.max(1), priority, queue: VecDeque::new(), running: 0, last_served: 0 };
+        self.experiments.insert(key, hosting);
+    }
+
+    fn unhost(&mut self, key: ExperimentKey) {
+        let Some(e) = self.experiments.remove(&key) else { return };
+        for (_, trial) in e.queue {
+            let why = format!("experiment {key} ended");
+            let _ = trial.cast(TrialMsg::Lost { reason: why, crash: None });
+        }
+        for w in self.workers.values_mut() {
+            if w.loads.remove(&key).is_some() {
+                w.send(ToWorker::Unload { experiment: key });
+            }
+        }
+    }
+
+    /// Forgets a placement: its slot is free, its experiment runs one fewer.
+    fn drop_lease(&mut self, lease: u64) -> Option<Lease> {
+        let l = self.leases.remove(&lease)?;
+        if let Some(w) = self.workers.get_mut(&l.worker) {
+            w.leases.remove(&lease);
+        }
+        if let Some(e) = self.experiments.get_mut(&l.experiment) {
+            e.running = e.running.saturating_sub(1);
+        }
+        Some(l)
+    }
+
+    /// Places waiting attempts on free slots as [`placement::next`] says.
     fn dispatch(&mut self) {
-        while !self.queue.is_empty() {
-            let Some((name, w)) = self.workers.iter_mut().filter(|(_, w)| w.free() > 0).max_by_key(|(_, w)| w.free())
-            else {
-                return;
-            };
-            let (lease, trial) = self.queue.pop_front().expect("queue is not empty");
-            let placed = TrialMsg::Placed { lease, worker: w.actor.clone(), name: name.clone() };
+        loop {
+            let keys: Vec<ExperimentKey> = self.experiments.keys().copied().collect();
+            let demands: Vec<(ExperimentKey, Demand)> = self
+                .experiments
+                .iter()
+                .map(|(k, e)| {
+                    let d = Demand {
+                        waiting: e.queue.len(),
+                        running: e.running,
+                        cap: e.cap,
+                        priority: e.priority,
+                        last_served: e.last_served,
+                    };
+                    (*k, d)
+                })
+                .collect();
+            let names: Vec<&String> = self.workers.keys().collect();
+            let offers: Vec<Offer<ExperimentKey>> = self
+                .workers
+                .values()
+                .map(|w| Offer {
+                    free: w.free(),
+                    serves: w.loads.iter().filter(|(_, l)| **l == Load::Ready).map(|(k, _)| *k).collect(),
+                })
+                .collect();
+            let Some((d, w)) = placement::next(&demands, &offers) else { return };
+            let (key, name) = (keys[d], names[w].clone());
+            let e = self.experiments.get_mut(&key).expect("a demand is a hosted experiment");
+            let (lease, trial) = e.queue.pop_front().expect("a demand has a waiting trial");
+            let worker = self.workers.get_mut(&name).expect("an offer is a worker");
+            let placed = TrialMsg::Placed { lease, worker: worker.actor.clone(), name: name.clone() };
             if trial.cast(placed).is_err() {
                 continue; // the trial stopped while it waited
             }
-            w.leases.insert(lease);
-            self.leases.insert(lease, Lease { worker: name.clone(), trial: Some(trial) });
+            self.placements += 1;
+            e.running += 1;
+            e.last_served = self.placements;
+            worker.leases.insert(lease);
+            self.leases.insert(lease, Lease { worker: name, experiment: key, trial: Some(trial) });
         }
     }
 
     fn release(&mut self, lease: u64, started: bool) {
-        self.queue.retain(|(l, _)| *l != lease);
+        for e in self.experiments.values_mut() {
+            e.queue.retain(|(l, _)| *l != lease);
+        }
         if !started {
             // The worker never heard of it: the slot is free now.
-            if let Some(l) = self.leases.remove(&lease) {
-                if let Some(w) = self.workers.get_mut(&l.worker) {
-                    w.leases.remove(&lease);
-                }
+            if let Some(l) = self.drop_lease(lease) {
                 self.let_go_if_idle(&l.worker);
                 self.dispatch();
             }
@@ -494,6 +666,9 @@ impl State {
         }
         for lease in &w.leases {
             let Some(l) = self.leases.remove(lease) else { continue };
+            if let Some(e) = self.experiments.get_mut(&l.experiment) {
+                e.running = e.running.saturating_sub(1);
+            }
             if let Some(trial) = l.trial {
                 let reason = format!("worker {name} on {} lost: {why}", w.host);
                 let crash = crashed.then(|| format!("{why} while training"));
@@ -511,10 +686,30 @@ impl State {
 #[derive(Clone)]
 pub struct Pool(pub(crate) ActorRef<PoolMsg>);
 
+/// An experiment's place in a pool: what its trials need to ask for slots.
+#[derive(Clone)]
+pub(crate) struct Hosted {
+    pub(crate) pool: ActorRef<PoolMsg>,
+    pub(crate) key: ExperimentKey,
+}
+
+impl Hosted {
+    /// The experiment's concurrency changed.
+    pub(crate) fn set_cap(&self, cap: u32) {
+        let _ = self.pool.cast(PoolMsg::SetCap { key: self.key, cap });
+    }
+
+    /// The experiment ended.
+    pub(crate) fn unhost(&self) {
+        let _ = self.pool.cast(PoolMsg::Unhost { key: self.key });
+    }
+}
+
 impl Pool {
-    /// Starts the pool for `experiment`; workers that join get it.
-    pub async fn start(experiment: Experiment) -> Result<Pool, super::SweepError> {
-        let (pool, _) = Actor::spawn(Some("gauntlet-pool".into()), WorkerPool, experiment)
+    /// Starts an empty pool: experiments are hosted as they start, workers
+    /// load each of them when they join.
+    pub async fn start() -> Result<Pool, super::SweepError> {
+        let (pool, _) = Actor::spawn(Some("gauntlet-pool".into()), WorkerPool, ())
             .await
             .map_err(|e| super::SweepError::Spawn { what: "worker pool", message: e.to_string() })?;
         Ok(Pool(pool))
@@ -528,6 +723,25 @@ impl Pool {
     /// Tells the pool of a connection event.
     pub fn node_event(&self, event: NodeEvent) {
         let _ = self.0.cast(PoolMsg::Node(event));
+    }
+
+    /// Hosts an experiment: its trials may be placed once workers loaded it.
+    pub(crate) async fn host(&self, spec: Experiment, cap: u32, priority: i32) -> Result<Hosted, super::SweepError> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let key = ExperimentKey(NEXT.fetch_add(1, Ordering::Relaxed));
+        let msg = PoolMsg::Host { key, spec: Box::new(spec), cap, priority };
+        self.0
+            .cast(msg)
+            .map_err(|e| super::SweepError::Spawn { what: "experiment in the pool", message: e.to_string() })?;
+        Ok(Hosted { pool: self.0.clone(), key })
+    }
+
+    /// Slots in use and free, per experiment.
+    pub async fn usage(&self) -> Usage {
+        match self.0.call(PoolMsg::Usage, Some(Duration::from_secs(5))).await {
+            Ok(ractor::rpc::CallResult::Success(u)) => u,
+            _ => Usage::default(),
+        }
     }
 
     /// Ready workers and their slots.

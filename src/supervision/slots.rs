@@ -2,7 +2,6 @@
 //! time. Training never runs on a tokio worker; the actors only hand jobs
 //! to this pool and receive messages back.
 
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -12,7 +11,8 @@ use crate::trainable::Trainable;
 /// A unit of work for a slot thread.
 pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
-/// The slot threads of one experiment.
+/// Slot threads: a worker's, shared by all the experiments it serves (or an
+/// in-process sweep's).
 pub(crate) struct SlotPool {
     queue: Sender<Job>,
     threads: Vec<JoinHandle<()>>,
@@ -29,22 +29,24 @@ impl SlotQueue {
     }
 }
 
+/// Sets up the calling slot thread for `trainable` (libtorch's thread
+/// count); a panicking set-up leaves the defaults.
+pub(crate) fn init_thread(trainable: &dyn Trainable, threads: u32) {
+    let init = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainable.init_thread(threads)));
+    if init.is_err() {
+        tracing::error!("slot thread initialisation panicked; the trial runs with the defaults");
+    }
+}
+
 impl SlotPool {
-    /// Starts `slots` threads, each initialised for `threads` libtorch threads.
-    pub(crate) fn start(slots: u32, threads: u32, trainable: Arc<dyn Trainable>) -> std::io::Result<Self> {
+    /// Starts `slots` threads. A job initialises its thread for its own
+    /// trainable ([`Trainable::init_thread`]): slots outlive experiments.
+    pub(crate) fn start(slots: u32) -> std::io::Result<Self> {
         let (queue, jobs) = crossbeam_channel::unbounded::<Job>();
         let threads = (0..slots.max(1))
             .map(|i| {
                 let jobs: Receiver<Job> = jobs.clone();
-                let trainable = trainable.clone();
                 std::thread::Builder::new().name(format!("gauntlet-slot-{i}")).spawn(move || {
-                    // A panicking init must not take the slot away.
-                    let init =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainable.init_thread(threads)));
-                    if init.is_err() {
-                        tracing::error!("slot thread initialisation panicked; the slot runs trials with defaults");
-                    }
-                    drop(trainable);
                     for job in jobs {
                         job();
                     }

@@ -98,10 +98,12 @@ impl Actor for TrialActor {
         };
         let Some(slots) = a.slots else {
             // A worker trains it: ask the pool for a slot.
-            let pool = a.settings.pool.clone().ok_or("neither slot threads nor a worker pool")?;
+            let hosted = a.settings.pool.clone().ok_or("neither slot threads nor a worker pool")?;
+            let (pool, experiment) = (hosted.pool, hosted.key);
             let lease = next_lease();
             let job = Job {
                 lease,
+                experiment,
                 id: a.id,
                 attempt: a.attempt,
                 restarts: a.restarts,
@@ -109,7 +111,7 @@ impl Actor for TrialActor {
                 params: a.params,
                 resume: a.resume,
             };
-            pool.cast(PoolMsg::Place { lease, trial: myself })?;
+            pool.cast(PoolMsg::Place { lease, experiment, trial: myself })?;
             state.remote = Some(Remote { lease, pool, job: Some(job), worker: None, parts: Vec::new(), ended: false });
             return Ok(state);
         };
@@ -127,8 +129,10 @@ impl Actor for TrialActor {
             cancel,
         );
         let trainable = a.settings.trainable.clone();
+        let threads = a.settings.threads_per_trial;
         let reply = myself.clone();
         slots.submit(Box::new(move || {
+            super::slots::init_thread(trainable.as_ref(), threads);
             let result = catch_unwind(AssertUnwindSafe(|| trainable.train(&mut ctx)));
             // The actor may be gone (sweep interrupted); nothing else to tell then.
             let _ = reply.cast(TrialMsg::Finished(crate::trainable::attempt_end(result)));

@@ -1,11 +1,14 @@
 //! The worker process: `gauntlet worker --join HOST:PORT --slots N`.
 //!
 //! ```text
-//! WorkerActor          joins the coordinator's cluster, loads the data once,
+//! WorkerActor          joins the coordinator's cluster, loads each experiment
+//! │                    (data, model description) once for all its trials,
 //! │                    takes attempts from the pool, relays decisions
-//! └── slot threads ×N  train, one attempt each; reports go to the pool
+//! └── slot threads ×N  the worker's, shared by every experiment it serves:
+//!                      train, one attempt each; reports go to the pool
 //! ```
-//! A worker serves one coordinator. It exits when the sweep ends, when the
+//! A worker serves one coordinator, and as many of its experiments as it
+//! hosts; it drops an experiment's data when the experiment ends. It exits when the sweep ends, when the
 //! coordinator is gone (connection lost, or silent for [`wire::LEASE`]),
 //! or, after its running trials checkpointed, when it is told to leave
 //! (SIGTERM, SIGINT).
@@ -21,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::cluster::node::{self, NodeError, NodeEvent};
-use crate::cluster::wire::{self, Experiment, FromWorker, Job, Part, ToWorker};
+use crate::cluster::wire::{self, Experiment, ExperimentKey, FromWorker, Job, Part, ToWorker};
 use crate::config::Config;
 use crate::schedule::Decision;
 use crate::supervision::pool::PoolMsg;
@@ -57,8 +60,6 @@ pub enum WorkerExit {
     Refused(String),
     /// The coordinator went away.
     CoordinatorLost(String),
-    /// It could not load the experiment's data.
-    Unfit(String),
 }
 
 /// Why a worker could not start.
@@ -89,8 +90,8 @@ pub(crate) enum WorkerMsg {
     Wire(ToWorker),
     /// A frame that did not decode.
     Garbled(String),
-    /// The experiment's trainable is built (or not).
-    Loaded(Result<Box<Loaded>, String>),
+    /// An experiment's trainable is built (or not).
+    Loaded(ExperimentKey, Result<Box<Loaded>, String>),
     /// A slot thread finished an attempt.
     SlotDone {
         /// The placement.
@@ -106,11 +107,10 @@ pub(crate) enum WorkerMsg {
 
 wire::wire_message!(WorkerMsg, ToWorker, Wire, Garbled);
 
-/// The experiment, ready to train on this worker.
+/// An experiment, ready to train on this worker.
 pub(crate) struct Loaded {
     trainable: Arc<dyn Trainable>,
     context: Arc<ContextSettings>,
-    slots: SlotPool,
     store: CheckpointStore,
 }
 
@@ -136,7 +136,9 @@ struct State {
     options: WorkerOptions,
     heard: Arc<AtomicU64>,
     started: Instant,
-    loaded: Option<Box<Loaded>>,
+    slots: SlotPool,
+    /// The experiments loaded here; `None` while one loads.
+    loaded: HashMap<ExperimentKey, Option<Box<Loaded>>>,
     running: HashMap<u64, Running>,
     parts: HashMap<u64, Vec<Part>>,
     leaving: bool,
@@ -168,13 +170,15 @@ impl Actor for WorkerActor {
 
     async fn pre_start(&self, myself: ActorRef<WorkerMsg>, a: Args) -> Result<State, ActorProcessingErr> {
         ractor::pg::join(wire::WORKER_GROUP.into(), vec![myself.get_cell()]);
+        let slots = SlotPool::start(a.options.slots)?;
         Ok(State {
             name: a.name,
             pool: a.pool,
             options: a.options,
             heard: a.heard,
             started: Instant::now(),
-            loaded: None,
+            slots,
+            loaded: HashMap::new(),
             running: HashMap::new(),
             parts: HashMap::new(),
             leaving: false,
@@ -195,14 +199,23 @@ impl Actor for WorkerActor {
                 self.on_wire(&myself, w, state);
             }
             WorkerMsg::Garbled(e) => tracing::error!("the coordinator sent a message this worker cannot read: {e}"),
-            WorkerMsg::Loaded(Ok(loaded)) => {
-                tracing::info!(slots = state.options.slots, "experiment loaded; ready for trials");
-                state.loaded = Some(loaded);
-                state.send(FromWorker::Ready { name: state.name.clone() });
-            }
-            WorkerMsg::Loaded(Err(error)) => {
-                state.send(FromWorker::Unfit { name: state.name.clone(), error: error.clone() });
-                state.finish(&myself, WorkerExit::Unfit(error));
+            WorkerMsg::Loaded(experiment, loaded) => {
+                let Some(slot) = state.loaded.get_mut(&experiment) else {
+                    return Ok(()); // unloaded while it loaded
+                };
+                let name = state.name.clone();
+                match loaded {
+                    Ok(loaded) => {
+                        tracing::info!(%experiment, slots = state.options.slots, "experiment loaded; ready for its trials");
+                        *slot = Some(loaded);
+                        state.send(FromWorker::Loaded { name, experiment });
+                    }
+                    Err(error) => {
+                        tracing::error!(%experiment, "cannot serve the experiment: {error}");
+                        state.loaded.remove(&experiment);
+                        state.send(FromWorker::Unfit { name, experiment, error });
+                    }
+                }
             }
             WorkerMsg::SlotDone { lease, end } => {
                 let Some(run) = state.running.remove(&lease) else { return Ok(()) };
@@ -245,21 +258,35 @@ impl WorkerActor {
     fn on_wire(&self, myself: &ActorRef<WorkerMsg>, msg: ToWorker, state: &mut State) {
         match msg {
             ToWorker::Heartbeat => {}
-            ToWorker::Welcome(experiment) => {
-                tracing::info!(experiment = %experiment.name, "welcomed; loading the experiment");
+            ToWorker::Welcome => {
+                tracing::info!("welcomed");
+                state.send(FromWorker::Ready { name: state.name.clone() });
+            }
+            ToWorker::Load { experiment, spec } => {
+                if state.loaded.contains_key(&experiment) {
+                    return;
+                }
+                tracing::info!(%experiment, name = %spec.name, "loading an experiment");
+                state.loaded.insert(experiment, None);
                 let me = myself.clone();
-                let slots = state.options.slots;
                 let threads = state.options.threads_per_slot;
-                let store = CheckpointStore::new(state.scratch.path(), 1);
+                let store = CheckpointStore::new(state.scratch.path().join(experiment.to_string()), 1);
                 tokio::task::spawn_blocking(move || {
-                    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        load(*experiment, slots, threads, store)
-                    }))
-                    .unwrap_or_else(|p| {
-                        Err(format!("loading the experiment: {}", crate::trial::panic_text(p.as_ref())))
-                    });
-                    let _ = me.cast(WorkerMsg::Loaded(loaded.map(Box::new)));
+                    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(*spec, threads, store)))
+                        .unwrap_or_else(|p| {
+                            Err(format!("loading the experiment: {}", crate::trial::panic_text(p.as_ref())))
+                        });
+                    let _ = me.cast(WorkerMsg::Loaded(experiment, loaded.map(Box::new)));
                 });
+            }
+            ToWorker::Unload { experiment } => {
+                // Its running attempts hold what they need until they return.
+                if let Some(Some(loaded)) = state.loaded.remove(&experiment) {
+                    tracing::info!(%experiment, "experiment ended; dropping its data");
+                    let dir = loaded.store.root().to_owned();
+                    drop(loaded);
+                    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
+                }
             }
             ToWorker::Refused(why) => state.finish(myself, WorkerExit::Refused(why)),
             ToWorker::Shutdown(_) if state.leaving => state.finish(myself, WorkerExit::Left),
@@ -291,7 +318,11 @@ impl WorkerActor {
 
     fn start(&self, myself: &ActorRef<WorkerMsg>, job: Job, state: &mut State) -> Result<(), String> {
         let parts = state.parts.remove(&job.lease).unwrap_or_default();
-        let loaded = state.loaded.as_ref().ok_or("the worker has not loaded the experiment yet")?;
+        let loaded = state
+            .loaded
+            .get(&job.experiment)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| format!("this worker has not loaded experiment {}", job.experiment))?;
         let cancel = Arc::new(AtomicBool::new(false));
         let (decisions, replies) = crossbeam_channel::unbounded();
         let sink = RemoteSink { pool: state.pool.clone(), lease: job.lease, decisions: replies };
@@ -300,7 +331,8 @@ impl WorkerActor {
         let scratch = store.trial_dir(id);
         // On the slot thread: storing the checkpoint it resumes from (maybe
         // large) must not hold up the actor that relays every decision.
-        loaded.slots.queue().submit(Box::new(move || {
+        state.slots.queue().submit(Box::new(move || {
+            crate::supervision::slots::init_thread(trainable.as_ref(), context.threads);
             let end = match prepare(job, &parts, &store) {
                 Err(e) => AttemptEnd::Crashed(e),
                 Ok((job, resume)) => {
@@ -340,8 +372,8 @@ fn prepare(mut job: Job, parts: &[Part], store: &CheckpointStore) -> Result<(Job
     Ok((job, Some(saved)))
 }
 
-/// Builds the experiment's trainable (loading its data) and the slot threads.
-fn load(e: Experiment, slots: u32, threads: Option<u32>, store: CheckpointStore) -> Result<Loaded, String> {
+/// Builds an experiment's trainable (loading its data).
+fn load(e: Experiment, threads: Option<u32>, store: CheckpointStore) -> Result<Loaded, String> {
     let config = Config::parse(&e.config_text, e.format, &e.config_path)
         .map_err(|err| err.to_string())?
         .with_paths_from(&e.config_path);
@@ -351,8 +383,7 @@ fn load(e: Experiment, slots: u32, threads: Option<u32>, store: CheckpointStore)
     if let Some(t) = threads {
         context.threads = t.max(1);
     }
-    let slots = SlotPool::start(slots, context.threads, trainable.clone()).map_err(|err| err.to_string())?;
-    Ok(Loaded { trainable, context: Arc::new(context), slots, store })
+    Ok(Loaded { trainable, context: Arc::new(context), store })
 }
 
 /// A slot thread's line to the coordinator: reports go to the pool and the
