@@ -34,9 +34,15 @@ fn coordinator(config: &Path, out: &Path, port: u16, workers: u32) -> Running {
 
 /// `gauntlet worker --join` with `secret`.
 fn worker(port: u16, slots: u32, secret: &str, log: &Path) -> Running {
+    worker_with(port, slots, secret, log, &[])
+}
+
+/// [`worker`] with more flags.
+fn worker_with(port: u16, slots: u32, secret: &str, log: &Path, flags: &[&str]) -> Running {
     let log = std::fs::File::create(log).unwrap();
     let child = gauntlet()
         .args(["worker", "--join", &format!("127.0.0.1:{port}"), "--slots", &slots.to_string()])
+        .args(flags)
         .env("GAUNTLET_SECRET", secret)
         .stdout(Stdio::null())
         .stderr(log)
@@ -293,11 +299,12 @@ fn workers_of_a_dead_coordinator_exit_instead_of_training_on() {
     let out = tmp.path().join("run");
     let port = free_port();
     let mut coord = coordinator(&config, &out, port, 0);
-    let mut w = worker(port, 2, SECRET, &tmp.path().join("w.log"));
+    let mut w = worker_with(port, 2, SECRET, &tmp.path().join("w.log"), &["--reconnect-for", "2"]);
     wait_reports(&out, 2, "the worker never reported");
     kill(coord.0.id(), "-KILL");
     let _ = coord.0.wait();
-    let status = wait_exit(&mut w, Duration::from_secs(10));
+    // It tries to join again for 2 s, then gives up.
+    let status = wait_exit(&mut w, Duration::from_secs(15));
     assert_eq!(status.code(), Some(3), "the worker exits saying it lost the coordinator");
     let said = std::fs::read_to_string(tmp.path().join("w.log")).unwrap();
     assert!(said.contains("lost the coordinator") && said.contains("gauntlet resume"), "{said}");

@@ -99,6 +99,11 @@ pub struct WorkerArgs {
     /// How long to keep trying to reach the coordinator, in seconds.
     #[arg(long, default_value_t = 30)]
     connect_timeout: u64,
+    /// When the coordinator is lost (killed, restarted), keep trying to
+    /// join it again for this many seconds (0: exit at once). Its running
+    /// trials stop either way; the restarted coordinator continues them.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    reconnect_for: u64,
     /// Spawned by a coordinator on its own machine.
     #[arg(long, hide = true)]
     local: bool,
@@ -135,7 +140,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         // SAFETY: no other thread runs yet.
         unsafe { std::env::set_var("CUDA_VISIBLE_DEVICES", gpu.to_string()) };
     }
-    let options = WorkerOptions {
+    let mut options = WorkerOptions {
         join: args.join.clone(),
         slots: args.slots,
         threads_per_slot: args.threads_per_slot,
@@ -143,10 +148,30 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         local: args.local,
         connect_timeout: Duration::from_secs(args.connect_timeout),
     };
-    let exit = match worker::run(options) {
-        Ok(exit) => exit,
-        Err(e @ (WorkerError::Refused(_) | WorkerError::Node(_))) => return Err(UsageError(e.to_string()).into()),
-        Err(e) => return Err(e.into()),
+    // A local worker dies with its coordinator; a remote one joins it again once it is back.
+    let reconnect = if args.local { Duration::ZERO } else { Duration::from_secs(args.reconnect_for) };
+    let mut lost = false;
+    let exit = loop {
+        let exit = match worker::run(options.clone()) {
+            Ok(exit) => exit,
+            Err(WorkerError::Connect { .. }) if lost => {
+                break WorkerExit::CoordinatorLost(format!("it did not come back within {reconnect:.0?}"));
+            }
+            Err(e @ (WorkerError::Refused(_) | WorkerError::Node(_))) => return Err(UsageError(e.to_string()).into()),
+            Err(e) => return Err(e.into()),
+        };
+        match exit {
+            WorkerExit::CoordinatorLost(why) if !reconnect.is_zero() => {
+                eprintln!(
+                    "worker: lost the coordinator at {} ({why}); trying to join it again for {reconnect:.0?}",
+                    args.join
+                );
+                tracing::warn!("lost the coordinator ({why}); reconnecting for up to {reconnect:.0?}");
+                options.connect_timeout = reconnect;
+                lost = true;
+            }
+            exit => break exit,
+        }
     };
     Ok(match exit {
         WorkerExit::Shutdown(why) => {

@@ -1,5 +1,7 @@
-//! Subcommands: `run`, `validate`, `status`.
+//! Subcommands: `run`, `resume`, `validate`, `status`, `worker`, `predict`,
+//! `daemon` and its clients `submit`, `ls`, `top`, `cancel`, `logs`.
 
+mod client;
 mod cluster;
 mod progress;
 mod table;
@@ -80,6 +82,47 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Host many experiments: an HTTP API, a dashboard at /, /metrics;
+    /// unfinished experiments continue after a restart.
+    Daemon(client::DaemonArgs),
+    /// Submit an experiment config to a daemon; prints its id.
+    Submit {
+        /// The config file (TOML, or YAML/JSON by extension).
+        config: PathBuf,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// List a daemon's experiments.
+    Ls {
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// A live leaderboard of one of a daemon's experiments.
+    Top {
+        /// The experiment id.
+        id: String,
+        /// Print it once rather than redrawing it each second.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Cancel one of a daemon's experiments (running trials checkpoint).
+    Cancel {
+        /// The experiment id.
+        id: String,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// One trial's reports and program output, from a daemon.
+    Logs {
+        /// The experiment id.
+        id: String,
+        /// The trial number.
+        trial: u32,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
     /// Show the trials of a run: live, finished or dead.
     Status {
         /// The run directory.
@@ -120,6 +163,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => cluster::worker(args),
         Command::Predict { model, input, output } => predict(&model, &input, output.as_deref()),
         Command::Status { dir, json } => status(&dir, json),
+        Command::Daemon(args) => client::daemon(args),
+        Command::Submit { config, client } => client::submit(&config, &client),
+        Command::Ls { client } => client::ls(&client),
+        Command::Top { id, once, client } => client::top(&id, once, &client),
+        Command::Cancel { id, client } => client::cancel(&id, &client),
+        Command::Logs { id, trial, client } => client::logs(&id, trial, &client),
     }
 }
 

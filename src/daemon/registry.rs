@@ -1,0 +1,652 @@
+//! The daemon's experiments: one run directory each under
+//! `STATE/experiments/<id>/`, hosted on one engine. What the API lists is
+//! kept here, updated from each experiment's event stream, so that a read
+//! never has to walk a leaderboard; the leaderboard itself is asked only
+//! for one experiment's detail.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::ApiError;
+use crate::config::{Config, ConfigFormat};
+use crate::engine::{self, Engine, Opened, Run};
+use crate::space::Mode;
+use crate::supervision::{rank, ExperimentHandle, SweepEvent};
+use crate::trial::{Trial, TrialId, TrialStatus};
+
+/// Experiments one daemon hosts at most (running and finished).
+pub const MAX_EXPERIMENTS: usize = 1000;
+
+/// Events each experiment keeps for clients that reconnect.
+pub const RING: usize = 1024;
+
+/// Points of the best-value-over-time line kept per experiment.
+const MAX_BEST_POINTS: usize = 2000;
+
+/// Where an experiment stands.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Its trials run (or wait for slots).
+    Running,
+    /// Stopped by a pause: resumable.
+    Paused,
+    /// Stopped by a cancel.
+    Cancelled,
+    /// It ran to its end.
+    Finished,
+    /// It could not run: its run directory or journal is broken, or the engine failed it.
+    Failed(String),
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Paused => "paused",
+            Phase::Cancelled => "cancelled",
+            Phase::Finished => "finished",
+            Phase::Failed(_) => "failed",
+        }
+    }
+}
+
+/// One server-sent event, as every client gets it.
+#[derive(Debug)]
+pub struct Sse {
+    /// Its number within the experiment (the `id:` line).
+    pub seq: u64,
+    /// `report`, `trial` or `state`.
+    pub kind: &'static str,
+    /// The JSON.
+    pub data: String,
+}
+
+/// What the API lists about an experiment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    /// Its id.
+    pub id: String,
+    /// `experiment.name`.
+    pub name: String,
+    /// `running`, `paused`, `cancelled`, `finished`, `failed`.
+    pub status: &'static str,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The metric and its direction.
+    pub metric: String,
+    /// `max` or `min`.
+    pub mode: Mode,
+    /// The best value so far.
+    pub best: Option<f64>,
+    /// The trial that has it.
+    pub best_trial: Option<u32>,
+    /// Trials by status.
+    pub trials: BTreeMap<&'static str, u32>,
+    /// Trials in all (of `max_trials`).
+    pub total_trials: u32,
+    /// `experiment.max_trials`.
+    pub max_trials: u32,
+    /// Reports received.
+    pub reports: u64,
+    /// Trials it may run at once.
+    pub concurrency: u32,
+    /// `experiment.priority`.
+    pub priority: i32,
+}
+
+struct Inner {
+    phase: Phase,
+    statuses: Vec<TrialStatus>,
+    best: Option<(f64, u32)>,
+    reports: u64,
+    concurrency: u32,
+    /// (seconds the experiment had run, best value then): the best over time.
+    best_over_time: Vec<(f64, f64)>,
+    ring: VecDeque<Arc<Sse>>,
+    seq: u64,
+    handle: Option<ExperimentHandle>,
+    /// The trials at the end (or as the journal had them, for one that does not run).
+    trials: Option<Vec<Trial>>,
+}
+
+/// One hosted experiment.
+pub struct Entry {
+    /// Its id (its directory's name).
+    pub id: String,
+    /// Its run directory.
+    pub dir: PathBuf,
+    config: Config,
+    inner: Mutex<Inner>,
+    feed: broadcast::Sender<Arc<Sse>>,
+}
+
+impl Entry {
+    fn new(id: String, dir: PathBuf, config: Config, phase: Phase, trials: Option<Vec<Trial>>) -> Arc<Entry> {
+        let concurrency = config.experiment.slots();
+        let entry = Arc::new(Entry {
+            id,
+            dir,
+            config,
+            inner: Mutex::new(Inner {
+                phase: Phase::Running,
+                statuses: Vec::new(),
+                best: None,
+                reports: 0,
+                concurrency,
+                best_over_time: Vec::new(),
+                ring: VecDeque::new(),
+                seq: 0,
+                handle: None,
+                trials: None,
+            }),
+            feed: broadcast::channel(RING).0,
+        });
+        if let Some(t) = &trials {
+            entry.absorb(t);
+        }
+        let mut inner = entry.lock();
+        inner.trials = trials;
+        inner.phase = phase;
+        drop(inner);
+        entry
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Its metric and direction.
+    pub fn metric(&self) -> (&str, Mode) {
+        (&self.config.experiment.metric, self.config.experiment.mode)
+    }
+
+    /// What the list shows.
+    pub fn listing(&self) -> Listing {
+        let inner = self.lock();
+        let mut trials = BTreeMap::new();
+        for s in &inner.statuses {
+            *trials.entry(s.as_str()).or_insert(0) += 1;
+        }
+        let e = &self.config.experiment;
+        Listing {
+            id: self.id.clone(),
+            name: e.name.clone(),
+            status: inner.phase.name(),
+            error: match &inner.phase {
+                Phase::Failed(e) => Some(e.clone()),
+                _ => None,
+            },
+            metric: e.metric.clone(),
+            mode: e.mode,
+            best: inner.best.map(|b| b.0),
+            best_trial: inner.best.map(|b| b.1),
+            trials,
+            total_trials: inner.statuses.len() as u32,
+            max_trials: e.max_trials,
+            reports: inner.reports,
+            concurrency: inner.concurrency,
+            priority: e.priority,
+        }
+    }
+
+    /// The best value over time: (seconds run, best then).
+    pub fn best_over_time(&self) -> Vec<(f64, f64)> {
+        self.lock().best_over_time.clone()
+    }
+
+    /// Its trials now: the leaderboard's while it runs, else the last known.
+    pub async fn trials(&self) -> Vec<Trial> {
+        let (handle, known) = {
+            let inner = self.lock();
+            (inner.handle.clone(), inner.trials.clone())
+        };
+        match handle {
+            Some(h) => h.trials().await,
+            None => known.unwrap_or_default(),
+        }
+    }
+
+    /// Events after `after` still kept, and a receiver of those to come
+    /// (subscribed first, so that none falls between); `None` for the
+    /// events when some after `after` were dropped already.
+    pub fn events_after(&self, after: u64) -> (Option<Vec<Arc<Sse>>>, broadcast::Receiver<Arc<Sse>>) {
+        let rx = self.feed.subscribe();
+        let inner = self.lock();
+        let kept: Vec<Arc<Sse>> = inner.ring.iter().filter(|e| e.seq > after).cloned().collect();
+        let complete = after >= inner.seq || kept.first().is_some_and(|e| e.seq == after + 1);
+        (complete.then_some(kept), rx)
+    }
+
+    /// The handle, while it runs.
+    pub fn handle(&self) -> Option<ExperimentHandle> {
+        self.lock().handle.clone()
+    }
+
+    fn publish(&self, inner: &mut Inner, kind: &'static str, mut data: serde_json::Value) {
+        inner.seq += 1;
+        if let Some(o) = data.as_object_mut() {
+            o.insert("seq".into(), inner.seq.into());
+            o.insert("experiment".into(), self.id.clone().into());
+        }
+        let sse = Arc::new(Sse { seq: inner.seq, kind, data: data.to_string() });
+        if inner.ring.len() == RING {
+            inner.ring.pop_front();
+        }
+        inner.ring.push_back(sse.clone());
+        let _ = self.feed.send(sse);
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        let mut inner = self.lock();
+        inner.phase = phase;
+        let data = serde_json::json!({ "status": inner.phase.name(), "error": match &inner.phase {
+            Phase::Failed(e) => Some(e.clone()),
+            _ => None,
+        }});
+        self.publish(&mut inner, "state", data);
+    }
+
+    /// Counts and best from a table of trials.
+    fn absorb(&self, trials: &[Trial]) {
+        let mode = self.config.experiment.mode;
+        let mut inner = self.lock();
+        inner.statuses = trials.iter().map(|t| t.status).collect();
+        inner.reports = inner.reports.max(trials.iter().map(|t| u64::from(t.epochs)).sum());
+        if let Some(best) = rank(trials, mode).first() {
+            if let Some(v) = best.best_metric {
+                inner.best = Some((v, best.id.0));
+            }
+        }
+    }
+
+    /// One event of the running experiment.
+    fn on_event(&self, timed: &crate::supervision::Timed) {
+        let mode = self.config.experiment.mode;
+        let mut inner = self.lock();
+        let set = |inner: &mut Inner, id: TrialId, status: TrialStatus| {
+            let i = id.0 as usize;
+            if i >= inner.statuses.len() && i <= self.config.experiment.max_trials as usize {
+                inner.statuses.resize(i + 1, TrialStatus::Pending);
+            }
+            if let Some(s) = inner.statuses.get_mut(i) {
+                *s = status;
+            }
+        };
+        let kind = match &timed.event {
+            SweepEvent::Proposed { id } => {
+                set(&mut inner, *id, TrialStatus::Pending);
+                "trial"
+            }
+            SweepEvent::Started { id, .. } => {
+                set(&mut inner, *id, TrialStatus::Running);
+                "trial"
+            }
+            SweepEvent::Ended { id, status, .. } => {
+                set(&mut inner, *id, *status);
+                "trial"
+            }
+            SweepEvent::Reported { id, value, at, .. } => {
+                inner.reports += 1;
+                if let Some(v) = value.filter(|v| v.is_finite()) {
+                    if inner.best.is_none_or(|(b, _)| mode.score(v) > mode.score(b)) {
+                        inner.best = Some((v, id.0));
+                        if inner.best_over_time.len() < MAX_BEST_POINTS {
+                            inner.best_over_time.push((at.elapsed_ms as f64 / 1000.0, v));
+                        }
+                    }
+                }
+                "report"
+            }
+            SweepEvent::Restarting { .. } | SweepEvent::Preempted { .. } => "trial",
+        };
+        let mut data = serde_json::to_value(&timed.event).unwrap_or_default();
+        if let Some(o) = data.as_object_mut() {
+            o.insert("at".into(), timed.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into());
+            o.insert("elapsed_s".into(), timed.elapsed.as_secs_f64().into());
+            if let SweepEvent::Reported { at, .. } = &timed.event {
+                o.insert("elapsed_s".into(), (at.elapsed_ms as f64 / 1000.0).into());
+            }
+        }
+        self.publish(&mut inner, kind, data);
+    }
+}
+
+/// A marker file in a run directory: why the daemon does not continue it.
+const STOPPED_FILE: &str = "daemon-stopped";
+
+/// All experiments of one daemon.
+pub struct Registry {
+    engine: Engine,
+    root: PathBuf,
+    entries: RwLock<BTreeMap<String, Arc<Entry>>>,
+    next: AtomicU32,
+}
+
+impl Registry {
+    /// Experiments live under `root`; those found there are listed, and
+    /// the unfinished ones continue (unless paused or cancelled).
+    pub async fn open(engine: Engine, root: PathBuf) -> Result<Arc<Registry>, ApiError> {
+        let dirs = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || list_dirs(&root)).await.map_err(ApiError::internal)??
+        };
+        let next = dirs.iter().filter_map(|d| d.split('-').next()?.parse::<u32>().ok()).max().unwrap_or(0) + 1;
+        let registry =
+            Arc::new(Registry { engine, root, entries: RwLock::new(BTreeMap::new()), next: AtomicU32::new(next) });
+        for id in dirs {
+            registry.restore(id).await;
+        }
+        Ok(registry)
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Entry>>> {
+        self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Entry>>> {
+        self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every experiment, oldest first.
+    pub fn all(&self) -> Vec<Arc<Entry>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// One experiment by id (`None` for an id never issued: nothing on disk is looked up).
+    pub fn get(&self, id: &str) -> Option<Arc<Entry>> {
+        self.read().get(id).cloned()
+    }
+
+    /// Takes an experiment: validates the config as `validate` does, creates
+    /// its run directory, and starts it. Returns its id.
+    pub async fn submit(self: &Arc<Self>, text: String, format: ConfigFormat) -> Result<String, ApiError> {
+        if self.read().len() >= MAX_EXPERIMENTS {
+            return Err(ApiError::conflict(format!(
+                "this daemon hosts {MAX_EXPERIMENTS} experiments, its most; remove finished ones from its state directory"
+            )));
+        }
+        let ext = match format {
+            ConfigFormat::Toml => "toml",
+            ConfigFormat::Yaml => "yaml",
+            ConfigFormat::Json => "json",
+        };
+        let me = Arc::clone(self);
+        let (run, id) = tokio::task::spawn_blocking(move || -> Result<(Run, String), ApiError> {
+            let config = Config::parse(&text, format, Path::new("request body")).map_err(ApiError::bad_config)?;
+            let seq = me.next.fetch_add(1, Ordering::Relaxed);
+            let root = &me.root;
+            let id = format!("{seq:04}-{}", slug(&config.experiment.name));
+            let dir = root.join(&id);
+            let config_path = dir.join(format!("config.{ext}"));
+            let config = config.with_paths_from(&config_path);
+            config.check_files(&config_path).map_err(ApiError::bad_config)?;
+            let run = Run::create_from(config, &text, &config_path, &dir).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&dir);
+                ApiError::from_engine(e)
+            })?;
+            Ok((run, id))
+        })
+        .await
+        .map_err(ApiError::internal)??;
+        let entry = Entry::new(id.clone(), run.run_dir.root().to_owned(), run.config.clone(), Phase::Running, None);
+        self.write().insert(id.clone(), entry.clone());
+        self.launch(entry, run).await;
+        Ok(id)
+    }
+
+    /// Lists an experiment found on disk at start, continuing it if it is unfinished.
+    async fn restore(self: &Arc<Self>, id: String) {
+        let dir = self.root.join(&id);
+        let read = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let marker = std::fs::read_to_string(dir.join(STOPPED_FILE)).ok();
+                engine::read_run(&dir).map(|(_, state, _)| (state, marker))
+            })
+            .await
+        };
+        let (state, marker) = match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return self.broken(id, dir, e.to_string()),
+            Err(e) => return self.broken(id, dir, e.to_string()),
+        };
+        let trials = state.trials().to_vec();
+        let phase = match marker.as_deref().map(str::trim) {
+            _ if state.finished() => Phase::Finished,
+            Some("cancelled") => Phase::Cancelled,
+            Some(_) => Phase::Paused,
+            None => Phase::Running,
+        };
+        let entry = Entry::new(id.clone(), dir.clone(), state.config.clone(), phase.clone(), Some(trials));
+        self.write().insert(id.clone(), entry.clone());
+        if phase == Phase::Running {
+            if let Err(e) = self.reopen(entry.clone()).await {
+                entry.set_phase(Phase::Failed(e.to_string()));
+            }
+        }
+    }
+
+    fn broken(&self, id: String, dir: PathBuf, error: String) {
+        tracing::error!(experiment = %id, "cannot read {}: {error}", dir.display());
+        // A config is needed for a listing; a placeholder names the failure.
+        let config = Config::parse(
+            &format!("[experiment]\nname = {:?}\n[model]\nkind = \"sleep\"\n", id),
+            ConfigFormat::Toml,
+            Path::new("(broken run)"),
+        );
+        if let Ok(config) = config {
+            let entry = Entry::new(id.clone(), dir, config, Phase::Failed(error), None);
+            self.write().insert(id, entry);
+        }
+    }
+
+    /// Continues a stopped experiment from its journal.
+    async fn reopen(self: &Arc<Self>, entry: Arc<Entry>) -> Result<(), ApiError> {
+        let dir = entry.dir.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_file(dir.join(STOPPED_FILE));
+            Run::open(&dir, false)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from_engine)?;
+        match opened {
+            Opened::Finished(_) => entry.set_phase(Phase::Finished),
+            Opened::Run(run) => {
+                for w in &run.warnings {
+                    tracing::warn!(experiment = %entry.id, "{w}");
+                }
+                self.launch(entry, *run).await
+            }
+        }
+        Ok(())
+    }
+
+    async fn launch(self: &Arc<Self>, entry: Arc<Entry>, run: Run) {
+        let handle = match self.engine.launch(run, None).await {
+            Ok(h) => h,
+            Err(e) => return entry.set_phase(Phase::Failed(e.to_string())),
+        };
+        let mut events = handle.subscribe();
+        let trials = handle.trials().await;
+        entry.absorb(&trials);
+        entry.lock().handle = Some(handle.clone());
+        entry.set_phase(Phase::Running);
+        let registry = Arc::clone(self);
+        tokio::spawn(async move {
+            let ended = loop {
+                tokio::select! {
+                    ended = handle.wait() => break ended,
+                    event = events.recv() => match event {
+                        Ok(timed) => entry.on_event(&timed),
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(experiment = %entry.id, "the event pump fell {n} events behind");
+                            entry.absorb(&handle.trials().await);
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {}
+                    },
+                }
+            };
+            while let Ok(timed) = events.try_recv() {
+                entry.on_event(&timed);
+            }
+            registry.ended(&entry, ended).await;
+        });
+    }
+
+    async fn ended(&self, entry: &Arc<Entry>, ended: Result<crate::Summary, crate::SweepError>) {
+        let marker = {
+            let dir = entry.dir.clone();
+            tokio::task::spawn_blocking(move || std::fs::read_to_string(dir.join(STOPPED_FILE)).ok())
+                .await
+                .ok()
+                .flatten()
+        };
+        let phase = match &ended {
+            Err(e) => Phase::Failed(e.to_string()),
+            Ok(s) if !s.interrupted => Phase::Finished,
+            Ok(_) if marker.as_deref().map(str::trim) == Some("cancelled") => Phase::Cancelled,
+            Ok(_) => Phase::Paused,
+        };
+        if let Ok(s) = &ended {
+            entry.absorb(&s.trials);
+        }
+        {
+            let mut inner = entry.lock();
+            inner.handle = None;
+            if let Ok(s) = ended {
+                inner.trials = Some(s.trials);
+            }
+        }
+        tracing::info!(experiment = %entry.id, status = phase.name(), "experiment ended");
+        entry.set_phase(phase);
+    }
+
+    /// Stops an experiment: running trials checkpoint at their next report.
+    /// `cancel`: for good (listed as cancelled), else paused (resumable).
+    pub async fn stop(&self, entry: &Arc<Entry>, cancel: bool) -> Result<(), ApiError> {
+        let Some(handle) = entry.handle() else {
+            return Err(ApiError::conflict(format!("experiment {} is not running", entry.id)));
+        };
+        let dir = entry.dir.clone();
+        let word = if cancel { "cancelled" } else { "paused" };
+        tokio::task::spawn_blocking(move || std::fs::write(dir.join(STOPPED_FILE), word))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::internal(format!("cannot record the stop: {e}")))?;
+        handle.cancel();
+        Ok(())
+    }
+
+    /// Continues a paused experiment.
+    pub async fn resume(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<(), ApiError> {
+        let phase = entry.lock().phase.clone();
+        match phase {
+            Phase::Paused => self.reopen(entry.clone()).await,
+            Phase::Running if entry.handle().is_some() => Ok(()),
+            other => Err(ApiError::conflict(format!(
+                "experiment {} is {}: only a paused experiment resumes",
+                entry.id,
+                other.name()
+            ))),
+        }
+    }
+
+    /// Changes how many trials an experiment runs at once.
+    pub fn set_concurrency(&self, entry: &Entry, n: u32) -> Result<(), ApiError> {
+        let Some(handle) = entry.handle() else {
+            return Err(ApiError::conflict(format!("experiment {} is not running", entry.id)));
+        };
+        handle.set_concurrency(n);
+        entry.lock().concurrency = n;
+        Ok(())
+    }
+
+    /// Stops every experiment (trials checkpoint) and the engine.
+    pub async fn shutdown(self: Arc<Self>) {
+        let handles: Vec<ExperimentHandle> = self.all().iter().filter_map(|e| e.handle()).collect();
+        for h in &handles {
+            h.cancel();
+        }
+        for h in &handles {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), h.wait()).await;
+        }
+        if let Ok(registry) = Arc::try_unwrap(self) {
+            registry.engine.shutdown().await;
+        }
+    }
+}
+
+/// The experiment directories under `root`, oldest (lowest number) first.
+fn list_dirs(root: &Path) -> Result<Vec<String>, ApiError> {
+    std::fs::create_dir_all(root).map_err(|e| ApiError::internal(format!("cannot create {}: {e}", root.display())))?;
+    let mut ids = Vec::new();
+    let entries =
+        std::fs::read_dir(root).map_err(|e| ApiError::internal(format!("cannot read {}: {e}", root.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().is_dir() && valid_id(&name) {
+            ids.push(name);
+        }
+    }
+    ids.sort();
+    Ok(ids.into_iter().take(MAX_EXPERIMENTS).collect())
+}
+
+/// An experiment id as the daemon issues them: `0001-name`, lower-case
+/// letters, digits and dashes, at most 64 bytes.
+pub fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && id.split('-').next().is_some_and(|n| n.len() >= 4 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A name cut down to what an id holds.
+fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        let c = if c.is_ascii_alphanumeric() { c } else { '-' };
+        if !(c == '-' && out.ends_with('-')) {
+            out.push(c);
+        }
+        if out.len() >= 40 {
+            break;
+        }
+    }
+    let out = out.trim_matches('-').to_owned();
+    if out.is_empty() {
+        "experiment".into()
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_what_the_daemon_issues() {
+        for good in ["0001-x", "0042-fashion-mlp", "12345-a-b"] {
+            assert!(valid_id(good), "{good}");
+        }
+        for bad in ["", "x", "../0001-x", "0001-X", "001-x", "0001/x", "0001-x/../../etc", "0001-é", &"0".repeat(65)] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+        assert_eq!(slug("Fashion MLP (v2)!"), "fashion-mlp-v2");
+        assert_eq!(slug("../.."), "experiment");
+        assert!(valid_id(&format!("0001-{}", slug(&"ü".repeat(300)))));
+    }
+}

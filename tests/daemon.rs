@@ -1,0 +1,474 @@
+//! The daemon, as a real process on loopback: submitting, watching the
+//! event stream, cancelling, changing concurrency, two experiments sharing
+//! slots within their caps, SIGKILL and restart, remote workers that
+//! reconnect by themselves, refused requests, /metrics through a
+//! Prometheus text parser, and the CLI clients.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A daemon process, SIGKILLed when dropped.
+struct Daemon {
+    process: Running,
+    addr: String,
+    token: String,
+}
+
+fn start_daemon(state: &Path, extra: &[&str]) -> Daemon {
+    start_daemon_with(state, extra, &[])
+}
+
+fn start_daemon_with(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    std::fs::create_dir_all(state).unwrap();
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let err = state.join(format!("stderr-{n}"));
+    let err_file = std::fs::File::create(&err).unwrap();
+    let child = gauntlet()
+        .args(["daemon", "--state-dir", state.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(err_file)
+        .spawn()
+        .expect("the gauntlet binary starts");
+    let mut process = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let said = std::fs::read_to_string(&err).unwrap_or_default();
+        if let Some(rest) = said.split("gauntlet daemon: http://").nth(1) {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+        if let Some(status) = process.0.try_wait().unwrap() {
+            panic!("the daemon exited ({status}) before serving:\n{said}");
+        }
+        assert!(Instant::now() < deadline, "the daemon never said where it serves:\n{said}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let token = std::fs::read_to_string(state.join("token")).unwrap().trim().to_owned();
+    Daemon { process, addr, token }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+impl Daemon {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// (status, JSON body) of a GET with the token.
+    fn get(&self, path: &str) -> (u16, Value) {
+        let mut res =
+            agent().get(&self.url(path)).header("Authorization", &format!("Bearer {}", self.token)).call().unwrap();
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn post(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+        let mut res = agent()
+            .post(&self.url(path))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Content-Type", content_type)
+            .send(body)
+            .unwrap();
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn submit(&self, config: &str) -> String {
+        let (status, body) = self.post("/api/v1/experiments", "application/toml", config.as_bytes());
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    fn experiment(&self, id: &str) -> Value {
+        let (status, body) = self.get("/api/v1/experiments");
+        assert_eq!(status, 200, "{body}");
+        body["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).cloned().unwrap_or(Value::Null)
+    }
+
+    /// Polls the listing of `id` until `done` holds.
+    fn wait_for(&self, id: &str, what: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let e = self.experiment(id);
+            if done(&e) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "{what}: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn sleep_experiment(name: &str, trials: u32, concurrency: u32, epoch_ms: u32, epochs: u32) -> String {
+    synthetic_config(
+        name,
+        &format!(
+            "max_trials = {trials}\nconcurrency = {concurrency}\n[model]\nkind = \"sleep\"\nepoch_ms = {epoch_ms}\n\
+             quality = {{ uniform = [0.1, 0.9] }}\n[train]\nmax_epochs = {epochs}\n"
+        ),
+    )
+}
+
+fn count(e: &Value, status: &str) -> u64 {
+    e["trials"][status].as_u64().unwrap_or(0)
+}
+
+/// Reads server-sent events from `path` until `enough` events came or `limit` passed.
+fn read_events(
+    d: &Daemon,
+    path: &str,
+    last_id: Option<u64>,
+    enough: usize,
+    limit: Duration,
+) -> Vec<(u64, String, Value)> {
+    let mut stream = std::net::TcpStream::connect(&d.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let last = last_id.map_or(String::new(), |l| format!("Last-Event-ID: {l}\r\n"));
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n{last}\r\n", d.addr, d.token)
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let deadline = Instant::now() + limit;
+    let mut events = Vec::new();
+    let (mut id, mut kind, mut data) = (0, String::new(), String::new());
+    let mut line = String::new();
+    while events.len() < enough && Instant::now() < deadline {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => continue, // the read timeout: look at the deadline
+        }
+        let l = line.trim_end();
+        if let Some(v) = l.strip_prefix("id: ") {
+            id = v.parse().unwrap();
+        } else if let Some(v) = l.strip_prefix("event: ") {
+            kind = v.to_owned();
+        } else if let Some(v) = l.strip_prefix("data: ") {
+            data = v.to_owned();
+        } else if l.is_empty() && !kind.is_empty() {
+            events.push((id, std::mem::take(&mut kind), serde_json::from_str(&data).unwrap_or(Value::Null)));
+        }
+    }
+    events
+}
+
+#[test]
+fn submit_watch_change_concurrency_and_cancel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(&tmp.path().join("state"), &["--workers", "2"]);
+    let id = d.submit(&sleep_experiment("watched", 40, 1, 150, 4));
+    // The stream: its state, trials and reports, each with an increasing id.
+    let events = read_events(&d, &format!("/api/v1/experiments/{id}/events"), None, 12, Duration::from_secs(60));
+    assert!(events.len() >= 12, "{events:?}");
+    assert!(events.windows(2).all(|w| w[1].0 == w[0].0 + 1), "ids count up by one: {events:?}");
+    let report = events.iter().find(|e| e.1 == "report").expect("a report event");
+    assert!(report.2["at"].as_str().is_some_and(|a| a.starts_with("20")), "{report:?}");
+    assert!(report.2["elapsed_s"].as_f64().is_some_and(|s| s > 0.0), "{report:?}");
+    assert!(report.2["value"].is_number() && report.2["epoch"].is_number(), "{report:?}");
+    // A client that saw event 5 gets 6 onwards.
+    let again = read_events(&d, &format!("/api/v1/experiments/{id}/events"), Some(5), 3, Duration::from_secs(30));
+    assert_eq!(again.first().map(|e| e.0), Some(6), "{again:?}");
+    // With concurrency 1, one trial runs at a time; then two.
+    assert!(count(&d.experiment(&id), "running") <= 1);
+    let (status, body) =
+        d.post(&format!("/api/v1/experiments/{id}/concurrency"), "application/json", br#"{"concurrency": 2}"#);
+    assert_eq!(status, 200, "{body}");
+    let e = d.wait_for(&id, "two trials run after the concurrency change", Duration::from_secs(60), |e| {
+        count(e, "running") == 2
+    });
+    assert_eq!(e["concurrency"], 2);
+    // Cancel: running trials stop (paused, resumable), the experiment says cancelled.
+    let (status, body) = d.post(&format!("/api/v1/experiments/{id}/cancel"), "application/json", b"");
+    assert_eq!(status, 202, "{body}");
+    let e = d.wait_for(&id, "the experiment is cancelled", Duration::from_secs(60), |e| e["status"] == "cancelled");
+    assert_eq!(count(&e, "running"), 0, "{e}");
+    assert!(count(&e, "completed") < 40, "it stopped early: {e}");
+    // The detail has the leaderboard and the best value over time.
+    let (status, detail) = d.get(&format!("/api/v1/experiments/{id}"));
+    assert_eq!(status, 200);
+    assert!(!detail["leaderboard"].as_array().unwrap().is_empty());
+    assert!(!detail["best_over_time"].as_array().unwrap().is_empty(), "{detail}");
+    let (status, trial) = d.get(&format!("/api/v1/experiments/{id}/trials/0"));
+    assert_eq!(status, 200);
+    let reports = trial["reports"].as_array().unwrap();
+    assert!(
+        !reports.is_empty() && reports.iter().all(|r| r["at"].is_string() && r["elapsed_s"].is_number()),
+        "{trial}"
+    );
+}
+
+#[test]
+fn two_experiments_share_the_slots_within_their_caps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(&tmp.path().join("state"), &["--workers", "3"]);
+    let a = d.submit(&sleep_experiment("share-a", 8, 2, 120, 4));
+    let b = d.submit(&sleep_experiment("share-b", 8, 2, 120, 4));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut both, mut most) = (false, 0);
+    loop {
+        let (_, list) = d.get("/api/v1/experiments");
+        let find = |id: &str| list["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).cloned().unwrap();
+        let (ea, eb) = (find(&a), find(&b));
+        let (ra, rb) = (count(&ea, "running"), count(&eb, "running"));
+        assert!(ra <= 2 && rb <= 2, "an experiment over its cap: {ra} and {rb}");
+        most = most.max(ra + rb);
+        both |= ra > 0 && rb > 0;
+        if ea["status"] == "finished" && eb["status"] == "finished" {
+            assert_eq!((count(&ea, "completed"), count(&eb, "completed")), (8, 8));
+            break;
+        }
+        assert!(Instant::now() < deadline, "not finished: {ea} {eb}");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(both, "the two experiments ran at the same time");
+    // The event listing can lag a placement by a moment; the pool's own count cannot.
+    assert!(most <= 4, "{most}");
+    let metrics = scrape(&d);
+    let busy = gauge(&metrics, "gauntlet_slots", &[("state", "busy")]);
+    let free = gauge(&metrics, "gauntlet_slots", &[("state", "free")]);
+    assert_eq!((busy, free), (Some(0.0), Some(3.0)), "three slots, none busy at the end");
+}
+
+/// `/metrics`, parsed by a Prometheus text-format parser.
+fn scrape(d: &Daemon) -> prometheus_parse::Scrape {
+    let mut res =
+        agent().get(&d.url("/metrics")).header("Authorization", &format!("Bearer {}", d.token)).call().unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let text = res.body_mut().read_to_string().unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).unwrap_or_else(|e| panic!("not Prometheus text ({e}):\n{text}"))
+}
+
+fn gauge(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples.iter().find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))).and_then(
+        |x| match x.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v)
+            | prometheus_parse::Value::Counter(v) => Some(v),
+            _ => None,
+        },
+    )
+}
+
+#[test]
+fn metrics_are_prometheus_text_with_bounded_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(&tmp.path().join("state"), &["--workers", "1"]);
+    let id = d.submit(&sleep_experiment("metered", 3, 1, 50, 2));
+    d.wait_for(&id, "it finishes", Duration::from_secs(60), |e| e["status"] == "finished");
+    let s = scrape(&d);
+    assert_eq!(gauge(&s, "gauntlet_trials", &[("experiment", &id), ("status", "completed")]), Some(3.0));
+    assert_eq!(gauge(&s, "gauntlet_reports", &[("experiment", &id)]), Some(6.0));
+    assert!(gauge(&s, "gauntlet_best_value", &[("experiment", &id)]).is_some_and(|v| v > 0.0));
+    assert!(gauge(&s, "gauntlet_journal_bytes", &[("experiment", &id)]).is_some_and(|v| v > 0.0));
+    assert_eq!(gauge(&s, "gauntlet_workers", &[]), Some(1.0));
+    for sample in &s.samples {
+        for (k, _) in sample.labels.iter() {
+            assert!(["experiment", "status", "state"].contains(&k.as_str()), "label {k} on {}", sample.metric);
+        }
+    }
+}
+
+#[test]
+fn a_killed_daemon_restarts_with_every_experiment_and_continues_the_unfinished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let mut d = start_daemon(&state, &["--workers", "2"]);
+    let done = d.submit(&sleep_experiment("quick", 2, 2, 30, 2));
+    d.wait_for(&done, "the quick one finishes", Duration::from_secs(60), |e| e["status"] == "finished");
+    let long = d.submit(&sleep_experiment("long", 10, 2, 200, 4));
+    d.wait_for(&long, "some reports", Duration::from_secs(60), |e| e["reports"].as_u64() >= Some(4));
+    let _ = d.process.0.kill();
+    let _ = d.process.0.wait();
+    let d = start_daemon(&state, &["--workers", "2"]);
+    assert_eq!(d.token, std::fs::read_to_string(state.join("token")).unwrap().trim(), "the same token");
+    let e = d.experiment(&done);
+    assert_eq!((e["status"].as_str(), count(&e, "completed")), (Some("finished"), 2), "{e}");
+    let e = d.wait_for(&long, "the long one finishes after the restart", Duration::from_secs(120), |e| {
+        e["status"] == "finished"
+    });
+    assert_eq!(count(&e, "completed"), 10, "no trial lost: {e}");
+    let (_, detail) = d.get(&format!("/api/v1/experiments/{long}"));
+    for t in detail["leaderboard"].as_array().unwrap() {
+        assert_eq!((t["status"].as_str(), t["epochs"].as_u64()), (Some("completed"), Some(4)), "{t}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state.join("token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the token is the owner's alone");
+    }
+}
+
+#[test]
+fn a_remote_worker_joins_the_restarted_daemon_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let workers = format!("127.0.0.1:{port}");
+    let flags = ["--workers", "0", "--workers-listen", workers.as_str()];
+    let secret = "s3cret-for-the-daemon-test";
+    let daemon = |state: &Path| start_daemon_with(state, &flags, &[("GAUNTLET_SECRET", secret)]);
+    let mut d = daemon(&state);
+    let log = std::fs::File::create(tmp.path().join("worker.log")).unwrap();
+    let _worker = Running(
+        gauntlet()
+            .args(["worker", "--join", &workers, "--slots", "2", "--reconnect-for", "60"])
+            .env("GAUNTLET_SECRET", secret)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let id = d.submit(&sleep_experiment("remote", 8, 2, 200, 4));
+    d.wait_for(&id, "the remote worker trains", Duration::from_secs(60), |e| e["reports"].as_u64() >= Some(3));
+    let _ = d.process.0.kill();
+    let _ = d.process.0.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let d = daemon(&state);
+    let e = d
+        .wait_for(&id, "the worker came back and finished it", Duration::from_secs(120), |e| e["status"] == "finished");
+    assert_eq!(count(&e, "completed"), 8, "{e}");
+    let said = std::fs::read_to_string(tmp.path().join("worker.log")).unwrap();
+    assert!(said.contains("trying to join it again"), "{said}");
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_the_daemon_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(&tmp.path().join("state"), &["--workers", "1"]);
+    let raw = |method: &str, path: &str, auth: Option<&str>, body: &[u8], kind: &str| -> (u16, Value) {
+        let req = ureq::http::Request::builder().method(method).uri(d.url(path)).header("Content-Type", kind);
+        let req = match auth {
+            Some(a) => req.header("Authorization", a),
+            None => req,
+        };
+        let mut res = agent().run(req.body(body.to_vec()).unwrap()).unwrap();
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    };
+    let bearer = format!("Bearer {}", d.token);
+    let good = Some(bearer.as_str());
+    // Only the health check goes without the token.
+    assert_eq!(raw("GET", "/api/v1/health", None, b"", "text/plain").0, 200);
+    for auth in [None, Some("Bearer wrong"), Some(d.token.as_str()), Some("Basic Zm9vOmJhcg==")] {
+        let (status, body) = raw("GET", "/api/v1/experiments", auth, b"", "text/plain");
+        assert_eq!(status, 401, "{auth:?}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("token")), "{body}");
+    }
+    assert_eq!(raw("GET", "/metrics", None, b"", "text/plain").0, 401);
+    // A config refused as `validate` refuses it, naming the key.
+    let (status, body) = raw(
+        "POST",
+        "/api/v1/experiments",
+        good,
+        b"[experiment]\nname = \"x\"\nmax_trials = 0\n[model]\nkind = \"sleep\"\n",
+        "application/toml",
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("experiment.max_trials"), "{body}");
+    let (status, body) = raw("POST", "/api/v1/experiments", good, b"{\"experiment\": [1,", "application/json");
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = raw("POST", "/api/v1/experiments", good, b"x", "image/png");
+    assert_eq!(status, 415, "{body}");
+    // Oversized bodies.
+    let big = vec![b'#'; 2 << 20];
+    let (status, body) = raw("POST", "/api/v1/experiments", good, &big, "application/toml");
+    assert_eq!(status, 413, "{body}");
+    // Malformed control bodies, unknown ids, traversal attempts.
+    let id = d.submit(&sleep_experiment("target", 2, 1, 50, 2));
+    for body in [&b"{"[..], b"{\"concurrency\": -1}", b"{\"concurrency\": 0}", b"{\"other\": 1}", b"[]"] {
+        let (status, answer) =
+            raw("POST", &format!("/api/v1/experiments/{id}/concurrency"), good, body, "application/json");
+        assert!(status == 400 || status == 409, "{}: {status} {answer}", String::from_utf8_lossy(body));
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    for path in [
+        "/api/v1/experiments/..%2F..%2Ftoken",
+        "/api/v1/experiments/%2e%2e",
+        "/api/v1/experiments/0001-x%2F..%2F..%2Ftoken",
+        "/api/v1/experiments/9999-nothing",
+        "/api/v1/experiments/../../token",
+        "/api/v1/experiments/0001-target/trials/..%2F..%2Fjournal.msgpack",
+        "/api/v1/experiments/0001-target/trials/99999",
+        "/api/v1/nothing",
+    ] {
+        let (status, body) = raw("GET", path, good, b"", "text/plain");
+        assert!((400..500).contains(&status), "{path}: {status} {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+        assert!(!body.to_string().contains(&d.token), "{path} leaked the token");
+    }
+    // Still serving.
+    let e =
+        d.wait_for(&id, "the experiment finishes all the same", Duration::from_secs(60), |e| e["status"] == "finished");
+    assert_eq!(count(&e, "completed"), 2);
+    let (status, doc) = d.get("/api/v1/openapi.json");
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["paths"]["/api/v1/experiments/{id}/events"].is_object());
+}
+
+#[test]
+fn a_non_loopback_address_without_tls_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = gauntlet()
+        .args(["daemon", "--state-dir", tmp.path().to_str().unwrap(), "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("TLS") && stderr(&o).contains("--insecure"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_cli_clients_submit_list_watch_cancel_and_show_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let d = start_daemon(&state, &["--workers", "1"]);
+    let url = format!("http://{}", d.addr);
+    let client = |args: &[&str]| {
+        gauntlet().args(args).args(["--daemon", &url, "--state-dir", state.to_str().unwrap()]).output().unwrap()
+    };
+    let config = write(tmp.path(), "exp.toml", &sleep_experiment("from-cli", 30, 1, 100, 3));
+    let o = client(&["submit", config.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_owned();
+    assert!(id.ends_with("-from-cli"), "{id}");
+    d.wait_for(&id, "reports", Duration::from_secs(60), |e| e["reports"].as_u64() >= Some(2));
+    let o = client(&["ls", "--json"]);
+    let listed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(listed["experiments"].as_array().unwrap().iter().any(|e| e["id"] == id.as_str()), "{listed}");
+    let o = client(&["ls"]);
+    assert!(stdout(&o).contains(&id), "{}", stdout(&o));
+    let o = client(&["top", &id, "--once"]);
+    assert!(o.status.success() && stdout(&o).contains("trial"), "{}{}", stdout(&o), stderr(&o));
+    let o = client(&["logs", &id, "0", "--json"]);
+    let logs: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    assert!(logs["reports"].as_array().is_some_and(|r| !r.is_empty()), "{}", stderr(&o));
+    let o = client(&["cancel", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    d.wait_for(&id, "cancelled", Duration::from_secs(60), |e| e["status"] == "cancelled");
+    // Mistakes are usage errors.
+    let o = client(&["top", "../../etc", "--once"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = gauntlet().args(["ls", "--daemon", &url]).env_remove("GAUNTLET_TOKEN").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("GAUNTLET_TOKEN"), "{}", stderr(&o));
+}
