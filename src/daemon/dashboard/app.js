@@ -219,10 +219,12 @@ function renderBest() {
 function renderParallel() {
   const trials = state.detail.leaderboard.filter((t) => t.best_metric !== null && t.best_metric !== undefined);
   const box = document.getElementById("parallel");
-  const W = 900, H = 300, T = 24, B = 16, L = 30, R = 30;
+  const W = 900, H = 300, T = 24, B = 16, L = 40, R = 70;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
   box.replaceChildren(root);
-  const names = [...new Set(trials.flatMap((t) => Object.keys(t.params)))].sort();
+  // Only the parameters that vary are axes.
+  const names = [...new Set(trials.flatMap((t) => Object.keys(t.params)))].sort()
+    .filter((n) => new Set(trials.map((t) => JSON.stringify(t.params[n]))).size > 1);
   const axes = names.map((n) => {
     const vals = trials.map((t) => t.params[n]);
     const numeric = vals.every((v) => typeof v === "number");
