@@ -194,6 +194,38 @@ fn submit_watch_change_concurrency_and_cancel() {
         count(e, "running") == 2
     });
     assert_eq!(e["concurrency"], 2);
+    // One trial stopped, another restarted from its checkpoint.
+    let (_, detail) = d.get(&format!("/api/v1/experiments/{id}?status=running"));
+    let running: Vec<u64> =
+        detail["leaderboard"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    assert_eq!(running.len(), 2, "{detail}");
+    let (status, body) =
+        d.post(&format!("/api/v1/experiments/{id}/trials/{}/stop", running[0]), "application/json", b"");
+    assert_eq!(status, 202, "{body}");
+    let (status, body) =
+        d.post(&format!("/api/v1/experiments/{id}/trials/{}/restart", running[1]), "application/json", b"");
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, t0) = d.get(&format!("/api/v1/experiments/{id}/trials/{}", running[0]));
+        let (_, t1) = d.get(&format!("/api/v1/experiments/{id}/trials/{}", running[1]));
+        let stopped = t0["trial"]["status"] == "pruned" && t0["trial"]["error"] == "stopped on request";
+        let restarted = t1["trial"]["attempts"].as_u64() >= Some(2);
+        if stopped && restarted {
+            // The new attempt went on from the checkpoint of the epoch the old one stopped at.
+            let reports = t1["reports"].as_array().unwrap();
+            let later = reports.iter().find(|r| r["attempt"].as_u64() >= Some(1));
+            if let Some(r) = later {
+                assert!(r["epoch"].as_u64() >= Some(2), "it started over: {reports:?}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "stop and restart: {t0} {t1}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) =
+        d.post(&format!("/api/v1/experiments/{id}/trials/{}/stop", running[0]), "application/json", b"");
+    assert_eq!(status, 409, "a trial that ended does not stop again: {body}");
     // Cancel: running trials stop (paused, resumable), the experiment says cancelled.
     let (status, body) = d.post(&format!("/api/v1/experiments/{id}/cancel"), "application/json", b"");
     assert_eq!(status, 202, "{body}");

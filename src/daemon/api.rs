@@ -165,6 +165,8 @@ pub(super) fn server(state: Arc<AppState>, addr: SocketAddr) -> std::io::Result<
             .route("/api/v1/experiments/{id}/events", web::get().to(events))
             .route("/api/v1/experiments/{id}/trials/{trial}", web::get().to(trial_reports))
             .route("/api/v1/experiments/{id}/trials/{trial}/log", web::get().to(trial_log))
+            .route("/api/v1/experiments/{id}/trials/{trial}/stop", web::post().to(stop_trial))
+            .route("/api/v1/experiments/{id}/trials/{trial}/restart", web::post().to(restart_trial))
             .route("/api/v1/experiments/{id}/pause", web::post().to(pause))
             .route("/api/v1/experiments/{id}/resume", web::post().to(resume))
             .route("/api/v1/experiments/{id}/cancel", web::post().to(cancel))
@@ -384,12 +386,7 @@ async fn trial_reports(
 ) -> Result<HttpResponse, ApiError> {
     let (id, trial) = path.into_inner();
     let entry = state.entry(&id)?;
-    let trial: u32 = trial.parse().map_err(|_| {
-        ApiError::bad_request(format!(
-            "trial `{}`: expected a trial number",
-            trial.chars().take(40).collect::<String>()
-        ))
-    })?;
+    let trial = trial_number(&trial)?;
     let trials = entry.trials().await;
     let Some(record) = trials.get(trial as usize).cloned() else {
         return Err(ApiError::not_found(format!("experiment {id} has no trial {trial}")));
@@ -418,12 +415,7 @@ const MAX_LOG: u64 = 1 << 20;
 async fn trial_log(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
     let (id, trial) = path.into_inner();
     let entry = state.entry(&id)?;
-    let trial: u32 = trial.parse().map_err(|_| {
-        ApiError::bad_request(format!(
-            "trial `{}`: expected a trial number",
-            trial.chars().take(40).collect::<String>()
-        ))
-    })?;
+    let trial = trial_number(&trial)?;
     if entry.trials().await.len() <= trial as usize {
         return Err(ApiError::not_found(format!("experiment {id} has no trial {trial}")));
     }
@@ -445,6 +437,31 @@ async fn trial_log(state: web::Data<AppState>, path: web::Path<(String, String)>
     .map_err(ApiError::internal)?
     .map_err(|e| ApiError::internal(format!("cannot read the trial's log: {e}")))?;
     Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(text))
+}
+
+fn trial_number(text: &str) -> Result<u32, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::bad_request(format!("trial `{}`: expected a trial number", text.chars().take(40).collect::<String>()))
+    })
+}
+
+async fn stop_trial(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (id, trial) = path.into_inner();
+    let (entry, trial) = (state.entry(&id)?, trial_number(&trial)?);
+    let handle = entry.handle().ok_or_else(|| ApiError::conflict(format!("experiment {id} is not running")))?;
+    handle.stop_trial(crate::trial::TrialId(trial)).await.map_err(ApiError::conflict)?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "trial": trial, "status": "stopping" })))
+}
+
+async fn restart_trial(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, trial) = path.into_inner();
+    let (entry, trial) = (state.entry(&id)?, trial_number(&trial)?);
+    let handle = entry.handle().ok_or_else(|| ApiError::conflict(format!("experiment {id} is not running")))?;
+    handle.restart_trial(crate::trial::TrialId(trial)).await.map_err(ApiError::conflict)?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "trial": trial, "status": "restarting" })))
 }
 
 async fn pause(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {

@@ -50,7 +50,14 @@ pub(super) enum ExperimentMsg {
     SetConcurrency(u32),
     /// The trials as the leaderboard has them now.
     Snapshot(ractor::RpcReplyPort<Vec<Trial>>),
+    /// Stop one trial (at its next report): it ends pruned, saying so.
+    StopTrial(TrialId, ractor::RpcReplyPort<Result<(), String>>),
+    /// Start one running trial's next attempt from its last checkpoint.
+    RestartTrial(TrialId, ractor::RpcReplyPort<Result<(), String>>),
 }
+
+/// The error a trial stopped on request ends with.
+pub(super) const STOPPED_BY_REQUEST: &str = "stopped on request";
 
 /// What the supervisor holds of a trial it keeps alive: the lifecycle
 /// (actor, attempt numbers, the restart policy's counts). The trial itself
@@ -71,6 +78,10 @@ pub(super) struct State {
     leaderboard: ActorRef<LeaderboardMsg>,
     slots: Option<SlotPool>,
     interrupted: bool,
+    /// Trials asked to stop (they end at their next report).
+    stopping: std::collections::BTreeSet<TrialId>,
+    /// Trials asked to restart (a new attempt after this one stops).
+    restarting: std::collections::BTreeSet<TrialId>,
     /// Why the sweep stops early (a stop rule): nothing more is proposed.
     spent: Option<String>,
     live: BTreeMap<TrialId, LiveTrial>,
@@ -128,6 +139,8 @@ impl Actor for ExperimentSupervisor {
             leaderboard,
             slots,
             interrupted: false,
+            stopping: Default::default(),
+            restarting: Default::default(),
             spent,
             live,
             concurrency,
@@ -163,6 +176,39 @@ impl Actor for ExperimentSupervisor {
                 } else {
                     self.spawn_attempt(&myself, state, id).await;
                 }
+            }
+            ExperimentMsg::Ended { id, end: AttemptEnd::Cancelled } if state.stopping.remove(&id) => {
+                state.restarting.remove(&id);
+                self.end_trial(state, id, TrialStatus::Pruned, Some(STOPPED_BY_REQUEST.into()));
+                self.fill(&myself, state).await?;
+            }
+            ExperimentMsg::Ended { id, end: AttemptEnd::Cancelled }
+                if state.restarting.remove(&id) && !state.interrupted =>
+            {
+                if let Some(t) = state.live.get_mut(&id) {
+                    t.actor = None;
+                }
+                tracing::info!(trial = %id, "restarting on request from its last checkpoint");
+                self.spawn_attempt(&myself, state, id).await;
+            }
+            ExperimentMsg::StopTrial(id, reply) => {
+                let answer = self.stop_trial(state, id).await;
+                if answer.is_ok() && !state.stopping.contains(&id) {
+                    self.fill(&myself, state).await?;
+                }
+                let _ = reply.send(answer);
+            }
+            ExperimentMsg::RestartTrial(id, reply) => {
+                let answer = match state.live.get(&id).and_then(|t| t.actor.as_ref()) {
+                    _ if state.interrupted => Err("the experiment is stopping".to_owned()),
+                    Some(actor) => {
+                        let _ = actor.cast(TrialMsg::Cancel);
+                        state.restarting.insert(id);
+                        Ok(())
+                    }
+                    None => Err(format!("trial {id} is not running: only a running trial restarts")),
+                };
+                let _ = reply.send(answer);
             }
             ExperimentMsg::Ended { id, end } => {
                 let status = match &end {
@@ -316,6 +362,38 @@ impl ExperimentSupervisor {
             self.finish(myself, state).await?;
         }
         Ok(())
+    }
+
+    /// Stops one trial: a running one at its next report, one backing off
+    /// or waiting for a promotion at once.
+    async fn stop_trial(&self, state: &mut State, id: TrialId) -> Result<(), String> {
+        if let Some(t) = state.live.get(&id) {
+            match &t.actor {
+                Some(actor) => {
+                    let _ = actor.cast(TrialMsg::Cancel);
+                    state.stopping.insert(id);
+                }
+                None => self.end_trial(state, id, TrialStatus::Pruned, Some(STOPPED_BY_REQUEST.into())),
+            }
+            return Ok(());
+        }
+        let record = match state.leaderboard.call(|reply| LeaderboardMsg::Record(id, reply), None).await {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            _ => None,
+        };
+        match record {
+            None => Err(format!("there is no trial {id}")),
+            Some(t) if t.status.is_final() => Err(format!("trial {id} ended already ({})", t.status.as_str())),
+            Some(_) => {
+                // Waiting for a promotion: it ends now.
+                let _ = state.leaderboard.cast(LeaderboardMsg::Ended {
+                    id,
+                    status: TrialStatus::Pruned,
+                    error: Some(STOPPED_BY_REQUEST.into()),
+                });
+                Ok(())
+            }
+        }
     }
 
     async fn spawn_attempt(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State, id: TrialId) {

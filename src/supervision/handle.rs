@@ -105,6 +105,26 @@ impl ExperimentHandle {
         let _ = self.actor.cast(ExperimentMsg::SetConcurrency(n));
     }
 
+    /// Stops one trial at its next report; it ends pruned, "stopped on request".
+    pub async fn stop_trial(&self, id: crate::trial::TrialId) -> Result<(), String> {
+        self.ask(|reply| ExperimentMsg::StopTrial(id, reply)).await
+    }
+
+    /// Starts a running trial's next attempt from its last checkpoint.
+    pub async fn restart_trial(&self, id: crate::trial::TrialId) -> Result<(), String> {
+        self.ask(|reply| ExperimentMsg::RestartTrial(id, reply)).await
+    }
+
+    async fn ask(
+        &self,
+        msg: impl FnOnce(ractor::RpcReplyPort<Result<(), String>>) -> ExperimentMsg,
+    ) -> Result<(), String> {
+        match self.actor.call(msg, Some(Duration::from_secs(10))).await {
+            Ok(ractor::rpc::CallResult::Success(answer)) => answer,
+            _ => Err("the experiment is not running".into()),
+        }
+    }
+
     /// Stops the experiment: running trials stop at their next report and
     /// stay resumable; [`wait`](Self::wait) then says `interrupted`.
     pub fn cancel(&self) {
