@@ -235,6 +235,18 @@ impl Engine {
     }
 }
 
+/// Resolves on SIGINT or SIGTERM (never, where signals cannot be watched).
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// The local worker processes to start when `what` asks for `asked`, each
 /// holding `data_bytes`: at most what the machine holds ([`Capacity`]), with
 /// a warning that says why when that is fewer.

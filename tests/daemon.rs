@@ -276,6 +276,21 @@ fn two_experiments_share_the_slots_within_their_caps() {
     let busy = gauge(&metrics, "gauntlet_slots", &[("state", "busy")]);
     let free = gauge(&metrics, "gauntlet_slots", &[("state", "free")]);
     assert_eq!((busy, free), (Some(0.0), Some(3.0)), "three slots, none busy at the end");
+    // Each worker loaded each experiment once and dropped it when it ended.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logs: Vec<String> = std::fs::read_dir(tmp.path().join("state/workers"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+            .collect();
+        let each = |what: &str| logs.iter().map(|l| l.matches(what).count()).collect::<Vec<_>>();
+        let (loads, drops) = (each("loading an experiment"), each("dropping its data"));
+        if logs.len() == 3 && loads == [2, 2, 2] && drops == [2, 2, 2] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "loads {loads:?}, drops {drops:?} in {} worker logs", logs.len());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `/metrics`, parsed by a Prometheus text-format parser.
@@ -375,8 +390,22 @@ fn a_remote_worker_joins_the_restarted_daemon_by_itself() {
     let _ = d.process.0.wait();
     std::thread::sleep(Duration::from_millis(500));
     let d = daemon(&state);
-    let e = d
-        .wait_for(&id, "the worker came back and finished it", Duration::from_secs(120), |e| e["status"] == "finished");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let e = loop {
+        let e = d.experiment(&id);
+        if e["status"] == "finished" {
+            break e;
+        }
+        let said = std::fs::read_to_string(tmp.path().join("worker.log")).unwrap_or_default();
+        let tail: Vec<&str> = said.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        assert!(
+            Instant::now() < deadline,
+            "the worker came back and finished it: {e}\nworker log:\n{}",
+            tail.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(count(&e, "completed"), 8, "{e}");
     let said = std::fs::read_to_string(tmp.path().join("worker.log")).unwrap();
     assert!(said.contains("trying to join it again"), "{said}");

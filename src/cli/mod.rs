@@ -468,16 +468,9 @@ fn one_line(text: &str, max: usize) -> String {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT or SIGTERM, saying so.
 async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    gauntlet::engine::shutdown_signal().await;
     eprintln!("\ninterrupted: stopping running trials at their next epoch...");
 }
 

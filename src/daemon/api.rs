@@ -577,8 +577,8 @@ async fn events(
         ));
     }
     let guard = StreamGuard(state.clone().into_inner());
-    let after = last.unwrap_or(0);
-    let (kept, rx) = entry.events_after(after);
+    let registry::Backlog { kept, live: rx, now } = entry.events_after(last.unwrap_or(0));
+    let after = last.unwrap_or(0).min(now);
     let mut first = String::from("retry: 2000\n\n");
     let mut sent = after;
     match kept {

@@ -11,6 +11,11 @@
 //! ```
 //! Killed and started again, the daemon lists every experiment as before
 //! and continues the unfinished ones from their journals.
+//!
+//! The server future and every actor run on the daemon's one tokio
+//! runtime; actix-web's own worker threads (actix-rt, one single-threaded
+//! runtime each) only parse requests and call the actors, and every file
+//! read goes through `spawn_blocking`.
 
 mod api;
 mod metrics;
@@ -134,21 +139,10 @@ async fn serve(options: DaemonOptions, token: String) -> Result<(), DaemonError>
     eprintln!("gauntlet daemon: http://{addr}/ (token in {})", options.state_dir.join(TOKEN_FILE).display());
     let handle = server.0.handle();
     let serving = tokio::spawn(server.0);
-    shutdown_signal().await;
+    crate::engine::shutdown_signal().await;
     tracing::info!("stopping: running trials checkpoint at their next report");
     handle.stop(true).await;
     let _ = serving.await;
     registry.shutdown().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -67,6 +67,18 @@ pub struct Sse {
     pub data: String,
 }
 
+/// What a client that reconnects gets: the events it missed (`None` when
+/// some are no longer kept), the stream of those to come, and the number
+/// of the last event now.
+pub struct Backlog {
+    /// Missed events still kept.
+    pub kept: Option<Vec<Arc<Sse>>>,
+    /// Events to come.
+    pub live: broadcast::Receiver<Arc<Sse>>,
+    /// The last event's number.
+    pub now: u64,
+}
+
 /// What the API lists about an experiment.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listing {
@@ -215,13 +227,14 @@ impl Entry {
 
     /// Events after `after` still kept, and a receiver of those to come
     /// (subscribed first, so that none falls between); `None` for the
-    /// events when some after `after` were dropped already.
-    pub fn events_after(&self, after: u64) -> (Option<Vec<Arc<Sse>>>, broadcast::Receiver<Arc<Sse>>) {
-        let rx = self.feed.subscribe();
+    /// events when some after `after` were dropped already. With them, the
+    /// last event's number now (an `after` beyond it means "from now on").
+    pub fn events_after(&self, after: u64) -> Backlog {
+        let live = self.feed.subscribe();
         let inner = self.lock();
         let kept: Vec<Arc<Sse>> = inner.ring.iter().filter(|e| e.seq > after).cloned().collect();
         let complete = after >= inner.seq || kept.first().is_some_and(|e| e.seq == after + 1);
-        (complete.then_some(kept), rx)
+        Backlog { kept: complete.then_some(kept), live, now: inner.seq }
     }
 
     /// The handle, while it runs.

@@ -523,6 +523,15 @@ async fn connect(
 ) -> Result<ActorRef<PoolMsg>, WorkerError> {
     let deadline = Instant::now() + options.connect_timeout;
     let connect_err = |message: String| WorkerError::Connect { address: address.to_string(), message };
+    // A coordinator this process served before (it reconnects after a loss)
+    // may linger in the process group until its session's clean-up ran:
+    // only a pool that appears on this connection counts.
+    let group = wire::POOL_GROUP.to_owned();
+    let stale: Vec<ractor::ActorId> = ractor::pg::get_members(&group).iter().map(|c| c.get_id()).collect();
+    if !stale.is_empty() {
+        let cells = ractor::pg::get_members(&group);
+        ractor::pg::leave(group.clone(), cells);
+    }
     loop {
         match ractor_cluster::client_connect(&node.server, address).await {
             Ok(()) => break,
@@ -533,10 +542,9 @@ async fn connect(
             Err(e) => return Err(connect_err(format!("{e} (gave up after {:.0?})", options.connect_timeout))),
         }
     }
-    let group = wire::POOL_GROUP.to_owned();
     let wait_until = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(cell) = ractor::pg::get_members(&group).into_iter().next() {
+        if let Some(cell) = ractor::pg::get_members(&group).into_iter().find(|c| !stale.contains(&c.get_id())) {
             return Ok(cell.into());
         }
         while let Ok(event) = events.try_recv() {
