@@ -300,4 +300,29 @@ mod tests {
         }
         assert!(matches!(decode(b"NOTAJOURNAL!", Path::new("j")), Err(JournalError::Header { .. })));
     }
+
+    #[test]
+    fn a_report_journalled_before_reports_had_their_time_still_reads() {
+        // The frame an earlier binary wrote: a report without `at`.
+        let old = serde_json::json!({ "at_ms": 7, "event": { "report": {
+            "id": 0, "attempt": 0, "epoch": 1,
+            "metrics": [["val_accuracy", 0.5]], "decision": "continue"
+        }}});
+        let payload = rmp_serde::to_vec_named(&old).unwrap();
+        let mut bytes = header();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let contents = decode(&bytes, Path::new("old.msgpack")).unwrap();
+        assert_eq!(contents.torn_bytes, 0);
+        let expected = Event::Report {
+            id: TrialId(0),
+            attempt: 0,
+            epoch: 1,
+            metrics: vec![("val_accuracy".into(), 0.5)],
+            decision: Decision::Continue,
+            at: None,
+        };
+        assert_eq!(contents.records, vec![Record { at_ms: 7, event: expected }]);
+    }
 }
