@@ -225,13 +225,16 @@ impl Engine {
 
     /// Tells the workers the engine is done and waits for the local ones to exit.
     pub async fn shutdown(self) {
+        let started = std::time::Instant::now();
         if let Some(local) = &self.local {
             local.stop_respawning();
         }
         self.pool.shutdown().await;
+        let told = started.elapsed();
         if let Some(local) = self.local {
             let _ = tokio::task::spawn_blocking(move || local.shutdown(Duration::from_secs(3))).await;
         }
+        tracing::info!(?told, took = ?started.elapsed(), "workers stopped");
     }
 }
 

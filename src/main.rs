@@ -7,20 +7,39 @@ mod cli;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::process::ExitCode;
-
 use clap::Parser;
 
-fn main() -> ExitCode {
+fn main() {
     let args = cli::Cli::parse();
+    if args.spawns_workers() {
+        // Before any thread starts: the spawner must be forked single-threaded.
+        gauntlet::cluster::spawner::start(forked_worker);
+    }
+    let code = run(args);
+    // Everything is written and closed: skip libtorch's static destructors.
+    gauntlet::cluster::spawner::fast_exit(code)
+}
+
+/// What a worker forked by the spawner runs: a command line, as `main` would.
+fn forked_worker(argv: Vec<String>) -> u8 {
+    match cli::Cli::try_parse_from(argv) {
+        Ok(args) => run(args),
+        Err(e) => {
+            let _ = e.print();
+            2
+        }
+    }
+}
+
+fn run(args: cli::Cli) -> u8 {
     match cli::run(args) {
-        Ok(code) => code,
+        Ok(code) => code.0,
         Err(e) => {
             eprintln!("error: {e:#}");
             if cli::is_usage_error(&e) {
-                ExitCode::from(2)
+                2
             } else {
-                ExitCode::FAILURE
+                1
             }
         }
     }

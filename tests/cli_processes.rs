@@ -14,7 +14,9 @@ use common::*;
 use gauntlet::cluster::local::{Capacity, WORKERS_PER_CORE};
 
 /// Every live process whose environment carries `GAUNTLET_TEST_TAG=tag`
-/// (what a run started inherits it), with its command line.
+/// (what a run started inherits it), with its name (`comm`) and command
+/// line: a worker forked by the spawner keeps its coordinator's command
+/// line and is named `gauntlet-worker`.
 fn tagged(tag: &str) -> Vec<(u32, String)> {
     let needle = format!("GAUNTLET_TEST_TAG={tag}");
     let mut out = Vec::new();
@@ -24,14 +26,15 @@ fn tagged(tag: &str) -> Vec<(u32, String)> {
         if env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
             let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            out.push((pid, cmd));
+            let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            out.push((pid, format!("[{}] {cmd}", name.trim())));
         }
     }
     out
 }
 
 fn workers_of(tag: &str) -> usize {
-    tagged(tag).iter().filter(|(_, cmd)| cmd.contains(" worker ")).count()
+    tagged(tag).iter().filter(|(_, cmd)| cmd.starts_with("[gauntlet-worker]") || cmd.contains(" worker ")).count()
 }
 
 /// Kills what a failed test left (so that one failure does not leak).
@@ -180,7 +183,7 @@ fn killing_the_coordinator_while_programs_train_leaves_no_process() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let family = tagged(&tag);
-    assert!(family.iter().any(|(_, c)| c.starts_with("sleep 600")), "the programs' children run: {family:#?}");
+    assert!(family.iter().any(|(_, c)| c.contains("] sleep 600")), "the programs' children run: {family:#?}");
     run.0.kill().unwrap(); // SIGKILL, while two programs (and their sleeps) run
     run.0.wait().unwrap();
     let took = wait_none_left(&tag, Duration::from_secs(10));

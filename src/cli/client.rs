@@ -1,9 +1,9 @@
 //! `gauntlet daemon` and the commands that talk to one: `submit`, `ls`,
 //! `top`, `cancel`, `logs`.
 
+use super::ExitCode;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -34,6 +34,13 @@ pub struct DaemonArgs {
     /// A file whose first line is the secret workers must present.
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    /// Whether the daemon starts local workers (`--workers 0` starts none).
+    pub fn spawns_workers(&self) -> bool {
+        self.workers != Some(0)
+    }
 }
 
 pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {

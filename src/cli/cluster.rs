@@ -1,8 +1,8 @@
 //! The coordinator's side of the cluster for `run` and `resume` (its node,
 //! pool and local workers), and the `worker` subcommand.
 
+use super::ExitCode;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -35,6 +35,11 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    /// Whether local workers may be started (`--workers 0` starts none).
+    pub fn spawns_workers(&self) -> bool {
+        self.workers != Some(0)
+    }
+
     /// The engine these flags ask for: `default_workers` local workers
     /// unless `--workers` says otherwise, each holding `data_bytes` of data.
     pub fn engine_options(
@@ -107,6 +112,13 @@ pub struct WorkerArgs {
     /// Spawned by a coordinator on its own machine.
     #[arg(long, hide = true)]
     local: bool,
+}
+
+impl WorkerArgs {
+    /// Whether this worker starts a process per slot (`--gpus`).
+    pub fn spawns_workers(&self) -> bool {
+        !self.gpus.is_empty()
+    }
 }
 
 /// The most slots one worker offers (each is a thread, or a process with `--gpus`).

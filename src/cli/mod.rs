@@ -7,7 +7,6 @@ mod progress;
 mod table;
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -154,6 +153,35 @@ pub fn is_usage_error(e: &anyhow::Error) -> bool {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct UsageError(pub(crate) String);
+
+impl Cli {
+    /// Whether this command may start local worker processes (so `main`
+    /// starts the spawner that forks them).
+    pub fn spawns_workers(&self) -> bool {
+        match &self.command {
+            Command::Run { cluster, .. } | Command::Resume { cluster, .. } => cluster.spawns_workers(),
+            Command::Daemon(args) => args.spawns_workers(),
+            Command::Worker(args) => args.spawns_workers(),
+            _ => false,
+        }
+    }
+}
+
+/// A process exit code. Not `std::process::ExitCode`: `main` ends the
+/// process itself ([`gauntlet::cluster::spawner::fast_exit`]), and a forked
+/// worker returns its code to the spawner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitCode(pub u8);
+
+impl ExitCode {
+    pub const SUCCESS: ExitCode = ExitCode(0);
+}
+
+impl From<u8> for ExitCode {
+    fn from(code: u8) -> Self {
+        ExitCode(code)
+    }
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

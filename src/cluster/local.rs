@@ -1,8 +1,10 @@
 //! Local workers: the worker processes a coordinator spawns itself, one per
-//! slot, with `std::process::Command` (never a bare fork: libtorch may be
-//! running). A thread starts and watches them, tells the pool how each one
-//! ended (a crash signal counts against the trial it ran, a kill does not),
-//! and starts a new one in its place until the sweep ends.
+//! slot: forked by the [`spawner`](super::spawner) when the binary started
+//! one, else with `std::process::Command` (never a bare fork of the
+//! coordinator: libtorch may be running). A thread starts and watches them,
+//! tells the pool how each one ended (a crash signal counts against the
+//! trial it ran, a kill does not), and starts a new one in its place until
+//! the sweep ends.
 //!
 //! How many a machine holds is [`Capacity`]'s rule. Each worker gets
 //! SIGHUP from the kernel when that thread (so, the coordinator) dies,
@@ -11,6 +13,8 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+
+use super::spawner;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -170,11 +174,52 @@ pub struct LocalWorkers {
     watcher: Option<JoinHandle<()>>,
 }
 
+/// One worker process: a child of this process, or of the spawner.
+enum Process {
+    Exec(Child),
+    Forked(u32),
+}
+
+impl Process {
+    fn id(&self) -> u32 {
+        match self {
+            Process::Exec(c) => c.id(),
+            Process::Forked(pid) => *pid,
+        }
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            Process::Exec(c) => c.try_wait(),
+            Process::Forked(pid) => Ok(spawner::exited(*pid)?.map(ExitStatus::from_raw)),
+        }
+    }
+
+    /// SIGKILL, then waits (a moment, for a forked one) to reap it.
+    fn kill(&mut self) {
+        match self {
+            Process::Exec(c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Process::Forked(pid) => {
+                // SAFETY: kill(2) on a worker the spawner has not reported reaped.
+                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while !matches!(self.try_wait(), Ok(Some(_)) | Err(_)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+}
+
 struct Slot {
     index: usize,
     /// It exited cleanly (told to): not replaced.
     done: bool,
-    child: Option<Child>,
+    child: Option<Process>,
     started: Instant,
     quick_deaths: u32,
     next_start: Instant,
@@ -211,8 +256,7 @@ impl LocalWorkers {
                     Err(e) => {
                         for slot in &mut slots {
                             if let Some(mut child) = slot.child.take() {
-                                let _ = child.kill();
-                                let _ = child.wait();
+                                child.kill();
                             }
                         }
                         let _ = started_tx.send(Err(e));
@@ -221,7 +265,7 @@ impl LocalWorkers {
                 }
             }
             if let Ok(mut l) = control.live.lock() {
-                *l = slots.iter().filter_map(|s| s.child.as_ref().map(Child::id)).collect();
+                *l = slots.iter().filter_map(|s| s.child.as_ref().map(Process::id)).collect();
             }
             let _ = started_tx.send(Ok(()));
             watch(spec, slots, control, on_exit)
@@ -280,28 +324,37 @@ impl Drop for LocalWorkers {
     }
 }
 
-fn spawn(spec: &Spec, index: usize) -> std::io::Result<Child> {
+fn spawn(spec: &Spec, index: usize) -> std::io::Result<Process> {
     use std::os::unix::process::CommandExt;
-    let log =
-        std::fs::OpenOptions::new().create(true).append(true).open(spec.log_dir.join(format!("worker-{index}.log")))?;
-    let mut cmd = Command::new(&spec.exe);
-    cmd.args(["worker", "--join", &spec.join, "--slots", "1"]);
+    let log_file = spec.log_dir.join(format!("worker-{index}.log"));
+    let mut args: Vec<String> = ["worker", "--join", &spec.join, "--slots", "1"].map(str::to_owned).to_vec();
     if spec.threads > 0 {
-        cmd.arg("--threads-per-slot").arg(spec.threads.to_string());
+        args.extend(["--threads-per-slot".to_owned(), spec.threads.to_string()]);
     }
     if spec.local {
-        cmd.arg("--local");
+        args.push("--local".into());
     }
-    cmd.env(super::node::SECRET_ENV, &spec.secret)
+    let mut env = vec![(super::node::SECRET_ENV.to_owned(), spec.secret.clone())];
+    if let Some(gpus) = spec.gpus.get(index).cloned().flatten() {
+        env.push(("CUDA_VISIBLE_DEVICES".into(), gpus));
+    }
+    if spawner::available() {
+        let mut argv = vec![spec.exe.to_string_lossy().into_owned()];
+        argv.extend(args);
+        let pid = spawner::spawn(&spawner::Request { args: argv, env, log: log_file })?;
+        tracing::info!(worker = index, pid, "local worker forked");
+        return Ok(Process::Forked(pid));
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_file)?;
+    let mut cmd = Command::new(&spec.exe);
+    cmd.args(args)
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         // Its own process group: a Ctrl-C at the terminal reaches the
         // coordinator, which stops the workers in order.
         .process_group(0);
-    if let Some(gpus) = spec.gpus.get(index).cloned().flatten() {
-        cmd.env("CUDA_VISIBLE_DEVICES", gpus);
-    }
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: prctl and getppid are async-signal-safe, and the closure
     // allocates nothing. The worker gets SIGHUP when this thread dies; a
@@ -316,7 +369,7 @@ fn spawn(spec: &Spec, index: usize) -> std::io::Result<Child> {
     }
     let child = cmd.spawn()?;
     tracing::info!(worker = index, pid = child.id(), "local worker started");
-    Ok(child)
+    Ok(Process::Exec(child))
 }
 
 /// What the watcher thread shares with its owner.
@@ -330,7 +383,7 @@ struct Control {
 fn watch(spec: Spec, mut slots: Vec<Slot>, control: Control, on_exit: impl Fn(Exit)) {
     let publish = |slots: &[Slot]| {
         if let Ok(mut l) = control.live.lock() {
-            *l = slots.iter().filter_map(|s| s.child.as_ref().map(Child::id)).collect();
+            *l = slots.iter().filter_map(|s| s.child.as_ref().map(Process::id)).collect();
         }
     };
     while !control.stop.load(Ordering::SeqCst) {
@@ -368,8 +421,7 @@ fn watch(spec: Spec, mut slots: Vec<Slot>, control: Control, on_exit: impl Fn(Ex
     for slot in &mut slots {
         if let Some(mut child) = slot.child.take() {
             tracing::warn!(worker = slot.index, pid = child.id(), "local worker did not exit; killing it");
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
     publish(&slots);

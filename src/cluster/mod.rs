@@ -3,7 +3,8 @@
 //!
 //! - [`node`]: each process's cluster node, the shared secret, connection events;
 //! - [`wire`]: the messages between the coordinator's pool and its workers;
-//! - [`local`]: the worker processes a coordinator spawns on its own machine.
+//! - [`local`]: the worker processes a coordinator spawns on its own machine;
+//! - [`spawner`]: the process that forks them, ready in milliseconds.
 //!
 //! Traffic is not encrypted: ractor_cluster supports TLS, but Gauntlet does
 //! not configure it yet. Across machines, run it on a trusted network or a
@@ -11,4 +12,5 @@
 
 pub mod local;
 pub mod node;
+pub mod spawner;
 pub mod wire;

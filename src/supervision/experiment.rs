@@ -340,17 +340,21 @@ impl ExperimentSupervisor {
                 Ok(ractor::rpc::CallResult::Success(next)) => next,
                 other => return Err(format!("no next trial from the leaderboard: {other:?}").into()),
             };
-            let (id, attempts, restarts) = match next {
-                Some(NextTrial::New(id)) => (id, 0, 0),
-                Some(NextTrial::Resume { id, attempts, restarts }) => (id, attempts, restarts),
+            let (record, attempts, restarts) = match next {
+                Some(NextTrial::New(t)) => (t, 0, 0),
+                Some(NextTrial::Resume(t)) => {
+                    let (attempts, restarts) = (t.attempts, t.restarts);
+                    (t, attempts, restarts)
+                }
                 None => {
                     idle = true;
                     break;
                 }
             };
+            let id = record.id;
             let seed = trial_seed(s.seed, id);
             state.live.insert(id, LiveTrial { seed, attempts, restarts, preemptions: 0, actor: None });
-            self.spawn_attempt(myself, state, id).await;
+            self.start_attempt(myself, state, record).await;
         }
         if state.live.is_empty() && idle {
             if !state.interrupted {
@@ -396,33 +400,39 @@ impl ExperimentSupervisor {
         }
     }
 
+    /// Starts the next attempt of a live trial, with its record as the leaderboard has it now.
     async fn spawn_attempt(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State, id: TrialId) {
-        let record = match state.leaderboard.call(|reply| LeaderboardMsg::Record(id, reply), None).await {
-            Ok(ractor::rpc::CallResult::Success(Some(t))) => t,
+        match state.leaderboard.call(|reply| LeaderboardMsg::Record(id, reply), None).await {
+            Ok(ractor::rpc::CallResult::Success(Some(t))) => self.start_attempt(myself, state, t).await,
             other => {
                 let error = format!("cannot start: the leaderboard has no record of it ({other:?})");
                 if let Err(e) = Box::pin(self.on_crash(myself, state, id, error)).await {
                     tracing::error!(trial = %id, "cannot handle a failed start: {e}");
                 }
-                return;
             }
-        };
+        }
+    }
+
+    async fn start_attempt(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State, record: Trial) {
+        let id = record.id;
         let Some(t) = state.live.get_mut(&id) else { return };
         let attempt = t.attempts;
         t.attempts = t.attempts.saturating_add(1);
         let (restarts, seed) = (t.restarts, t.seed);
         let store = state.settings.checkpoints.clone();
-        // Blocking file work (listing, PBT's copy of the donor's checkpoint) off the tokio workers.
-        let exploit = record.exploit.clone();
-        let resume = tokio::task::spawn_blocking(move || match exploit {
-            Some(e) => store.copy_from(id, e.donor, e.epoch, seed).map(Some).map_err(|err| {
-                format!("cannot copy the checkpoint of epoch {} of trial {} to exploit it: {err}", e.epoch, e.donor)
-            }),
-            None if attempt > 0 => Ok(store.latest(id)),
-            None => Ok(None),
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        let resume = match record.exploit.clone() {
+            // A first attempt starts from nothing: no file to look at.
+            None if attempt == 0 => Ok(None),
+            // Blocking file work (listing, PBT's copy of the donor's checkpoint) off the tokio workers.
+            exploit => tokio::task::spawn_blocking(move || match exploit {
+                Some(e) => store.copy_from(id, e.donor, e.epoch, seed).map(Some).map_err(|err| {
+                    format!("cannot copy the checkpoint of epoch {} of trial {} to exploit it: {err}", e.epoch, e.donor)
+                }),
+                None => Ok(store.latest(id)),
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string())),
+        };
         let resume = match resume {
             Ok(r) => r,
             Err(error) => {

@@ -114,13 +114,14 @@ pub(super) enum LeaderboardMsg {
 
 impl ractor::Message for LeaderboardMsg {}
 
-/// What a free slot runs next.
+/// What a free slot runs next, with the trial's record to start it from
+/// (one round trip to the leaderboard, not two).
 #[derive(Debug)]
 pub(super) enum NextTrial {
     /// A new trial, just proposed.
-    New(TrialId),
-    /// A paused trial the scheduler promoted, with its attempt and restart counts.
-    Resume { id: TrialId, attempts: u32, restarts: u32 },
+    New(Trial),
+    /// A paused trial the scheduler promoted (its record has its attempt and restart counts).
+    Resume(Trial),
 }
 
 /// Where a decision goes once its report is durable.
@@ -307,17 +308,13 @@ impl Actor for Leaderboard {
                         let Event::TrialProposed { id, .. } = event else { unreachable!() };
                         state.commit(event)?;
                         state.emit(SweepEvent::Proposed { id });
-                        Some(NextTrial::New(id))
+                        state.state.trial(id).cloned().map(NextTrial::New)
                     }
                     Some(event @ Event::TrialResumed { .. }) => {
                         let Event::TrialResumed { id } = event else { unreachable!() };
                         state.commit(event)?;
                         tracing::info!(trial = %id, "promoted: continues from its checkpoint");
-                        state.state.trial(id).map(|t| NextTrial::Resume {
-                            id,
-                            attempts: t.attempts,
-                            restarts: t.restarts,
-                        })
+                        state.state.trial(id).cloned().map(NextTrial::Resume)
                     }
                     Some(other) => return Err(format!("the next trial came as {other:?}").into()),
                     None => None,
