@@ -466,3 +466,37 @@ fn a_local_worker_killed_with_sigkill_is_replaced_and_its_trial_preempted() {
     assert_eq!(s.len(), 8);
     assert!(s.values().all(|t| t["status"] == "completed" && t["restarts"] == 0), "{s:?}");
 }
+
+/// The pid of `parent`'s child process named `name` (`comm`), if any.
+fn child_named(parent: u32, name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|entry| {
+        let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(')')?;
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == parent && comm == name).then_some(pid)
+    })
+}
+
+#[test]
+fn killing_the_worker_spawner_loses_no_trial_and_workers_start_with_exec() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(tmp.path(), "exp.toml", &sleep_config("spawner", 8, 2, 100, 6));
+    let out = tmp.path().join("run");
+    let mut coord = spawn_run(&cfg, &out);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reported(&out) < 2 {
+        assert!(Instant::now() < deadline, "no report");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let spawner = child_named(coord.0.id(), "gauntlet-spawn").expect("the coordinator forked a spawner");
+    kill(spawner, "-KILL"); // its workers get SIGHUP and die with it
+    assert!(wait_exit(&mut coord, Duration::from_secs(120)).success());
+    let log = std::fs::read_to_string(out.join("gauntlet.log")).unwrap();
+    assert!(log.contains("local worker forked"), "the first workers were forked");
+    assert!(log.contains("the worker spawner is gone"), "the loss was noticed");
+    assert!(log.contains("local worker started"), "their replacements were exec'd");
+    let s = standings(&out);
+    assert_eq!(s.len(), 8);
+    assert!(s.values().all(|t| t["status"] == "completed" && t["restarts"] == 0), "{s:?}");
+}

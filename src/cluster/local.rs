@@ -340,10 +340,16 @@ fn spawn(spec: &Spec, index: usize) -> std::io::Result<Process> {
     }
     if spawner::available() {
         let mut argv = vec![spec.exe.to_string_lossy().into_owned()];
-        argv.extend(args);
-        let pid = spawner::spawn(&spawner::Request { args: argv, env, log: log_file })?;
-        tracing::info!(worker = index, pid, "local worker forked");
-        return Ok(Process::Forked(pid));
+        argv.extend(args.iter().cloned());
+        match spawner::spawn(&spawner::Request { args: argv, env: env.clone(), log: log_file.clone() }) {
+            Ok(pid) => {
+                tracing::info!(worker = index, pid, "local worker forked");
+                return Ok(Process::Forked(pid));
+            }
+            // Killed, say: exec instead, from now on.
+            Err(_) if !spawner::available() => {}
+            Err(e) => return Err(e),
+        }
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log_file)?;
     let mut cmd = Command::new(&spec.exe);

@@ -61,6 +61,9 @@ struct Client {
 
 static SPAWNER: OnceLock<Mutex<Client>> = OnceLock::new();
 
+/// Set once the spawner is found gone (killed): workers are exec'd from then on.
+static GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Forks the spawner when this process has no other thread yet; does
 /// nothing otherwise (workers are then started with `exec`). Call it first
 /// thing in `main`.
@@ -86,36 +89,74 @@ pub fn start(entry: Entry) {
     }
 }
 
-/// Whether workers are forked by the spawner.
+/// Whether workers are forked by the spawner (it was started and is alive).
 pub fn available() -> bool {
-    SPAWNER.get().is_some()
+    SPAWNER.get().is_some() && !GONE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Forks one worker; its pid.
+/// Forks one worker; its pid. An error that means the spawner is gone
+/// (killed) makes [`available`] false from then on.
 pub fn spawn(request: &Request) -> std::io::Result<u32> {
-    let client = SPAWNER.get().ok_or_else(|| std::io::Error::other("no spawner"))?;
-    let mut client = client.lock().map_err(|_| std::io::Error::other("the spawner's lock is poisoned"))?;
-    client.stream.set_nonblocking(false)?;
-    write_frame(&mut client.stream, request)?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match client.next(deadline)? {
-            Reply::Spawned { pid } => return Ok(pid),
-            Reply::Failed { error } => return Err(std::io::Error::other(error)),
-            Reply::Exited { pid, status } => {
-                client.exits.insert(pid, status);
+    with_client(|client| {
+        client.stream.set_nonblocking(false)?;
+        write_frame(&mut client.stream, request)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match client.next(deadline)? {
+                Reply::Spawned { pid } => return Ok(pid),
+                Reply::Failed { error } => return Err(std::io::Error::other(format!("the spawner: {error}"))),
+                Reply::Exited { pid, status } => {
+                    client.exits.insert(pid, status);
+                }
             }
         }
-    }
+    })
 }
 
 /// How a forked worker ended (its raw wait status), once the spawner has
-/// reaped it; `None` while it runs.
+/// reaped it; `None` while it runs. Once the spawner is gone (its workers
+/// got SIGHUP with it), a worker no longer in /proc, or a zombie there,
+/// ended by SIGHUP.
 pub fn exited(pid: u32) -> std::io::Result<Option<i32>> {
+    match with_client(|client| {
+        client.drain()?;
+        Ok(client.exits.remove(&pid))
+    }) {
+        Ok(status) => Ok(status),
+        Err(_) if GONE.load(std::sync::atomic::Ordering::Relaxed) => Ok((!alive(pid)).then_some(libc::SIGHUP)),
+        Err(e) => Err(e),
+    }
+}
+
+fn with_client<T>(f: impl FnOnce(&mut Client) -> std::io::Result<T>) -> std::io::Result<T> {
+    if GONE.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(std::io::Error::other(GONE_TEXT));
+    }
     let client = SPAWNER.get().ok_or_else(|| std::io::Error::other("no spawner"))?;
     let mut client = client.lock().map_err(|_| std::io::Error::other("the spawner's lock is poisoned"))?;
-    client.drain()?;
-    Ok(client.exits.remove(&pid))
+    let result = f(&mut client);
+    if let Err(e) = &result {
+        if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+            || e.to_string() == GONE_TEXT
+        {
+            tracing::warn!("the worker spawner is gone ({e}); local workers are started with exec from now on");
+            GONE.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    result
+}
+
+const GONE_TEXT: &str = "the spawner is gone";
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+        }
+        Err(_) => false,
+    }
 }
 
 impl Client {
@@ -125,7 +166,7 @@ impl Client {
         let mut buf = [0u8; 4096];
         loop {
             match self.stream.read(&mut buf) {
-                Ok(0) => return Err(std::io::Error::other("the spawner is gone")),
+                Ok(0) => return Err(std::io::Error::other(GONE_TEXT)),
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -154,7 +195,7 @@ impl Client {
             self.stream.set_read_timeout(Some(left))?;
             let mut buf = [0u8; 4096];
             match self.stream.read(&mut buf) {
-                Ok(0) => return Err(std::io::Error::other("the spawner is gone")),
+                Ok(0) => return Err(std::io::Error::other(GONE_TEXT)),
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

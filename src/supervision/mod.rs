@@ -517,11 +517,11 @@ impl Sweep {
 
     /// Runs the sweep on a runtime of its own.
     pub fn run_blocking(self) -> Result<Summary, SweepError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(SweepError::Threads)?;
+        // One thread for the actors: they only pass messages (training runs
+        // on slot threads, file work on the blocking pool, the journal on
+        // its own thread), and a message between two actors on one thread
+        // wakes nobody.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SweepError::Threads)?;
         rt.block_on(self.run())
     }
 }

@@ -26,9 +26,11 @@ impl Trainable for SleepTrainable {
             let progress = f64::from(epoch) / max;
             let accuracy = quality * (0.5 + 0.5 * progress);
             let verdict = ctx.report(epoch, &[("val_accuracy", accuracy), ("val_loss", 1.0 - accuracy)]);
-            let completed = verdict == Err(TrainError::Stopped(Stop::Completed));
+            // Checkpoints when due and when stopped to continue later; not at
+            // the end: there is no model to keep, and the engine's cost is
+            // what this kind measures, not a checkpoint's files.
             let cancelled = matches!(verdict, Err(TrainError::Stopped(Stop::Cancelled | Stop::Paused)));
-            if (verdict.is_ok() && (ctx.checkpoint_due(epoch) || epoch == ctx.max_epochs())) || completed || cancelled {
+            if (verdict.is_ok() && ctx.checkpoint_due(epoch)) || cancelled {
                 ctx.save_checkpoint(epoch, |dir| {
                     std::fs::write(dir.join("state.json"), format!("{{\"epoch\":{epoch}}}"))
                 })?;
