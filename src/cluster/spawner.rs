@@ -319,7 +319,9 @@ fn fork_worker(request: &Request, stream: &UnixStream, spawner: libc::pid_t, ent
             for (k, v) in &request.env {
                 std::env::set_var(k, v);
             }
-            let code = entry(request.args.clone());
+            // A panic must not unwind back into the spawner's loop in this process.
+            let args = request.args.clone();
+            let code = std::panic::catch_unwind(move || entry(args)).unwrap_or(101);
             let _ = std::io::stdout().flush();
             let _ = std::io::stderr().flush();
             // SAFETY: skips libtorch's static destructors, as `fast_exit` does.
