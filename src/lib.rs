@@ -35,6 +35,7 @@
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
+pub mod cuda;
 pub mod daemon;
 pub mod data;
 pub mod engine;

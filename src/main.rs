@@ -11,6 +11,12 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Cli::parse();
+    if args.may_train() {
+        // Before any torch call, and before the spawner forks: its workers inherit it.
+        if let gauntlet::cuda::Cuda::Failed(why) = gauntlet::cuda::load() {
+            eprintln!("warning: libtorch_cuda did not load; training on the CPU: {why}");
+        }
+    }
     if args.spawns_workers() {
         // Before any thread starts: the spawner must be forked single-threaded.
         gauntlet::cluster::spawner::start(forked_worker);

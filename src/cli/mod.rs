@@ -155,6 +155,12 @@ pub fn is_usage_error(e: &anyhow::Error) -> bool {
 pub(crate) struct UsageError(pub(crate) String);
 
 impl Cli {
+    /// Whether this command may train (so `main` loads libtorch's CUDA half
+    /// first, where the machine has a GPU: [`gauntlet::cuda`]).
+    pub fn may_train(&self) -> bool {
+        matches!(self.command, Command::Run { .. } | Command::Resume { .. } | Command::Worker(_) | Command::Daemon(_))
+    }
+
     /// Whether this command may start local worker processes (so `main`
     /// starts the spawner that forks them).
     pub fn spawns_workers(&self) -> bool {

@@ -292,7 +292,7 @@ pub struct CnnTrainable {
 impl CnnTrainable {
     /// A trainable over `data`, on CUDA when libtorch sees a GPU, else CPU.
     pub fn new(data: Arc<Dataset>) -> Self {
-        CnnTrainable { data, device: Device::cuda_if_available() }
+        CnnTrainable { data, device: crate::cuda::device() }
     }
 }
 

@@ -173,7 +173,7 @@ pub struct MlpTrainable {
 impl MlpTrainable {
     /// A trainable over `data`, on CUDA when libtorch sees a GPU, else CPU.
     pub fn new(data: Arc<Dataset>) -> Self {
-        MlpTrainable { data, device: Device::cuda_if_available() }
+        MlpTrainable { data, device: crate::cuda::device() }
     }
 
     /// The device trials train on.

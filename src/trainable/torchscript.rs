@@ -182,7 +182,7 @@ impl TorchScriptTrainable {
                 data.classes
             )));
         }
-        let device = Device::cuda_if_available();
+        let device = crate::cuda::device();
         Ok(TorchScriptTrainable { data, module: Arc::new(module), file: file.to_owned(), input, device })
     }
 }
