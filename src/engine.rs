@@ -353,6 +353,7 @@ impl Run {
             .save_config(config_path, text)
             .map_err(EngineError::io("cannot copy the config into the run directory"))?;
         let journal = Journal::create(&run_dir.journal_file())?;
+        journal.slow_commits(config.chaos.journal_sync_ms);
         let config_path_abs = std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_owned());
         let format = ConfigFormat::of(config_path);
         let spec = Experiment {
@@ -387,6 +388,7 @@ impl Run {
         config.check_files(&state.config_path)?;
         let trainable = trainable::from_config(&config)?;
         let journal = Journal::append_to(&run_dir.journal_file(), valid_len)?;
+        journal.slow_commits(config.chaos.journal_sync_ms);
         tidy_for_resume(&run_dir, &config, &state, &journal)?;
         let spec = Experiment {
             name: config.experiment.name.clone(),

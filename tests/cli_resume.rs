@@ -150,6 +150,65 @@ fn two_slots_killed_and_resumed_lose_and_duplicate_nothing() {
     }
 }
 
+/// Decisions reach trials before their reports are durable (see the
+/// leaderboard's doc); what a resume reads must never be ahead of the
+/// journal. Killed at any moment while four workers report and checkpoint
+/// every epoch on a slow disk (each journal commit 40 ms more), no trial
+/// has a checkpoint of an epoch its journal lacks, and the resumed run
+/// completes every trial with every epoch.
+#[test]
+fn killed_while_checkpointing_no_checkpoint_is_ahead_of_the_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = r#"
+[experiment]
+name = "ahead"
+max_trials = 24
+concurrency = 4
+seed = 5
+[model]
+kind = "sleep"
+epoch_ms = 4
+quality = { uniform = [0.0, 0.99] }
+[train]
+max_epochs = 20
+[scheduler]
+kind = "fifo"
+[fault]
+checkpoint_every = 1
+[chaos]
+journal_sync_ms = 40
+"#;
+    for (i, reports) in [30, 120, 300].into_iter().enumerate() {
+        let dir = run_and_kill(tmp.path(), &format!("ahead-{i}"), config, reports);
+        let status = status_json(&dir);
+        let mut checked = 0;
+        for t in status["trials"].as_array().unwrap() {
+            let id = t["id"].as_u64().unwrap();
+            let journalled = t["epochs"].as_u64().unwrap();
+            let Ok(entries) = std::fs::read_dir(dir.join("trials").join(id.to_string())) else { continue };
+            for entry in entries {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                if let Some(epoch) = name.strip_prefix("ckpt-").and_then(|e| e.parse::<u64>().ok()) {
+                    assert!(
+                        epoch <= journalled,
+                        "killed after {reports} reports: trial {id} has {name} but its journal ends at epoch {journalled}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 0, "killed after {reports} reports: no checkpoint on disk to check");
+        let o = resume(&dir, &[]);
+        assert!(o.status.success(), "resume after {reports} reports: {}", stderr(&o));
+        let status = status_json(&dir);
+        let trials = status["trials"].as_array().unwrap();
+        assert_eq!(trials.len(), 24);
+        for t in trials {
+            assert_eq!((t["status"].as_str(), t["epochs"].as_u64()), (Some("completed"), Some(20)), "{t}");
+        }
+    }
+}
+
 #[test]
 fn a_torn_tail_is_cut_with_a_warning() {
     let tmp = tempfile::tempdir().unwrap();

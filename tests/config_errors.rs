@@ -71,6 +71,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "remove [data]",
     ),
     ("max_epochs = 2", "max_epochs = 2\n[chaos]\npanic_probability = 2.0", "chaos.panic_probability", "probability"),
+    ("max_epochs = 2", "max_epochs = 2\n[chaos]\njournal_sync_ms = 5000", "chaos.journal_sync_ms", "0 to 1000"),
     (
         "max_epochs = 2",
         "max_epochs = 2\n[scheduler]\nkind = \"asha\"\nreduction_factor = 1",

@@ -332,6 +332,10 @@ pub struct ChaosConfig {
     /// Probability that a trial's process aborts (as a segfault would) in an epoch.
     #[serde(default)]
     pub abort_probability: f64,
+    /// Each journal commit (write and fdatasync) takes at least this many
+    /// milliseconds more, as on a slow or stalling disk.
+    #[serde(default)]
+    pub journal_sync_ms: u32,
 }
 
 fn default_metric() -> String {
@@ -767,6 +771,12 @@ impl Config {
             if !(0.0..=1.0).contains(&p) {
                 return Err(bad(key, format!("expected a probability from 0 to 1, got {p}")));
             }
+        }
+        if raw.chaos.journal_sync_ms > 1000 {
+            return Err(bad(
+                "chaos.journal_sync_ms",
+                format!("expected 0 to 1000 (milliseconds), got {}", raw.chaos.journal_sync_ms),
+            ));
         }
         Ok(Config {
             experiment: raw.experiment,

@@ -51,6 +51,8 @@ pub struct Journal {
     path: PathBuf,
     stats: Arc<JournalStats>,
     error: Arc<Mutex<Option<String>>>,
+    /// Milliseconds added to every commit (`chaos.journal_sync_ms`).
+    slow_ms: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -90,17 +92,24 @@ impl Journal {
         let (queue, commands) = crossbeam_channel::unbounded();
         let stats = Arc::new(JournalStats::default());
         let error = Arc::new(Mutex::new(None));
-        let (s, e) = (stats.clone(), error.clone());
+        let slow_ms = Arc::new(AtomicU64::new(0));
+        let (s, e, slow) = (stats.clone(), error.clone(), slow_ms.clone());
         std::thread::Builder::new()
             .name("gauntlet-journal".into())
             .spawn(move || {
-                if let Err(err) = write_loop(file, commands, &s) {
+                if let Err(err) = write_loop(file, commands, &s, &slow) {
                     tracing::error!("journal write failed: {err}");
                     *e.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
                 }
             })
             .expect("the journal thread starts");
-        Journal { queue, path: path.to_owned(), stats, error }
+        Journal { queue, path: path.to_owned(), stats, error, slow_ms }
+    }
+
+    /// Makes every commit take `ms` milliseconds more (`chaos.journal_sync_ms`:
+    /// a slow disk, for testing what must wait for durability and what must not).
+    pub fn slow_commits(&self, ms: u32) {
+        self.slow_ms.store(u64::from(ms), Ordering::Relaxed);
     }
 
     /// The file.
@@ -172,7 +181,12 @@ fn lock(file: &File, path: &Path) -> Result<(), JournalError> {
 
 /// Group commit: block for one command, take all others waiting (up to
 /// 4 MiB), write, fdatasync, acknowledge.
-fn write_loop(mut file: File, commands: Receiver<Command>, stats: &JournalStats) -> io::Result<()> {
+fn write_loop(
+    mut file: File,
+    commands: Receiver<Command>,
+    stats: &JournalStats,
+    slow_ms: &AtomicU64,
+) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1 << 20);
     let mut acks = Vec::new();
     while let Ok(first) = commands.recv() {
@@ -195,6 +209,10 @@ fn write_loop(mut file: File, commands: Receiver<Command>, stats: &JournalStats)
         if !buf.is_empty() {
             file.write_all(&buf)?;
             file.sync_data()?;
+            let slow = slow_ms.load(Ordering::Relaxed);
+            if slow > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(slow));
+            }
             stats.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
             stats.syncs.fetch_add(1, Ordering::Relaxed);
             buf.clear();

@@ -2,8 +2,20 @@
 //! Every state change arrives here as a message, becomes an event, is
 //! folded by the same `apply` that journal replay uses, journalled, and its
 //! effects performed. Proposals come from here (the searcher is part of the
-//! state), and so do decisions: a report's decision reaches the trial only
-//! once the report is durable.
+//! state), and so do decisions.
+//!
+//! A decision goes back as soon as its report's event is queued for the
+//! journal, not once it is durable: the trial acts on it while the group
+//! commit's fdatasync runs (on a VM's disk, one can stall every trial for
+//! 100 to 500 ms). What must not get ahead of the journal is what a resume
+//! reads from disk: a checkpoint is put in place only once the reports
+//! before it are durable ([`crate::trainable::ReportSink::durable`], and the
+//! trial actor for checkpoints shipped by workers), checkpoints are trimmed
+//! only once a trial's end is durable, and the two decisions that lead to
+//! files (a PBT exploit copies a donor's checkpoint; a pause checkpoints)
+//! still wait for their report to be durable. If the coordinator dies, a
+//! trial continues from its last checkpoint, and the journal holds every
+//! report up to it: the epochs after it are trained and reported again.
 
 use std::sync::Arc;
 
@@ -12,7 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::Settings;
 use crate::checkpoint::Checkpoint;
-use crate::journal::Event;
+use crate::journal::{Event, Journal};
 use crate::run_dir::ResultsLog;
 use crate::schedule::Decision;
 use crate::state::{Effect, ExperimentState};
@@ -124,7 +136,7 @@ pub(super) enum NextTrial {
     Resume(Trial),
 }
 
-/// Where a decision goes once its report is durable.
+/// Where a decision goes (at once, or once its report is durable: [`waits_for_durability`]).
 pub(super) enum DecisionReply {
     /// A slot thread in this process, blocked on the channel.
     Thread(Sender<Decision>),
@@ -146,11 +158,12 @@ impl DecisionReply {
 /// comes back on a channel the thread blocks on (no tokio on slot threads).
 pub(super) struct LeaderboardSink {
     leaderboard: ActorRef<LeaderboardMsg>,
+    journal: Option<Journal>,
 }
 
 impl LeaderboardSink {
-    pub(super) fn new(leaderboard: ActorRef<LeaderboardMsg>) -> Self {
-        LeaderboardSink { leaderboard }
+    pub(super) fn new(leaderboard: ActorRef<LeaderboardMsg>, journal: Option<Journal>) -> Self {
+        LeaderboardSink { leaderboard, journal }
     }
 }
 
@@ -159,6 +172,12 @@ impl ReportSink for LeaderboardSink {
         for line in text.lines() {
             tracing::info!(trial = %id, "output: {line}");
         }
+    }
+
+    fn durable(&mut self) -> Result<(), String> {
+        // The decision for this trial's last report came back after its
+        // event was queued; a sync now covers it.
+        self.journal.as_ref().map_or(Ok(()), |j| j.sync().map_err(|e| e.to_string()))
     }
 
     fn checkpoint_written(&mut self, id: TrialId, checkpoint: &Checkpoint) {
@@ -271,14 +290,27 @@ impl State {
         let _no_trims = self.perform(&effects);
         self.emit(SweepEvent::Reported { id, epoch, value, decision: decision.clone(), at: stamp });
         match &self.settings.journal {
-            Some(journal) => match reply {
+            Some(journal) if waits_for_durability(&decision) => match reply {
                 DecisionReply::Thread(tx) => journal.append_then_reply(event, tx, decision)?,
                 remote => journal.append_then(event, move || remote.send(decision))?,
             },
+            Some(journal) => {
+                journal.append(event)?;
+                reply.send(decision);
+            }
             None => reply.send(decision),
         }
         Ok(())
     }
+}
+
+/// Whether a decision reaches its trial only once its report is durable:
+/// those that lead to files a resume would read (a PBT exploit copies the
+/// donor's checkpoint into the trial; a paused trial checkpoints). The
+/// others (continue, prune, complete) go at once: acting on one ahead of
+/// the journal writes nothing a resume reads (see the module's doc).
+fn waits_for_durability(decision: &Decision) -> bool {
+    matches!(decision, Decision::Exploit(_) | Decision::Pause)
 }
 
 impl Actor for Leaderboard {

@@ -19,7 +19,7 @@ use super::Settings;
 use crate::checkpoint::Checkpoint;
 use crate::cluster::wire::{self, FromWorker, Job, Part, ToWorker};
 use crate::config::Params;
-use crate::trainable::{ContextSettings, ReportSink, TrialContext, OUTPUT_LOG};
+use crate::trainable::{ContextSettings, TrialContext, OUTPUT_LOG};
 use crate::trial::{AttemptEnd, TrialId};
 use crate::worker::WorkerMsg;
 
@@ -124,7 +124,7 @@ impl Actor for TrialActor {
             a.params,
             a.resume,
             a.context,
-            Box::new(LeaderboardSink::new(a.leaderboard)),
+            Box::new(LeaderboardSink::new(a.leaderboard, a.settings.journal.clone())),
             a.settings.checkpoints.clone(),
             cancel,
         );
@@ -257,15 +257,21 @@ impl TrialActor {
             FromWorker::CheckpointDone { meta, .. } => {
                 // Off the tokio workers (mkdir, writes, rename, retention);
                 // awaited, so the attempt's end is handled after its checkpoint.
+                // Not ahead of the journal: the reports before it are durable first.
                 let parts = std::mem::take(&mut r.parts);
                 let (store, id, epoch) = (state.settings.checkpoints.clone(), state.id, meta.epoch);
-                let saved =
-                    tokio::task::spawn_blocking(move || store.save(id, &meta, |dir| wire::write_parts(dir, &parts)))
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                let journal = state.settings.journal.clone();
+                let saved = tokio::task::spawn_blocking(move || {
+                    if let Some(journal) = journal {
+                        journal.sync().map_err(|e| std::io::Error::other(format!("the journal failed: {e}")))?;
+                    }
+                    store.save(id, &meta, |dir| wire::write_parts(dir, &parts))
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                 match saved {
                     Ok(saved) => {
-                        LeaderboardSink::new(state.leaderboard.clone()).checkpoint_written(state.id, &saved);
+                        let _ = state.leaderboard.cast(LeaderboardMsg::Checkpoint { id: state.id, epoch: saved.epoch });
                     }
                     Err(e) => {
                         tracing::error!(trial = %state.id, "cannot store the checkpoint of epoch {epoch}: {e}")

@@ -219,6 +219,15 @@ pub trait ReportSink: Send {
     /// the sweep is gone (the trial then stops as cancelled).
     fn report(&mut self, report: Report) -> Option<Decision>;
 
+    /// Waits until every report sent so far is durable in the journal.
+    /// Called before a checkpoint is put in place: a restarted trial
+    /// continues from the checkpoint on disk, so no checkpoint may be ahead
+    /// of the journal (decisions themselves come back before their report
+    /// is durable). `Err` when the journal failed.
+    fn durable(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Notes that `checkpoint` is in place (its files are in `checkpoint.dir`).
     fn checkpoint_written(&mut self, _trial: TrialId, _checkpoint: &Checkpoint) {}
 
@@ -418,6 +427,9 @@ impl TrialContext {
     ) -> Result<Checkpoint, TrainError> {
         let score = self.last_score.filter(|(e, _)| *e == epoch).map(|(_, s)| s);
         let meta = Checkpoint { epoch, score, seed: self.seed, dir: Default::default() };
+        self.sink.durable().map_err(|e| {
+            TrainError::Failed(format!("checkpoint of epoch {epoch} not written: the journal failed: {e}"))
+        })?;
         let saved = self
             .store
             .save(self.id, &meta, write)
