@@ -227,7 +227,9 @@ struct Slot {
 
 impl LocalWorkers {
     /// Starts `count` workers and the thread that watches them; `on_exit`
-    /// hears of every worker that ends.
+    /// hears of every worker that ends. Returns once the first has started
+    /// (an error if it cannot); the others follow on the watcher thread, so
+    /// that trials start on the first workers while the rest come up.
     ///
     /// The watcher thread spawns them all: a worker's parent-death signal
     /// follows the thread that spawned it, and this one lives as long as
@@ -243,31 +245,33 @@ impl LocalWorkers {
         let (started_tx, started) = std::sync::mpsc::channel();
         let watcher = std::thread::Builder::new().name("gauntlet-local-workers".into()).spawn(move || {
             let mut slots = Vec::with_capacity(count);
+            let mut started_tx = Some(started_tx);
             for index in 0..count {
+                let now = Instant::now();
+                let mut slot = Slot { index, done: false, child: None, started: now, quick_deaths: 0, next_start: now };
                 match spawn(&spec, index) {
-                    Ok(child) => slots.push(Slot {
-                        index,
-                        done: false,
-                        child: Some(child),
-                        started: Instant::now(),
-                        quick_deaths: 0,
-                        next_start: Instant::now(),
-                    }),
-                    Err(e) => {
-                        for slot in &mut slots {
-                            if let Some(mut child) = slot.child.take() {
-                                child.kill();
-                            }
+                    Ok(child) => slot.child = Some(child),
+                    // Not even the first starts: the binary or the machine is broken; say so.
+                    Err(e) if slots.is_empty() => {
+                        if let Some(tx) = started_tx.take() {
+                            let _ = tx.send(Err(e));
                         }
-                        let _ = started_tx.send(Err(e));
                         return;
                     }
+                    // The watcher tries again, as for a worker that died.
+                    Err(e) => {
+                        tracing::error!(worker = index, "cannot start a local worker: {e}");
+                        slot.next_start = now + Duration::from_secs(5);
+                    }
+                }
+                slots.push(slot);
+                publish(&control.live, &slots);
+                // The first is up: trials are placed on workers as they join,
+                // while the rest start.
+                if let Some(tx) = started_tx.take() {
+                    let _ = tx.send(Ok(()));
                 }
             }
-            if let Ok(mut l) = control.live.lock() {
-                *l = slots.iter().filter_map(|s| s.child.as_ref().map(Process::id)).collect();
-            }
-            let _ = started_tx.send(Ok(()));
             watch(spec, slots, control, on_exit)
         })?;
         match started.recv() {
@@ -386,12 +390,14 @@ struct Control {
     live: Arc<Mutex<Vec<u32>>>,
 }
 
+/// Makes the workers' pids known to [`LocalWorkers::terminate`] and [`LocalWorkers::all_exited`].
+fn publish(live: &Mutex<Vec<u32>>, slots: &[Slot]) {
+    if let Ok(mut l) = live.lock() {
+        *l = slots.iter().filter_map(|s| s.child.as_ref().map(Process::id)).collect();
+    }
+}
+
 fn watch(spec: Spec, mut slots: Vec<Slot>, control: Control, on_exit: impl Fn(Exit)) {
-    let publish = |slots: &[Slot]| {
-        if let Ok(mut l) = control.live.lock() {
-            *l = slots.iter().filter_map(|s| s.child.as_ref().map(Process::id)).collect();
-        }
-    };
     while !control.stop.load(Ordering::SeqCst) {
         for slot in &mut slots {
             reap(slot, spec.local, &on_exit);
@@ -409,7 +415,7 @@ fn watch(spec: Spec, mut slots: Vec<Slot>, control: Control, on_exit: impl Fn(Ex
                 }
             }
         }
-        publish(&slots);
+        publish(&control.live, &slots);
         std::thread::sleep(Duration::from_millis(20));
     }
     // The sweep is over: the pool told the workers to exit; wait, then kill.
@@ -422,7 +428,8 @@ fn watch(spec: Spec, mut slots: Vec<Slot>, control: Control, on_exit: impl Fn(Ex
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // Finer than while they run: the command's exit waits on this.
+        std::thread::sleep(Duration::from_millis(5));
     }
     for slot in &mut slots {
         if let Some(mut child) = slot.child.take() {
@@ -430,7 +437,7 @@ fn watch(spec: Spec, mut slots: Vec<Slot>, control: Control, on_exit: impl Fn(Ex
             child.kill();
         }
     }
-    publish(&slots);
+    publish(&control.live, &slots);
 }
 
 /// Notices a dead worker and schedules its replacement, backing off when
