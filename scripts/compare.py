@@ -62,6 +62,7 @@ def run(cmd, timeout, cwd=None, env=None, stdout_file=None):
         raise OutOfTime(" ".join(cmd[:4]))
     commands.append(" ".join(shlex.quote(c) for c in cmd))
     settle()
+    warm_up(cmd)
     launched = time.time()
     out = open(stdout_file, "w") if stdout_file else subprocess.PIPE
     try:
@@ -101,6 +102,22 @@ def settle(seconds=60):
             break
         time.sleep(0.5)
     time.sleep(1)
+
+
+def warm_up(cmd):
+    """Loads what a measured command is about to load, just before it: this
+    VM pages out file cache no process maps within seconds (DAMON pageout),
+    so a run that starts after a pause reads libtorch (or Python's packages)
+    from disk again, 2 to 10 s that say nothing of the tool. The same for
+    every tool: Gauntlet's binary, or the Python tool's imports."""
+    if cmd[0] == GAUNTLET:
+        warm = [GAUNTLET, "--version"]
+    elif cmd[0] == PY and len(cmd) > 3 and cmd[1] == TOOLS:
+        tool = cmd[cmd.index("--tool") + 1] if "--tool" in cmd else "optuna"
+        warm = [PY, "-c", "import torch, optuna" if tool == "optuna" else "import torch, ray, ray.tune"]
+    else:
+        return
+    subprocess.run(warm, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def last_json(text):
@@ -700,6 +717,10 @@ def main():
         "(seconds for Ray) are not counted against them. Gauntlet ends the same way, without static destructors.",
         "Gauntlet's runs journal every event to disk (fsync in groups) and, in workload 3, checkpoint every epoch "
         "(the quickstart's fault settings); Optuna's study is in memory and Ray Tune writes its own result files.",
+        "This VM pages out file cache that no process maps within seconds (DAMON pageout): a Gauntlet run "
+        "started after a pause read libtorch from disk again, 2.5 to 3.5 s of start-up in workload 2 (up to 10 s "
+        "for the first call). So just before each measured command, the same tool is loaded once unmeasured: "
+        "`gauntlet --version`, or `python -c 'import torch, optuna'` (ray for Ray Tune).",
         "Gauntlet in-process is the library (`Sweep::run_blocking`) with no journal; worker processes are "
         "`gauntlet run` with its journal, local workers, loopback.",
         "Gauntlet splits Fashion-MNIST with its own seeded shuffle, the Python tools with torch.randperm(seed 0): "
