@@ -55,15 +55,21 @@ class OutOfTime(Exception):
     """The invocation's bound is reached: what is left does not run."""
 
 
+LAUNCHED = "{launched}"
+
+
 def run(cmd, timeout, cwd=None, env=None, stdout_file=None):
     """Runs a command; (launched, ended, stdout, returncode). A timeout kills
-    it and is returned as code None; no time left at all raises OutOfTime."""
+    it and is returned as code None; no time left at all raises OutOfTime.
+    An argument LAUNCHED becomes the launch's Unix time, taken after the
+    pause and the warm-up, just before the command starts."""
     if timeout < 5:
         raise OutOfTime(" ".join(cmd[:4]))
     commands.append(" ".join(shlex.quote(c) for c in cmd))
     settle()
     warm_up(cmd)
     launched = time.time()
+    cmd = [str(launched) if c == LAUNCHED else c for c in cmd]
     out = open(stdout_file, "w") if stdout_file else subprocess.PIPE
     try:
         p = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.PIPE, text=True,
@@ -260,7 +266,7 @@ def many_short(a, clock, work):
     cfg = os.path.join(work, "short.toml")
     open(cfg, "w").write(SHORT_CONFIG.format(trials=trials, concurrency=conc, epoch_ms=int(epoch_s * 1000),
                                              epochs=epochs))
-    for attempt in range(a.short_repeats):
+    for attempt in range(a.short_repeats if "gauntlet" in a.tools else 0):
         out_dir = os.path.join(work, f"short-{attempt}")
         launched, ended, out, code = run([GAUNTLET, "run", cfg, "--out", out_dir, "--json"], clock.left())
         if code != 0:
@@ -274,13 +280,14 @@ def many_short(a, clock, work):
             ("ray", "ray tune, 16 concurrent" + ("" if a.ray_short_trials == trials else
                                                  f" ({a.ray_short_trials} trials)"),
              a.ray_short_trials, min(clock.left(), a.ray_short_timeout))]:
+        if tool not in a.tools:
+            continue
         for attempt in range(a.short_repeats if tool == "optuna" else 1):
             # The tool stops itself 30 s before the timeout (Ray Tune's time_budget_s), so that a
             # tool too slow to finish still gives its figures: how many trials it finished, and when.
-            launched = time.time()
-            _, ended, out, code = run([PY, TOOLS, "short", "--tool", tool, "--trials", str(n), "--concurrency",
-                                       str(conc), "--epochs", str(epochs), "--epoch-s", str(epoch_s), "--launched",
-                                       str(launched), "--budget", str(max(10, timeout - 30))], timeout)
+            launched, ended, out, code = run([PY, TOOLS, "short", "--tool", tool, "--trials", str(n), "--concurrency",
+                                              str(conc), "--epochs", str(epochs), "--epoch-s", str(epoch_s),
+                                              "--launched", LAUNCHED, "--budget", str(max(10, timeout - 30))], timeout)
             r = last_json(out)
             if code != 0 or not r:
                 failures.append(f"{tool} (many short trials): {'timed out' if code is None else f'exit {code}'}")
@@ -408,10 +415,9 @@ def fashion(a, clock, work, started):
                 continue
             say(f"Fashion-MNIST seed {seed}: {label}")
             log = os.path.join(work, f"fashion-{tool}-{seed}.jsonl")
-            launched = time.time()
-            _, ended, out, code = run([PY, TOOLS, "fashion", "--tool", tool, "--seed", str(seed), "--budget",
-                                       str(budget), "--concurrency", "2", "--threads", "1", "--launched",
-                                       str(launched), "--log", log], min(clock.left(), budget + 300))
+            launched, ended, out, code = run([PY, TOOLS, "fashion", "--tool", tool, "--seed", str(seed), "--budget",
+                                              str(budget), "--concurrency", "2", "--threads", "1", "--launched",
+                                              LAUNCHED, "--log", log], min(clock.left(), budget + 300))
             r = last_json(out)
             if code != 0 or not r:
                 failures.append(f"{label} (Fashion-MNIST seed {seed}): {'timed out' if code is None else code}")
@@ -689,7 +695,7 @@ def main():
     p.add_argument("--seeds", type=int)
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     p.add_argument("--limit-minutes", type=float, help="the invocation's bound")
-    p.add_argument("--tools", default="gauntlet,optuna,ray", help="which tools run workload 3 (comma list)")
+    p.add_argument("--tools", default="gauntlet,optuna,ray", help="which tools run workloads 2 and 3 (comma list)")
     a = p.parse_args()
     a.tools = set(a.tools.split(","))
     quick = a.quick
