@@ -247,6 +247,10 @@ impl LocalWorkers {
             let mut slots = Vec::with_capacity(count);
             let mut started_tx = Some(started_tx);
             for index in 0..count {
+                // A sweep that ended while they were starting wants no more.
+                if index > 0 && (control.stop.load(Ordering::SeqCst) || !control.respawn.load(Ordering::SeqCst)) {
+                    break;
+                }
                 let now = Instant::now();
                 let mut slot = Slot { index, done: false, child: None, started: now, quick_deaths: 0, next_start: now };
                 match spawn(&spec, index) {
