@@ -12,6 +12,7 @@
 //! - [`cluster`] and [`worker`]: worker processes, local or on other
 //!   machines, that run trials for a coordinator over ractor_cluster.
 //! - [`config`], [`data`], [`checkpoint`], [`run_dir`]: the edges: files in, files out.
+//! - [`cuda`]: libtorch's CUDA half, opened only where there is a GPU.
 //!
 //! A sweep from code:
 //! ```no_run
