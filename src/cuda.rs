@@ -4,9 +4,9 @@
 //! CUDA works only if `libtorch_cuda` is in the process before the first
 //! torch call that asks for it (libtorch looks its CUDA hooks up once).
 //! Linking it into the binary made every process pay for it, GPU or not:
-//! about 0.14 s of static initialisers and 390 MiB resident (cuBLAS, cuDNN,
-//! NCCL and the rest mapped and relocated), on each coordinator, worker and
-//! CLI call. So it is not linked: [`load`] opens it with `dlopen` when the
+//! about 0.14 s of static initialisers and about 150 MiB resident (390 MiB
+//! at the peak of start-up: cuBLAS, cuDNN, NCCL and the rest mapped and
+//! relocated), on each coordinator, worker and CLI call. So it is not linked: [`load`] opens it with `dlopen` when the
 //! machine has an NVIDIA device (`/dev/nvidiactl`, `/dev/nvidia0`, or
 //! WSL's `/dev/dxg`). `GAUNTLET_CUDA=1` loads it regardless, `=0` never.
 //!
