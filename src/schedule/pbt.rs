@@ -141,11 +141,14 @@ impl Pbt {
         if k == 0 || !ranked[..k].iter().any(|(_, id)| *id == trial) {
             return Decision::Continue;
         }
-        // Donors: the top quantile, those with a checkpoint to copy.
+        // Donors: the top quantile, those with a checkpoint to copy that
+        // leaves an epoch to train. A donor that reported its last epoch
+        // stays running until its end arrives; a copy of that checkpoint
+        // would end the exploiting trial without training it again.
         let donors: Vec<(TrialId, u32)> = ranked[ranked.len() - k..]
             .iter()
             .filter_map(|(_, id)| view.trials.get(id.0 as usize))
-            .filter_map(|t| t.last_checkpoint.map(|e| (t.id, e)))
+            .filter_map(|t| t.last_checkpoint.filter(|e| *e < self.max_epochs).map(|e| (t.id, e)))
             .collect();
         if donors.is_empty() {
             return Decision::Continue;
@@ -297,6 +300,21 @@ mod tests {
         );
         assert_eq!(a, b);
         assert!(matches!(a, Decision::Exploit(Exploit { donor: TrialId(3), epoch: 3, .. })));
+    }
+
+    #[test]
+    fn a_donor_checkpointed_at_the_last_epoch_is_not_copied() {
+        let mut pbt = Pbt::new(&PbtConfig::default(), vec!["lr".into()], 20, 1);
+        let mut trials: Vec<Trial> = (0..4).map(|i| trial(i, f64::from(i), None)).collect();
+        // The top trial reported its last epoch and checkpointed it; its end has not arrived yet.
+        trials[3].last_checkpoint = Some(20);
+        let space = space();
+        let view = View { trials: &trials, metric: "acc", mode: Mode::Max, space: &space };
+        assert_eq!(pbt.on_report(&view, TrialId(0), 4, 0.0), Decision::Continue, "nothing left to train after it");
+        trials[3].last_checkpoint = Some(19);
+        let view = View { trials: &trials, metric: "acc", mode: Mode::Max, space: &space };
+        let mut pbt = Pbt::new(&PbtConfig::default(), vec!["lr".into()], 20, 1);
+        assert!(matches!(pbt.on_report(&view, TrialId(0), 4, 0.0), Decision::Exploit(Exploit { epoch: 19, .. })));
     }
 
     #[test]
