@@ -120,7 +120,7 @@ impl Actor for ExperimentSupervisor {
         // Trials train on in-process slot threads unless a worker pool trains them.
         let slots = match settings.pool {
             Some(_) => None,
-            None => Some(SlotPool::start(settings.concurrency)?),
+            None => Some(SlotPool::start(settings.concurrency, settings.handover.clone())?),
         };
         let context = Arc::new(ContextSettings {
             metric: settings.metric.clone(),

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use crossbeam_channel::{bounded, Sender};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::handover::{self, Handover};
 use super::Settings;
 use crate::checkpoint::Checkpoint;
 use crate::journal::{Event, Journal};
@@ -159,11 +160,12 @@ impl DecisionReply {
 pub(super) struct LeaderboardSink {
     leaderboard: ActorRef<LeaderboardMsg>,
     journal: Option<Journal>,
+    handover: Handover,
 }
 
 impl LeaderboardSink {
-    pub(super) fn new(leaderboard: ActorRef<LeaderboardMsg>, journal: Option<Journal>) -> Self {
-        LeaderboardSink { leaderboard, journal }
+    pub(super) fn new(leaderboard: ActorRef<LeaderboardMsg>, journal: Option<Journal>, handover: Handover) -> Self {
+        LeaderboardSink { leaderboard, journal, handover }
     }
 }
 
@@ -182,16 +184,18 @@ impl ReportSink for LeaderboardSink {
 
     fn checkpoint_written(&mut self, id: TrialId, checkpoint: &Checkpoint) {
         let _ = self.leaderboard.cast(LeaderboardMsg::Checkpoint { id, epoch: checkpoint.epoch });
+        self.handover.sent();
     }
 
     fn report(&mut self, report: Report) -> Option<Decision> {
         // One channel per report, its only sender inside the message: if the
         // leaderboard dies with the message unanswered, `recv` errors instead
-        // of blocking this thread for ever. crossbeam's receive spins briefly
-        // before parking, and replies come back within microseconds.
+        // of blocking this thread for ever. Replies come back within
+        // microseconds, so the wait spins before it parks.
         let (reply, decision) = bounded(1);
         self.leaderboard.cast(LeaderboardMsg::Report(report, DecisionReply::Thread(reply))).ok()?;
-        decision.recv().ok()
+        self.handover.sent();
+        handover::recv(&decision).ok()
     }
 }
 

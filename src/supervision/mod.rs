@@ -26,6 +26,7 @@
 
 mod experiment;
 mod handle;
+pub(crate) mod handover;
 mod leaderboard;
 pub mod pool;
 pub(crate) mod slots;
@@ -197,6 +198,9 @@ pub(crate) struct Settings {
     pub journal: Option<Journal>,
     pub observer: Option<Observer>,
     pub pool: Option<pool::Hosted>,
+    /// Counts the in-process slots' jobs and messages, for the actor
+    /// thread that waits on them ([`handover`]).
+    pub handover: handover::Handover,
     /// Wall time this session may still run before the time budget is spent.
     pub time_left: Option<Duration>,
     /// Time earlier sessions ran.
@@ -264,6 +268,7 @@ pub struct Sweep {
     observer: Option<Observer>,
     pool: Option<(pool::Pool, Experiment)>,
     priority: i32,
+    handover: handover::Handover,
 }
 
 impl Sweep {
@@ -298,6 +303,7 @@ impl Sweep {
             observer: None,
             pool: None,
             priority: 0,
+            handover: Default::default(),
         }
     }
 
@@ -495,6 +501,7 @@ impl Sweep {
             journal: self.journal,
             observer: Some(handle::broadcasting(self.observer, events.clone())),
             pool: hosted.clone(),
+            handover: self.handover,
             time_left: self.time_budget.map(|b| b.saturating_sub(prior.spent)),
             spent: prior.spent,
             started,
@@ -520,8 +527,14 @@ impl Sweep {
         // One thread for the actors: they only pass messages (training runs
         // on slot threads, file work on the blocking pool, the journal on
         // its own thread), and a message between two actors on one thread
-        // wakes nobody.
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SweepError::Threads)?;
+        // wakes nobody. Before it parks, it waits briefly for a busy slot's
+        // next message, which then finds it awake (see [`handover`]).
+        let handover = self.handover.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(move || handover.wait())
+            .build()
+            .map_err(SweepError::Threads)?;
         rt.block_on(self.run())
     }
 }

@@ -124,7 +124,7 @@ impl Actor for TrialActor {
             a.params,
             a.resume,
             a.context,
-            Box::new(LeaderboardSink::new(a.leaderboard, a.settings.journal.clone())),
+            Box::new(LeaderboardSink::new(a.leaderboard, a.settings.journal.clone(), slots.handover().clone())),
             a.settings.checkpoints.clone(),
             cancel,
         );

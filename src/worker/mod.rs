@@ -170,7 +170,7 @@ impl Actor for WorkerActor {
 
     async fn pre_start(&self, myself: ActorRef<WorkerMsg>, a: Args) -> Result<State, ActorProcessingErr> {
         ractor::pg::join(wire::WORKER_GROUP.into(), vec![myself.get_cell()]);
-        let slots = SlotPool::start(a.options.slots)?;
+        let slots = SlotPool::start(a.options.slots, Default::default())?;
         Ok(State {
             name: a.name,
             pool: a.pool,
@@ -397,7 +397,7 @@ struct RemoteSink {
 impl ReportSink for RemoteSink {
     fn report(&mut self, report: Report) -> Option<Decision> {
         self.pool.cast(PoolMsg::Wire(FromWorker::Report { lease: self.lease, report })).ok()?;
-        self.decisions.recv().ok().flatten()
+        crate::supervision::handover::recv(&self.decisions).ok().flatten()
     }
 
     fn output(&mut self, _trial: TrialId, text: &str) {
