@@ -52,21 +52,15 @@ fn spin(mut ready: impl FnMut() -> bool) -> bool {
 /// Receives from `rx`, spinning for up to [`SPIN`] before blocking.
 pub(crate) fn recv<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
     let mut got = None;
-    let ready = spin(|| match rx.try_recv() {
-        Ok(value) => {
-            got = Some(Ok(value));
-            true
-        }
-        Err(TryRecvError::Disconnected) => {
-            got = Some(Err(RecvError));
-            true
-        }
-        Err(TryRecvError::Empty) => false,
+    spin(|| {
+        got = match rx.try_recv() {
+            Ok(value) => Some(Ok(value)),
+            Err(TryRecvError::Disconnected) => Some(Err(RecvError)),
+            Err(TryRecvError::Empty) => None,
+        };
+        got.is_some()
     });
-    match got {
-        Some(result) if ready => result,
-        _ => rx.recv(),
-    }
+    got.unwrap_or_else(|| rx.recv())
 }
 
 /// What the actor thread needs to know to wait for slot threads: how many
@@ -86,13 +80,14 @@ impl Handover {
         self.0.sent.fetch_add(1, Ordering::Release);
     }
 
-    /// A slot starts (`true`) or ends (`false`) a job.
-    pub(crate) fn busy(&self, busy: bool) {
-        if busy {
-            self.0.busy.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.0.busy.fetch_sub(1, Ordering::AcqRel);
-        }
+    /// A job was handed to the slots.
+    pub(crate) fn job_started(&self) {
+        self.0.busy.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A job returned (or was never handed over).
+    pub(crate) fn job_ended(&self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// The actor thread is about to park: while a slot is busy, wait up to
@@ -128,11 +123,11 @@ mod tests {
     #[test]
     fn a_busy_slot_that_sends_nothing_is_waited_for_the_whole_spin() {
         let h = Handover::default();
-        h.busy(true);
+        h.job_started();
         let started = Instant::now();
         h.wait();
         assert!(started.elapsed() >= SPIN);
-        h.busy(false);
+        h.job_ended();
         assert_eq!(h.0.busy.load(Ordering::Relaxed), 0);
     }
 }

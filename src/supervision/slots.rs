@@ -33,9 +33,9 @@ impl SlotQueue {
     pub(crate) fn submit(&self, job: Job) -> Result<(), String> {
         // Busy from now: the actor thread waits for a job's messages even
         // before a slot has picked it up.
-        self.handover.busy(true);
+        self.handover.job_started();
         self.jobs.send(job).map_err(|_| {
-            self.handover.busy(false);
+            self.handover.job_ended();
             "the slot pool has shut down".to_owned()
         })
     }
@@ -71,7 +71,7 @@ impl SlotPool {
                         // A job's last act is a message to the actor thread (its end).
                         job();
                         handover.sent();
-                        handover.busy(false);
+                        handover.job_ended();
                     }
                 })
             })
