@@ -384,6 +384,11 @@ def gauntlet_test_accuracy(run_dir, work, labels):
     return correct / total if total else None
 
 
+FASHION_METHODS = [("random-asha", "gauntlet random + ASHA", "random", "asha"),
+                   ("tpe-asha", "gauntlet TPE + ASHA", "tpe", "asha"),
+                   ("random-hyperband", "gauntlet random + Hyperband", "random", "hyperband")]
+
+
 def fashion_case(budget):
     return f"Fashion-MNIST MLP, {int(budget)} s budget, 2 trials at once, 1 thread each"
 
@@ -392,8 +397,7 @@ def fashion(a, clock, work, started):
     budget, seeds = a.budget, a.seeds
     case = fashion_case(budget)
     labels = test_labels()
-    methods = [("gauntlet random + ASHA", "random", "asha"), ("gauntlet TPE + ASHA", "tpe", "asha"),
-               ("gauntlet random + Hyperband", "random", "hyperband")]
+    methods = [(label, search, scheduler) for key, label, search, scheduler in FASHION_METHODS if key in a.methods]
     for seed in range(1, seeds + 1):
         for label, search, scheduler in methods if "gauntlet" in a.tools else []:
             say(f"Fashion-MNIST seed {seed}: {label}")
@@ -696,8 +700,16 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     p.add_argument("--limit-minutes", type=float, help="the invocation's bound")
     p.add_argument("--tools", default="gauntlet,optuna,ray", help="which tools run workloads 2 and 3 (comma list)")
+    p.add_argument("--methods", default=",".join(k for k, _, _, _ in FASHION_METHODS),
+                   help="which Gauntlet methods run workload 3 (comma list of " +
+                   ", ".join(k for k, _, _, _ in FASHION_METHODS) + ")")
     a = p.parse_args()
     a.tools = set(a.tools.split(","))
+    a.methods = [m for m in a.methods.split(",") if m]
+    unknown = [m for m in a.methods if m not in {k for k, _, _, _ in FASHION_METHODS}]
+    if unknown:
+        p.error(f"--methods: unknown {', '.join(unknown)}; expected some of "
+                f"{', '.join(k for k, _, _, _ in FASHION_METHODS)}")
     quick = a.quick
     a.noop_trials = 2000 if quick else 10000
     a.ray_noop_trials = 10 if quick else 60
