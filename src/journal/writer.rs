@@ -1,11 +1,15 @@
 //! The journal writer: one dedicated thread owns the file and commits in
 //! groups. It takes every event waiting in its queue, writes them with one
 //! `write`, makes them durable with one `fdatasync`, and only then fires
-//! their acknowledgements (for a report: the decision, sent straight to the
-//! trial's slot thread). The thread ends when every handle is dropped. So a decision is never acted on before the report
-//! it depends on is on disk, and an fsync is shared by every event that
-//! arrived while the previous one ran. fsync blocks for milliseconds, which
-//! is why this is a thread and not a task on a tokio worker.
+//! their acknowledgements: a waiting caller of [`Journal::sync`], a follow-up
+//! that must not run ahead of the file, or a report's decision sent straight
+//! to the trial's slot thread (the leaderboard asks for that only for the
+//! decisions that lead to files a resume reads: exploit and pause; the others
+//! go to the trial as soon as the report is queued). The thread ends when
+//! every handle is dropped. An fsync is shared by every event that arrived
+//! while the previous one ran. fsync blocks for milliseconds (and on some
+//! disks stalls for hundreds), which is why this is a thread and not a task
+//! on a tokio worker.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};

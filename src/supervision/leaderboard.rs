@@ -267,8 +267,9 @@ impl State {
         }
     }
 
-    /// Decides on a report; the decision reaches the trial only once the
-    /// report is durable in the journal.
+    /// Decides on a report. An exploit or a pause reaches the trial only once
+    /// the report is durable in the journal; any other decision at once, with
+    /// the report queued for the next commit (see [`waits_for_durability`]).
     fn on_report(&mut self, report: Report, reply: DecisionReply) -> Result<(), ActorProcessingErr> {
         let value = report.metric(self.state.metric());
         if value.is_none() {
