@@ -292,6 +292,31 @@ fn a_run_killed_under_the_previous_version_resumes() {
     assert_eq!(outcome(&dir), outcome(&reference), "the resumed run ends as an uninterrupted one");
 }
 
+/// A journal of another format version is refused by resume and status,
+/// naming both versions and what to do, and is left byte for byte as it was.
+#[test]
+fn a_journal_of_another_format_version_is_refused_and_left_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let dir = tmp.path().join("later");
+    std::fs::create_dir(&dir).unwrap();
+    copy_dir(&data.join("run-d933a1e"), &dir);
+    let journal = dir.join("journal.msgpack");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    assert_eq!(&bytes[..8], b"GAUNTLET");
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    std::fs::write(&journal, &bytes).unwrap();
+    for args in [&["resume"][..], &["status"][..]] {
+        let o = gauntlet().args(args).arg(&dir).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("journal.msgpack: journal format version 2; this gauntlet reads version 1"), "{err}");
+        assert!(err.contains("open the run with the gauntlet that wrote it"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert_eq!(std::fs::read(&journal).unwrap(), bytes, "the refused journal is not touched");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

@@ -129,7 +129,8 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Contents, JournalError> {
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
         return Err(header_err(format!(
-            "journal format version {version}; this gauntlet reads version {FORMAT_VERSION}"
+            "journal format version {version}; this gauntlet reads version {FORMAT_VERSION}: \
+             open the run with the gauntlet that wrote it (the file is left as it is)"
         )));
     }
     let corrupt = |offset: usize, message: String| JournalError::Corrupt {
