@@ -759,3 +759,113 @@ impl Pool {
         self.0.stop(None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// Stands where a worker's actor stands: joins the workers' process
+    /// group under its name and hands on what the pool tells it.
+    struct Listener;
+
+    impl Actor for Listener {
+        type Msg = WorkerMsg;
+        type State = mpsc::UnboundedSender<ToWorker>;
+        type Arguments = mpsc::UnboundedSender<ToWorker>;
+
+        async fn pre_start(
+            &self,
+            myself: ActorRef<WorkerMsg>,
+            heard: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            ractor::pg::join(wire::WORKER_GROUP.into(), vec![myself.get_cell()]);
+            Ok(heard)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<WorkerMsg>,
+            msg: WorkerMsg,
+            heard: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if let WorkerMsg::Wire(w) = msg {
+                let _ = heard.send(w);
+            }
+            Ok(())
+        }
+    }
+
+    fn hello(name: &str, protocol: u32) -> FromWorker {
+        FromWorker::Hello {
+            name: name.into(),
+            slots: 2,
+            host: "test-host".into(),
+            pid: 1,
+            local: false,
+            protocol,
+            version: "0.0.0-elsewhere".into(),
+        }
+    }
+
+    async fn listener(name: &str) -> (ActorRef<WorkerMsg>, mpsc::UnboundedReceiver<ToWorker>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (actor, _) = Actor::spawn(Some(name.into()), Listener, tx).await.expect("the listener starts");
+        (actor, rx)
+    }
+
+    async fn answer(rx: &mut mpsc::UnboundedReceiver<ToWorker>) -> ToWorker {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the pool answers a hello within 10 s")
+            .expect("the listener is alive")
+    }
+
+    async fn refusal(rx: &mut mpsc::UnboundedReceiver<ToWorker>) -> String {
+        match answer(rx).await {
+            ToWorker::Refused(why) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_handshake_welcomes_a_worker_of_this_protocol_and_refuses_another_protocol_or_a_taken_name() {
+        let (pool, _) = Actor::spawn(None, WorkerPool, ()).await.expect("the pool starts");
+        let capacity = || async {
+            match pool.call(PoolMsg::Capacity, Some(Duration::from_secs(5))).await {
+                Ok(ractor::rpc::CallResult::Success(c)) => c,
+                _ => panic!("the pool did not answer a capacity call"),
+            }
+        };
+
+        let (a, mut heard_a) = listener("worker-handshake-test-a").await;
+        pool.cast(PoolMsg::Wire(hello("worker-handshake-test-a", wire::PROTOCOL))).unwrap();
+        assert!(matches!(answer(&mut heard_a).await, ToWorker::Welcome));
+        pool.cast(PoolMsg::Wire(FromWorker::Ready { name: "worker-handshake-test-a".into() })).unwrap();
+        assert_eq!(capacity().await, (1, 2), "the welcomed worker's slots count once it is ready");
+
+        // Another worker of an older protocol: refused, with both protocols
+        // and versions and what to do, and never counted.
+        let (b, mut heard_b) = listener("worker-handshake-test-b").await;
+        pool.cast(PoolMsg::Wire(hello("worker-handshake-test-b", wire::PROTOCOL - 1))).unwrap();
+        let why = refusal(&mut heard_b).await;
+        let ours =
+            format!("this coordinator speaks protocol {} (gauntlet {})", wire::PROTOCOL, env!("CARGO_PKG_VERSION"));
+        assert!(why.contains(&ours), "{why}");
+        assert!(why.contains(&format!("the worker {} (gauntlet 0.0.0-elsewhere)", wire::PROTOCOL - 1)), "{why}");
+        assert!(why.contains("run the same gauntlet version on both"), "{why}");
+        pool.cast(PoolMsg::Wire(FromWorker::Ready { name: "worker-handshake-test-b".into() })).unwrap();
+        assert_eq!(capacity().await, (1, 2), "a refused worker's slots are not offered");
+
+        // A second hello under a name already connected: refused; the first stays.
+        pool.cast(PoolMsg::Wire(hello("worker-handshake-test-a", wire::PROTOCOL))).unwrap();
+        let why = refusal(&mut heard_a).await;
+        assert!(why.contains("a worker named worker-handshake-test-a is already connected"), "{why}");
+        assert_eq!(capacity().await, (1, 2));
+
+        for actor in [a.get_cell(), b.get_cell(), pool.get_cell()] {
+            actor.stop(None);
+        }
+    }
+}
