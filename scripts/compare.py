@@ -398,7 +398,7 @@ def fashion(a, clock, work, started):
     case = fashion_case(budget)
     labels = test_labels()
     methods = [(label, search, scheduler) for key, label, search, scheduler in FASHION_METHODS if key in a.methods]
-    for seed in range(1, seeds + 1):
+    for seed in range(a.first_seed, a.first_seed + seeds):
         for label, search, scheduler in methods if "gauntlet" in a.tools else []:
             say(f"Fashion-MNIST seed {seed}: {label}")
             cfg = os.path.join(work, f"fashion-{search}-{scheduler}-{seed}.toml")
@@ -561,7 +561,8 @@ def write_report(a, path, started, ideal, fashion_case):
         w(f"{fashion_case}. The space, epochs (15), threads and pruning of `configs/quickstart.toml` "
           "(successive halving, reduction factor 3, grace 1 epoch); Optuna and Ray Tune train the same MLP in "
           "PyTorch eager on the same 54,000/6,000 split sizes of Debian's Fashion-MNIST. Time is from the "
-          f"command's launch; a target not reached within the budget shows as —. Seeds: {a.seeds}; median "
+          f"command's launch; a target not reached within the budget shows as —. Seeds: {a.seeds} ("
+          f"{a.first_seed} to {a.first_seed + a.seeds - 1}); median "
           "[min–max].")
         w("")
         w("| method | trials | s to 0.85 | s to 0.87 | s to 0.88 | best val in budget | test acc of best |")
@@ -697,6 +698,9 @@ def main():
     p.add_argument("--only", default="1,2,3,4", help="workloads to run, e.g. 1,2")
     p.add_argument("--budget", type=float, help="Fashion-MNIST budget per run, seconds")
     p.add_argument("--seeds", type=int)
+    p.add_argument("--first-seed", type=int, default=1,
+                   help="workload 3's seeds are this one and those after it (default 1), so that a later "
+                        "invocation can draw seeds no earlier one drew")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     p.add_argument("--limit-minutes", type=float, help="the invocation's bound")
     p.add_argument("--tools", default="gauntlet,optuna,ray", help="which tools run workloads 2 and 3 (comma list)")
