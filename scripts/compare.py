@@ -312,7 +312,8 @@ def put_short(case, tool, attempt, launched, ended, first, last, epoch_s, ideal,
 # --------------------------------------------------------------- workload 3
 
 def fashion_config(search, scheduler, seed, budget, concurrency, threads):
-    sched = {"asha": 'kind = "asha"', "hyperband": 'kind = "hyperband"'}[scheduler]
+    sched = {"asha": 'kind = "asha"', "asha-promotion": 'kind = "asha"\npromotion = true',
+             "hyperband": 'kind = "hyperband"'}[scheduler]
     return f"""# scripts/compare: configs/quickstart.toml's space, sampler and scheduler varied
 [experiment]
 name = "fashion-{search}-{scheduler}"
@@ -386,7 +387,8 @@ def gauntlet_test_accuracy(run_dir, work, labels):
 
 FASHION_METHODS = [("random-asha", "gauntlet random + ASHA", "random", "asha"),
                    ("tpe-asha", "gauntlet TPE + ASHA", "tpe", "asha"),
-                   ("random-hyperband", "gauntlet random + Hyperband", "random", "hyperband")]
+                   ("random-hyperband", "gauntlet random + Hyperband", "random", "hyperband"),
+                   ("tpe-asha-promotion", "gauntlet TPE + ASHA, promotion form", "tpe", "asha-promotion")]
 
 
 def fashion_case(budget):
@@ -663,9 +665,10 @@ def targets_text(ideal):
             t88.setdefault(r["tool"], []).append(r["value"])
     if t88:
         def median_time(xs):
-            # A seed that never reached the target counts as never (infinity).
-            vals = sorted(float("inf") if x == "" else x for x in xs)
-            return vals[(len(vals) - 1) // 2] if vals else float("inf")
+            # A seed that never reached the target counts as never (infinity); with an even number of
+            # seeds the mean of the middle two, as in the tables (infinite if either is).
+            vals = [float("inf") if x == "" else x for x in xs]
+            return statistics.median(vals) if vals else float("inf")
 
         ours = {t: median_time(xs) for t, xs in t88.items() if t.startswith("gauntlet")}
         best = min(ours, key=ours.get) if ours else None
@@ -704,8 +707,8 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     p.add_argument("--limit-minutes", type=float, help="the invocation's bound")
     p.add_argument("--tools", default="gauntlet,optuna,ray", help="which tools run workloads 2 and 3 (comma list)")
-    p.add_argument("--methods", default=",".join(k for k, _, _, _ in FASHION_METHODS),
-                   help="which Gauntlet methods run workload 3 (comma list of " +
+    p.add_argument("--methods", default="random-asha,tpe-asha,random-hyperband",
+                   help="which Gauntlet methods run workload 3 (default the first three; comma list of " +
                    ", ".join(k for k, _, _, _ in FASHION_METHODS) + ")")
     a = p.parse_args()
     a.tools = set(a.tools.split(","))
