@@ -212,7 +212,7 @@ def bookkeeping(a, clock, work):
                        trials / (max(ts) - min(ts)))
         else:
             failures.append(f"Gauntlet worker processes (bookkeeping, {case}): exit {code}")
-        for jobs in sorted({1, cores}):
+        for jobs in sorted({1, cores}) if "optuna" in a.tools else []:
             _, _, out, code = run([PY, TOOLS, "noop", "--tool", "optuna", "--trials", str(trials), "--reports",
                                    str(reports), "--jobs", str(jobs)], clock.left())
             r = last_json(out)
@@ -221,6 +221,8 @@ def bookkeeping(a, clock, work):
                 continue
             record(1, case, f"optuna in-memory, n_jobs={jobs}", "", "trials_per_s", r["trials_per_s"])
             versions["optuna"] = r["version"]
+        if "ray" not in a.tools:
+            continue
         _, _, out, code = run([PY, TOOLS, "noop", "--tool", "ray", "--trials", str(ray_trials), "--reports",
                                str(reports)], min(clock.left(), a.ray_noop_timeout))
         r = last_json(out)
@@ -706,7 +708,7 @@ def main():
                         "invocation can draw seeds no earlier one drew")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     p.add_argument("--limit-minutes", type=float, help="the invocation's bound")
-    p.add_argument("--tools", default="gauntlet,optuna,ray", help="which tools run workloads 2 and 3 (comma list)")
+    p.add_argument("--tools", default="gauntlet,optuna,ray", help="which tools besides Gauntlet run (comma list; all workloads but 4)")
     p.add_argument("--methods", default="random-asha,tpe-asha,random-hyperband",
                    help="which Gauntlet methods run workload 3 (default the first three; comma list of " +
                    ", ".join(k for k, _, _, _ in FASHION_METHODS) + ")")
