@@ -735,6 +735,9 @@ def main():
     limit = (a.limit_minutes or (10 if quick else 60)) * 60
     clock = Clock(limit - 30)
     only = {int(x) for x in a.only.split(",") if x}
+    if only & {1, 4} and "LIBTORCH_USE_PYTORCH" not in os.environ:
+        p.error("workloads 1 and 4 build Gauntlet's benchmarks with cargo, which needs scripts/env.sh: "
+                "run scripts/compare (it sources it), or `. scripts/env.sh` first")
     started = time.time()
     caveats.extend([
         f"Ray Tune runs {a.ray_noop_trials} no-op trials, not {a.noop_trials:,}: at under one trial per second "
