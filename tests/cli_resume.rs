@@ -275,20 +275,27 @@ fn resume_refuses_a_live_run() {
     assert_eq!(status["trials"][0]["status"], "running");
 }
 
+/// A copy, in `tmp` under `name`, of the run directory that the previous main
+/// (d933a1e) wrote (tests/data/run-d933a1e).
+fn copy_of_earlier_run(tmp: &Path, name: &str) -> PathBuf {
+    let dir = tmp.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/run-d933a1e"), &dir);
+    dir
+}
+
 /// A run directory that the previous main (d933a1e) wrote and that was
 /// killed with SIGKILL after 7 reports: this version resumes it, and it ends
 /// as this version's own uninterrupted run of the same config.
 #[test]
 fn a_run_killed_under_the_previous_version_resumes() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let dir = tmp.path().join("earlier");
-    std::fs::create_dir(&dir).unwrap();
-    copy_dir(&data.join("run-d933a1e"), &dir);
+    let dir = copy_of_earlier_run(tmp.path(), "earlier");
     assert_eq!(status_json(&dir)["finished"], false);
     let o = resume(&dir, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let reference = run_ok(tmp.path(), &std::fs::read_to_string(data.join("run-d933a1e.toml")).unwrap());
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/run-d933a1e.toml");
+    let reference = run_ok(tmp.path(), &std::fs::read_to_string(config).unwrap());
     assert_eq!(outcome(&dir), outcome(&reference), "the resumed run ends as an uninterrupted one");
 }
 
@@ -297,10 +304,7 @@ fn a_run_killed_under_the_previous_version_resumes() {
 #[test]
 fn a_journal_of_another_format_version_is_refused_and_left_as_it_is() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let dir = tmp.path().join("later");
-    std::fs::create_dir(&dir).unwrap();
-    copy_dir(&data.join("run-d933a1e"), &dir);
+    let dir = copy_of_earlier_run(tmp.path(), "later");
     let journal = dir.join("journal.msgpack");
     let mut bytes = std::fs::read(&journal).unwrap();
     assert_eq!(&bytes[..8], b"GAUNTLET");
