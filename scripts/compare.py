@@ -708,7 +708,9 @@ def main():
                         "invocation can draw seeds no earlier one drew")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     p.add_argument("--limit-minutes", type=float, help="the invocation's bound")
-    p.add_argument("--tools", default="gauntlet,optuna,ray", help="which tools besides Gauntlet run (comma list; all workloads but 4)")
+    p.add_argument("--tools", default="gauntlet,optuna,ray",
+                   help="which tools run (comma list of gauntlet, optuna, ray); workload 1 always runs Gauntlet, "
+                        "workload 4 compares tch with PyTorch whatever this says")
     p.add_argument("--methods", default="random-asha,tpe-asha,random-hyperband",
                    help="which Gauntlet methods run workload 3 (default the first three; comma list of " +
                    ", ".join(k for k, _, _, _ in FASHION_METHODS) + ")")
