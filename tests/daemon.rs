@@ -250,8 +250,10 @@ fn submit_watch_change_concurrency_and_cancel() {
 fn two_experiments_share_the_slots_within_their_caps() {
     let tmp = tempfile::tempdir().unwrap();
     let d = start_daemon(&tmp.path().join("state"), &["--workers", "3"]);
-    let a = d.submit(&sleep_experiment("share-a", 8, 2, 120, 4));
-    let b = d.submit(&sleep_experiment("share-b", 8, 2, 120, 4));
+    // One name for both: ids tell experiments apart.
+    let a = d.submit(&sleep_experiment("share", 8, 2, 120, 4));
+    let b = d.submit(&sleep_experiment("share", 8, 2, 120, 4));
+    assert_ne!(a, b);
     let deadline = Instant::now() + Duration::from_secs(120);
     let (mut both, mut most) = (false, 0);
     loop {
@@ -334,6 +336,34 @@ fn metrics_are_prometheus_text_with_bounded_labels() {
 }
 
 #[test]
+fn concurrent_resumes_of_a_paused_experiment_start_it_once_and_a_paused_one_can_be_cancelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(&tmp.path().join("state"), &["--workers", "2"]);
+    let id = d.submit(&sleep_experiment("paused", 40, 2, 150, 4));
+    d.wait_for(&id, "some reports", Duration::from_secs(60), |e| e["reports"].as_u64() >= Some(2));
+    let pause = |d: &Daemon| {
+        let (status, body) = d.post(&format!("/api/v1/experiments/{id}/pause"), "application/json", b"");
+        assert_eq!(status, 202, "{body}");
+        d.wait_for(&id, "paused", Duration::from_secs(60), |e| e["status"] == "paused");
+    };
+    pause(&d);
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| d.post(&format!("/api/v1/experiments/{id}/resume"), "application/json", b"")))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|(status, _)| *status == 202), "{answers:?}");
+    d.wait_for(&id, "running again", Duration::from_secs(60), |e| e["status"] == "running" && count(e, "running") > 0);
+    pause(&d);
+    let (status, body) = d.post(&format!("/api/v1/experiments/{id}/cancel"), "application/json", b"");
+    assert_eq!(status, 202, "{body}");
+    d.wait_for(&id, "cancelled", Duration::from_secs(10), |e| e["status"] == "cancelled");
+    let (status, body) = d.post(&format!("/api/v1/experiments/{id}/resume"), "application/json", b"");
+    assert_eq!(status, 409, "a cancelled experiment stays cancelled: {body}");
+}
+
+#[test]
 fn a_killed_daemon_restarts_with_every_experiment_and_continues_the_unfinished() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
@@ -348,6 +378,10 @@ fn a_killed_daemon_restarts_with_every_experiment_and_continues_the_unfinished()
     assert_eq!(d.token, std::fs::read_to_string(state.join("token")).unwrap().trim(), "the same token");
     let e = d.experiment(&done);
     assert_eq!((e["status"].as_str(), count(&e, "completed")), (Some("finished"), 2), "{e}");
+    // A client that saw event numbers of the daemon's previous life is told to reset.
+    let events =
+        read_events(&d, &format!("/api/v1/experiments/{long}/events"), Some(1_000_000), 1, Duration::from_secs(30));
+    assert_eq!(events.first().map(|e| e.1.as_str()), Some("reset"), "{events:?}");
     let e = d.wait_for(&long, "the long one finishes after the restart", Duration::from_secs(120), |e| {
         e["status"] == "finished"
     });
@@ -428,6 +462,24 @@ fn bad_requests_get_json_errors_and_the_daemon_keeps_serving() {
     };
     let bearer = format!("Bearer {}", d.token);
     let good = Some(bearer.as_str());
+    // A body that never arrives: refused when its deadline passes, not waited for.
+    let slow = {
+        let (addr, token) = (d.addr.clone(), d.token.clone());
+        std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+            let started = Instant::now();
+            write!(
+                s,
+                "POST /api/v1/experiments HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/toml\r\nContent-Length: 500\r\n\r\n[experiment]\n"
+            )
+            .unwrap();
+            let mut answer = String::new();
+            let _ = BufReader::new(s).read_line(&mut answer);
+            (answer, started.elapsed())
+        })
+    };
     // Only the health check goes without the token.
     assert_eq!(raw("GET", "/api/v1/health", None, b"", "text/plain").0, 200);
     for auth in [None, Some("Bearer wrong"), Some(d.token.as_str()), Some("Basic Zm9vOmJhcg==")] {
@@ -477,9 +529,29 @@ fn bad_requests_get_json_errors_and_the_daemon_keeps_serving() {
         assert!(body["error"].is_string(), "{path}: {body}");
         assert!(!body.to_string().contains(&d.token), "{path} leaked the token");
     }
+    // A wrong method is a 405 naming the right ones; a bad query string a JSON 400 naming it.
+    for (method, path, allow) in [
+        ("DELETE", "/api/v1/experiments".to_owned(), "GET, POST"),
+        ("GET", format!("/api/v1/experiments/{id}/cancel"), "POST"),
+    ] {
+        let req = ureq::http::Request::builder().method(method).uri(d.url(&path)).header("Authorization", &bearer);
+        let mut res = agent().run(req.body(Vec::new()).unwrap()).unwrap();
+        assert_eq!(res.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(res.headers().get("allow").and_then(|v| v.to_str().ok()), Some(allow));
+        let body: Value = serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+        assert!(body["error"].as_str().unwrap().contains(allow), "{body}");
+    }
+    for path in [format!("/api/v1/experiments/{id}?limit=-1"), format!("/api/v1/experiments/{id}/events?after=abc")] {
+        let (status, body) = raw("GET", &path, good, b"", "text/plain");
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("query string")), "{path}: {body}");
+    }
     // Still serving.
     let e =
         d.wait_for(&id, "the experiment finishes all the same", Duration::from_secs(60), |e| e["status"] == "finished");
+    let (answer, waited) = slow.join().unwrap();
+    assert!(answer.contains(" 408 "), "{answer:?} after {waited:?}");
+    assert!(waited < Duration::from_secs(60), "{waited:?}");
     assert_eq!(count(&e, "completed"), 2);
     let (status, doc) = d.get("/api/v1/openapi.json");
     assert_eq!(status, 200);

@@ -35,6 +35,8 @@ const MAX_STREAMS: usize = 256;
 const MAX_LIMIT: usize = 10_000;
 /// Reports one trial's answer lists at most.
 const MAX_REPORTS: usize = 100_000;
+/// How long a request body may take to arrive, all of it.
+const BODY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// An error answer.
 #[derive(Debug)]
@@ -153,25 +155,34 @@ pub(super) fn server(state: Arc<AppState>, addr: SocketAddr) -> std::io::Result<
         App::new()
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(authorize))
-            .route("/", web::get().to(super::metrics::dashboard))
-            .route("/assets/{file}", web::get().to(super::metrics::asset))
-            .route("/metrics", web::get().to(super::metrics::metrics))
-            .route("/api/v1/health", web::get().to(health))
-            .route("/api/v1/openapi.json", web::get().to(openapi))
-            .route("/api/v1/experiments", web::get().to(list))
-            .route("/api/v1/experiments", web::post().to(submit))
-            .route("/api/v1/experiments/{id}", web::get().to(detail))
-            .route("/api/v1/experiments/{id}/curves", web::get().to(curves))
-            .route("/api/v1/experiments/{id}/events", web::get().to(events))
-            .route("/api/v1/experiments/{id}/trials/{trial}", web::get().to(trial_reports))
-            .route("/api/v1/experiments/{id}/trials/{trial}/log", web::get().to(trial_log))
-            .route("/api/v1/experiments/{id}/trials/{trial}/stop", web::post().to(stop_trial))
-            .route("/api/v1/experiments/{id}/trials/{trial}/restart", web::post().to(restart_trial))
-            .route("/api/v1/experiments/{id}/pause", web::post().to(pause))
-            .route("/api/v1/experiments/{id}/resume", web::post().to(resume))
-            .route("/api/v1/experiments/{id}/cancel", web::post().to(cancel))
-            .route("/api/v1/experiments/{id}/concurrency", web::post().to(concurrency))
-            .route("/api/v1/experiments/{id}/predict", web::post().to(predict))
+            // A malformed query string is refused as every error is: JSON, naming the parameter.
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| ApiError::bad_request(format!("the query string: {e}")).into()),
+            )
+            .service(resource("/", "GET").route(web::get().to(super::metrics::dashboard)))
+            .service(resource("/assets/{file}", "GET").route(web::get().to(super::metrics::asset)))
+            .service(resource("/metrics", "GET").route(web::get().to(super::metrics::metrics)))
+            .service(resource("/api/v1/health", "GET").route(web::get().to(health)))
+            .service(resource("/api/v1/openapi.json", "GET").route(web::get().to(openapi)))
+            .service(
+                resource("/api/v1/experiments", "GET, POST").route(web::get().to(list)).route(web::post().to(submit)),
+            )
+            .service(resource("/api/v1/experiments/{id}", "GET").route(web::get().to(detail)))
+            .service(resource("/api/v1/experiments/{id}/curves", "GET").route(web::get().to(curves)))
+            .service(resource("/api/v1/experiments/{id}/events", "GET").route(web::get().to(events)))
+            .service(resource("/api/v1/experiments/{id}/trials/{trial}", "GET").route(web::get().to(trial_reports)))
+            .service(resource("/api/v1/experiments/{id}/trials/{trial}/log", "GET").route(web::get().to(trial_log)))
+            .service(resource("/api/v1/experiments/{id}/trials/{trial}/stop", "POST").route(web::post().to(stop_trial)))
+            .service(
+                resource("/api/v1/experiments/{id}/trials/{trial}/restart", "POST")
+                    .route(web::post().to(restart_trial)),
+            )
+            .service(resource("/api/v1/experiments/{id}/pause", "POST").route(web::post().to(pause)))
+            .service(resource("/api/v1/experiments/{id}/resume", "POST").route(web::post().to(resume)))
+            .service(resource("/api/v1/experiments/{id}/cancel", "POST").route(web::post().to(cancel)))
+            .service(resource("/api/v1/experiments/{id}/concurrency", "POST").route(web::post().to(concurrency)))
+            .service(resource("/api/v1/experiments/{id}/predict", "POST").route(web::post().to(predict)))
             .default_service(web::to(|req: HttpRequest| async move {
                 ApiError::not_found(format!("no such route: {} {}", req.method(), req.path())).error_response()
             }))
@@ -187,20 +198,41 @@ pub(super) fn server(state: Arc<AppState>, addr: SocketAddr) -> std::io::Result<
     Ok((http.run(), bound))
 }
 
-/// Reads a body up to `limit` bytes.
+/// A path's methods, `allow` listing them: any other method gets a JSON 405 saying which.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        let mut res = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not a method of {}: it takes {allow}", req.method(), req.path()),
+        )
+        .error_response();
+        res.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        res
+    }))
+}
+
+/// Reads a body up to `limit` bytes, all of it within [`BODY_DEADLINE`].
 async fn body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let mut out = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
-        if out.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is over {limit} bytes, the most this call takes"),
-            ));
+    let read = async {
+        let mut out = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+            if out.len() + chunk.len() > limit {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is over {limit} bytes, the most this call takes"),
+                ));
+            }
+            out.extend_from_slice(&chunk);
         }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out.freeze())
+        Ok(out.freeze())
+    };
+    tokio::time::timeout(BODY_DEADLINE, read).await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {}s", BODY_DEADLINE.as_secs()),
+        ))
+    })
 }
 
 async fn json_body<T: serde::de::DeserializeOwned>(payload: web::Payload, limit: usize) -> Result<T, ApiError> {

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
@@ -233,7 +233,9 @@ impl Entry {
         let live = self.feed.subscribe();
         let inner = self.lock();
         let kept: Vec<Arc<Sse>> = inner.ring.iter().filter(|e| e.seq > after).cloned().collect();
-        let complete = after >= inner.seq || kept.first().is_some_and(|e| e.seq == after + 1);
+        // An `after` beyond the last number is from another life of the
+        // daemon (numbers restart with it): a reset, not a silent skip.
+        let complete = after == inner.seq || kept.first().is_some_and(|e| e.seq == after + 1);
         Backlog { kept: complete.then_some(kept), live, now: inner.seq }
     }
 
@@ -340,6 +342,21 @@ pub struct Registry {
     root: PathBuf,
     entries: RwLock<BTreeMap<String, Arc<Entry>>>,
     next: AtomicU32,
+    /// Experiments listed plus submissions under way: a place is taken
+    /// before a submission's first await, so that concurrent submissions
+    /// cannot pass [`MAX_EXPERIMENTS`] between the check and the insert.
+    places: AtomicUsize,
+}
+
+/// A place taken for a submission; given back unless the experiment is listed.
+struct Place<'a>(&'a AtomicUsize, bool);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Registry {
@@ -350,9 +367,26 @@ impl Registry {
             let root = root.clone();
             tokio::task::spawn_blocking(move || list_dirs(&root)).await.map_err(ApiError::internal)??
         };
+        // Numbered after every directory, listed or not: a new id never meets an old one.
         let next = dirs.iter().filter_map(|d| d.split('-').next()?.parse::<u32>().ok()).max().unwrap_or(0) + 1;
-        let registry =
-            Arc::new(Registry { engine, root, entries: RwLock::new(BTreeMap::new()), next: AtomicU32::new(next) });
+        if dirs.len() > MAX_EXPERIMENTS {
+            tracing::warn!(
+                "{} holds {} experiments; this daemon lists the oldest {MAX_EXPERIMENTS}, and not {} to {}: move \
+                 finished ones elsewhere and restart it",
+                root.display(),
+                dirs.len(),
+                dirs[MAX_EXPERIMENTS],
+                dirs[dirs.len() - 1]
+            );
+        }
+        let dirs: Vec<String> = dirs.into_iter().take(MAX_EXPERIMENTS).collect();
+        let registry = Arc::new(Registry {
+            engine,
+            root,
+            entries: RwLock::new(BTreeMap::new()),
+            next: AtomicU32::new(next),
+            places: AtomicUsize::new(dirs.len()),
+        });
         for id in dirs {
             registry.restore(id).await;
         }
@@ -385,11 +419,17 @@ impl Registry {
     /// Takes an experiment: validates the config as `validate` does, creates
     /// its run directory, and starts it. Returns its id.
     pub async fn submit(self: &Arc<Self>, text: String, format: ConfigFormat) -> Result<String, ApiError> {
-        if self.read().len() >= MAX_EXPERIMENTS {
+        if self
+            .places
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < MAX_EXPERIMENTS).then_some(n + 1))
+            .is_err()
+        {
             return Err(ApiError::conflict(format!(
-                "this daemon hosts {MAX_EXPERIMENTS} experiments, its most; remove finished ones from its state directory"
+                "this daemon hosts {MAX_EXPERIMENTS} experiments, its most; move finished ones out of its state \
+                 directory and restart it"
             )));
         }
+        let mut place = Place(&self.places, false);
         let ext = match format {
             ConfigFormat::Toml => "toml",
             ConfigFormat::Yaml => "yaml",
@@ -415,6 +455,7 @@ impl Registry {
         .map_err(ApiError::internal)??;
         let entry = Entry::new(id.clone(), run.run_dir.root().to_owned(), run.config.clone(), Phase::Running, None);
         self.write().insert(id.clone(), entry.clone());
+        place.1 = true;
         self.launch(entry, run).await;
         Ok(id)
     }
@@ -550,11 +591,20 @@ impl Registry {
     /// Stops an experiment: running trials checkpoint at their next report.
     /// `cancel`: for good (listed as cancelled), else paused (resumable).
     pub async fn stop(&self, entry: &Arc<Entry>, cancel: bool) -> Result<(), ApiError> {
-        let Some(handle) = entry.handle() else {
-            return Err(ApiError::conflict(format!("experiment {} is not running", entry.id)));
-        };
         let dir = entry.dir.clone();
         let word = if cancel { "cancelled" } else { "paused" };
+        let Some(handle) = entry.handle() else {
+            // A paused experiment can be cancelled for good without running again.
+            if cancel && entry.lock().phase == Phase::Paused {
+                tokio::task::spawn_blocking(move || std::fs::write(dir.join(STOPPED_FILE), word))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(|e| ApiError::internal(format!("cannot record the cancellation: {e}")))?;
+                entry.set_phase(Phase::Cancelled);
+                return Ok(());
+            }
+            return Err(ApiError::conflict(format!("experiment {} is not running", entry.id)));
+        };
         tokio::task::spawn_blocking(move || std::fs::write(dir.join(STOPPED_FILE), word))
             .await
             .map_err(ApiError::internal)?
@@ -565,10 +615,25 @@ impl Registry {
 
     /// Continues a paused experiment.
     pub async fn resume(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<(), ApiError> {
-        let phase = entry.lock().phase.clone();
+        // Taken under the lock: of concurrent resumes, one reopens the run
+        // and the others find it running (or about to).
+        let phase = {
+            let mut inner = entry.lock();
+            let phase = inner.phase.clone();
+            if phase == Phase::Paused {
+                inner.phase = Phase::Running;
+            }
+            phase
+        };
         match phase {
-            Phase::Paused => self.reopen(entry.clone()).await,
-            Phase::Running if entry.handle().is_some() => Ok(()),
+            Phase::Paused => {
+                let reopened = self.reopen(entry.clone()).await;
+                if reopened.is_err() && entry.handle().is_none() {
+                    entry.set_phase(Phase::Paused);
+                }
+                reopened
+            }
+            Phase::Running => Ok(()),
             other => Err(ApiError::conflict(format!(
                 "experiment {} is {}: only a paused experiment resumes",
                 entry.id,
@@ -602,7 +667,7 @@ impl Registry {
     }
 }
 
-/// The experiment directories under `root`, oldest (lowest number) first.
+/// The experiment directories under `root`, oldest (lowest number) first; all of them.
 fn list_dirs(root: &Path) -> Result<Vec<String>, ApiError> {
     std::fs::create_dir_all(root).map_err(|e| ApiError::internal(format!("cannot create {}: {e}", root.display())))?;
     let mut ids = Vec::new();
@@ -615,7 +680,7 @@ fn list_dirs(root: &Path) -> Result<Vec<String>, ApiError> {
         }
     }
     ids.sort();
-    Ok(ids.into_iter().take(MAX_EXPERIMENTS).collect())
+    Ok(ids)
 }
 
 /// An experiment id as the daemon issues them: `0001-name`, lower-case

@@ -508,8 +508,9 @@ impl Sweep {
         });
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let args = experiment::Args { settings: settings.clone(), state: prior.state, done: done_tx };
-        let spawned =
-            Actor::spawn(Some(format!("experiment-{}", settings.name)), experiment::ExperimentSupervisor, args).await;
+        // Unnamed: experiments are told apart by their handles (a daemon hosts
+        // many of one name; ractor's registry would refuse the second).
+        let spawned = Actor::spawn(None, experiment::ExperimentSupervisor, args).await;
         let (actor, join) = match spawned {
             Ok(s) => s,
             Err(e) => {
