@@ -144,12 +144,24 @@ impl Model {
         tch::no_grad(|| self.net.forward(&xs.to_kind(Kind::Float), false).softmax(-1, Kind::Float))
     }
 
-    /// Class probabilities for rows of raw features, `inputs()` values each.
+    /// Class probabilities for rows of raw features, `inputs()` values each;
+    /// a value that is not finite is refused, naming its row and feature.
     pub fn predict_rows(&self, rows: &[f32]) -> Result<Vec<Vec<f32>>, PredictError> {
         if rows.is_empty() || !rows.len().is_multiple_of(self.inputs) {
             return Err(PredictError::Input {
                 file: PathBuf::from("(rows)"),
                 message: format!("{} values: expected a multiple of {} features", rows.len(), self.inputs),
+            });
+        }
+        if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
+            return Err(PredictError::Input {
+                file: PathBuf::from("(rows)"),
+                message: format!(
+                    "row {}, feature {}: {} is not a finite number (an f32 holds magnitudes up to about 3.4e38)",
+                    i / self.inputs,
+                    i % self.inputs,
+                    rows[i]
+                ),
             });
         }
         let n = (rows.len() / self.inputs) as i64;

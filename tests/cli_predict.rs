@@ -103,6 +103,9 @@ fn json_lines_stream_through_stdin_one_answer_per_line() {
     assert_eq!(bad["line"], 4);
     assert!(bad["error"].as_str().unwrap().contains("expects 3"), "{bad}");
     assert!(ask("{ not json")["error"].as_str().unwrap().contains("not JSON"));
+    // 1e39 overflows an f32: refused, naming the feature, not answered with nulls.
+    let huge = ask("[145, 1e39, 5.0]");
+    assert!(huge["error"].as_str().unwrap().contains("feature 1: inf is not a finite number"), "{huge}");
     assert_eq!(ask("[145, 0.1, 5.0]")["class"], 1, "the stream goes on after bad lines");
     drop(stdin);
     assert!(child.wait().unwrap().success());
