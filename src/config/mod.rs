@@ -563,6 +563,17 @@ impl Config {
         }
         let raw: RawConfig = match format {
             ConfigFormat::Yaml => {
+                // The YAML parser's time grows with the square of the nesting: bounded first.
+                if let Some(line) = yaml_too_many_brackets(text) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        "(document)",
+                        format!(
+                            "line {line}: more than {MAX_YAML_BRACKETS} brackets (`[`, `{{`); expected a config \
+                             (tables of keys and values)"
+                        ),
+                    ));
+                }
                 let de = serde_norway::Deserializer::from_str(text);
                 serde_path_to_error::deserialize(de).map_err(|e| path_error(file, e))?
             }
@@ -920,6 +931,20 @@ fn find_program(program: &str, workdir: &Path) -> Result<PathBuf, String> {
     })
 }
 
+/// The most `[` and `{` a YAML config may hold, quoted or not.
+const MAX_YAML_BRACKETS: usize = 4096;
+
+/// The line of a YAML text's bracket past [`MAX_YAML_BRACKETS`], if there
+/// is one. The parser's time grows with the square of how deep flow
+/// collections nest (a 200 KB text of nested brackets took 22 s); counting
+/// every bracket bounds the depth without modelling where quoted scalars
+/// are, which an attacker could make a scanner misjudge. A config holds a
+/// few dozen.
+fn yaml_too_many_brackets(text: &str) -> Option<usize> {
+    let (i, _) = text.match_indices(['[', '{']).nth(MAX_YAML_BRACKETS)?;
+    Some(1 + text[..i].matches('\n').count())
+}
+
 /// Reads a config file, refusing one larger than [`MAX_CONFIG_BYTES`]
 /// before reading it.
 fn read_text(path: &Path) -> Result<String, ConfigError> {
@@ -1161,6 +1186,25 @@ max_epochs = 3
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, ConfigFormat::Toml, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn deeply_nested_yaml_is_refused_before_parsing_wherever_its_brackets_are() {
+        let yaml = |body: &str| Config::parse(body, ConfigFormat::Yaml, Path::new("t.yaml"));
+        // 100,000 levels took the parser minutes; counting takes microseconds.
+        let deep = format!("experiment:\n  name: t\nx: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let started = std::time::Instant::now();
+        let e = yaml(&deep).unwrap_err().to_string();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(e.contains("t.yaml") && e.contains("line 3") && e.contains("more than 4096 brackets"), "{e}");
+        // No quote hides them: not one the parser reads as text, nor one it does not.
+        for prefix in ["z: a \"", "z: a: '", "z: \""] {
+            let hidden = format!("experiment:\n  name: t\n{prefix}\nx: {}\n", "[{".repeat(3000));
+            assert!(yaml(&hidden).unwrap_err().to_string().contains("line 4: more than 4096"), "{prefix}");
+        }
+        // A config's few brackets pass.
+        let fine = "experiment:\n  name: t\nmodel:\n  kind: sleep\n  quality: {uniform: [0.1, 0.9]}\n";
+        assert!(yaml(fine).is_ok(), "{:?}", yaml(fine).err());
     }
 
     #[test]
