@@ -262,7 +262,7 @@ fn a_worker_with_the_wrong_secret_is_refused_on_both_sides() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let coord_log = std::fs::read_to_string(out.join("gauntlet.log")).unwrap();
-        if coord_log.contains("refused a connection") && coord_log.contains("secret") {
+        if coord_log.contains("closed before it passed the shared-secret handshake") {
             break;
         }
         assert!(Instant::now() < deadline, "the coordinator logs the refusal:\n{coord_log}");
@@ -290,6 +290,88 @@ fn listening_without_a_secret_and_a_worker_without_one_are_usage_errors() {
     let o = gauntlet().args(["worker", "--join", "127.0.0.1:9", "--secret-file"]).arg(&empty).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("empty-secret") && stderr(&o).contains("empty"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_stalled_worker_that_was_given_up_joins_again_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "exp.toml", &sleep_config("stalled", 8, 2, 200, 4));
+    let out = tmp.path().join("run");
+    let port = free_port();
+    // Its only worker: the sweep ends only if the worker comes back.
+    let mut coord = coordinator(&config, &out, port, 0);
+    let log = tmp.path().join("w.log");
+    let mut w = worker_with(port, 2, SECRET, &log, &["--reconnect-for", "60"]);
+    wait_reports(&out, 2, "the worker never reported");
+    // Stopped past the coordinator's lease (4 s): it gives the worker up and re-queues its trials.
+    kill(w.0.id(), "-STOP");
+    std::thread::sleep(Duration::from_millis(5500));
+    kill(w.0.id(), "-CONT");
+    let status = wait_exit(&mut coord, Duration::from_secs(120));
+    assert!(status.success(), "{status}");
+    assert!(wait_exit(&mut w, Duration::from_secs(15)).success());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("gave up on this worker") && said.contains("trying to join it again"), "{said}");
+    let coord_log = std::fs::read_to_string(out.join("gauntlet.log")).unwrap();
+    assert!(coord_log.contains("no worker is connected"), "the coordinator says why nothing runs:\n{coord_log}");
+    let s = standings(&out);
+    assert_eq!(s.len(), 8);
+    assert!(s.values().all(|t| t["status"] == "completed"), "{s:?}");
+}
+
+#[test]
+fn connections_that_do_not_pass_the_handshake_are_bounded_in_number_size_and_time() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    // Two at a time, one local worker of one slot: a worker that joins gets the other trial.
+    let config = write(tmp.path(), "exp.toml", &sleep_config("guarded", 200, 2, 200, 5));
+    let out = tmp.path().join("run");
+    let port = free_port();
+    let _coord = coordinator(&config, &out, port, 1);
+    wait_reports(&out, 1, "the sweep never started");
+    let connect = || {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    };
+    // Closed by the coordinator within the socket's read timeout: 0 bytes, or a reset.
+    let closed = |s: &mut std::net::TcpStream| match s.read(&mut [0u8; 64]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    };
+    // A frame declared larger than the limit (4 MiB) is refused at once.
+    let mut big = connect();
+    big.write_all(&(16u64 << 20).to_be_bytes()).unwrap();
+    let started = Instant::now();
+    assert!(closed(&mut big) && started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // 64 silent connections at most; more are closed at once, the rest after the deadline.
+    let mut idle: Vec<std::net::TcpStream> = (0..70).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut at_once = 0;
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        at_once += usize::from(closed(s));
+    }
+    assert!(at_once >= 6, "{at_once} of 70 closed at once");
+    let started = Instant::now();
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        assert!(closed(s), "an idle connection stayed open");
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(20), "closed after the 10 s handshake deadline, not {waited:?}");
+    // The sweep's own worker was never disturbed, and a real worker still joins.
+    let mut w = worker(port, 1, SECRET, &tmp.path().join("w.log"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while started_on(&records(&out), w.0.id()).is_empty() {
+        assert!(Instant::now() < deadline, "the new worker never got a trial");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill(w.0.id(), "-TERM");
+    let _ = wait_exit(&mut w, Duration::from_secs(30));
+    let coord_log = std::fs::read_to_string(out.join("gauntlet.log")).unwrap();
+    assert!(coord_log.contains("others are in the shared-secret handshake"), "{coord_log}");
+    assert!(coord_log.contains("did not pass the shared-secret handshake within"), "{coord_log}");
 }
 
 #[test]

@@ -162,12 +162,26 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     };
     // A local worker dies with its coordinator; a remote one joins it again once it is back.
     let reconnect = if args.local { Duration::ZERO } else { Duration::from_secs(args.reconnect_for) };
-    let mut lost = false;
+    // When the coordinator was lost, and so until when to try joining it again.
+    let mut lost: Option<std::time::Instant> = None;
     let exit = loop {
         let exit = match worker::run(options.clone()) {
             Ok(exit) => exit,
-            Err(WorkerError::Connect { .. }) if lost => {
+            Err(WorkerError::Connect { .. }) if lost.is_some() => {
                 break WorkerExit::CoordinatorLost(format!("it did not come back within {reconnect:.0?}"));
+            }
+            // This secret was accepted before: a closed handshake now is a
+            // coordinator still starting or a peer in its place; try again.
+            Err(WorkerError::Refused(why)) if lost.is_some() => {
+                let left =
+                    lost.map_or(Duration::ZERO, |until| until.saturating_duration_since(std::time::Instant::now()));
+                if left.is_zero() {
+                    break WorkerExit::CoordinatorLost(format!("it did not take this worker back: {why}"));
+                }
+                tracing::warn!("rejoining failed ({why}); trying again");
+                std::thread::sleep(Duration::from_secs(1).min(left));
+                options.connect_timeout = left.saturating_sub(Duration::from_secs(1)).max(Duration::from_secs(1));
+                continue;
             }
             Err(e @ (WorkerError::Refused(_) | WorkerError::Node(_))) => return Err(UsageError(e.to_string()).into()),
             Err(e) => return Err(e.into()),
@@ -180,7 +194,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                 );
                 tracing::warn!("lost the coordinator ({why}); reconnecting for up to {reconnect:.0?}");
                 options.connect_timeout = reconnect;
-                lost = true;
+                lost = Some(std::time::Instant::now() + reconnect);
             }
             exit => break exit,
         }

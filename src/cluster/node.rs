@@ -104,20 +104,61 @@ pub enum NodeEvent {
     },
 }
 
+/// Connections in the shared-secret handshake at once, at most: one more is
+/// closed at once. With [`crate::cluster::wire::MAX_FRAME_BYTES`], this
+/// bounds what peers that do not know the secret can make a node hold.
+pub const MAX_HANDSHAKES: usize = 64;
+
+/// How long a connection may take to pass the handshake before it is closed.
+pub const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Events {
     tx: UnboundedSender<NodeEvent>,
     authenticated: Arc<Mutex<HashSet<u64>>>,
+    /// Connections opened and not yet authenticated.
+    handshaking: Arc<Mutex<HashSet<u64>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl NodeEventSubscription for Events {
-    fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
+    /// Bounds connections that have not passed the handshake: in number, and in time.
+    fn node_session_opened(&self, ses: NodeServerSessionInformation) {
+        let mut handshaking = locked(&self.handshaking);
+        if handshaking.len() >= MAX_HANDSHAKES {
+            drop(handshaking);
+            tracing::warn!(
+                peer = %ses.peer_addr,
+                "closed a connection at once: {MAX_HANDSHAKES} others are in the shared-secret handshake"
+            );
+            ses.actor.stop(Some("too many connections in the handshake".into()));
+            return;
+        }
+        handshaking.insert(ses.node_id);
+        drop(handshaking);
+        let handshaking = Arc::clone(&self.handshaking);
+        tokio::spawn(async move {
+            tokio::time::sleep(HANDSHAKE_DEADLINE).await;
+            if locked(&handshaking).remove(&ses.node_id) {
+                tracing::warn!(
+                    peer = %ses.peer_addr,
+                    "closed a connection that did not pass the shared-secret handshake within {HANDSHAKE_DEADLINE:?}"
+                );
+                ses.actor.stop(Some("no handshake in time".into()));
+            }
+        });
+    }
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        locked(&self.handshaking).remove(&ses.node_id);
         let authenticated = self.authenticated.lock().map(|mut a| a.remove(&ses.node_id)).unwrap_or(false);
         let _ = self.tx.send(NodeEvent::Disconnected { peer: ses.peer_addr, authenticated });
     }
 
     fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        locked(&self.handshaking).remove(&ses.node_id);
         if let Ok(mut a) = self.authenticated.lock() {
             a.insert(ses.node_id);
         }
@@ -149,11 +190,12 @@ pub async fn start(
         p => p,
     };
     let server = NodeServer::new(port, secret.to_owned(), name.to_owned(), listen.ip().to_string(), None, None)
-        .with_listen_addr(listen.ip());
+        .with_listen_addr(listen.ip())
+        .with_max_inbound_frame_size(crate::cluster::wire::MAX_FRAME_BYTES as u64);
     let (server, _) = Actor::spawn(None, server, ())
         .await
         .map_err(|e| NodeError::Start { address: address.clone(), message: e.to_string() })?;
-    let subscription = Events { tx: events, authenticated: Arc::default() };
+    let subscription = Events { tx: events, authenticated: Arc::default(), handshaking: Arc::default() };
     server
         .cast(NodeServerMessage::SubscribeToEvents { id: "gauntlet".into(), subscription: Box::new(subscription) })
         .map_err(|e| NodeError::Start { address, message: e.to_string() })?;

@@ -14,7 +14,7 @@ use crate::trainable::ContextSettings;
 use crate::trial::{AttemptEnd, Report, TrialId};
 
 /// Bumped when a message changes shape; a worker of another protocol is refused.
-pub const PROTOCOL: u32 = 5;
+pub const PROTOCOL: u32 = 6;
 
 /// The process group the coordinator's worker pool joins.
 pub const POOL_GROUP: &str = "gauntlet.pool";
@@ -26,6 +26,13 @@ pub const WORKER_GROUP: &str = "gauntlet.workers";
 /// ractor_cluster's 16 MiB inbound frame limit, small enough not to stall
 /// the connection's other traffic for long.
 pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// The largest frame a node takes from a peer. Each message is far
+/// smaller (a part of [`CHUNK_BYTES`], a config of at most
+/// [`crate::config::MAX_CONFIG_BYTES`], an output batch under 1.1 MiB);
+/// the limit bounds what a connection that has not passed the handshake
+/// can make the node hold.
+pub const MAX_FRAME_BYTES: usize = 4 << 20;
 
 /// A worker stops hearing from a coordinator for this long, or a coordinator
 /// from a worker: the other side is gone.
@@ -141,6 +148,10 @@ pub enum ToWorker {
     Heartbeat,
     /// The coordinator is done with this worker: exit.
     Shutdown(String),
+    /// The coordinator gave this worker up (its heartbeats stopped: a
+    /// stalled process, a paused VM) and re-placed its trials: the worker
+    /// joins again as a new one, as after losing the coordinator.
+    Dropped(String),
 }
 
 /// Worker → coordinator.
@@ -388,6 +399,24 @@ mod tests {
             let frame = rmp_serde::to_vec_named(&FromWorker::CheckpointPart { lease: 1, part: p.clone() }).unwrap();
             assert!(frame.len() < CHUNK_BYTES + 1024, "a part's frame is {} bytes", frame.len());
         }
+        // The largest config a worker loads, in one frame, with room for the envelope.
+        let spec = Experiment {
+            name: "x".repeat(255),
+            config_text: "#".repeat(crate::config::MAX_CONFIG_BYTES as usize),
+            format: crate::config::ConfigFormat::Toml,
+            config_path: std::path::PathBuf::from("/".repeat(4096)),
+            context: ContextSettings {
+                metric: "m".repeat(1000),
+                mode: crate::space::Mode::Max,
+                max_epochs: 1,
+                checkpoint_every: 1,
+                threads: 1,
+                panic_probability: 0.0,
+                abort_probability: 0.0,
+            },
+        };
+        let load = rmp_serde::to_vec_named(&ToWorker::Load { experiment: ExperimentKey(1), spec: Box::new(spec) });
+        assert!(load.unwrap().len() < MAX_FRAME_BYTES / 2);
         let dst = tempfile::tempdir().unwrap();
         write_parts(dst.path(), &parts).unwrap();
         assert_eq!(std::fs::read(dst.path().join("weights.safetensors")).unwrap(), big);

@@ -252,8 +252,8 @@ impl Actor for WorkerPool {
             PoolMsg::Gone { name } => state.on_disconnect(&myself, &name),
             PoolMsg::Exited(exit) => state.on_exit(exit),
             PoolMsg::Node(NodeEvent::Disconnected { peer, authenticated: false }) => tracing::warn!(
-                "refused a connection from {peer}: it failed the shared-secret handshake \
-                 (a worker started with another GAUNTLET_SECRET or --secret-file?)"
+                "a connection from {peer} closed before it passed the shared-secret handshake \
+                 (a worker started with another GAUNTLET_SECRET or --secret-file, or a peer that is no worker)"
             ),
             PoolMsg::Node(_) => {}
             PoolMsg::Tick => state.tick(),
@@ -675,8 +675,15 @@ impl State {
                 let _ = trial.cast(TrialMsg::Lost { reason, crash });
             }
         }
-        // Tell it to go, in case only its heartbeats were late.
-        w.send(ToWorker::Shutdown(format!("the coordinator gave up on this worker: {why}")));
+        // In case only its heartbeats were late: it joins again as a new worker.
+        w.send(ToWorker::Dropped(format!("the coordinator gave up on this worker: {why}")));
+        let waiting = w.leases.len() + self.experiments.values().map(|e| e.queue.len()).sum::<usize>();
+        if self.closing.is_none() && !self.workers.values().any(|w| w.disconnected.is_none()) && waiting > 0 {
+            tracing::warn!(
+                "no worker is connected: trials wait for one (remote workers rejoin by themselves within their \
+                 --reconnect-for; or start one with `gauntlet worker --join`)"
+            );
+        }
         self.closed_if_empty();
         self.dispatch();
     }

@@ -291,6 +291,8 @@ impl WorkerActor {
             ToWorker::Refused(why) => state.finish(myself, WorkerExit::Refused(why)),
             ToWorker::Shutdown(_) if state.leaving => state.finish(myself, WorkerExit::Left),
             ToWorker::Shutdown(why) => state.finish(myself, WorkerExit::Shutdown(why)),
+            ToWorker::Dropped(_) if state.leaving => state.finish(myself, WorkerExit::Left),
+            ToWorker::Dropped(why) => state.finish(myself, WorkerExit::CoordinatorLost(why)),
             ToWorker::CheckpointPart { lease, part } => state.parts.entry(lease).or_default().push(part),
             ToWorker::Start(job) if state.leaving => {
                 state.parts.remove(&job.lease);
@@ -552,12 +554,16 @@ async fn connect(
         }
         while let Ok(event) = events.try_recv() {
             if let NodeEvent::Disconnected { authenticated, .. } = event {
+                // A closed handshake does not say why: a wrong secret, or a peer that is no coordinator.
                 let why = if authenticated {
                     "the coordinator closed the connection".to_owned()
                 } else {
-                    "the coordinator refused this worker during the handshake: the shared secret \
-                     (GAUNTLET_SECRET or --secret-file) differs from the coordinator's"
-                        .to_owned()
+                    format!(
+                        "the connection closed during the shared-secret handshake: either the secret \
+                         (GAUNTLET_SECRET or --secret-file) differs from the coordinator's, or {address} is not a \
+                         gauntlet coordinator's worker address (`gauntlet run --listen` or `gauntlet daemon \
+                         --workers-listen`, not an HTTP port)"
+                    )
                 };
                 return Err(WorkerError::Refused(why));
             }
