@@ -318,9 +318,7 @@ impl Run {
     /// at `config_path`: checks the config and its data first, so that bad
     /// input leaves no directory behind, then records the config.
     pub fn create(config_path: &Path, dir: &Path) -> Result<Run, EngineError> {
-        let config = Config::load(config_path)?;
-        let text = std::fs::read_to_string(config_path)
-            .map_err(EngineError::io(format!("cannot read {}", config_path.display())))?;
+        let (config, text) = Config::load_with_text(config_path)?;
         Self::create_from(config, &text, config_path, dir)
     }
 
@@ -328,7 +326,8 @@ impl Run {
     /// read from (or stands for) `config_path`.
     pub fn create_from(config: Config, text: &str, config_path: &Path, dir: &Path) -> Result<Run, EngineError> {
         let existing = dir.join(journal::JOURNAL_FILE);
-        if existing.exists() && journal::read(&existing).is_ok_and(|c| c.records.is_empty()) {
+        let died_young = existing.exists() && journal::read(&existing).is_ok_and(|c| c.records.is_empty());
+        if died_young {
             // A run that died before recording its config: nothing to keep.
             std::fs::remove_file(&existing)
                 .map_err(EngineError::io(format!("cannot remove {}", existing.display())))?;
@@ -337,6 +336,13 @@ impl Run {
             return Err(EngineError::Usage(format!(
                 "{} already holds a run; continue it with `gauntlet resume {}`, or choose another --out",
                 dir.display(),
+                dir.display()
+            )));
+        }
+        // A run writes config.toml, gauntlet.log, best/ ... into its directory: never over someone's files.
+        if !died_young && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(EngineError::Usage(format!(
+                "{} holds files but no run: expected a new or empty directory for the run; choose another --out",
                 dir.display()
             )));
         }

@@ -290,6 +290,40 @@ fn run_directories_that_cannot_be_are_usage_errors_naming_the_flag_or_key() {
     );
     let o = run_in(tmp.path(), &["worker", "--join", "127.0.0.1:1", "--slots", "100000"]);
     assert_usage_error(&o, &["--slots: expected 1 to 1024"]);
+    // Waits that would overflow the clock are usage errors, not panics.
+    for flag in ["--connect-timeout", "--reconnect-for"] {
+        let o = run_in(tmp.path(), &["worker", "--join", "127.0.0.1:1", flag, "18446744073709551615"]);
+        assert_usage_error(&o, &[flag, "604800"]);
+    }
+    // A directory holding someone's files is not written into.
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("config.toml"), "mine").unwrap();
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", theirs.to_str().unwrap()]);
+    assert_usage_error(&o, &["holds files but no run", "choose another --out"]);
+    assert_eq!(std::fs::read_to_string(theirs.join("config.toml")).unwrap(), "mine");
+    assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 1, "nothing was added");
+}
+
+#[test]
+fn a_config_read_from_a_pipe_is_read_once_and_the_run_records_what_was_validated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    // As `gauntlet run <(cat exp.toml)`: a pipe gives its text once.
+    let mut child = gauntlet()
+        .current_dir(tmp.path())
+        .args(["run", "/dev/stdin", "--out", out.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(SLEEP.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(out.join("config.toml")).unwrap(), SLEEP, "the run holds the text it ran");
+    let o = run_in(tmp.path(), &["status", out.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]

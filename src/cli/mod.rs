@@ -209,31 +209,46 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn predict(model: &Path, input: &Path, output: Option<&Path>) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let model = gauntlet::predict::Model::load(model)?;
-    let mut out: Box<dyn Write> = match output {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
     if input == Path::new("-") {
+        // A stream: answers go out as they come.
+        let out: Box<dyn Write> = match output {
+            Some(p) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+            )),
+            None => Box::new(std::io::stdout().lock()),
+        };
         model.stream(std::io::stdin().lock(), out)?;
         return Ok(ExitCode::SUCCESS);
     }
+    // A batch: read and predicted in full before the output is touched (it may be the input,
+    // and a bad input must not cost the old output), then written whole or not at all.
     let rows = model.read_input(input)?;
     let probs = model.predict_rows(&rows)?;
-    let mut w = csv::Writer::from_writer(&mut out);
+    let mut csv_out = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["row".to_owned(), "predicted".to_owned()];
     header.extend(model.class_names().iter().map(|c| format!("p_{c}")));
-    w.write_record(&header)?;
+    csv_out.write_record(&header)?;
     for (i, p) in probs.iter().enumerate() {
         let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(c, _)| c);
         let mut record = vec![i.to_string(), model.class_name(best).unwrap_or_default().to_owned()];
         record.extend(p.iter().map(|v| format!("{v:.6}")));
-        w.write_record(&record)?;
+        csv_out.write_record(&record)?;
     }
-    w.flush()?;
-    drop(w);
-    out.flush()?;
+    let bytes = csv_out.into_inner().map_err(|e| anyhow::anyhow!("cannot write the predictions: {e}"))?;
+    match output {
+        Some(p) => {
+            let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(parent)
+                .with_context(|| format!("cannot create a file next to {}", p.display()))?;
+            tmp.write_all(&bytes).with_context(|| format!("cannot write {}", p.display()))?;
+            tmp.persist(p).with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            out.flush()?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -352,12 +367,10 @@ fn run_experiment(
     json: bool,
     cluster: &cluster::ClusterArgs,
 ) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path)?;
+    let (config, text) = Config::load_with_text(config_path)?;
     let flag = out.is_some();
     let dir = out.unwrap_or_else(|| default_out(&config));
     check_out(&dir, flag)?;
-    let text =
-        std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let started = Instant::now();
     let run = Run::create_from(config, &text, config_path, &dir)?;
     let loaded = started.elapsed();

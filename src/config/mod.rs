@@ -545,11 +545,17 @@ impl Config {
     /// Reads and validates a config file: YAML for `.yaml`/`.yml`, JSON
     /// for `.json`, TOML otherwise.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], with the text it read: a run records the text it
+    /// validated (a pipe or a file being edited reads differently twice).
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = read_text(path)?;
         let mut config = Self::parse(&text, ConfigFormat::of(path), path)?;
         config.resolve_paths(path);
         config.check_files(path)?;
-        Ok(config)
+        Ok((config, text))
     }
 
     /// Parses and validates config text; `file` is only used in messages.
