@@ -9,7 +9,7 @@
 //! # Ok::<(), gauntlet::predict::PredictError>(())
 //! ```
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
@@ -42,6 +42,29 @@ pub enum PredictError {
     /// The input data could not be read.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+}
+
+/// The longest line [`Model::stream`] reads as one record.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Consumes the rest of a line without keeping it.
+fn skip_line(input: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(end) => {
+                input.consume(end + 1);
+                return Ok(());
+            }
+            None => {
+                let n = chunk.len();
+                input.consume(n);
+            }
+        }
+    }
 }
 
 /// A trained classifier loaded from a `best/` directory.
@@ -230,13 +253,27 @@ impl Model {
     /// numbers, `{"features": [...]}`, or an object of named features),
     /// one JSON answer per line, flushed at once. A bad line is answered
     /// with `{"line": n, "error": "..."}` and the stream goes on.
-    pub fn stream(&self, input: impl BufRead, mut output: impl Write) -> std::io::Result<()> {
-        for (i, line) in input.lines().enumerate() {
-            let line = line?;
-            if line.trim().is_empty() {
+    /// A line is at most [`MAX_RECORD_BYTES`] long, of UTF-8 text; a longer
+    /// one is skipped unread and answered with an error, as is one that is
+    /// not text.
+    pub fn stream(&self, mut input: impl BufRead, mut output: impl Write) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for i in 0usize.. {
+            buf.clear();
+            if (&mut input).take(MAX_RECORD_BYTES as u64 + 1).read_until(b'\n', &mut buf)? == 0 {
+                break;
+            }
+            let record = if buf.len() > MAX_RECORD_BYTES && !buf.ends_with(b"\n") {
+                skip_line(&mut input)?;
+                Err(format!("longer than {MAX_RECORD_BYTES} bytes: expected one record of features per line"))
+            } else {
+                std::str::from_utf8(&buf)
+                    .map_err(|e| format!("not UTF-8 text (byte {}): expected a JSON record", e.valid_up_to()))
+            };
+            if record.as_ref().is_ok_and(|line| line.trim().is_empty()) {
                 continue;
             }
-            let answer = match self.parse_record(&line).and_then(|row| {
+            let answer = match record.and_then(|line| self.parse_record(line)).and_then(|row| {
                 self.predict_rows(&row).map_err(|e| match e {
                     PredictError::Input { message, .. } => message,
                     e => e.to_string(),
@@ -256,6 +293,7 @@ impl Model {
     }
 
     fn parse_record(&self, line: &str) -> Result<Vec<f32>, String> {
+        let line = line.trim_end_matches(['\n', '\r']);
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
         let numbers = |a: &[serde_json::Value]| -> Result<Vec<f32>, String> {
             a.iter().map(|x| x.as_f64().map(|f| f as f32).ok_or_else(|| format!("`{x}` is not a number"))).collect()

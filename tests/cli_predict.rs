@@ -65,11 +65,23 @@ fn batch_prediction_reads_columns_by_name_and_writes_csv() {
         let sum: f64 = l.split(',').skip(2).map(|p| p.parse::<f64>().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-3, "probabilities sum to 1: {l}");
     }
-    // A file without the model's columns says which are needed.
+    // A file without the model's columns says which are needed, and costs no earlier output.
     write(tmp.path(), "bad.csv", "width,sepal\n1,2\n");
-    let o = run_in(tmp.path(), &["predict", "--model", model.to_str().unwrap(), "--input", "bad.csv"]);
+    let o = run_in(
+        tmp.path(),
+        &["predict", "--model", model.to_str().unwrap(), "--input", "bad.csv", "--output", out.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("bad.csv") && stderr(&o).contains("no column `petal`"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text, "the earlier predictions are still there");
+    // The output may be the input: read in full before it is replaced.
+    let same = write(tmp.path(), "same.csv", "width,sepal,petal\n0.5,105,0.5\n");
+    let o = run_in(
+        tmp.path(),
+        &["predict", "--model", model.to_str().unwrap(), "--input", "same.csv", "--output", "same.csv"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&same).unwrap().contains("0,setosa,"));
     // Not a model directory.
     let o = run_in(tmp.path(), &["predict", "--model", tmp.path().to_str().unwrap(), "--input", "new.csv"]);
     assert_eq!(o.status.code(), Some(2));
@@ -89,24 +101,32 @@ fn json_lines_stream_through_stdin_one_answer_per_line() {
     let mut stdin = child.stdin.take().unwrap();
     let mut answers = BufReader::new(child.stdout.take().unwrap());
     // Each answer arrives before the next record is sent: streaming, not batch.
-    let mut ask = |record: &str| -> serde_json::Value {
-        writeln!(stdin, "{record}").unwrap();
+    let mut ask = |record: &[u8]| -> serde_json::Value {
+        stdin.write_all(record).unwrap();
+        stdin.write_all(b"\n").unwrap();
         stdin.flush().unwrap();
         let mut line = String::new();
         answers.read_line(&mut line).unwrap();
         serde_json::from_str(&line).unwrap()
     };
-    assert_eq!(ask("[105, 0.5, 0.5]")["predicted"], "setosa");
-    assert_eq!(ask(r#"{"sepal": 185, "petal": 0.2, "width": 10.4}"#)["predicted"], "virginica");
-    assert_eq!(ask(r#"{"features": [145, 0.5, 5.5]}"#)["predicted"], "versicolor");
-    let bad = ask("[1, 2]");
+    assert_eq!(ask(b"[105, 0.5, 0.5]")["predicted"], "setosa");
+    assert_eq!(ask(br#"{"sepal": 185, "petal": 0.2, "width": 10.4}"#)["predicted"], "virginica");
+    assert_eq!(ask(br#"{"features": [145, 0.5, 5.5]}"#)["predicted"], "versicolor");
+    let bad = ask(b"[1, 2]");
     assert_eq!(bad["line"], 4);
     assert!(bad["error"].as_str().unwrap().contains("expects 3"), "{bad}");
-    assert!(ask("{ not json")["error"].as_str().unwrap().contains("not JSON"));
+    assert!(ask(b"{ not json")["error"].as_str().unwrap().contains("not JSON"));
     // 1e39 overflows an f32: refused, naming the feature, not answered with nulls.
-    let huge = ask("[145, 1e39, 5.0]");
+    let huge = ask(b"[145, 1e39, 5.0]");
     assert!(huge["error"].as_str().unwrap().contains("feature 1: inf is not a finite number"), "{huge}");
-    assert_eq!(ask("[145, 0.1, 5.0]")["class"], 1, "the stream goes on after bad lines");
+    assert_eq!(ask(b"[145, 0.1, 5.0]")["class"], 1, "the stream goes on after bad lines");
+    // A line that is not text, and one longer than a record may be: answered, skipped, the stream goes on.
+    let answer = ask(b"[1, \xff]");
+    assert!(answer["error"].as_str().unwrap().contains("not UTF-8"), "{answer}");
+    let long = format!("[{}1]", "1, ".repeat(400_000));
+    let answer = ask(long.as_bytes());
+    assert!(answer["error"].as_str().unwrap().contains("longer than 1048576 bytes"), "{answer}");
+    assert_eq!(ask(b"[145, 0.1, 5.0]")["class"], 1);
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
