@@ -233,7 +233,15 @@ fn a_worker_that_joins_late_gets_trials_at_once() {
     let port = free_port();
     let mut coord = coordinator(&config, &out, port, 1);
     wait_reports(&out, 3, "the local worker never reported");
-    let mut late = worker(port, 2, SECRET, &tmp.path().join("late.log"));
+    // The secret is the file's first line; what follows is not part of it.
+    let secret_file = write(tmp.path(), "secret", &format!("{SECRET}\nnot part of the secret\n"));
+    let mut late = worker_with(
+        port,
+        2,
+        "the file comes first",
+        &tmp.path().join("late.log"),
+        &["--secret-file", secret_file.to_str().unwrap()],
+    );
     assert!(wait_exit(&mut coord, Duration::from_secs(120)).success());
     assert!(wait_exit(&mut late, Duration::from_secs(15)).success(), "the late worker exits when the sweep ends");
     let recs = records(&out);
@@ -290,6 +298,10 @@ fn listening_without_a_secret_and_a_worker_without_one_are_usage_errors() {
     let o = gauntlet().args(["worker", "--join", "127.0.0.1:9", "--secret-file"]).arg(&empty).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("empty-secret") && stderr(&o).contains("empty"), "{}", stderr(&o));
+    // A file without end is not read whole.
+    let o = gauntlet().args(["worker", "--join", "127.0.0.1:9", "--secret-file", "/dev/zero"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("first line is over 4096 bytes"), "{}", stderr(&o));
 }
 
 #[test]

@@ -14,6 +14,9 @@ use gauntlet::worker::{self, WorkerError, WorkerExit, WorkerOptions};
 
 use super::UsageError;
 
+/// The longest wait a worker's flags may ask for: a week, in seconds.
+const MAX_WAIT_SECS: u64 = 7 * 24 * 3600;
+
 /// Where trials run: flags shared by `run` and `resume`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ClusterArgs {
@@ -102,12 +105,12 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
     /// How long to keep trying to reach the coordinator, in seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     connect_timeout: u64,
     /// When the coordinator is lost (killed, restarted), keep trying to
     /// join it again for this many seconds (0: exit at once). Its running
     /// trials stop either way; the restarted coordinator continues them.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     reconnect_for: u64,
     /// Spawned by a coordinator on its own machine.
     #[arg(long, hide = true)]

@@ -46,13 +46,27 @@ pub enum NodeError {
     },
 }
 
-/// Reads the shared secret: from `file` when given, else from
+/// The longest secret a secret file may hold.
+const MAX_SECRET_BYTES: u64 = 4096;
+
+/// Reads the shared secret: from `file` when given (its first line), else from
 /// `GAUNTLET_SECRET`. `None` when neither is set.
 pub fn read_secret(file: Option<&Path>) -> Result<Option<String>, NodeError> {
     if let Some(file) = file {
         let bad = |message: String| NodeError::SecretFile { file: file.to_owned(), message };
-        let text = std::fs::read_to_string(file).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+        // A secret is a line: read a bounded prefix (the flag may name /dev/zero), keep the first line.
+        let mut head = Vec::new();
+        std::fs::File::open(file)
+            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_SECRET_BYTES + 1), &mut head))
+            .map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
+        if first.len() as u64 > MAX_SECRET_BYTES {
+            return Err(bad(format!("its first line is over {MAX_SECRET_BYTES} bytes; expected the shared secret")));
+        }
+        let secret = std::str::from_utf8(first)
+            .map_err(|_| bad("its first line is not UTF-8 text; expected the shared secret".into()))?
+            .trim_end_matches('\r')
+            .to_owned();
         if secret.trim().is_empty() {
             return Err(bad("it is empty; expected the shared secret on its first line".into()));
         }
