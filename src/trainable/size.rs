@@ -87,7 +87,8 @@ pub fn smallest(
         .map(|(name, domain)| (name.clone(), lowest(domain)))
         .collect();
     let mut best: Option<(f64, Params)> = None;
-    let combos = candidates.iter().map(|(_, v)| v.len()).product::<usize>();
+    // Saturating: a product that wraps (256 values in each of 8 keys) would be 0, checking nothing.
+    let combos = candidates.iter().try_fold(1usize, |n, (_, v)| n.checked_mul(v.len())).unwrap_or(usize::MAX);
     for mut i in 0..combos.min(1 << 16) {
         let mut params = Params::new();
         for (name, values) in &candidates {
@@ -123,11 +124,28 @@ pub fn too_large(space: &SearchSpace, keys: &[&str], bytes: impl FnMut(&Params) 
 /// The values of a domain among which its smallest network lies: sizes
 /// grow with each parameter past its first values, except where a zero
 /// (no hidden layer) or pooling shrinks them, so the lowest two values
-/// of a range and every choice are enough.
+/// of a range, the lowest two integer choices and every other distinct
+/// choice (up to 64) are enough.
 fn lowest(domain: &Domain) -> Vec<ParamValue> {
     match domain {
         Domain::Fixed(v) => vec![v.clone()],
-        Domain::Choice(values) => values.clone(),
+        Domain::Choice(values) => {
+            let mut ints: Vec<i64> =
+                values.iter().filter_map(|v| if let ParamValue::Int(i) = v { Some(*i) } else { None }).collect();
+            ints.sort_unstable();
+            ints.dedup();
+            ints.truncate(2);
+            let mut out: Vec<ParamValue> = ints.into_iter().map(ParamValue::Int).collect();
+            for v in values {
+                if out.len() >= 64 {
+                    break;
+                }
+                if !matches!(v, ParamValue::Int(_)) && !out.contains(v) {
+                    out.push(v.clone());
+                }
+            }
+            out
+        }
         Domain::Int { low, high, .. } => {
             let span = high.saturating_sub(*low);
             if span <= 16 {
@@ -172,5 +190,24 @@ mod tests {
         assert_eq!((bytes, params["layers"].as_i64()), (50.0, Some(0)));
         assert_eq!(seen, 2 * 5, "two unit candidates times every layer count");
         assert!(!params.contains_key("lr"), "only the named keys");
+    }
+
+    #[test]
+    fn long_choices_are_cut_to_their_candidates_and_never_wrap_the_count() {
+        // 256 values in each of 8 keys: 2^64 combinations, which wrapped to 0 and checked none.
+        let mut space = SearchSpace::new();
+        let keys: Vec<String> = (0..8).map(|k| format!("k{k}")).collect();
+        for k in &keys {
+            space = space.with(k, Domain::Choice(vec![ParamValue::Int(1 << 20); 256]));
+        }
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let (bytes, _) = smallest(&space, &names, |_| Some(1e15)).unwrap();
+        assert_eq!(bytes, 1e15);
+        // The smallest of a long choice is found however far back it is written.
+        let mut values = vec![ParamValue::Int(64); 65_536];
+        values.push(ParamValue::Int(0));
+        let space = SearchSpace::new().with("layers", Domain::Choice(values));
+        let (bytes, params) = smallest(&space, &["layers"], |p| p["layers"].as_f64().map(|l| 1.0 + l)).unwrap();
+        assert_eq!((bytes, params["layers"].as_i64()), (1.0, Some(0)));
     }
 }
