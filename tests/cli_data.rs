@@ -305,6 +305,41 @@ panic_probability = 0.15
 }
 
 #[test]
+fn cnn_shapes_that_cannot_be_built_are_refused_before_any_trial() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_fashion_like(&tmp.path().join("fm"), good_images());
+    let cfg = |name: &str, model: &str| {
+        let text = format!(
+            "[experiment]\nname = \"{name}\"\nmax_trials = 2\n[data]\nsource = \"fashion-mnist\"\npath = \"{}\"\n\
+             [model]\nkind = \"cnn\"\nchannels = 4\nhidden_units = 8\n{model}\n[train]\nmax_epochs = 1\n",
+            tmp.path().join("fm").display()
+        );
+        write(tmp.path(), &format!("{name}.toml"), &text)
+    };
+    // An even kernel: refused by `validate` already, whatever the data.
+    for (name, kernel) in [("even", "kernel_size = 4"), ("range", "kernel_size = { int = [3, 7] }")] {
+        let o = run_in(tmp.path(), &["validate", cfg(name, kernel).to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains("kernel_size: 4 is among its values"), "{}", stderr(&o));
+    }
+    // More pooled blocks than an 8x8 image has halvings: `run` refuses it on the data, before a trial.
+    let deep = cfg("deep", "conv_blocks = { int = [1, 4] }");
+    let out = tmp.path().join("deep-run");
+    let o = run_in(tmp.path(), &["run", deep.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("conv_blocks: 4 pooled blocks halve a 8x8 image to nothing; expected at most 3"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+    // Without pooling the same blocks are fine.
+    let flat = cfg("unpooled", "conv_blocks = 4\npooling = \"none\"");
+    let o = run_in(tmp.path(), &["validate", flat.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
 fn a_cnn_on_flat_rows_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), "rows.csv", "a,b,y\n1,2,0\n3,4,1\n5,6,0\n");

@@ -21,6 +21,7 @@ use super::size::Footprint;
 use super::{Shape, TrainError, Trainable, TrialContext};
 use crate::config::{Params, SearchSpace};
 use crate::data::Dataset;
+use crate::space::{Domain, ParamValue};
 
 /// Pooling after each convolution block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +127,60 @@ impl CnnSpec {
         let spec = Self::from_params(params, shape)?;
         spec.footprint().check(shape.batch(params)).map_err(TrainError::Invalid)?;
         Ok(spec)
+    }
+
+    /// Refuses a `kernel_size` that may be even (the image keeps its size
+    /// only with odd kernels): a data-independent part of [`Self::check_shapes`].
+    pub(crate) fn check_kernel(space: &SearchSpace) -> Result<(), String> {
+        let even = match space.domain("kernel_size") {
+            Some(Domain::Int { low, high, .. }) => {
+                [*low, low.saturating_add(1)].into_iter().find(|k| k % 2 == 0 && k <= high)
+            }
+            Some(Domain::Fixed(v)) => v.as_i64().filter(|k| k % 2 == 0),
+            Some(Domain::Choice(vs)) => vs.iter().filter_map(ParamValue::as_i64).find(|k| k % 2 == 0),
+            _ => None,
+        };
+        match even {
+            Some(k) => Err(format!(
+                "kernel_size: {k} is among its values; expected odd sizes only (the image keeps its size), \
+                 e.g. {{ choice = [3, 5, 7] }}"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a space some of whose networks cannot be built on `shape`'s
+    /// data, whatever the other parameters: no image-shaped samples, an
+    /// even `kernel_size`, or more pooled `conv_blocks` than the image has
+    /// halvings. (Its trials would each fail as invalid.)
+    fn check_shapes(space: &SearchSpace, shape: &Shape) -> Result<(), String> {
+        let Some(input) = shape.image else { return Err("kind = \"cnn\" needs image-shaped samples".into()) };
+        // The integers a domain may give: its values, or its range's ends.
+        let ints = |name: &str| -> Vec<i64> {
+            match space.domain(name) {
+                Some(Domain::Fixed(v)) => v.as_i64().into_iter().collect(),
+                Some(Domain::Choice(vs)) => vs.iter().filter_map(ParamValue::as_i64).collect(),
+                Some(Domain::Int { low, high, .. }) => vec![*low, *high],
+                _ => Vec::new(),
+            }
+        };
+        Self::check_kernel(space)?;
+        let pooled = match space.domain("pooling") {
+            Some(Domain::Fixed(v)) => v.as_str() != Some("none"),
+            Some(Domain::Choice(vs)) => vs.iter().any(|v| v.as_str() != Some("none")),
+            _ => true,
+        };
+        let most = ints("conv_blocks").into_iter().max().unwrap_or(0).clamp(0, 63) as u32;
+        let fits = (input[1].min(input[2]) >> most) > 0;
+        if pooled && !fits {
+            let can = (usize::BITS - 1 - input[1].min(input[2]).leading_zeros()).min(63);
+            return Err(format!(
+                "conv_blocks: {most} pooled blocks halve a {}x{} image to nothing; expected at most {can}, or \
+                 pooling = \"none\"",
+                input[1], input[2]
+            ));
+        }
+        Ok(())
     }
 
     /// The smallest network `space` allows on `shape`'s data, when it is too large to train.
@@ -306,7 +361,9 @@ impl Trainable for CnnTrainable {
     }
 
     fn check_space(&self, space: &SearchSpace) -> Result<(), String> {
-        CnnSpec::too_large(space, &Shape::of(&self.data)).map_or(Ok(()), Err)
+        let shape = Shape::of(&self.data);
+        CnnSpec::check_shapes(space, &shape)?;
+        CnnSpec::too_large(space, &shape).map_or(Ok(()), Err)
     }
 
     fn describe(&self, params: &Params) -> Option<serde_json::Value> {

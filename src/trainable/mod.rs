@@ -118,7 +118,11 @@ pub fn check_space(config: &crate::config::Config) -> Result<(), String> {
     let shape = Shape::least(config);
     let too_large = match config.model {
         crate::config::ModelKind::Mlp => mlp::MlpSpec::too_large(&config.space, &shape),
-        crate::config::ModelKind::Cnn => cnn::CnnSpec::too_large(&config.space, &shape),
+        crate::config::ModelKind::Cnn => {
+            // The image's size is known only with the data (`run` checks the blocks then).
+            cnn::CnnSpec::check_kernel(&config.space)?;
+            cnn::CnnSpec::too_large(&config.space, &shape)
+        }
         _ => None,
     };
     too_large.map_or(Ok(()), Err)
