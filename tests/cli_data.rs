@@ -193,6 +193,7 @@ fn malformed_tables_name_the_file_line_and_column() {
         ("a,b,y\n1,2,cat\n3,4\n", "line 3"),
         ("a,b,kind\n1,2,cat\n", "no column `y` for the labels; the header has a, b, kind"),
         ("a,b,y\n1,2,0\n3,4,0\n", "expected at least two classes"),
+        ("a,a,y\n1,2,0\n3,4,1\n", "line 1: two columns are named `a`"),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         write(tmp.path(), &format!("bad{i}.csv"), text);

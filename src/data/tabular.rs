@@ -46,6 +46,11 @@ pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
     if header.len() > MAX_COLUMNS {
         return Err(err(Some(1), format!("{} columns: expected at most {MAX_COLUMNS}", header.len())));
     }
+    // A model reads its features by column name: two columns of one name would be one feature twice.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = header.iter().find(|h| !seen.insert(*h)) {
+        return Err(err(Some(1), format!("two columns are named `{twice}`; expected distinct column names")));
+    }
     let label_at = header.iter().position(|h| h == label).ok_or_else(|| {
         let names: Vec<&str> = header.iter().collect();
         err(Some(1), format!("no column `{label}` for the labels; the header has {}", names.join(", ")))
