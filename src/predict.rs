@@ -44,6 +44,9 @@ pub enum PredictError {
     Data(#[from] crate::data::DataError),
 }
 
+/// The largest `model.json` a model directory may hold.
+const MAX_MODEL_JSON_BYTES: u64 = 16 << 20;
+
 /// The longest line [`Model::stream`] reads as one record.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
@@ -92,8 +95,13 @@ impl Model {
     /// Loads `dir` (a run's `best/`).
     pub fn load(dir: &Path) -> Result<Model, PredictError> {
         let bad = |message: String| PredictError::Model { dir: dir.to_owned(), message };
-        let text = std::fs::read(dir.join("model.json"))
+        let mut text = Vec::new();
+        std::fs::File::open(dir.join("model.json"))
+            .and_then(|f| f.take(MAX_MODEL_JSON_BYTES + 1).read_to_end(&mut text))
             .map_err(|e| bad(format!("cannot read model.json: {e} (is this a run's best/ directory?)")))?;
+        if text.len() as u64 > MAX_MODEL_JSON_BYTES {
+            return Err(bad(format!("model.json is over {MAX_MODEL_JSON_BYTES} bytes: not one gauntlet wrote")));
+        }
         let about: About = serde_json::from_slice(&text).map_err(|e| bad(format!("model.json: {e}")))?;
         let weights = match about.kind.as_str() {
             "torchscript" => crate::trainable::torchscript::MODULE_FILE,
@@ -103,11 +111,25 @@ impl Model {
             return Err(bad(format!("no {weights}: the best trial saved no checkpoint")));
         }
         let spec_err = |e: serde_json::Error| bad(format!("model.json `spec`: {e}"));
+        // A spec is believed only as far as its weights file holds it (at least 2 bytes a
+        // parameter): a damaged or hostile model.json must not allocate what no file backs.
+        let held = std::fs::metadata(dir.join(weights)).map_or(0, |m| m.len()) as f64;
+        let backed = |parameters: f64| {
+            if parameters.is_finite() && 2.0 * parameters <= held + 65_536.0 {
+                Ok(())
+            } else {
+                Err(bad(format!(
+                    "model.json describes a network of {parameters:.3e} parameters, which its {weights} of {held} \
+                     bytes cannot hold: the directory is damaged or not a run's best/"
+                )))
+            }
+        };
         // The built-in networks are built from their spec, then take their
         // weights; a TorchScript module file is both at once.
         let (mut net, inputs, classes): (Box<dyn Network + Send>, usize, usize) = match about.kind.as_str() {
             "mlp" => {
                 let spec: MlpSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
+                backed(spec.footprint().parameters)?;
                 let (i, c) = (spec.inputs, spec.classes);
                 let mut net = Mlp::new(spec, 0, Device::Cpu);
                 net.restore_dir(dir).map_err(|e| bad(e.to_string()))?;
@@ -115,6 +137,7 @@ impl Model {
             }
             "cnn" => {
                 let spec: CnnSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
+                backed(spec.footprint().parameters)?;
                 let (i, c) = (spec.input.iter().product(), spec.classes);
                 let mut net = Cnn::new(spec, 0, Device::Cpu);
                 net.restore_dir(dir).map_err(|e| bad(e.to_string()))?;

@@ -86,6 +86,17 @@ fn batch_prediction_reads_columns_by_name_and_writes_csv() {
     let o = run_in(tmp.path(), &["predict", "--model", tmp.path().to_str().unwrap(), "--input", "new.csv"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("model.json"), "{}", stderr(&o));
+    // A model.json that describes more than its weights hold (damaged, or hostile) allocates nothing.
+    let forged = tmp.path().join("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    std::fs::copy(model.join("weights.safetensors"), forged.join("weights.safetensors")).unwrap();
+    let mut about: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("model.json")).unwrap()).unwrap();
+    about["spec"]["inputs"] = serde_json::json!(1u64 << 40);
+    std::fs::write(forged.join("model.json"), about.to_string()).unwrap();
+    let o = run_in(tmp.path(), &["predict", "--model", forged.to_str().unwrap(), "--input", "new.csv"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot hold"), "{}", stderr(&o));
 }
 
 #[test]

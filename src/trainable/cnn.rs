@@ -101,7 +101,7 @@ impl CnnSpec {
     pub fn footprint(&self) -> Footprint {
         let (mut parameters, mut activations) = (0.0, 0.0);
         let (mut c_in, mut h, mut w) = (self.input[0] as f64, self.input[1] as f64, self.input[2] as f64);
-        let k2 = (self.kernel * self.kernel) as f64;
+        let k2 = self.kernel as f64 * self.kernel as f64;
         for &c in &self.channels {
             let c = c as f64;
             parameters += c_in * c * k2 + c + if self.batch_norm { 2.0 * c } else { 0.0 };

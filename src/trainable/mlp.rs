@@ -62,7 +62,8 @@ impl MlpSpec {
     /// Its parameters and activations, before it is built.
     pub fn footprint(&self) -> Footprint {
         let sizes = self.sizes();
-        let parameters = sizes.windows(2).map(|p| (p[0] * p[1] + p[1]) as f64).sum();
+        // In f64: a spec read from a file may be large enough to wrap a usize product.
+        let parameters = sizes.windows(2).map(|p| p[0] as f64 * p[1] as f64 + p[1] as f64).sum();
         // A hidden layer's output, its ReLU and dropout mask; the logits.
         let activations = self.hidden.iter().map(|&u| 3.0 * u as f64).sum::<f64>() + self.classes as f64;
         Footprint { parameters, activations }
