@@ -37,11 +37,24 @@ fn forked_worker(argv: Vec<String>) -> u8 {
     }
 }
 
+/// An error and its causes, `: `-separated, leaving out a cause whose text
+/// the message already holds (many errors name their cause themselves).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
+}
+
 fn run(args: cli::Cli) -> u8 {
     match cli::run(args) {
         Ok(code) => code.0,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             if cli::is_usage_error(&e) {
                 2
             } else {

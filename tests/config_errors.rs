@@ -136,6 +136,7 @@ fn missing_files_and_unknown_flags_are_usage_errors() {
     let o = run_in(tmp.path(), &["run", "nope.toml"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("nope.toml: cannot read"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("os error 2").count(), 1, "the cause once: {}", stderr(&o));
     let o = run_in(tmp.path(), &["status", tmp.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a run directory"), "{}", stderr(&o));
