@@ -226,6 +226,11 @@ fn submit_watch_change_concurrency_and_cancel() {
     let (status, body) =
         d.post(&format!("/api/v1/experiments/{id}/trials/{}/stop", running[0]), "application/json", b"");
     assert_eq!(status, 409, "a trial that ended does not stop again: {body}");
+    for action in ["stop", "restart"] {
+        let (status, body) =
+            d.post(&format!("/api/v1/experiments/{id}/trials/99999/{action}"), "application/json", b"");
+        assert_eq!(status, 404, "{action} of a trial that does not exist: {body}");
+    }
     // Cancel: running trials stop (paused, resumable), the experiment says cancelled.
     let (status, body) = d.post(&format!("/api/v1/experiments/{id}/cancel"), "application/json", b"");
     assert_eq!(status, 202, "{body}");

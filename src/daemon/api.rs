@@ -481,8 +481,19 @@ async fn stop_trial(state: web::Data<AppState>, path: web::Path<(String, String)
     let (id, trial) = path.into_inner();
     let (entry, trial) = (state.entry(&id)?, trial_number(&trial)?);
     let handle = entry.handle().ok_or_else(|| ApiError::conflict(format!("experiment {id} is not running")))?;
-    handle.stop_trial(crate::trial::TrialId(trial)).await.map_err(ApiError::conflict)?;
+    if let Err(e) = handle.stop_trial(crate::trial::TrialId(trial)).await {
+        return Err(trial_refusal(&entry, trial, e).await);
+    }
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "trial": trial, "status": "stopping" })))
+}
+
+/// Why a trial cannot be stopped or restarted: it does not exist (404), or its state forbids it (409).
+async fn trial_refusal(entry: &Entry, trial: u32, why: String) -> ApiError {
+    if entry.trials().await.len() <= trial as usize {
+        ApiError::not_found(format!("experiment {} has no trial {trial}", entry.id))
+    } else {
+        ApiError::conflict(why)
+    }
 }
 
 async fn restart_trial(
@@ -492,7 +503,9 @@ async fn restart_trial(
     let (id, trial) = path.into_inner();
     let (entry, trial) = (state.entry(&id)?, trial_number(&trial)?);
     let handle = entry.handle().ok_or_else(|| ApiError::conflict(format!("experiment {id} is not running")))?;
-    handle.restart_trial(crate::trial::TrialId(trial)).await.map_err(ApiError::conflict)?;
+    if let Err(e) = handle.restart_trial(crate::trial::TrialId(trial)).await {
+        return Err(trial_refusal(&entry, trial, e).await);
+    }
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "trial": trial, "status": "restarting" })))
 }
 
