@@ -146,6 +146,9 @@ impl Domain {
             Domain::Uniform { low, high } => {
                 if !(low.is_finite() && high.is_finite()) {
                     Err("expected finite bounds, as { uniform = [low, high] }".into())
+                } else if !(high - low).is_finite() {
+                    // A draw is low + (high - low) * u: the width must be a number too.
+                    Err(format!("uniform = [{low}, {high}] is wider than a float holds; narrow it"))
                 } else if low > high {
                     Err(format!("empty range: uniform = [{low}, {high}] needs low <= high"))
                 } else {
@@ -173,6 +176,12 @@ impl Domain {
             Domain::Choice(values) => {
                 if values.is_empty() {
                     return Err("empty choice: give at least one value".into());
+                }
+                if let Some(x) = values.iter().find_map(|v| match v {
+                    ParamValue::Float(x) if !x.is_finite() => Some(*x),
+                    _ => None,
+                }) {
+                    return Err(format!("choice holds {x}: expected finite numbers"));
                 }
                 let first = values[0].type_name();
                 match values.iter().find(|v| v.type_name() != first && !both_numeric(v, &values[0])) {

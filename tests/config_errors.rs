@@ -32,6 +32,8 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("max_trials = 2", "max_trials = 0", "experiment.max_trials", "at least 1"),
     ("[1e-4, 1e-1]", "[1e-1, 1e-4]", "train.lr", "empty range"),
     ("[1e-4, 1e-1]", "[0.0, 1e-1]", "train.lr", "0 < low"),
+    ("lr = { loguniform = [1e-4, 1e-1] }", "lr = { uniform = [-1.7e308, 1.7e308] }", "train.lr", "wider than a float"),
+    ("{ choice = [\"adam\", \"sgd\"] }", "{ choice = [nan, 1.0] }", "train.optimizer", "choice holds NaN"),
     ("{ choice = [\"adam\", \"sgd\"] }", "{ choice = [] }", "train.optimizer", "empty choice"),
     ("\"sgd\"", "\"rmsprop\"", "train.optimizer", "one of adam, sgd"),
     ("hidden_units = { int = [8, 64] }", "hidden_unit = 8", "model.hidden_unit", "unknown key"),
