@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::Args;
 use gauntlet::cluster::local::{LocalWorkers, Spec};
 use gauntlet::cluster::node::{self, NodeError};
+// The most slots one worker offers (each is a thread, or a process with `--gpus`).
+use gauntlet::cluster::wire::MAX_SLOTS;
 use gauntlet::engine::{Engine, EngineOptions};
 use gauntlet::worker::{self, WorkerError, WorkerExit, WorkerOptions};
 
@@ -123,9 +125,6 @@ impl WorkerArgs {
         !self.gpus.is_empty()
     }
 }
-
-/// The most slots one worker offers (each is a thread, or a process with `--gpus`).
-const MAX_SLOTS: u32 = 1024;
 
 pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     init_worker_logging();

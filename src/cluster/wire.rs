@@ -27,6 +27,10 @@ pub const WORKER_GROUP: &str = "gauntlet.workers";
 /// the connection's other traffic for long.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
+/// The most slots one worker may offer (`worker --slots`; a hello that
+/// offers more is refused).
+pub const MAX_SLOTS: u32 = 1024;
+
 /// The largest frame a node takes from a peer. Each message is far
 /// smaller (a part of [`CHUNK_BYTES`], a config of at most
 /// [`crate::config::MAX_CONFIG_BYTES`], an output batch under 1.1 MiB);

@@ -473,6 +473,12 @@ impl State {
             let _ = actor.cast(WorkerMsg::Wire(ToWorker::Refused(why)));
             return;
         }
+        if *slots > wire::MAX_SLOTS {
+            let why = format!("it offers {slots} slots; a worker has at most {}", wire::MAX_SLOTS);
+            tracing::error!(worker = %name, %host, "refused: {why}");
+            let _ = actor.cast(WorkerMsg::Wire(ToWorker::Refused(why)));
+            return;
+        }
         let worker = Worker {
             host: host.clone(),
             pid: *pid,
@@ -871,7 +877,19 @@ mod tests {
         assert!(why.contains("a worker named worker-handshake-test-a is already connected"), "{why}");
         assert_eq!(capacity().await, (1, 2));
 
-        for actor in [a.get_cell(), b.get_cell(), pool.get_cell()] {
+        // A hello that offers more slots than a worker may have: refused, never counted.
+        let (c, mut heard_c) = listener("worker-handshake-test-c").await;
+        let FromWorker::Hello { host, pid, local, protocol, version, .. } = hello("", wire::PROTOCOL) else {
+            unreachable!()
+        };
+        let name = "worker-handshake-test-c".to_owned();
+        let greedy = FromWorker::Hello { name, slots: u32::MAX, host, pid, local, protocol, version };
+        pool.cast(PoolMsg::Wire(greedy)).unwrap();
+        let why = refusal(&mut heard_c).await;
+        assert!(why.contains(&format!("offers {} slots; a worker has at most 1024", u32::MAX)), "{why}");
+        assert_eq!(capacity().await, (1, 2));
+
+        for actor in [a.get_cell(), b.get_cell(), c.get_cell(), pool.get_cell()] {
             actor.stop(None);
         }
     }
