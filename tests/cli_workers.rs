@@ -387,6 +387,40 @@ fn connections_that_do_not_pass_the_handshake_are_bounded_in_number_size_and_tim
 }
 
 #[test]
+fn an_experiment_no_local_worker_can_load_fails_its_trials_instead_of_waiting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows: String = (0..40).map(|i| format!("{},{},{}\n", i % 7, i % 5, i % 2)).collect();
+    write(tmp.path(), "rows.csv", &format!("a,b,y\n{rows}"));
+    let config = write(
+        tmp.path(),
+        "exp.toml",
+        "[experiment]\nname = \"unloadable\"\nmax_trials = 3\nconcurrency = 1\n[data]\nsource = \"csv\"\n\
+         path = \"rows.csv\"\nlabel = \"y\"\n[model]\nkind = \"mlp\"\nhidden_units = 8\n[train]\nmax_epochs = 1\n",
+    );
+    let out = tmp.path().join("run");
+    let port = free_port();
+    let mut coord = coordinator(&config, &out, port, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(out.join("gauntlet.log")).unwrap_or_default().contains("hosting an experiment") {
+        assert!(Instant::now() < deadline, "the coordinator never hosted the experiment");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Gone after the coordinator checked it, before a worker loads it.
+    std::fs::remove_file(tmp.path().join("rows.csv")).unwrap();
+    let mut w = worker_with(port, 1, SECRET, &tmp.path().join("w.log"), &["--local"]);
+    let status = wait_exit(&mut coord, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(4), "every trial failed, saying why");
+    let s = standings(&out);
+    assert_eq!(s.len(), 3);
+    for t in s.values() {
+        assert_eq!(t["status"], "failed", "{t}");
+        let error = t["error"].as_str().unwrap();
+        assert!(error.contains("no worker can load the experiment") && error.contains("rows.csv"), "{error}");
+    }
+    let _ = wait_exit(&mut w, Duration::from_secs(15));
+}
+
+#[test]
 fn workers_of_a_dead_coordinator_exit_instead_of_training_on() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write(tmp.path(), "exp.toml", &sleep_config("orphans", 40, 2, 200, 5));

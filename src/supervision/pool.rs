@@ -26,6 +26,7 @@ use crate::cluster::local::Exit;
 use crate::cluster::node::NodeEvent;
 use crate::cluster::wire::{self, Experiment, ExperimentKey, FromWorker, ToWorker};
 use crate::placement::{self, Demand, Offer};
+use crate::trial::AttemptEnd;
 use crate::worker::WorkerMsg;
 
 /// A fresh placement id.
@@ -174,6 +175,8 @@ struct Hosting {
     queue: VecDeque<(u64, ActorRef<TrialMsg>)>,
     running: u32,
     last_served: u64,
+    /// Why the last worker that could not load it could not.
+    unfit: Option<String>,
 }
 
 /// Slots in use and free, and the trials on slots per experiment.
@@ -242,6 +245,7 @@ impl Actor for WorkerPool {
                 Some(e) => {
                     e.queue.push_back((lease, trial));
                     state.dispatch();
+                    state.fail_unservable(experiment);
                 }
                 None => {
                     let why = format!("experiment {experiment} is not hosted by this pool");
@@ -371,6 +375,10 @@ impl State {
                 if let Some(load) = self.workers.get_mut(&name).and_then(|w| w.loads.get_mut(&experiment)) {
                     *load = Load::Unfit;
                 }
+                if let Some(e) = self.experiments.get_mut(&experiment) {
+                    e.unfit = Some(error);
+                }
+                self.fail_unservable(experiment);
             }
             FromWorker::Heartbeat { name } => {
                 if let Some(w) = self.workers.get_mut(&name) {
@@ -502,7 +510,15 @@ impl State {
             w.send(ToWorker::Load { experiment: key, spec: spec.clone() });
         }
         tracing::info!(experiment = %key, name = %spec.name, cap, priority, "hosting an experiment");
-        let hosting = Hosting { spec, cap: cap.max(1), priority, queue: VecDeque::new(), running: 0, last_served: 0 };
+        let hosting = Hosting {
+            spec,
+            cap: cap.max(1),
+            priority,
+            queue: VecDeque::new(),
+            running: 0,
+            last_served: 0,
+            unfit: None,
+        };
         self.experiments.insert(key, hosting);
     }
 
@@ -646,6 +662,23 @@ impl State {
         match name {
             Some(name) => self.lose(&name, exit.text.clone(), Some(exit)),
             None => self.exits.push((Instant::now(), exit)),
+        }
+    }
+
+    /// Ends an experiment's waiting trials when no worker can ever take
+    /// them: every connected worker is local (alike: this machine, these
+    /// files) and could not load it. Each fails as invalid, saying why,
+    /// instead of waiting for ever. Remote workers may differ, so with any
+    /// connected, trials wait for one that can.
+    fn fail_unservable(&mut self, key: ExperimentKey) {
+        let mut connected = self.workers.values().filter(|w| w.disconnected.is_none() && !w.leaving).peekable();
+        if connected.peek().is_none() || !connected.all(|w| w.local && w.loads.get(&key) == Some(&Load::Unfit)) {
+            return;
+        }
+        let Some(e) = self.experiments.get_mut(&key) else { return };
+        let why = format!("no worker can load the experiment: {}", e.unfit.as_deref().unwrap_or("(no reason given)"));
+        for (_, trial) in e.queue.drain(..) {
+            let _ = trial.cast(TrialMsg::Finished(AttemptEnd::Invalid(why.clone())));
         }
     }
 
