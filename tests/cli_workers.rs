@@ -298,6 +298,15 @@ fn listening_without_a_secret_and_a_worker_without_one_are_usage_errors() {
     let o = gauntlet().args(["worker", "--join", "127.0.0.1:9", "--secret-file"]).arg(&empty).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("empty-secret") && stderr(&o).contains("empty"), "{}", stderr(&o));
+    // An address where nothing listens: said in words, after the timeout.
+    let o = gauntlet()
+        .args(["worker", "--join", &format!("127.0.0.1:{}", free_port()), "--connect-timeout", "1"])
+        .env("GAUNTLET_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("Connection refused") && stderr(&o).contains("gave up after 1s"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("Os {"), "{}", stderr(&o));
     // A file without end is not read whole.
     let o = gauntlet().args(["worker", "--join", "127.0.0.1:9", "--secret-file", "/dev/zero"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

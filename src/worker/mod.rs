@@ -544,7 +544,16 @@ async fn connect(
                 tracing::debug!("coordinator not reachable yet: {e}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) => return Err(connect_err(format!("{e} (gave up after {:.0?})", options.connect_timeout))),
+            Err(e) => {
+                // ractor_cluster's Display is its Debug (`Socket(Os { code: 111, .. })`): say it in words.
+                let why = match &e {
+                    ractor_cluster::ClientConnectErr::Socket(io) | ractor_cluster::ClientConnectErr::Encryption(io) => {
+                        io.to_string()
+                    }
+                    other => other.to_string(),
+                };
+                return Err(connect_err(format!("{why} (gave up after {:.0?})", options.connect_timeout)));
+            }
         }
     }
     let wait_until = Instant::now() + Duration::from_secs(10);
