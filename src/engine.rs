@@ -386,6 +386,14 @@ impl Run {
         let mut warnings = Vec::new();
         let contents = read_journal(&run_dir, repair, &mut warnings)?;
         let valid_len = contents.valid_len;
+        // As the replay decides it: the last stop says whether the run finished.
+        let finished = contents.records.iter().rev().find_map(|r| match r.event {
+            Event::SweepStopped { finished } => Some(finished),
+            _ => None,
+        });
+        if finished != Some(true) {
+            export_results(&run_dir, &contents.records)?;
+        }
         let state = journal::replay(contents.records, &run_dir.journal_file())?;
         if state.finished() {
             return Ok(Opened::Finished(Box::new(state)));
@@ -416,6 +424,37 @@ impl Run {
         }
         sweep
     }
+}
+
+/// Writes `results.jsonl` anew from the journal's reports before a run
+/// continues: lines appended for reports that never became durable (a
+/// kill between the two writes, or a journal cut by `--repair`) would
+/// otherwise stand beside the same epochs reported again. A journal of
+/// before reports carried their time is left with its file as it is.
+fn export_results(run: &RunDir, records: &[journal::Record]) -> Result<(), EngineError> {
+    let reports = records.iter().filter_map(|r| match &r.event {
+        Event::Report { id, attempt, epoch, metrics, decision, at } => {
+            Some((id, attempt, epoch, metrics, decision, at))
+        }
+        _ => None,
+    });
+    if reports.clone().any(|r| r.5.is_none()) {
+        return Ok(());
+    }
+    let io = EngineError::io(format!("cannot write results.jsonl in {}", run.root().display()));
+    let tmp = run.root().join(".results.jsonl.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let mut log = run.results_log_at(&tmp).map_err(io)?;
+        for (id, attempt, epoch, metrics, decision, at) in reports {
+            let report =
+                crate::trial::Report { trial: *id, attempt: *attempt, epoch: *epoch, metrics: metrics.clone() };
+            let at = at.as_ref().expect("checked above");
+            log.append(&report, decision, at).map_err(EngineError::io("cannot write results.jsonl"))?;
+        }
+    }
+    std::fs::rename(&tmp, run.root().join("results.jsonl"))
+        .map_err(EngineError::io(format!("cannot replace results.jsonl in {}", run.root().display())))
 }
 
 /// Replays the run in `dir` without touching it (a live run's too):

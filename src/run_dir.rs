@@ -111,7 +111,12 @@ impl RunDir {
 
     /// Opens `results.jsonl` for appending.
     pub fn results_log(&self) -> io::Result<ResultsLog> {
-        let file = OpenOptions::new().create(true).append(true).open(self.root.join("results.jsonl"))?;
+        self.results_log_at(&self.root.join("results.jsonl"))
+    }
+
+    /// A results log in `file`, appended to (a fresh export before it replaces `results.jsonl`).
+    pub(crate) fn results_log_at(&self, file: &Path) -> io::Result<ResultsLog> {
+        let file = OpenOptions::new().create(true).append(true).open(file)?;
         Ok(ResultsLog { out: BufWriter::new(file) })
     }
 

@@ -251,6 +251,23 @@ fn corruption_in_the_middle_is_an_error_until_repaired() {
     let trials: &Vec<Value> = status["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 8);
     assert!(trials.iter().all(|t| t["status"] == "completed" || t["status"] == "pruned"), "{status}");
+    // results.jsonl holds the journal's reports, no more: the repair dropped some it had.
+    let rows: Vec<(u64, u64, u64)> = results(&dir)
+        .iter()
+        .map(|l| (l["trial"].as_u64().unwrap(), l["attempt"].as_u64().unwrap(), l["epoch"].as_u64().unwrap()))
+        .collect();
+    let journaled: Vec<(u64, u64, u64)> = gauntlet::journal::read(&journal)
+        .unwrap()
+        .records
+        .iter()
+        .filter_map(|r| match &r.event {
+            gauntlet::journal::Event::Report { id, attempt, epoch, .. } => {
+                Some((u64::from(id.0), u64::from(*attempt), u64::from(*epoch)))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows, journaled, "results.jsonl is the journal's reports, in order");
 }
 
 #[test]
