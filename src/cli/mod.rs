@@ -237,11 +237,14 @@ fn predict(model: &Path, input: &Path, output: Option<&Path>) -> anyhow::Result<
     let bytes = csv_out.into_inner().map_err(|e| anyhow::anyhow!("cannot write the predictions: {e}"))?;
     match output {
         Some(p) => {
-            let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let mut tmp = tempfile::NamedTempFile::new_in(parent)
-                .with_context(|| format!("cannot create a file next to {}", p.display()))?;
-            tmp.write_all(&bytes).with_context(|| format!("cannot write {}", p.display()))?;
-            tmp.persist(p).with_context(|| format!("cannot write {}", p.display()))?;
+            // A sibling, then a rename: the output appears whole, with the permissions a new file gets.
+            let name = p.file_name().map_or_else(|| "predictions".into(), |n| n.to_string_lossy().into_owned());
+            let tmp = p.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+            std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, p).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                anyhow::anyhow!("cannot write {}: {e}", p.display())
+            })?;
         }
         None => {
             let mut out = std::io::stdout().lock();
