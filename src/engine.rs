@@ -391,9 +391,15 @@ impl Run {
             Event::SweepStopped { finished } => Some(finished),
             _ => None,
         });
-        if finished != Some(true) {
-            export_results(&run_dir, &contents.records)?;
-        }
+        // The journal's lock first (a live run's is refused), then results.jsonl anew from it.
+        let journal = match finished {
+            Some(true) => None,
+            _ => {
+                let journal = Journal::append_to(&run_dir.journal_file(), valid_len)?;
+                export_results(&run_dir, &contents.records)?;
+                Some(journal)
+            }
+        };
         let state = journal::replay(contents.records, &run_dir.journal_file())?;
         if state.finished() {
             return Ok(Opened::Finished(Box::new(state)));
@@ -401,7 +407,10 @@ impl Run {
         let config = state.config.clone();
         config.check_files(&state.config_path)?;
         let trainable = trainable::from_config(&config)?;
-        let journal = Journal::append_to(&run_dir.journal_file(), valid_len)?;
+        let journal = match journal {
+            Some(j) => j,
+            None => Journal::append_to(&run_dir.journal_file(), valid_len)?,
+        };
         journal.slow_commits(config.chaos.journal_sync_ms);
         tidy_for_resume(&run_dir, &config, &state, &journal)?;
         let spec = Experiment {
@@ -452,6 +461,7 @@ fn export_results(run: &RunDir, records: &[journal::Record]) -> Result<(), Engin
             let at = at.as_ref().expect("checked above");
             log.append(&report, decision, at).map_err(EngineError::io("cannot write results.jsonl"))?;
         }
+        log.sync().map_err(EngineError::io("cannot write results.jsonl"))?;
     }
     std::fs::rename(&tmp, run.root().join("results.jsonl"))
         .map_err(EngineError::io(format!("cannot replace results.jsonl in {}", run.root().display())))

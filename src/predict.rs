@@ -138,7 +138,9 @@ impl Model {
             "cnn" => {
                 let spec: CnnSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
                 backed(spec.footprint().parameters)?;
-                let (i, c) = (spec.input.iter().product(), spec.classes);
+                let i = spec.input.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+                let i = i.ok_or_else(|| bad(format!("model.json: input {:?} is no image size", spec.input)))?;
+                let c = spec.classes;
                 let mut net = Cnn::new(spec, 0, Device::Cpu);
                 net.restore_dir(dir).map_err(|e| bad(e.to_string()))?;
                 (Box::new(net), i, c)

@@ -259,4 +259,10 @@ impl ResultsLog {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+
+    /// Pushes buffered lines to the disk itself (before the file replaces another).
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_all()
+    }
 }

@@ -282,11 +282,17 @@ fn resume_refuses_a_live_run() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let before = std::fs::metadata(out.join("journal.msgpack")).unwrap().len();
+    let results_file = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(out.join("results.jsonl")).unwrap().ino()
+    };
+    let results_before = results_file();
     let o = resume(&out, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("another gauntlet process is writing this run"), "{}", stderr(&o));
-    // The live run's journal was not cut.
+    // The live run's journal was not cut, nor its results.jsonl replaced under it.
     assert!(std::fs::metadata(out.join("journal.msgpack")).unwrap().len() >= before);
+    assert_eq!(results_file(), results_before, "results.jsonl is still the file the run appends to");
     // Status reads a live run.
     let status = status_json(&out);
     assert_eq!(status["trials"][0]["status"], "running");

@@ -240,7 +240,10 @@ fn predict(model: &Path, input: &Path, output: Option<&Path>) -> anyhow::Result<
             // A sibling, then a rename: the output appears whole, with the permissions a new file gets.
             let name = p.file_name().map_or_else(|| "predictions".into(), |n| n.to_string_lossy().into_owned());
             let tmp = p.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-            std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+            if let Err(e) = std::fs::write(&tmp, &bytes) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(anyhow::anyhow!("cannot write {}: {e}", tmp.display()));
+            }
             std::fs::rename(&tmp, p).map_err(|e| {
                 let _ = std::fs::remove_file(&tmp);
                 anyhow::anyhow!("cannot write {}: {e}", p.display())

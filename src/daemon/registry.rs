@@ -594,14 +594,28 @@ impl Registry {
         let dir = entry.dir.clone();
         let word = if cancel { "cancelled" } else { "paused" };
         let Some(handle) = entry.handle() else {
-            // A paused experiment can be cancelled for good without running again.
-            if cancel && entry.lock().phase == Phase::Paused {
-                tokio::task::spawn_blocking(move || std::fs::write(dir.join(STOPPED_FILE), word))
-                    .await
-                    .map_err(ApiError::internal)?
-                    .map_err(|e| ApiError::internal(format!("cannot record the cancellation: {e}")))?;
-                entry.set_phase(Phase::Cancelled);
-                return Ok(());
+            // A paused experiment can be cancelled for good without running again: taken
+            // under the lock, as a resume takes it, so that only one of them has it.
+            let taken = cancel && {
+                let mut inner = entry.lock();
+                let paused = inner.phase == Phase::Paused;
+                if paused {
+                    inner.phase = Phase::Cancelled;
+                }
+                paused
+            };
+            if taken {
+                let written = tokio::task::spawn_blocking(move || std::fs::write(dir.join(STOPPED_FILE), word)).await;
+                return match written {
+                    Ok(Ok(())) => {
+                        entry.set_phase(Phase::Cancelled);
+                        Ok(())
+                    }
+                    other => {
+                        entry.set_phase(Phase::Paused);
+                        Err(ApiError::internal(format!("cannot record the cancellation: {other:?}")))
+                    }
+                };
             }
             return Err(ApiError::conflict(format!("experiment {} is not running", entry.id)));
         };
@@ -629,6 +643,9 @@ impl Registry {
             Phase::Paused => {
                 let reopened = self.reopen(entry.clone()).await;
                 if reopened.is_err() && entry.handle().is_none() {
+                    // Still paused, on disk too (`reopen` removed the marker first).
+                    let dir = entry.dir.clone();
+                    let _ = tokio::task::spawn_blocking(move || std::fs::write(dir.join(STOPPED_FILE), "paused")).await;
                     entry.set_phase(Phase::Paused);
                 }
                 reopened
@@ -679,7 +696,8 @@ fn list_dirs(root: &Path) -> Result<Vec<String>, ApiError> {
             ids.push(name);
         }
     }
-    ids.sort();
+    // By number, then name: "10000-x" comes after "9999-y".
+    ids.sort_by_key(|id| (id.split('-').next().and_then(|n| n.parse::<u64>().ok()), id.clone()));
     Ok(ids)
 }
 
@@ -726,5 +744,14 @@ mod tests {
         assert_eq!(slug("Fashion MLP (v2)!"), "fashion-mlp-v2");
         assert_eq!(slug("../.."), "experiment");
         assert!(valid_id(&format!("0001-{}", slug(&"ü".repeat(300)))));
+    }
+
+    #[test]
+    fn experiment_directories_are_listed_by_number_past_9999() {
+        let root = tempfile::tempdir().unwrap();
+        for id in ["10000-b", "9999-a", "0002-c", "not-an-id"] {
+            std::fs::create_dir(root.path().join(id)).unwrap();
+        }
+        assert_eq!(list_dirs(root.path()).unwrap(), ["0002-c", "9999-a", "10000-b"]);
     }
 }

@@ -173,7 +173,7 @@ impl CnnSpec {
         let most = ints("conv_blocks").into_iter().max().unwrap_or(0).clamp(0, 63) as u32;
         let fits = (input[1].min(input[2]) >> most) > 0;
         if pooled && !fits {
-            let can = (usize::BITS - 1 - input[1].min(input[2]).leading_zeros()).min(63);
+            let can = input[1].min(input[2]).checked_ilog2().unwrap_or(0);
             return Err(format!(
                 "conv_blocks: {most} pooled blocks halve a {}x{} image to nothing; expected at most {can}, or \
                  pooling = \"none\"",

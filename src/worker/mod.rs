@@ -474,7 +474,18 @@ async fn serve(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
     // connection's first process-group exchange.
     let heard = Arc::new(AtomicU64::new(0));
     let (done_tx, mut done) = oneshot::channel();
-    let pool = connect(&node, &options, address, &mut events).await?;
+    // A closed handshake is retried twice, a second apart: a coordinator busy with
+    // 64 handshakes closes one more at once, and that is no reason to give up.
+    let mut tries = 0;
+    let pool = loop {
+        match connect(&node, &options, address, &mut events).await {
+            Err(WorkerError::Refused(_)) if tries < 2 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => break other?,
+        }
+    };
     let args =
         Args { name: name.clone(), pool: pool.clone(), options: options.clone(), heard: heard.clone(), done: done_tx };
     let (worker, _) =
@@ -519,7 +530,7 @@ async fn serve(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
 }
 
 /// Connects to the coordinator (retrying while it is not up yet) and waits
-/// for its pool to appear; a refused handshake is a wrong secret.
+/// for its pool to appear; a closed handshake is a refusal (a wrong secret, or no coordinator there).
 async fn connect(
     node: &node::Node,
     options: &WorkerOptions,
