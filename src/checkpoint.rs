@@ -122,7 +122,10 @@ impl CheckpointStore {
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir(&tmp)?;
-        write(&tmp)?;
+        if let Err(e) = write(&tmp) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
         let json = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
         fs::write(tmp.join(META_FILE), json)?;
         let last = dir.join(format!("ckpt-{:06}", meta.epoch));

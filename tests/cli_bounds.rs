@@ -260,6 +260,145 @@ fn a_sweep_whose_every_trial_fails_says_why_and_exits_non_zero() {
     );
 }
 
+/// A program whose checkpoint is `MB` MiB of blocks that depend on the
+/// epoch: it checks every byte when it resumes, crashes once in epoch 2
+/// (attempt 0) and checkpoints each epoch.
+const BIG_CHECKPOINT: &str = r#"
+import json, os, sys
+MB = int(sys.argv[1])
+d = os.environ["GAUNTLET_CHECKPOINT_DIR"]
+blob, state = os.path.join(d, "blob"), os.path.join(d, "state.json")
+def block(epoch, i):
+    return bytes([epoch % 251, i % 251]) * (1 << 19)
+first = 1
+if os.path.exists(state):
+    e = json.load(open(state))["epoch"]
+    with open(blob, "rb") as f:
+        for i in range(MB):
+            if f.read(1 << 20) != block(e, i):
+                sys.exit(f"block {i} of the checkpoint differs")
+        if f.read(1):
+            sys.exit("the checkpoint is longer than written")
+    first = e + 1
+    print(f"resumed after epoch {e}: {MB} MiB intact", flush=True)
+elif os.environ["GAUNTLET_ATTEMPT"] != "0":
+    sys.exit("restarted without a checkpoint")
+for epoch in range(first, int(os.environ["GAUNTLET_MAX_EPOCHS"]) + 1):
+    if epoch == 2 and os.environ["GAUNTLET_ATTEMPT"] == "0":
+        sys.exit(3)
+    with open(blob + ".tmp", "wb") as f:
+        for i in range(MB):
+            f.write(block(epoch, i))
+    os.replace(blob + ".tmp", blob)
+    json.dump({"epoch": epoch}, open(state, "w"))
+    print(json.dumps({"epoch": epoch, "score": epoch}), flush=True)
+"#;
+
+/// The peak resident memory (`VmHWM`, KiB) of each gauntlet process whose
+/// parent chain leads to `root` (the coordinator and its workers), polled
+/// until `root` exits.
+fn peak_memory_until_exit(child: &mut std::process::Child) -> (std::process::ExitStatus, Vec<(u32, String, u64)>) {
+    use std::collections::HashMap;
+    let root = child.id();
+    let mut peaks: HashMap<u32, (String, u64)> = HashMap::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out: Vec<_> = peaks.into_iter().map(|(pid, (name, kib))| (pid, name, kib)).collect();
+            out.sort();
+            return (status, out);
+        }
+        assert!(std::time::Instant::now() < deadline, "the run took over 300 s");
+        for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+            let field = |key: &str| {
+                status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_owned()).unwrap_or_default()
+            };
+            let name = field("Name:");
+            if !name.starts_with("gauntlet") {
+                continue;
+            }
+            // Ours: the coordinator, or a descendant of it.
+            let (mut at, mut ours) = (pid, false);
+            for _ in 0..8 {
+                if at == root {
+                    ours = true;
+                    break;
+                }
+                let Ok(s) = std::fs::read_to_string(format!("/proc/{at}/status")) else { break };
+                let Some(ppid) = s.lines().find_map(|l| l.strip_prefix("PPid:")) else { break };
+                at = ppid.trim().parse().unwrap_or(0);
+            }
+            let kib: u64 = field("VmHWM:").trim_end_matches("kB").trim().parse().unwrap_or(0);
+            if ours && kib > 0 {
+                let e = peaks.entry(pid).or_insert((name, 0));
+                e.1 = e.1.max(kib);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn checkpoints_stream_between_worker_and_coordinator_in_bounded_memory_and_are_bounded_in_size() {
+    const MB: u64 = 192;
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "big.py", BIG_CHECKPOINT);
+    let config = |name: &str, mb: u64, fault: &str| {
+        format!(
+            "[experiment]\nname = \"{name}\"\nmetric = \"score\"\nmax_trials = 1\n[model]\nkind = \"command\"\n\
+             command = \"python3 big.py {mb}\"\n[train]\nmax_epochs = 2\n[fault]\nrestart_backoff_ms = 10\n{fault}"
+        )
+    };
+    let cfg = write(tmp.path(), "big.toml", &config("big", MB, ""));
+    let out = tmp.path().join("run");
+    let mut child = Running(
+        gauntlet()
+            .current_dir(tmp.path())
+            .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (status, peaks) = peak_memory_until_exit(&mut child.0);
+    assert!(status.success(), "{status:?}: {}", std::fs::read_to_string(out.join("gauntlet.log")).unwrap_or_default());
+    let t = &status_json(&out)["trials"][0];
+    assert_eq!((t["status"].as_str(), t["restarts"].as_u64()), (Some("completed"), Some(1)), "{t}");
+    // Both ways: the worker sent epoch 1's and 2's checkpoints to the
+    // coordinator, which sent epoch 1's back for the restart, intact.
+    let log = std::fs::read_to_string(out.join("trials/0/output.log")).unwrap();
+    assert!(log.contains(&format!("resumed after epoch 1: {MB} MiB intact")), "{log}");
+    let blob = out.join("trials/0/ckpt-000002/program/blob");
+    assert_eq!(std::fs::metadata(&blob).unwrap().len(), MB << 20);
+    let workers = peaks.iter().filter(|(_, name, _)| name == "gauntlet-worker").count();
+    assert!(workers >= 1 && peaks.len() >= 2, "the coordinator and its worker were measured: {peaks:?}");
+    for (pid, name, kib) in &peaks {
+        // A gauntlet process holds about 120 MiB (libtorch); a checkpoint
+        // held whole would add 192 MiB or more.
+        assert!(*kib < 280 << 10, "{name} ({pid}) peaked at {} MiB for a {MB} MiB checkpoint", kib >> 10);
+    }
+    eprintln!("peak resident memory, MiB: {:?}", peaks.iter().map(|(_, n, k)| (n, k >> 10)).collect::<Vec<_>>());
+
+    // A checkpoint over fault.max_checkpoint_mb fails its trial, unrestarted.
+    let cfg = write(tmp.path(), "over.toml", &config("over", 3, "max_checkpoint_mb = 2\n"));
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", "over", "--json"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let error = summary["failures"][0]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        error.contains("checkpoint of epoch 1 is 3145") && error.contains("over fault.max_checkpoint_mb = 2 MiB"),
+        "{summary}"
+    );
+    let t = &status_json(&tmp.path().join("over"))["trials"][0];
+    assert_eq!((t["status"].as_str(), t["restarts"].as_u64()), (Some("failed"), Some(0)), "{t}");
+    assert!(!tmp.path().join("over/trials/0/ckpt-000001").exists(), "the checkpoint over the limit is not kept");
+
+    let cfg = write(tmp.path(), "zero.toml", &config("zero", 1, "max_checkpoint_mb = 0\n"));
+    assert_usage_error(&run_in(tmp.path(), &["validate", cfg.to_str().unwrap()]), &["fault.max_checkpoint_mb"]);
+}
+
 const SLEEP: &str =
     "[experiment]\nname = \"s\"\nmax_trials = 2\n[model]\nkind = \"sleep\"\nepoch_ms = 1\n[train]\nmax_epochs = 2\n";
 

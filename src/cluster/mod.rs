@@ -3,6 +3,7 @@
 //!
 //! - [`node`]: each process's cluster node, the shared secret, connection events;
 //! - [`wire`]: the messages between the coordinator's pool and its workers;
+//! - [`transfer`]: checkpoints streamed between them, with flow control;
 //! - [`local`]: the worker processes a coordinator spawns on its own machine;
 //! - [`spawner`]: the process that forks them, ready in milliseconds.
 //!
@@ -13,4 +14,5 @@
 pub mod local;
 pub mod node;
 pub mod spawner;
+pub mod transfer;
 pub mod wire;

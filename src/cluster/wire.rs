@@ -2,7 +2,7 @@
 //! rmp-serde maps inside ractor_cluster frames; checkpoints travel as files
 //! cut into chunks well under the cluster's frame limit.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use crate::trainable::ContextSettings;
 use crate::trial::{AttemptEnd, Report, TrialId};
 
 /// Bumped when a message changes shape; a worker of another protocol is refused.
-pub const PROTOCOL: u32 = 6;
+pub const PROTOCOL: u32 = 7;
 
 /// The process group the coordinator's worker pool joins.
 pub const POOL_GROUP: &str = "gauntlet.pool";
@@ -127,12 +127,24 @@ pub enum ToWorker {
     },
     /// The worker may not join; it exits with the reason.
     Refused(String),
-    /// A piece of the checkpoint the next `Start` of this lease resumes from.
+    /// A piece of the checkpoint the next `Start` of this lease resumes from
+    /// (at most [`super::transfer::WINDOW_PARTS`] beyond the last
+    /// [`FromWorker::CheckpointAck`]).
     CheckpointPart {
         /// The placement.
         lease: u64,
         /// The piece.
         part: Part,
+    },
+    /// The coordinator has this many parts of the lease's checkpoint of
+    /// `epoch` on disk: the worker may send more.
+    CheckpointAck {
+        /// The placement.
+        lease: u64,
+        /// The checkpoint's epoch.
+        epoch: u32,
+        /// Parts received so far.
+        parts: u64,
     },
     /// Train this attempt on a free slot.
     Start(Job),
@@ -217,12 +229,24 @@ pub enum FromWorker {
         /// The report.
         report: Report,
     },
-    /// A piece of a checkpoint the attempt just wrote.
+    /// A piece of the checkpoint of `epoch` the attempt just wrote (at most
+    /// [`super::transfer::WINDOW_PARTS`] beyond the last
+    /// [`ToWorker::CheckpointAck`]).
     CheckpointPart {
         /// The placement.
         lease: u64,
+        /// The checkpoint's epoch: a part of another epoch starts a new one.
+        epoch: u32,
         /// The piece.
         part: Part,
+    },
+    /// The worker has this many parts of the checkpoint the lease resumes
+    /// from on disk: the coordinator may send more.
+    CheckpointAck {
+        /// The placement.
+        lease: u64,
+        /// Parts received so far.
+        parts: u64,
     },
     /// Output of a trial's program (`kind = "command"`) for its log.
     Output {
@@ -245,82 +269,6 @@ pub enum FromWorker {
         /// How.
         end: AttemptEnd,
     },
-}
-
-/// Cuts the files of a checkpoint directory into parts (the engine's own
-/// metadata file excepted: the receiver writes its own).
-pub fn checkpoint_parts(dir: &Path) -> std::io::Result<Vec<Part>> {
-    let mut parts = Vec::new();
-    let mut files = Vec::new();
-    list_files(dir, String::new(), &mut files)?;
-    files.sort();
-    for file in files {
-        if file == crate::checkpoint::META_FILE {
-            continue;
-        }
-        let bytes = std::fs::read(dir.join(&file))?;
-        if bytes.is_empty() {
-            parts.push(Part { file, offset: 0, bytes });
-            continue;
-        }
-        for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
-            parts.push(Part { file: file.clone(), offset: (i * CHUNK_BYTES) as u64, bytes: chunk.to_vec() });
-        }
-    }
-    Ok(parts)
-}
-
-/// The regular files under `dir`, as `/`-separated relative paths (symbolic
-/// links are not followed).
-fn list_files(dir: &Path, prefix: String, out: &mut Vec<String>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            list_files(&entry.path(), path, out)?;
-        } else if kind.is_file() {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// Whether a part's path stays inside the checkpoint directory.
-fn safe_relative(file: &str) -> bool {
-    !file.is_empty() && !file.contains('\\') && file.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-}
-
-/// Writes received parts into `dir`. A part must start where the file so
-/// far ends: the sender sends them in order over one connection.
-pub fn write_parts(dir: &Path, parts: &[Part]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut open: Option<(String, std::fs::File, u64)> = None;
-    for part in parts {
-        if !safe_relative(&part.file) {
-            return Err(std::io::Error::other(format!("checkpoint part names a bad file `{}`", part.file)));
-        }
-        let same = open.as_ref().is_some_and(|(name, _, _)| *name == part.file);
-        if !same {
-            let target = dir.join(&part.file);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let file = std::fs::File::create(target)?;
-            open = Some((part.file.clone(), file, 0));
-        }
-        let (name, file, len) = open.as_mut().expect("opened above");
-        if part.offset != *len {
-            return Err(std::io::Error::other(format!(
-                "checkpoint file `{name}`: a part at offset {} follows {len} bytes",
-                part.offset
-            )));
-        }
-        file.write_all(&part.bytes)?;
-        *len += part.bytes.len() as u64;
-    }
-    Ok(())
 }
 
 /// A message type that carries one wire enum across ractor_cluster; local
@@ -389,20 +337,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parts_round_trip_and_stay_under_the_frame_limit() {
-        let src = tempfile::tempdir().unwrap();
-        let big: Vec<u8> = (0..(CHUNK_BYTES * 2 + 12345)).map(|i| (i * 31 % 251) as u8).collect();
-        std::fs::write(src.path().join("weights.safetensors"), &big).unwrap();
-        std::fs::write(src.path().join("empty"), b"").unwrap();
-        std::fs::write(src.path().join(crate::checkpoint::META_FILE), b"{}").unwrap();
-        std::fs::create_dir_all(src.path().join("program/.state")).unwrap();
-        std::fs::write(src.path().join("program/.state/checkpoint.json"), b"theirs").unwrap();
-        let parts = checkpoint_parts(src.path()).unwrap();
-        assert_eq!(parts.len(), 1 + 3 + 1);
-        for p in &parts {
-            let frame = rmp_serde::to_vec_named(&FromWorker::CheckpointPart { lease: 1, part: p.clone() }).unwrap();
-            assert!(frame.len() < CHUNK_BYTES + 1024, "a part's frame is {} bytes", frame.len());
-        }
+    fn the_largest_load_fits_half_a_frame() {
         // The largest config a worker loads, in one frame, with room for the envelope.
         let spec = Experiment {
             name: "x".repeat(255),
@@ -414,6 +349,7 @@ mod tests {
                 mode: crate::space::Mode::Max,
                 max_epochs: 1,
                 checkpoint_every: 1,
+                max_checkpoint_bytes: u64::MAX,
                 threads: 1,
                 panic_probability: 0.0,
                 abort_probability: 0.0,
@@ -421,23 +357,5 @@ mod tests {
         };
         let load = rmp_serde::to_vec_named(&ToWorker::Load { experiment: ExperimentKey(1), spec: Box::new(spec) });
         assert!(load.unwrap().len() < MAX_FRAME_BYTES / 2);
-        let dst = tempfile::tempdir().unwrap();
-        write_parts(dst.path(), &parts).unwrap();
-        assert_eq!(std::fs::read(dst.path().join("weights.safetensors")).unwrap(), big);
-        assert_eq!(std::fs::read(dst.path().join("empty")).unwrap(), b"");
-        assert!(!dst.path().join(crate::checkpoint::META_FILE).exists());
-        let nested = dst.path().join("program/.state/checkpoint.json");
-        assert_eq!(std::fs::read(nested).unwrap(), b"theirs", "subdirectories and dotfiles travel too");
-    }
-
-    #[test]
-    fn parts_out_of_order_or_with_bad_names_are_refused() {
-        let dst = tempfile::tempdir().unwrap();
-        let part = |file: &str, offset| Part { file: file.into(), offset, bytes: vec![1, 2] };
-        assert!(write_parts(dst.path(), &[part("w", 0), part("w", 5)]).is_err());
-        for bad in ["../escape", "a/../../escape", "/abs", "a//b", "./w", ""] {
-            assert!(write_parts(dst.path(), &[part(bad, 0)]).is_err(), "`{bad}` must be refused");
-        }
-        assert!(write_parts(dst.path(), &[part("w", 0), part("w", 2)]).is_ok());
     }
 }

@@ -320,6 +320,17 @@ pub struct FaultConfig {
     /// Checkpoints kept per trial (the newest ones), besides its best.
     #[serde(default = "default_keep_checkpoints")]
     pub keep_checkpoints: u32,
+    /// The largest checkpoint a trial may write, in MiB: a larger one fails
+    /// the trial (it would fail again if restarted).
+    #[serde(default = "default_max_checkpoint_mb")]
+    pub max_checkpoint_mb: u32,
+}
+
+impl FaultConfig {
+    /// [`max_checkpoint_mb`](Self::max_checkpoint_mb) in bytes.
+    pub fn max_checkpoint_bytes(&self) -> u64 {
+        u64::from(self.max_checkpoint_mb) << 20
+    }
 }
 
 /// `[chaos]`: failures injected on purpose, to test resilience.
@@ -368,6 +379,13 @@ fn default_backoff_ms() -> u64 {
 fn default_keep_checkpoints() -> u32 {
     2
 }
+/// The default of `fault.max_checkpoint_mb`: 4 GiB.
+pub const DEFAULT_MAX_CHECKPOINT_MB: u32 = 4096;
+/// The most `fault.max_checkpoint_mb` may be: 1 TiB.
+pub const MAX_CHECKPOINT_MB: u32 = 1 << 20;
+fn default_max_checkpoint_mb() -> u32 {
+    DEFAULT_MAX_CHECKPOINT_MB
+}
 
 impl DataConfig {
     /// The section of a model that reads no data.
@@ -396,6 +414,7 @@ impl Default for FaultConfig {
             checkpoint_every: 1,
             restart_backoff_ms: default_backoff_ms(),
             keep_checkpoints: default_keep_checkpoints(),
+            max_checkpoint_mb: default_max_checkpoint_mb(),
         }
     }
 }
@@ -777,6 +796,12 @@ impl Config {
         }
         if raw.fault.max_restarts > 1000 {
             return Err(bad("fault.max_restarts", format!("expected 0 to 1000, got {}", raw.fault.max_restarts)));
+        }
+        if !(1..=MAX_CHECKPOINT_MB).contains(&raw.fault.max_checkpoint_mb) {
+            return Err(bad(
+                "fault.max_checkpoint_mb",
+                format!("expected 1 to {MAX_CHECKPOINT_MB} (MiB), got {}", raw.fault.max_checkpoint_mb),
+            ));
         }
         if raw.fault.checkpoint_every == 0 {
             return Err(bad("fault.checkpoint_every", "expected at least 1 (epochs)".into()));

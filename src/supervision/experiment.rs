@@ -127,6 +127,7 @@ impl Actor for ExperimentSupervisor {
             mode: settings.mode,
             max_epochs: settings.max_epochs,
             checkpoint_every: settings.fault.checkpoint_every,
+            max_checkpoint_bytes: settings.fault.max_checkpoint_bytes(),
             threads: settings.threads_per_trial,
             panic_probability: settings.chaos.panic_probability,
             abort_probability: settings.chaos.abort_probability,

@@ -330,6 +330,7 @@ impl State {
         let from = match &msg {
             FromWorker::Report { lease, .. }
             | FromWorker::CheckpointPart { lease, .. }
+            | FromWorker::CheckpointAck { lease, .. }
             | FromWorker::CheckpointDone { lease, .. }
             | FromWorker::Output { lease, .. }
             | FromWorker::Finished { lease, .. } => self.leases.get(lease).map(|l| l.worker.clone()),
@@ -401,6 +402,7 @@ impl State {
                 }
             }
             m @ (FromWorker::CheckpointPart { lease, .. }
+            | FromWorker::CheckpointAck { lease, .. }
             | FromWorker::CheckpointDone { lease, .. }
             | FromWorker::Output { lease, .. }) => {
                 if let Some(trial) = self.trial_of(lease) {

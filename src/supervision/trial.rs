@@ -17,7 +17,8 @@ use super::pool::{next_lease, PoolMsg};
 use super::slots::SlotQueue;
 use super::Settings;
 use crate::checkpoint::Checkpoint;
-use crate::cluster::wire::{self, FromWorker, Job, Part, ToWorker};
+use crate::cluster::transfer::{PartReader, PartWriter, WINDOW_PARTS};
+use crate::cluster::wire::{FromWorker, Job, Part, ToWorker};
 use crate::config::Params;
 use crate::trainable::{ContextSettings, TrialContext, OUTPUT_LOG};
 use crate::trial::{AttemptEnd, TrialId};
@@ -30,6 +31,10 @@ use crate::worker::WorkerMsg;
 pub(super) struct TrialCrash(pub String);
 
 pub(super) struct TrialActor;
+
+/// Where the parts of a checkpoint from a worker are staged, in the trial's
+/// directory: moved into the checkpoint when its last part is in.
+const INCOMING_DIR: &str = ".incoming.tmp";
 
 pub(super) struct Args {
     pub(super) id: TrialId,
@@ -66,9 +71,24 @@ struct Remote {
     lease: u64,
     pool: ActorRef<PoolMsg>,
     job: Option<Job>,
+    /// The worker, once the job was sent to it.
     worker: Option<ActorRef<WorkerMsg>>,
-    parts: Vec<Part>,
+    /// The checkpoint the attempt resumes from, on its way to the worker.
+    outgoing: Option<Outgoing>,
+    /// The checkpoint of an epoch coming from the worker, staged on disk.
+    incoming: Option<(u32, PartWriter)>,
     ended: bool,
+}
+
+/// A checkpoint being sent, at most [`WINDOW_PARTS`] parts ahead of the
+/// worker's acknowledgements; the job follows its last part.
+struct Outgoing {
+    worker: ActorRef<WorkerMsg>,
+    /// `None` while a blocking task reads from it.
+    reader: Option<PartReader>,
+    epoch: u32,
+    sent: u64,
+    acked: u64,
 }
 
 pub(super) struct State {
@@ -78,6 +98,8 @@ pub(super) struct State {
     settings: Arc<Settings>,
     leaderboard: ActorRef<LeaderboardMsg>,
     remote: Option<Remote>,
+    /// `fault.max_checkpoint_mb`, for checkpoints that come from a worker.
+    max_checkpoint_bytes: u64,
 }
 
 impl Actor for TrialActor {
@@ -95,6 +117,7 @@ impl Actor for TrialActor {
             settings: a.settings.clone(),
             leaderboard: a.leaderboard.clone(),
             remote: None,
+            max_checkpoint_bytes: a.context.max_checkpoint_bytes,
         };
         let Some(slots) = a.slots else {
             // A worker trains it: ask the pool for a slot.
@@ -112,7 +135,15 @@ impl Actor for TrialActor {
                 resume: a.resume,
             };
             pool.cast(PoolMsg::Place { lease, experiment, trial: myself })?;
-            state.remote = Some(Remote { lease, pool, job: Some(job), worker: None, parts: Vec::new(), ended: false });
+            state.remote = Some(Remote {
+                lease,
+                pool,
+                job: Some(job),
+                worker: None,
+                outgoing: None,
+                incoming: None,
+                ended: false,
+            });
             return Ok(state);
         };
         let _ = a.leaderboard.cast(LeaderboardMsg::Started { id: a.id, attempt: a.attempt, from_epoch, worker: None });
@@ -154,7 +185,8 @@ impl Actor for TrialActor {
                         Some(w) => {
                             let _ = w.cast(WorkerMsg::Wire(ToWorker::Cancel { lease: r.lease }));
                         }
-                        // Still waiting for a slot: nothing ran, nothing to save.
+                        // Still waiting for a slot, or for its checkpoint to
+                        // reach the worker: nothing ran, nothing to save.
                         None => return self.end(&myself, state, AttemptEnd::Cancelled),
                     }
                 }
@@ -178,7 +210,15 @@ impl Actor for TrialActor {
     async fn post_stop(&self, _myself: ActorRef<TrialMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
         // Whatever stopped us, the slot must not train on unobserved.
         state.cancel.store(true, Ordering::Relaxed);
-        if let Some(r) = &state.remote {
+        if let Some(r) = &mut state.remote {
+            if let Some((_, staged)) = r.incoming.take() {
+                // A checkpoint cut short: its parts go.
+                tokio::task::spawn_blocking(move || staged.discard());
+            }
+            if let Some(o) = &r.outgoing {
+                // The worker drops what it received of the checkpoint.
+                let _ = o.worker.cast(WorkerMsg::Wire(ToWorker::Cancel { lease: r.lease }));
+            }
             if !r.ended {
                 let _ = r.pool.cast(PoolMsg::Release { lease: r.lease, started: r.worker.is_some() });
             }
@@ -219,19 +259,73 @@ impl TrialActor {
             from_epoch,
             worker: Some(name),
         });
+        let Some(ckpt) = &job.resume else {
+            // A failed send means the worker is going: the pool reports it lost.
+            let _ = worker.cast(WorkerMsg::Wire(ToWorker::Start(job)));
+            r.worker = Some(worker);
+            return Ok(());
+        };
+        let (dir, epoch) = (ckpt.dir.clone(), ckpt.epoch);
+        let reader = tokio::task::spawn_blocking(move || PartReader::open(&dir))
+            .await?
+            .map_err(|e| TrialCrash(format!("cannot read the checkpoint of epoch {epoch} to send: {e}")))?;
+        r.job = Some(job);
+        r.outgoing = Some(Outgoing { worker, reader: Some(reader), epoch, sent: 0, acked: 0 });
+        self.send_parts(state).await
+    }
+
+    /// Sends what the window allows of the checkpoint the attempt resumes
+    /// from; after its last part, the job.
+    async fn send_parts(&self, state: &mut State) -> Result<(), ActorProcessingErr> {
+        let Some(r) = state.remote.as_mut() else { return Ok(()) };
+        let Some(o) = r.outgoing.as_mut() else { return Ok(()) };
+        let room = (o.acked + WINDOW_PARTS).saturating_sub(o.sent);
+        let Some(mut reader) = o.reader.take().filter(|_| room > 0) else { return Ok(()) };
+        let epoch = o.epoch;
+        let (reader, read) = tokio::task::spawn_blocking(move || {
+            let read = reader.next_parts(room);
+            (reader, read)
+        })
+        .await?;
+        let (parts, last) =
+            read.map_err(|e| TrialCrash(format!("cannot read the checkpoint of epoch {epoch} to send: {e}")))?;
+        o.reader = Some(reader);
         // A failed send means the worker is going: the pool reports it lost.
-        if let Some(ckpt) = &job.resume {
-            let (dir, epoch) = (ckpt.dir.clone(), ckpt.epoch);
-            let parts = tokio::task::spawn_blocking(move || wire::checkpoint_parts(&dir))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-                .map_err(|e| TrialCrash(format!("cannot read the checkpoint of epoch {epoch} to send: {e}")))?;
-            for part in parts {
-                let _ = worker.cast(WorkerMsg::Wire(ToWorker::CheckpointPart { lease, part }));
-            }
+        for part in parts {
+            let _ = o.worker.cast(WorkerMsg::Wire(ToWorker::CheckpointPart { lease: r.lease, part }));
+            o.sent += 1;
         }
-        let _ = worker.cast(WorkerMsg::Wire(ToWorker::Start(job)));
-        r.worker = Some(worker);
+        if last {
+            let o = r.outgoing.take().expect("sending");
+            if let Some(job) = r.job.take() {
+                let _ = o.worker.cast(WorkerMsg::Wire(ToWorker::Start(job)));
+            }
+            r.worker = Some(o.worker);
+        }
+        Ok(())
+    }
+
+    /// Writes a part of a checkpoint from the worker (off the tokio
+    /// workers, awaited: in order, at the disk's pace), then acknowledges
+    /// it so the worker sends more.
+    async fn receive_part(&self, state: &mut State, epoch: u32, part: Part) -> Result<(), ActorProcessingErr> {
+        let staging = state.settings.checkpoints.trial_dir(state.id).join(INCOMING_DIR);
+        let limit = state.max_checkpoint_bytes;
+        let Some(r) = state.remote.as_mut() else { return Ok(()) };
+        let mut writer = match r.incoming.take() {
+            Some((e, writer)) if e == epoch => writer,
+            // A new checkpoint (one cut short before it is dropped).
+            _ => PartWriter::new(staging, limit),
+        };
+        let writer = tokio::task::spawn_blocking(move || {
+            writer.write(&part);
+            writer
+        })
+        .await?;
+        if let Some(w) = &r.worker {
+            let _ = w.cast(WorkerMsg::Wire(ToWorker::CheckpointAck { lease: r.lease, epoch, parts: writer.parts() }));
+        }
+        r.incoming = Some((epoch, writer));
         Ok(())
     }
 
@@ -253,19 +347,33 @@ impl TrialActor {
                 }));
                 state.leaderboard.cast(LeaderboardMsg::Report(report, reply))?;
             }
-            FromWorker::CheckpointPart { part, .. } => r.parts.push(part),
+            FromWorker::CheckpointPart { epoch, part, .. } => return self.receive_part(state, epoch, part).await,
+            FromWorker::CheckpointAck { parts, .. } => {
+                if let Some(o) = r.outgoing.as_mut() {
+                    o.acked = o.acked.max(parts);
+                }
+                return self.send_parts(state).await;
+            }
             FromWorker::CheckpointDone { meta, .. } => {
-                // Off the tokio workers (mkdir, writes, rename, retention);
-                // awaited, so the attempt's end is handled after its checkpoint.
+                // Off the tokio workers (renames, retention); awaited, so
+                // the attempt's end is handled after its checkpoint.
                 // Not ahead of the journal: the reports before it are durable first.
-                let parts = std::mem::take(&mut r.parts);
+                let staged = r.incoming.take();
                 let (store, id, epoch) = (state.settings.checkpoints.clone(), state.id, meta.epoch);
                 let journal = state.settings.journal.clone();
                 let saved = tokio::task::spawn_blocking(move || {
                     if let Some(journal) = journal {
                         journal.sync().map_err(|e| std::io::Error::other(format!("the journal failed: {e}")))?;
                     }
-                    store.save(id, &meta, |dir| wire::write_parts(dir, &parts))
+                    let staged = match staged {
+                        Some((e, writer)) if e == meta.epoch => Some(writer),
+                        Some((_, other)) => {
+                            other.discard();
+                            None
+                        }
+                        None => None,
+                    };
+                    store.save(id, &meta, |dir| staged.map_or(Ok(()), |w| w.finish_into(dir)))
                 })
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));

@@ -253,6 +253,8 @@ pub struct ContextSettings {
     pub max_epochs: u32,
     /// Checkpoint every this many epochs.
     pub checkpoint_every: u32,
+    /// The largest checkpoint an attempt may write (`fault.max_checkpoint_mb`).
+    pub max_checkpoint_bytes: u64,
     /// libtorch threads for this trial.
     pub threads: u32,
     /// Probability of an injected panic in each epoch (just before its report).
@@ -270,6 +272,7 @@ impl ContextSettings {
             mode: config.experiment.mode,
             max_epochs: config.max_epochs,
             checkpoint_every: config.fault.checkpoint_every,
+            max_checkpoint_bytes: config.fault.max_checkpoint_bytes(),
             threads: config.experiment.threads_per_trial,
             panic_probability: config.chaos.panic_probability,
             abort_probability: config.chaos.abort_probability,
@@ -434,10 +437,29 @@ impl TrialContext {
         self.sink.durable().map_err(|e| {
             TrainError::Failed(format!("checkpoint of epoch {epoch} not written: the journal failed: {e}"))
         })?;
+        // Measured before the checkpoint is put in place: a larger one is
+        // not kept, and fails the trial (a restart would write it again).
+        let limit = self.settings.max_checkpoint_bytes;
+        let mut over = None;
         let saved = self
             .store
-            .save(self.id, &meta, write)
-            .map_err(|e| TrainError::Failed(format!("writing checkpoint of epoch {epoch}: {e}")))?;
+            .save(self.id, &meta, |dir| {
+                write(dir)?;
+                let bytes = crate::cluster::transfer::tree_bytes(dir)?;
+                if bytes > limit {
+                    over = Some(bytes);
+                    return Err(std::io::Error::other("over the limit"));
+                }
+                Ok(())
+            })
+            .map_err(|e| match over {
+                Some(bytes) => TrainError::Invalid(format!(
+                    "the checkpoint of epoch {epoch} is {bytes} bytes, over fault.max_checkpoint_mb = {} MiB: \
+                     raise it, or make the checkpoint smaller",
+                    limit >> 20
+                )),
+                None => TrainError::Failed(format!("writing checkpoint of epoch {epoch}: {e}")),
+            })?;
         self.sink.checkpoint_written(self.id, &saved);
         Ok(saved)
     }

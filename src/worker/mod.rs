@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::cluster::node::{self, NodeError, NodeEvent};
-use crate::cluster::wire::{self, Experiment, ExperimentKey, FromWorker, Job, Part, ToWorker};
+use crate::cluster::transfer::{PartReader, PartWriter, WINDOW_PARTS};
+use crate::cluster::wire::{self, Experiment, ExperimentKey, FromWorker, Job, ToWorker};
 use crate::config::Config;
 use crate::schedule::Decision;
 use crate::supervision::pool::PoolMsg;
@@ -118,6 +119,8 @@ struct Running {
     id: TrialId,
     cancel: Arc<AtomicBool>,
     decisions: Sender<Option<Decision>>,
+    /// The coordinator's acknowledgements of checkpoint parts: (epoch, parts).
+    acks: Sender<(u32, u64)>,
 }
 
 struct WorkerActor;
@@ -140,7 +143,8 @@ struct State {
     /// The experiments loaded here; `None` while one loads.
     loaded: HashMap<ExperimentKey, Option<Box<Loaded>>>,
     running: HashMap<u64, Running>,
-    parts: HashMap<u64, Vec<Part>>,
+    /// The checkpoints leases will resume from, arriving on disk.
+    incoming: HashMap<u64, PartWriter>,
     leaving: bool,
     scratch: tempfile::TempDir,
     done: Option<oneshot::Sender<WorkerExit>>,
@@ -149,6 +153,13 @@ struct State {
 impl State {
     fn send(&self, msg: FromWorker) {
         let _ = self.pool.cast(PoolMsg::Wire(msg));
+    }
+
+    /// Drops what arrived of the checkpoint a lease would have resumed from.
+    fn discard_incoming(&mut self, lease: u64) {
+        if let Some(writer) = self.incoming.remove(&lease) {
+            tokio::task::spawn_blocking(move || writer.discard());
+        }
     }
 
     fn finish(&mut self, myself: &ActorRef<WorkerMsg>, exit: WorkerExit) {
@@ -180,7 +191,7 @@ impl Actor for WorkerActor {
             slots,
             loaded: HashMap::new(),
             running: HashMap::new(),
-            parts: HashMap::new(),
+            incoming: HashMap::new(),
             leaving: false,
             scratch: tempfile::Builder::new().prefix("gauntlet-worker-").tempdir()?,
             done: Some(a.done),
@@ -196,7 +207,10 @@ impl Actor for WorkerActor {
         match msg {
             WorkerMsg::Wire(w) => {
                 state.heard.store(state.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                self.on_wire(&myself, w, state);
+                match w {
+                    ToWorker::CheckpointPart { lease, part } => self.receive_part(lease, part, state).await?,
+                    w => self.on_wire(&myself, w, state),
+                }
             }
             WorkerMsg::Garbled(e) => tracing::error!("the coordinator sent a message this worker cannot read: {e}"),
             WorkerMsg::Loaded(experiment, loaded) => {
@@ -293,9 +307,14 @@ impl WorkerActor {
             ToWorker::Shutdown(why) => state.finish(myself, WorkerExit::Shutdown(why)),
             ToWorker::Dropped(_) if state.leaving => state.finish(myself, WorkerExit::Left),
             ToWorker::Dropped(why) => state.finish(myself, WorkerExit::CoordinatorLost(why)),
-            ToWorker::CheckpointPart { lease, part } => state.parts.entry(lease).or_default().push(part),
+            ToWorker::CheckpointPart { .. } => unreachable!("written in `handle`"),
+            ToWorker::CheckpointAck { lease, epoch, parts } => {
+                if let Some(r) = state.running.get(&lease) {
+                    let _ = r.acks.send((epoch, parts));
+                }
+            }
             ToWorker::Start(job) if state.leaving => {
-                state.parts.remove(&job.lease);
+                state.discard_incoming(job.lease);
                 let end = AttemptEnd::Preempted(format!("worker {} is leaving", state.name));
                 state.send(FromWorker::Finished { lease: job.lease, end });
             }
@@ -314,12 +333,31 @@ impl WorkerActor {
                 if let Some(r) = state.running.get(&lease) {
                     r.cancel.store(true, Ordering::Relaxed);
                 }
+                state.discard_incoming(lease); // cancelled before it started
             }
         }
     }
 
+    /// Writes a part of the checkpoint a lease will resume from (off the
+    /// tokio workers, awaited: in order, and at the disk's pace), then
+    /// acknowledges it so the coordinator sends more.
+    async fn receive_part(&self, lease: u64, part: wire::Part, state: &mut State) -> Result<(), ActorProcessingErr> {
+        let mut writer = state.incoming.remove(&lease).unwrap_or_else(|| {
+            // Bounded by the coordinator, which checked the checkpoint when it stored it.
+            PartWriter::new(state.scratch.path().join("incoming").join(lease.to_string()), u64::MAX)
+        });
+        let writer = tokio::task::spawn_blocking(move || {
+            writer.write(&part);
+            writer
+        })
+        .await?;
+        state.send(FromWorker::CheckpointAck { lease, parts: writer.parts() });
+        state.incoming.insert(lease, writer);
+        Ok(())
+    }
+
     fn start(&self, myself: &ActorRef<WorkerMsg>, job: Job, state: &mut State) -> Result<(), String> {
-        let parts = state.parts.remove(&job.lease).unwrap_or_default();
+        let incoming = state.incoming.remove(&job.lease);
         let loaded = state
             .loaded
             .get(&job.experiment)
@@ -327,7 +365,14 @@ impl WorkerActor {
             .ok_or_else(|| format!("this worker has not loaded experiment {}", job.experiment))?;
         let cancel = Arc::new(AtomicBool::new(false));
         let (decisions, replies) = crossbeam_channel::unbounded();
-        let sink = RemoteSink { pool: state.pool.clone(), lease: job.lease, decisions: replies };
+        let (acks, acked) = crossbeam_channel::unbounded();
+        let sink = RemoteSink {
+            pool: state.pool.clone(),
+            lease: job.lease,
+            decisions: replies,
+            acks: acked,
+            cancel: cancel.clone(),
+        };
         let (trainable, context, store) = (loaded.trainable.clone(), loaded.context.clone(), loaded.store.clone());
         let (me, lease, id, flag) = (myself.clone(), job.lease, job.id, cancel.clone());
         let scratch = store.trial_dir(id);
@@ -335,7 +380,7 @@ impl WorkerActor {
         // large) must not hold up the actor that relays every decision.
         state.slots.queue().submit(Box::new(move || {
             crate::supervision::slots::init_thread(trainable.as_ref(), context.threads);
-            let end = match prepare(job, &parts, &store) {
+            let end = match prepare(job, incoming, &store) {
                 Err(e) => AttemptEnd::Crashed(e),
                 Ok((job, resume)) => {
                     tracing::info!(trial = %id, attempt = job.attempt, from = ?resume.as_ref().map(|c| c.epoch), "attempt starts");
@@ -360,16 +405,25 @@ impl WorkerActor {
             let _ = std::fs::remove_dir_all(&scratch);
             let _ = me.cast(WorkerMsg::SlotDone { lease, end });
         }))?;
-        state.running.insert(lease, Running { id, cancel, decisions });
+        state.running.insert(lease, Running { id, cancel, decisions, acks });
         Ok(())
     }
 }
 
-/// Stores the checkpoint an attempt resumes from.
-fn prepare(mut job: Job, parts: &[Part], store: &CheckpointStore) -> Result<(Job, Option<Checkpoint>), String> {
-    let Some(meta) = job.resume.take() else { return Ok((job, None)) };
+/// Puts the checkpoint an attempt resumes from in place.
+fn prepare(
+    mut job: Job,
+    incoming: Option<PartWriter>,
+    store: &CheckpointStore,
+) -> Result<(Job, Option<Checkpoint>), String> {
+    let Some(meta) = job.resume.take() else {
+        if let Some(writer) = incoming {
+            writer.discard();
+        }
+        return Ok((job, None));
+    };
     let saved = store
-        .save(job.id, &meta, |dir| wire::write_parts(dir, parts))
+        .save(job.id, &meta, |dir| incoming.map_or(Ok(()), |w| w.finish_into(dir)))
         .map_err(|e| format!("cannot store the checkpoint of epoch {} it resumes from: {e}", meta.epoch))?;
     Ok((job, Some(saved)))
 }
@@ -389,11 +443,49 @@ fn load(e: Experiment, threads: Option<u32>, store: CheckpointStore) -> Result<L
 }
 
 /// A slot thread's line to the coordinator: reports go to the pool and the
-/// thread waits for the decision; checkpoints follow in parts.
+/// thread waits for the decision; checkpoints follow in parts, at most
+/// [`WINDOW_PARTS`] ahead of what the coordinator has on disk.
 struct RemoteSink {
     pool: ActorRef<PoolMsg>,
     lease: u64,
     decisions: Receiver<Option<Decision>>,
+    acks: Receiver<(u32, u64)>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// How long a cancelled attempt's checkpoint upload waits for the
+/// coordinator to take a part before it gives up.
+const UPLOAD_STALL: Duration = Duration::from_secs(10);
+
+impl RemoteSink {
+    /// Streams a checkpoint's files to the coordinator, then says it is whole.
+    fn upload(&mut self, checkpoint: &Checkpoint) -> Result<(), String> {
+        let epoch = checkpoint.epoch;
+        let lost = || "the coordinator is gone".to_owned();
+        while self.acks.try_recv().is_ok() {} // of an upload that was cut short
+        let mut reader = PartReader::open(&checkpoint.dir).map_err(|e| e.to_string())?;
+        let (mut sent, mut acked, mut progress) = (0u64, 0u64, Instant::now());
+        while let Some(part) = reader.next_part().map_err(|e| e.to_string())? {
+            while sent >= acked + WINDOW_PARTS {
+                match self.acks.recv_timeout(Duration::from_millis(100)) {
+                    Ok((e, parts)) if e == epoch && parts > acked => (acked, progress) = (parts, Instant::now()),
+                    Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(lost()),
+                }
+                // A cancelled attempt still checkpoints (a pause); it stops
+                // waiting only when the coordinator's side of it is gone
+                // (its trial actor let go of the lease, so no part is taken).
+                if self.cancel.load(Ordering::Relaxed) && progress.elapsed() > UPLOAD_STALL {
+                    return Err(format!("cancelled, and no part was taken for {UPLOAD_STALL:?}"));
+                }
+            }
+            let part = FromWorker::CheckpointPart { lease: self.lease, epoch, part };
+            self.pool.cast(PoolMsg::Wire(part)).map_err(|_| lost())?;
+            sent += 1;
+        }
+        let done = FromWorker::CheckpointDone { lease: self.lease, meta: checkpoint.clone() };
+        self.pool.cast(PoolMsg::Wire(done)).map_err(|_| lost())
+    }
 }
 
 impl ReportSink for RemoteSink {
@@ -407,18 +499,9 @@ impl ReportSink for RemoteSink {
     }
 
     fn checkpoint_written(&mut self, trial: TrialId, checkpoint: &Checkpoint) {
-        let parts = match wire::checkpoint_parts(&checkpoint.dir) {
-            Ok(parts) => parts,
-            Err(e) => {
-                tracing::error!(%trial, "cannot read checkpoint {}: {e}", checkpoint.dir.display());
-                return;
-            }
-        };
-        for part in parts {
-            let _ = self.pool.cast(PoolMsg::Wire(FromWorker::CheckpointPart { lease: self.lease, part }));
+        if let Err(e) = self.upload(checkpoint) {
+            tracing::error!(%trial, "checkpoint {} not sent: {e}", checkpoint.dir.display());
         }
-        let _ =
-            self.pool.cast(PoolMsg::Wire(FromWorker::CheckpointDone { lease: self.lease, meta: checkpoint.clone() }));
     }
 }
 
