@@ -130,14 +130,20 @@ fn count(e: &Value, status: &str) -> u64 {
     e["trials"][status].as_u64().unwrap_or(0)
 }
 
-/// Reads server-sent events from `path` until `enough` events came or `limit` passed.
+/// The number of an event id `LIFE-NUMBER`.
+fn seq(id: &str) -> u64 {
+    id.split_once('-').and_then(|(_, n)| n.parse().ok()).unwrap_or_else(|| panic!("event id `{id}`"))
+}
+
+/// Reads server-sent events (id, kind, data) from `path` until `enough`
+/// events came or `limit` passed.
 fn read_events(
     d: &Daemon,
     path: &str,
-    last_id: Option<u64>,
+    last_id: Option<&str>,
     enough: usize,
     limit: Duration,
-) -> Vec<(u64, String, Value)> {
+) -> Vec<(String, String, Value)> {
     let mut stream = std::net::TcpStream::connect(&d.addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let last = last_id.map_or(String::new(), |l| format!("Last-Event-ID: {l}\r\n"));
@@ -146,7 +152,7 @@ fn read_events(
     let mut reader = BufReader::new(stream);
     let deadline = Instant::now() + limit;
     let mut events = Vec::new();
-    let (mut id, mut kind, mut data) = (0, String::new(), String::new());
+    let (mut id, mut kind, mut data) = (String::new(), String::new(), String::new());
     let mut line = String::new();
     while events.len() < enough && Instant::now() < deadline {
         line.clear();
@@ -157,13 +163,13 @@ fn read_events(
         }
         let l = line.trim_end();
         if let Some(v) = l.strip_prefix("id: ") {
-            id = v.parse().unwrap();
+            id = v.to_owned();
         } else if let Some(v) = l.strip_prefix("event: ") {
             kind = v.to_owned();
         } else if let Some(v) = l.strip_prefix("data: ") {
             data = v.to_owned();
         } else if l.is_empty() && !kind.is_empty() {
-            events.push((id, std::mem::take(&mut kind), serde_json::from_str(&data).unwrap_or(Value::Null)));
+            events.push((id.clone(), std::mem::take(&mut kind), serde_json::from_str(&data).unwrap_or(Value::Null)));
         }
     }
     events
@@ -177,14 +183,19 @@ fn submit_watch_change_concurrency_and_cancel() {
     // The stream: its state, trials and reports, each with an increasing id.
     let events = read_events(&d, &format!("/api/v1/experiments/{id}/events"), None, 12, Duration::from_secs(60));
     assert!(events.len() >= 12, "{events:?}");
-    assert!(events.windows(2).all(|w| w[1].0 == w[0].0 + 1), "ids count up by one: {events:?}");
+    let life = events[0].0.split_once('-').map(|(l, _)| l.to_owned()).unwrap();
+    assert!(
+        events.windows(2).all(|w| seq(&w[1].0) == seq(&w[0].0) + 1 && w[1].0.starts_with(&format!("{life}-"))),
+        "ids count up by one: {events:?}"
+    );
     let report = events.iter().find(|e| e.1 == "report").expect("a report event");
     assert!(report.2["at"].as_str().is_some_and(|a| a.starts_with("20")), "{report:?}");
     assert!(report.2["elapsed_s"].as_f64().is_some_and(|s| s > 0.0), "{report:?}");
     assert!(report.2["value"].is_number() && report.2["epoch"].is_number(), "{report:?}");
     // A client that saw event 5 gets 6 onwards.
-    let again = read_events(&d, &format!("/api/v1/experiments/{id}/events"), Some(5), 3, Duration::from_secs(30));
-    assert_eq!(again.first().map(|e| e.0), Some(6), "{again:?}");
+    let fifth = format!("{life}-5");
+    let again = read_events(&d, &format!("/api/v1/experiments/{id}/events"), Some(&fifth), 3, Duration::from_secs(30));
+    assert_eq!(again.first().map(|e| seq(&e.0)), Some(6), "{again:?}");
     // With concurrency 1, one trial runs at a time; then two.
     assert!(count(&d.experiment(&id), "running") <= 1);
     let (status, body) =
@@ -377,16 +388,24 @@ fn a_killed_daemon_restarts_with_every_experiment_and_continues_the_unfinished()
     d.wait_for(&done, "the quick one finishes", Duration::from_secs(60), |e| e["status"] == "finished");
     let long = d.submit(&sleep_experiment("long", 10, 2, 200, 4));
     d.wait_for(&long, "some reports", Duration::from_secs(60), |e| e["reports"].as_u64() >= Some(4));
+    let stream = format!("/api/v1/experiments/{long}/events");
+    let old = read_events(&d, &stream, None, 2, Duration::from_secs(30));
+    assert_eq!(old.len(), 2, "{old:?}");
     let _ = d.process.0.kill();
     let _ = d.process.0.wait();
     let d = start_daemon(&state, &["--workers", "2"]);
     assert_eq!(d.token, std::fs::read_to_string(state.join("token")).unwrap().trim(), "the same token");
     let e = d.experiment(&done);
     assert_eq!((e["status"].as_str(), count(&e, "completed")), (Some("finished"), 2), "{e}");
-    // A client that saw event numbers of the daemon's previous life is told to reset.
-    let events =
-        read_events(&d, &format!("/api/v1/experiments/{long}/events"), Some(1_000_000), 1, Duration::from_secs(30));
-    assert_eq!(events.first().map(|e| e.1.as_str()), Some("reset"), "{events:?}");
+    // A client that saw events of the daemon's previous life is told to
+    // reset, although this life has numbered as many events already.
+    let new = read_events(&d, &stream, None, 3, Duration::from_secs(30));
+    assert!(new.len() == 3 && seq(&new[2].0) >= seq(&old[0].0), "{new:?}");
+    assert_ne!(new[0].0.split_once('-').unwrap().0, old[0].0.split_once('-').unwrap().0, "a new life");
+    for stale in [old[0].0.as_str(), "1000000"] {
+        let events = read_events(&d, &stream, Some(stale), 1, Duration::from_secs(30));
+        assert_eq!(events.first().map(|e| e.1.as_str()), Some("reset"), "after {stale}: {events:?}");
+    }
     let e = d.wait_for(&long, "the long one finishes after the restart", Duration::from_secs(120), |e| {
         e["status"] == "finished"
     });

@@ -595,9 +595,10 @@ struct EventsQuery {
 }
 
 /// Server-sent events of one experiment: reports, trial changes and its
-/// state, each with an `id:`; a client that reconnects with
-/// `Last-Event-ID` (or `?after=N`) gets what it missed while the daemon
-/// still keeps it, else a `reset` event telling it to read the state again.
+/// state, each with an `id:` (`LIFE-NUMBER`); a client that reconnects with
+/// `Last-Event-ID` (or `?after=NUMBER`) gets what it missed while the daemon
+/// still keeps it, else a `reset` event telling it to read the state again:
+/// so too for an id of an earlier life of the daemon.
 async fn events(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -605,14 +606,22 @@ async fn events(
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse<EitherBody<BoxBody>>, ApiError> {
     let entry = state.entry(&id)?;
-    let last = match req.headers().get("last-event-id").and_then(|v| v.to_str().ok()) {
-        Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "Last-Event-ID `{}`: expected an event number",
-                v.chars().take(40).collect::<String>()
-            ))
-        })?),
-        None => query.after,
+    let life = state.registry.life().to_owned();
+    let (last, earlier_life) = match req.headers().get("last-event-id").map(|v| v.to_str()) {
+        Some(v) => {
+            let v = v.unwrap_or("").trim();
+            let bad = || {
+                ApiError::bad_request(format!(
+                    "Last-Event-ID `{}`: expected an event id as sent (LIFE-NUMBER) or an event number",
+                    v.chars().take(40).collect::<String>()
+                ))
+            };
+            match v.split_once('-') {
+                Some((l, n)) => (Some(n.parse::<u64>().map_err(|_| bad())?), l != life),
+                None => (Some(v.parse::<u64>().map_err(|_| bad())?), false),
+            }
+        }
+        None => (query.after, false),
     };
     if state.streams.fetch_add(1, Ordering::SeqCst) >= MAX_STREAMS {
         state.streams.fetch_sub(1, Ordering::SeqCst);
@@ -623,13 +632,14 @@ async fn events(
     }
     let guard = StreamGuard(state.clone().into_inner());
     let registry::Backlog { kept, live: rx, now } = entry.events_after(last.unwrap_or(0));
-    let after = last.unwrap_or(0).min(now);
+    let kept = kept.filter(|_| !earlier_life);
+    let after = if earlier_life { now } else { last.unwrap_or(0).min(now) };
     let mut first = String::from("retry: 2000\n\n");
     let mut sent = after;
     match kept {
         Some(events) => {
             for e in events {
-                first.push_str(&frame(&e));
+                first.push_str(&frame(&life, &e));
                 sent = e.seq;
             }
         }
@@ -637,11 +647,12 @@ async fn events(
     }
     struct Feed {
         rx: tokio::sync::broadcast::Receiver<Arc<Sse>>,
+        life: String,
         sent: u64,
         first: Option<String>,
         _guard: StreamGuard,
     }
-    let feed = Feed { rx, sent, first: Some(first), _guard: guard };
+    let feed = Feed { rx, life, sent, first: Some(first), _guard: guard };
     let stream = futures_util::stream::unfold(feed, |mut f| async move {
         if let Some(first) = f.first.take() {
             return Some((Ok::<_, std::convert::Infallible>(web::Bytes::from(first)), f));
@@ -652,7 +663,7 @@ async fn events(
                 Ok(Ok(e)) if e.seq <= f.sent => continue,
                 Ok(Ok(e)) => {
                     f.sent = e.seq;
-                    return Some((Ok(web::Bytes::from(frame(&e))), f));
+                    return Some((Ok(web::Bytes::from(frame(&f.life, &e))), f));
                 }
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                     let text = format!("event: reset\ndata: {{\"after\":{}}}\n\n", f.sent);
@@ -669,8 +680,8 @@ async fn events(
         .map_into_left_body())
 }
 
-fn frame(e: &Sse) -> String {
-    format!("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.kind, e.data)
+fn frame(life: &str, e: &Sse) -> String {
+    format!("id: {life}-{}\nevent: {}\ndata: {}\n\n", e.seq, e.kind, e.data)
 }
 
 /// Counts an open event stream until it is dropped.

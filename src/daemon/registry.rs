@@ -59,7 +59,8 @@ impl Phase {
 /// One server-sent event, as every client gets it.
 #[derive(Debug)]
 pub struct Sse {
-    /// Its number within the experiment (the `id:` line).
+    /// Its number within the experiment in this life of the daemon (the
+    /// `id:` line is `LIFE-NUMBER`).
     pub seq: u64,
     /// `report`, `trial` or `state`.
     pub kind: &'static str,
@@ -233,8 +234,8 @@ impl Entry {
         let live = self.feed.subscribe();
         let inner = self.lock();
         let kept: Vec<Arc<Sse>> = inner.ring.iter().filter(|e| e.seq > after).cloned().collect();
-        // An `after` beyond the last number is from another life of the
-        // daemon (numbers restart with it): a reset, not a silent skip.
+        // An `after` beyond the last number (a bare number from another
+        // life of the daemon, whose numbers restart): a reset, not a silent skip.
         let complete = after == inner.seq || kept.first().is_some_and(|e| e.seq == after + 1);
         Backlog { kept: complete.then_some(kept), live, now: inner.seq }
     }
@@ -346,6 +347,9 @@ pub struct Registry {
     /// before a submission's first await, so that concurrent submissions
     /// cannot pass [`MAX_EXPERIMENTS`] between the check and the insert.
     places: AtomicUsize,
+    /// This life of the daemon: random, the first part of every event id,
+    /// so that a client's `Last-Event-ID` from an earlier life is known as such.
+    life: String,
 }
 
 /// A place taken for a submission; given back unless the experiment is listed.
@@ -386,11 +390,18 @@ impl Registry {
             entries: RwLock::new(BTreeMap::new()),
             next: AtomicU32::new(next),
             places: AtomicUsize::new(dirs.len()),
+            life: crate::cluster::node::random_secret()[..8].to_owned(),
         });
         for id in dirs {
             registry.restore(id).await;
         }
         Ok(registry)
+    }
+
+    /// This life of the daemon, the first part of every event id
+    /// (`LIFE-NUMBER`); event numbers start again with each life.
+    pub fn life(&self) -> &str {
+        &self.life
     }
 
     /// The engine.

@@ -267,7 +267,7 @@ function renderLineage() {
 async function follow(id) {
   const ctrl = new AbortController();
   state.stream = ctrl;
-  let last = 0;
+  let last = "";
   while (!ctrl.signal.aborted && state.selected === id) {
     try {
       const headers = { Authorization: "Bearer " + state.token };
@@ -289,7 +289,7 @@ async function follow(id) {
             const i = line.indexOf(":");
             if (i <= 0) continue;
             const k = line.slice(0, i), v = line.slice(i + 1).trimStart();
-            if (k === "id") ev.id = Number(v); else if (k === "event") ev.event = v; else if (k === "data") ev.data += v;
+            if (k === "id") ev.id = v; else if (k === "event") ev.event = v; else if (k === "data") ev.data += v;
           }
           if (ev.id) last = ev.id;
           onEvent(ev);
