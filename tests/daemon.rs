@@ -237,6 +237,9 @@ fn submit_watch_change_concurrency_and_cancel() {
     let (status, body) =
         d.post(&format!("/api/v1/experiments/{id}/trials/{}/stop", running[0]), "application/json", b"");
     assert_eq!(status, 409, "a trial that ended does not stop again: {body}");
+    let (status, body) =
+        d.post(&format!("/api/v1/experiments/{id}/trials/{}/restart", running[0]), "application/json", b"");
+    assert_eq!(status, 409, "a trial that ended does not restart: {body}");
     for action in ["stop", "restart"] {
         let (status, body) =
             d.post(&format!("/api/v1/experiments/{id}/trials/99999/{action}"), "application/json", b"");

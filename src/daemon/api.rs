@@ -21,6 +21,7 @@ use serde::Deserialize;
 use super::registry::{self, Entry, Registry, Sse};
 use crate::config::{ConfigError, ConfigFormat};
 use crate::engine::EngineError;
+use crate::supervision::TrialControlError;
 use crate::trial::{Trial, TrialStatus};
 
 /// The largest config a submission may carry.
@@ -482,17 +483,18 @@ async fn stop_trial(state: web::Data<AppState>, path: web::Path<(String, String)
     let (entry, trial) = (state.entry(&id)?, trial_number(&trial)?);
     let handle = entry.handle().ok_or_else(|| ApiError::conflict(format!("experiment {id} is not running")))?;
     if let Err(e) = handle.stop_trial(crate::trial::TrialId(trial)).await {
-        return Err(trial_refusal(&entry, trial, e).await);
+        return Err(trial_refusal(&entry, trial, e));
     }
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "trial": trial, "status": "stopping" })))
 }
 
 /// Why a trial cannot be stopped or restarted: it does not exist (404), or its state forbids it (409).
-async fn trial_refusal(entry: &Entry, trial: u32, why: String) -> ApiError {
-    if entry.trials().await.len() <= trial as usize {
-        ApiError::not_found(format!("experiment {} has no trial {trial}", entry.id))
-    } else {
-        ApiError::conflict(why)
+fn trial_refusal(entry: &Entry, trial: u32, why: TrialControlError) -> ApiError {
+    match why {
+        TrialControlError::NoSuchTrial(_) => {
+            ApiError::not_found(format!("experiment {} has no trial {trial}", entry.id))
+        }
+        TrialControlError::Refused(why) => ApiError::conflict(why),
     }
 }
 
@@ -504,7 +506,7 @@ async fn restart_trial(
     let (entry, trial) = (state.entry(&id)?, trial_number(&trial)?);
     let handle = entry.handle().ok_or_else(|| ApiError::conflict(format!("experiment {id} is not running")))?;
     if let Err(e) = handle.restart_trial(crate::trial::TrialId(trial)).await {
-        return Err(trial_refusal(&entry, trial, e).await);
+        return Err(trial_refusal(&entry, trial, e));
     }
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "trial": trial, "status": "restarting" })))
 }

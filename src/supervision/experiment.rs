@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::leaderboard::{self, Leaderboard, LeaderboardMsg, NextTrial};
 use super::slots::SlotPool;
 use super::trial::{self, TrialActor, TrialMsg};
-use super::{backoff, rank, Settings, SweepError};
+use super::{backoff, rank, Settings, SweepError, TrialControlError};
 use crate::journal::Event;
 use crate::state::ExperimentState;
 use crate::trainable::ContextSettings;
@@ -51,9 +51,9 @@ pub(super) enum ExperimentMsg {
     /// The trials as the leaderboard has them now.
     Snapshot(ractor::RpcReplyPort<Vec<Trial>>),
     /// Stop one trial (at its next report): it ends pruned, saying so.
-    StopTrial(TrialId, ractor::RpcReplyPort<Result<(), String>>),
+    StopTrial(TrialId, ractor::RpcReplyPort<Result<(), TrialControlError>>),
     /// Start one running trial's next attempt from its last checkpoint.
-    RestartTrial(TrialId, ractor::RpcReplyPort<Result<(), String>>),
+    RestartTrial(TrialId, ractor::RpcReplyPort<Result<(), TrialControlError>>),
 }
 
 /// The error a trial stopped on request ends with.
@@ -201,13 +201,18 @@ impl Actor for ExperimentSupervisor {
             }
             ExperimentMsg::RestartTrial(id, reply) => {
                 let answer = match state.live.get(&id).and_then(|t| t.actor.as_ref()) {
-                    _ if state.interrupted => Err("the experiment is stopping".to_owned()),
+                    _ if state.interrupted => Err(TrialControlError::Refused("the experiment is stopping".into())),
                     Some(actor) => {
                         let _ = actor.cast(TrialMsg::Cancel);
                         state.restarting.insert(id);
                         Ok(())
                     }
-                    None => Err(format!("trial {id} is not running: only a running trial restarts")),
+                    None => match self.record(state, id).await {
+                        None => Err(TrialControlError::NoSuchTrial(id)),
+                        Some(_) => Err(TrialControlError::Refused(format!(
+                            "trial {id} is not running: only a running trial restarts"
+                        ))),
+                    },
                 };
                 let _ = reply.send(answer);
             }
@@ -371,7 +376,15 @@ impl ExperimentSupervisor {
 
     /// Stops one trial: a running one at its next report, one backing off
     /// or waiting for a promotion at once.
-    async fn stop_trial(&self, state: &mut State, id: TrialId) -> Result<(), String> {
+    /// A trial's record as the leaderboard has it (`None`: no such trial).
+    async fn record(&self, state: &State, id: TrialId) -> Option<Trial> {
+        match state.leaderboard.call(|reply| LeaderboardMsg::Record(id, reply), None).await {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            _ => None,
+        }
+    }
+
+    async fn stop_trial(&self, state: &mut State, id: TrialId) -> Result<(), TrialControlError> {
         if let Some(t) = state.live.get(&id) {
             match &t.actor {
                 Some(actor) => {
@@ -382,13 +395,11 @@ impl ExperimentSupervisor {
             }
             return Ok(());
         }
-        let record = match state.leaderboard.call(|reply| LeaderboardMsg::Record(id, reply), None).await {
-            Ok(ractor::rpc::CallResult::Success(r)) => r,
-            _ => None,
-        };
-        match record {
-            None => Err(format!("there is no trial {id}")),
-            Some(t) if t.status.is_final() => Err(format!("trial {id} ended already ({})", t.status.as_str())),
+        match self.record(state, id).await {
+            None => Err(TrialControlError::NoSuchTrial(id)),
+            Some(t) if t.status.is_final() => {
+                Err(TrialControlError::Refused(format!("trial {id} ended already ({})", t.status.as_str())))
+            }
             Some(_) => {
                 // Waiting for a promotion: it ends now.
                 let _ = state.leaderboard.cast(LeaderboardMsg::Ended {

@@ -12,6 +12,17 @@ use super::experiment::{ExperimentMsg, Outcome};
 use super::{Observer, Settings, Summary, SweepError, SweepEvent};
 use crate::trial::Trial;
 
+/// Why a trial was not stopped or restarted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TrialControlError {
+    /// The experiment has no such trial.
+    #[error("there is no trial {0}")]
+    NoSuchTrial(crate::trial::TrialId),
+    /// The trial (or the experiment) is in no state for it; says which.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// Events a slow subscriber may fall behind by before it misses some (it
 /// is told how many, and can read the trials again).
 pub(super) const EVENT_BUFFER: usize = 4096;
@@ -106,22 +117,22 @@ impl ExperimentHandle {
     }
 
     /// Stops one trial at its next report; it ends pruned, "stopped on request".
-    pub async fn stop_trial(&self, id: crate::trial::TrialId) -> Result<(), String> {
+    pub async fn stop_trial(&self, id: crate::trial::TrialId) -> Result<(), TrialControlError> {
         self.ask(|reply| ExperimentMsg::StopTrial(id, reply)).await
     }
 
     /// Starts a running trial's next attempt from its last checkpoint.
-    pub async fn restart_trial(&self, id: crate::trial::TrialId) -> Result<(), String> {
+    pub async fn restart_trial(&self, id: crate::trial::TrialId) -> Result<(), TrialControlError> {
         self.ask(|reply| ExperimentMsg::RestartTrial(id, reply)).await
     }
 
     async fn ask(
         &self,
-        msg: impl FnOnce(ractor::RpcReplyPort<Result<(), String>>) -> ExperimentMsg,
-    ) -> Result<(), String> {
+        msg: impl FnOnce(ractor::RpcReplyPort<Result<(), TrialControlError>>) -> ExperimentMsg,
+    ) -> Result<(), TrialControlError> {
         match self.actor.call(msg, Some(Duration::from_secs(10))).await {
             Ok(ractor::rpc::CallResult::Success(answer)) => answer,
-            _ => Err("the experiment is not running".into()),
+            _ => Err(TrialControlError::Refused("the experiment is not running".into())),
         }
     }
 

@@ -48,7 +48,7 @@ use crate::state::{ExperimentState, Setup, StopRules};
 use crate::trainable::Trainable;
 use crate::trial::{Trial, TrialStatus};
 
-pub use handle::{ExperimentHandle, Timed};
+pub use handle::{ExperimentHandle, Timed, TrialControlError};
 pub use leaderboard::SweepEvent;
 
 /// Called by the leaderboard for every event; must be quick.
