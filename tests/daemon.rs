@@ -558,15 +558,36 @@ fn bad_requests_get_json_errors_and_the_daemon_keeps_serving() {
     }
     // A wrong method is a 405 naming the right ones; a bad query string a JSON 400 naming it.
     for (method, path, allow) in [
-        ("DELETE", "/api/v1/experiments".to_owned(), "GET, POST"),
+        ("DELETE", "/api/v1/experiments".to_owned(), "GET, HEAD, POST"),
         ("GET", format!("/api/v1/experiments/{id}/cancel"), "POST"),
+        ("HEAD", format!("/api/v1/experiments/{id}/events"), "GET"),
     ] {
         let req = ureq::http::Request::builder().method(method).uri(d.url(&path)).header("Authorization", &bearer);
         let mut res = agent().run(req.body(Vec::new()).unwrap()).unwrap();
         assert_eq!(res.status().as_u16(), 405, "{method} {path}");
         assert_eq!(res.headers().get("allow").and_then(|v| v.to_str().ok()), Some(allow));
-        let body: Value = serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
-        assert!(body["error"].as_str().unwrap().contains(allow), "{body}");
+        if method != "HEAD" {
+            let body: Value = serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+            assert!(body["error"].as_str().unwrap().contains(allow), "{body}");
+        }
+    }
+    // HEAD is GET's answer without its body (curl -I), the token checked as for GET.
+    for (path, auth, want) in [
+        ("/api/v1/health".to_owned(), "", "200"),
+        (format!("/api/v1/experiments/{id}"), bearer.as_str(), "200"),
+        (format!("/api/v1/experiments/{id}"), "Bearer wrong", "401"),
+    ] {
+        let mut s = std::net::TcpStream::connect(&d.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let auth = if auth.is_empty() { String::new() } else { format!("Authorization: {auth}\r\n") };
+        write!(s, "HEAD {path} HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n", d.addr).unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {want}")), "HEAD {path}: {answer:?}");
+        assert!(answer.ends_with("\r\n\r\n"), "HEAD {path} sends no body: {answer:?}");
+        if want == "200" {
+            assert!(answer.to_lowercase().contains("content-type: application/json"), "{answer:?}");
+        }
     }
     for path in [format!("/api/v1/experiments/{id}?limit=-1"), format!("/api/v1/experiments/{id}/events?after=abc")] {
         let (status, body) = raw("GET", &path, good, b"", "text/plain");

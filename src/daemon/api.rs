@@ -161,19 +161,25 @@ pub(super) fn server(state: Arc<AppState>, addr: SocketAddr) -> std::io::Result<
                 web::QueryConfig::default()
                     .error_handler(|e, _| ApiError::bad_request(format!("the query string: {e}")).into()),
             )
-            .service(resource("/", "GET").route(web::get().to(super::metrics::dashboard)))
-            .service(resource("/assets/{file}", "GET").route(web::get().to(super::metrics::asset)))
-            .service(resource("/metrics", "GET").route(web::get().to(super::metrics::metrics)))
-            .service(resource("/api/v1/health", "GET").route(web::get().to(health)))
-            .service(resource("/api/v1/openapi.json", "GET").route(web::get().to(openapi)))
+            .service(resource("/", "GET, HEAD").route(get_or_head().to(super::metrics::dashboard)))
+            .service(resource("/assets/{file}", "GET, HEAD").route(get_or_head().to(super::metrics::asset)))
+            .service(resource("/metrics", "GET, HEAD").route(get_or_head().to(super::metrics::metrics)))
+            .service(resource("/api/v1/health", "GET, HEAD").route(get_or_head().to(health)))
+            .service(resource("/api/v1/openapi.json", "GET, HEAD").route(get_or_head().to(openapi)))
             .service(
-                resource("/api/v1/experiments", "GET, POST").route(web::get().to(list)).route(web::post().to(submit)),
+                resource("/api/v1/experiments", "GET, HEAD, POST")
+                    .route(get_or_head().to(list))
+                    .route(web::post().to(submit)),
             )
-            .service(resource("/api/v1/experiments/{id}", "GET").route(web::get().to(detail)))
-            .service(resource("/api/v1/experiments/{id}/curves", "GET").route(web::get().to(curves)))
+            .service(resource("/api/v1/experiments/{id}", "GET, HEAD").route(get_or_head().to(detail)))
+            .service(resource("/api/v1/experiments/{id}/curves", "GET, HEAD").route(get_or_head().to(curves)))
             .service(resource("/api/v1/experiments/{id}/events", "GET").route(web::get().to(events)))
-            .service(resource("/api/v1/experiments/{id}/trials/{trial}", "GET").route(web::get().to(trial_reports)))
-            .service(resource("/api/v1/experiments/{id}/trials/{trial}/log", "GET").route(web::get().to(trial_log)))
+            .service(
+                resource("/api/v1/experiments/{id}/trials/{trial}", "GET, HEAD").route(get_or_head().to(trial_reports)),
+            )
+            .service(
+                resource("/api/v1/experiments/{id}/trials/{trial}/log", "GET, HEAD").route(get_or_head().to(trial_log)),
+            )
             .service(resource("/api/v1/experiments/{id}/trials/{trial}/stop", "POST").route(web::post().to(stop_trial)))
             .service(
                 resource("/api/v1/experiments/{id}/trials/{trial}/restart", "POST")
@@ -197,6 +203,12 @@ pub(super) fn server(state: Arc<AppState>, addr: SocketAddr) -> std::io::Result<
     .bind(addr)?;
     let bound = http.addrs().first().copied().unwrap_or(addr);
     Ok((http.run(), bound))
+}
+
+/// GET, and HEAD answered as GET without the body (actix-web routes HEAD
+/// only where asked; its HTTP layer sends no body for a HEAD request).
+fn get_or_head() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
 }
 
 /// A path's methods, `allow` listing them: any other method gets a JSON 405 saying which.
