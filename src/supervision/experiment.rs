@@ -9,9 +9,10 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
 use super::leaderboard::{self, Leaderboard, LeaderboardMsg, NextTrial};
+use super::restart::{self, AfterLoss, Loss};
 use super::slots::SlotPool;
 use super::trial::{self, TrialActor, TrialMsg};
-use super::{backoff, rank, Settings, SweepError, TrialControlError};
+use super::{rank, Settings, SweepError, TrialControlError};
 use crate::journal::Event;
 use crate::state::ExperimentState;
 use crate::trainable::ContextSettings;
@@ -485,8 +486,7 @@ impl ExperimentSupervisor {
         }
     }
 
-    /// The restart policy: back off and restart from the last checkpoint, or
-    /// give up after `max_restarts`.
+    /// A crashed attempt: what [`restart::after_loss`] says.
     async fn on_crash(
         &self,
         myself: &ActorRef<ExperimentMsg>,
@@ -494,33 +494,11 @@ impl ExperimentSupervisor {
         id: TrialId,
         error: String,
     ) -> Result<(), ActorProcessingErr> {
-        let max = state.settings.fault.max_restarts;
-        let Some(t) = state.live.get_mut(&id) else {
-            return Ok(());
-        };
-        t.actor = None;
-        if state.interrupted {
-            self.end_trial(state, id, TrialStatus::Paused, Some(error));
-            return self.fill(myself, state).await;
-        }
-        t.restarts += 1;
-        let restarts = t.restarts;
-        if restarts > max {
-            tracing::warn!(trial = %id, "failed after {max} restarts: {error}");
-            let error = format!("{error} (gave up after {max} restarts)");
-            self.end_trial(state, id, TrialStatus::Failed, Some(error));
-            return self.fill(myself, state).await;
-        }
-        let delay = backoff(state.settings.fault.restart_backoff_ms, restarts);
-        tracing::info!(trial = %id, restarts, ?delay, "restarting from the last checkpoint: {error}");
-        state.leaderboard.cast(LeaderboardMsg::Restarting { id, restarts, error })?;
-        myself.send_after(delay, move || ExperimentMsg::Respawn(id));
-        Ok(())
+        self.on_loss(myself, state, id, Loss::Crash, error).await
     }
 
     /// A trial whose worker was lost continues at once from its last
-    /// checkpoint on another slot, without counting a restart. A trial that
-    /// keeps taking its workers down with it fails in the end all the same.
+    /// checkpoint on another slot, without counting a restart.
     async fn on_preempted(
         &self,
         myself: &ActorRef<ExperimentMsg>,
@@ -528,22 +506,55 @@ impl ExperimentSupervisor {
         id: TrialId,
         reason: String,
     ) -> Result<(), ActorProcessingErr> {
-        let limit = 3 * (state.settings.fault.max_restarts + 1);
+        self.on_loss(myself, state, id, Loss::Preemption, reason).await
+    }
+
+    /// Performs the restart policy's decision on a lost attempt.
+    async fn on_loss(
+        &self,
+        myself: &ActorRef<ExperimentMsg>,
+        state: &mut State,
+        id: TrialId,
+        loss: Loss,
+        why: String,
+    ) -> Result<(), ActorProcessingErr> {
         let Some(t) = state.live.get_mut(&id) else { return Ok(()) };
         t.actor = None;
-        t.preemptions += 1;
-        if state.interrupted {
-            self.end_trial(state, id, TrialStatus::Paused, None);
-            return self.fill(myself, state).await;
+        let losses = match loss {
+            _ if state.interrupted => 0,
+            Loss::Crash => {
+                t.restarts += 1;
+                t.restarts
+            }
+            Loss::Preemption => {
+                t.preemptions += 1;
+                t.preemptions
+            }
+        };
+        let restarts = t.restarts;
+        match restart::after_loss(loss, losses, state.interrupted, &state.settings.fault) {
+            AfterLoss::Pause => {
+                let error = (loss == Loss::Crash).then_some(why);
+                self.end_trial(state, id, TrialStatus::Paused, error);
+                self.fill(myself, state).await
+            }
+            AfterLoss::Fail(gave_up) => {
+                tracing::warn!(trial = %id, "failed ({gave_up}): {why}");
+                self.end_trial(state, id, TrialStatus::Failed, Some(format!("{why} ({gave_up})")));
+                self.fill(myself, state).await
+            }
+            AfterLoss::Restart(delay) if loss == Loss::Crash => {
+                tracing::info!(trial = %id, restarts, ?delay, "restarting from the last checkpoint: {why}");
+                state.leaderboard.cast(LeaderboardMsg::Restarting { id, restarts, error: why })?;
+                myself.send_after(delay, move || ExperimentMsg::Respawn(id));
+                Ok(())
+            }
+            AfterLoss::Restart(_) => {
+                state.leaderboard.cast(LeaderboardMsg::Preempted { id, reason: why })?;
+                self.spawn_attempt(myself, state, id).await;
+                Ok(())
+            }
         }
-        if t.preemptions > limit {
-            let error = format!("{reason} (its worker was lost {limit} times; giving up)");
-            self.end_trial(state, id, TrialStatus::Failed, Some(error));
-            return self.fill(myself, state).await;
-        }
-        state.leaderboard.cast(LeaderboardMsg::Preempted { id, reason })?;
-        self.spawn_attempt(myself, state, id).await;
-        Ok(())
     }
 
     fn end_trial(&self, state: &mut State, id: TrialId, status: TrialStatus, error: Option<String>) {

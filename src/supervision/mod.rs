@@ -19,7 +19,8 @@
 //!
 //! A trial that panics makes its TrialActor fail; the supervisor's
 //! `handle_supervisor_evt` restarts it from its last checkpoint after a
-//! backoff, up to `max_restarts`, then marks it `failed`. Actors carry
+//! backoff, up to `max_restarts`, then marks it `failed` (the pure policy
+//! of [`restart`]). Actors carry
 //! messages and own lifecycles; the decisions are made by the pure
 //! [`crate::state::ExperimentState`] and its policies in [`crate::search`]
 //! and [`crate::schedule`].
@@ -29,6 +30,7 @@ mod handle;
 pub(crate) mod handover;
 mod leaderboard;
 pub mod pool;
+pub mod restart;
 pub(crate) mod slots;
 mod trial;
 
@@ -50,6 +52,7 @@ use crate::trial::{Trial, TrialStatus};
 
 pub use handle::{ExperimentHandle, Timed, TrialControlError};
 pub use leaderboard::SweepEvent;
+pub use restart::backoff;
 
 /// Called by the leaderboard for every event; must be quick.
 pub type Observer = Arc<dyn Fn(&SweepEvent) + Send + Sync>;
@@ -538,10 +541,4 @@ impl Sweep {
             .map_err(SweepError::Threads)?;
         rt.block_on(self.run())
     }
-}
-
-/// The restart delay after the `restarts`-th crash: doubling from the base, at most 30 s.
-pub fn backoff(base_ms: u64, restarts: u32) -> Duration {
-    let ms = base_ms.saturating_mul(1u64 << restarts.saturating_sub(1).min(16));
-    Duration::from_millis(ms.min(30_000))
 }
