@@ -253,3 +253,35 @@ reduction_factor = 2
         }
     }
 }
+
+#[test]
+fn a_program_reporting_an_epoch_past_its_budget_fails_as_invalid_and_the_sweep_goes_on() {
+    // Epoch 4,000,000,000 (a step counter, say) made the median rule size a
+    // table by it: the coordinator aborted, and so did its resume.
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "steps.py",
+        "import json\nprint(json.dumps({\"epoch\": 1, \"val_loss\": 0.5}), flush=True)\n\
+         print(json.dumps({\"epoch\": 4000000000, \"val_loss\": 0.4}), flush=True)\n",
+    );
+    let cfg = write(
+        tmp.path(),
+        "steps.toml",
+        "[experiment]\nname = \"steps\"\nmetric = \"val_loss\"\nmode = \"min\"\nmax_trials = 2\nconcurrency = 1\n\
+         [model]\nkind = \"command\"\ncommand = \"python3 steps.py\"\nx = { uniform = [0.0, 1.0] }\n\
+         [train]\nmax_epochs = 5\n[scheduler]\nkind = \"median\"\n",
+    );
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", "out", "--json"]);
+    assert_eq!(o.status.code(), Some(4), "every trial failed, nothing aborted: {}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let error = summary["failures"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("reported epoch 4000000000") && error.contains("max_epochs = 5"), "{summary}");
+    for t in status_json(&tmp.path().join("out"))["trials"].as_array().unwrap() {
+        assert_eq!(
+            (t["status"].as_str(), t["restarts"].as_u64(), t["epochs"].as_u64()),
+            (Some("failed"), Some(0), Some(1)),
+            "{t}"
+        );
+    }
+}

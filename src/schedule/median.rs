@@ -73,6 +73,11 @@ impl Median {
 
     /// Decides on a report of `score` (bigger is better) after `epoch`.
     pub fn on_report(&mut self, trial: TrialId, epoch: u32, score: f64) -> Decision {
+        if epoch == 0 || epoch > self.max_epochs {
+            // Past the budget: refused before it is reported, but a journal
+            // of an older version may hold one; never an index.
+            return if epoch == 0 { Decision::Continue } else { Decision::Complete };
+        }
         let curve = self.curves.entry(trial).or_insert(Curve { best: f64::NEG_INFINITY, ..Default::default() });
         if epoch <= curve.last_epoch {
             // Trained again after a restart: judged already.
@@ -152,6 +157,10 @@ mod tests {
         assert_eq!(m.on_report(TrialId(1), 3, 0.1), Decision::Prune);
         assert_eq!(m.on_report(TrialId(1), 3, 0.1), Decision::Continue, "a re-run epoch is not judged again");
         assert_eq!(m.on_report(TrialId(0), 10, 0.9), Decision::Complete);
+        // An epoch far past the budget neither grows the table nor aborts.
+        assert_eq!(m.on_report(TrialId(2), 4_000_000_000, 0.9), Decision::Complete);
+        assert_eq!(m.on_report(TrialId(2), 0, 0.9), Decision::Continue);
+        assert!(m.averages.len() <= 10);
         let back: Median = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(
             back.averages.iter().map(Ranks::len).collect::<Vec<_>>(),

@@ -363,7 +363,17 @@ impl TrialContext {
     /// losing its report). Returns `Err(TrainError::Stopped(..))`
     /// when the trial must stop (propagate it with `?`) and
     /// `Err(TrainError::Diverged(..))` when a loss or the metric is not finite.
+    ///
+    /// Epochs run from 1 to the budget: a report of another epoch fails the
+    /// trial as invalid, saying so (a program counting steps, say).
     pub fn report(&mut self, epoch: u32, metrics: &[(&str, f64)]) -> Result<(), TrainError> {
+        if epoch == 0 || epoch > self.settings.max_epochs {
+            return Err(TrainError::Invalid(format!(
+                "reported epoch {epoch}, but epochs run from 1 to max_epochs = {} (a program gets it as \
+                 GAUNTLET_MAX_EPOCHS)",
+                self.settings.max_epochs
+            )));
+        }
         if self.settings.panic_probability > 0.0 && self.chaos_draw(epoch) < self.settings.panic_probability {
             // As if the process died during the epoch: nothing of it is reported or saved.
             panic!("chaos: injected panic in epoch {epoch} of trial {} (attempt {})", self.id, self.attempt);
