@@ -58,11 +58,15 @@ impl Hyperband {
     pub fn new(config: &HyperbandConfig, max_epochs: u32) -> Self {
         let eta = config.reduction_factor.max(2);
         let grace = config.grace_epochs.max(1);
-        // Bracket b's first rung is grace * eta^b; rungs at or past the budget are none.
-        let firsts = Asha::milestones(grace, eta, max_epochs);
-        let count = config.brackets.map_or(firsts.len(), |b| (b as usize).clamp(1, firsts.len().max(1))).max(1);
-        let brackets: Vec<Asha> =
-            (0..count).map(|b| Asha::new(firsts.get(b).copied().unwrap_or(max_epochs), eta, max_epochs)).collect();
+        // Bracket b < s_max starts at grace * eta^b, where s_max =
+        // floor(log_eta(max_epochs / grace)); the last bracket has no rung
+        // and trains every trial to the end, whether or not the budget is
+        // grace times a power of eta (Li et al.: s_max + 1 brackets).
+        let milestones = Asha::milestones(grace, eta, max_epochs);
+        let s_max = milestones.len().saturating_sub(1);
+        let firsts: Vec<u32> = milestones[..s_max].iter().copied().chain([max_epochs]).collect();
+        let count = config.brackets.map_or(firsts.len(), |b| (b as usize).clamp(1, firsts.len()));
+        let brackets: Vec<Asha> = firsts[..count].iter().map(|&first| Asha::new(first, eta, max_epochs)).collect();
         // Halvings of bracket b: how many rungs it has below the budget.
         let s_max = brackets.first().map_or(0, |a| a.rung_epochs().len()) as u32;
         let weights: Vec<u64> = brackets
@@ -132,6 +136,29 @@ mod tests {
         assert!(h.pattern.windows(2).all(|w| w[0] != w[1] || w[0] == 0), "{:?}", h.pattern);
         // A trial's bracket depends on its id alone.
         assert_eq!(h.bracket_of(TrialId(3)), h.bracket_of(TrialId(20)));
+    }
+
+    #[test]
+    fn the_last_bracket_trains_to_the_end_whatever_the_budget() {
+        // 10 epochs: s_max = floor(log3 10) = 2, so three brackets, the last
+        // with no rung (a bracket starting at 9 of 10 would still prune).
+        let h = Hyperband::new(&HyperbandConfig::default(), 10);
+        assert_eq!(h.rungs(), vec![vec![1, 3, 9], vec![3, 9], vec![]]);
+        for (max, want) in [
+            (1, vec![vec![]]),
+            (2, vec![vec![]]), // floor(log3 2) = 0: no halving fits
+            (3, vec![vec![1], vec![]]),
+            (26, vec![vec![1, 3, 9], vec![3, 9], vec![]]),
+            (27, vec![vec![1, 3, 9], vec![3, 9], vec![9], vec![]]),
+        ] {
+            assert_eq!(Hyperband::new(&HyperbandConfig::default(), max).rungs(), want, "max_epochs {max}");
+        }
+        // A grace past the budget: one bracket, no rung.
+        let late = HyperbandConfig { grace_epochs: 20, ..HyperbandConfig::default() };
+        assert_eq!(Hyperband::new(&late, 10).rungs(), vec![Vec::<u32>::new()]);
+        // Asking for more brackets than there are gives them all.
+        let many = HyperbandConfig { brackets: Some(9), ..HyperbandConfig::default() };
+        assert_eq!(Hyperband::new(&many, 10).rungs().len(), 3);
     }
 
     #[test]
