@@ -40,12 +40,16 @@ pub struct CheckpointStore {
     /// Checkpoints another trial will copy (PBT donors), with how many
     /// copies are pending: retention leaves them alone. Shared by clones.
     pins: Arc<Mutex<BTreeMap<(TrialId, u32), u32>>>,
+    /// Each trial's newest checkpoint the journal knows of: what PBT may
+    /// pick as a donor's, so retention keeps it until a newer one is known
+    /// (the file is written before the journal hears of it). Shared by clones.
+    known: Arc<Mutex<BTreeMap<TrialId, u32>>>,
 }
 
 impl CheckpointStore {
     /// Stores checkpoints under `root`, keeping the last `keep` per trial plus the best.
     pub fn new(root: impl Into<PathBuf>, keep: usize) -> Self {
-        CheckpointStore { root: root.into(), keep: keep.max(1), pins: Arc::default() }
+        CheckpointStore { root: root.into(), keep: keep.max(1), pins: Arc::default(), known: Arc::default() }
     }
 
     /// Where the checkpoints are.
@@ -67,6 +71,16 @@ impl CheckpointStore {
                 pins.remove(&(trial, epoch));
             }
         }
+    }
+
+    /// Notes that the journal knows of `trial`'s checkpoint of `epoch`:
+    /// retention keeps it until a newer one is known.
+    pub fn known(&self, trial: TrialId, epoch: u32) {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(trial, epoch);
+    }
+
+    fn is_known(&self, trial: TrialId, epoch: u32) -> bool {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&trial) == Some(&epoch)
     }
 
     fn pins(&self) -> std::sync::MutexGuard<'_, BTreeMap<(TrialId, u32), u32>> {
@@ -207,7 +221,7 @@ impl CheckpointStore {
         }
         let best = best_of(&all).map(|c| c.epoch);
         for c in &all[..all.len() - self.keep] {
-            if Some(c.epoch) != best && !self.pinned(trial, c.epoch) {
+            if Some(c.epoch) != best && !self.pinned(trial, c.epoch) && !self.is_known(trial, c.epoch) {
                 fs::remove_dir_all(&c.dir)?;
             }
         }
@@ -260,6 +274,26 @@ mod tests {
         assert_eq!(store.best(TrialId(3)).unwrap().epoch, 2);
         store.keep_only_best(TrialId(3)).unwrap();
         assert_eq!(store.list(TrialId(3)).len(), 1);
+    }
+
+    #[test]
+    fn the_checkpoint_the_journal_knows_of_stays_until_a_newer_one_is_known() {
+        // A donor's newer checkpoint is on disk before the journal hears of
+        // it: PBT may still pick the one the journal knows, so it stays.
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(tmp.path(), 1);
+        let epochs = |s: &CheckpointStore| s.list(TrialId(3)).iter().map(|c| c.epoch).collect::<Vec<_>>();
+        save(&store, 1, 0.3);
+        store.clone().known(TrialId(3), 1); // a clone shares what is known
+        save(&store, 2, 0.2);
+        save(&store, 3, 0.1);
+        assert_eq!(epochs(&store), [1, 3], "epoch 1 is known; 2 was neither known nor the newest nor the best");
+        store.known(TrialId(3), 3);
+        save(&store, 4, 0.0);
+        assert_eq!(epochs(&store), [1, 3, 4], "1 stays as the best; 3 stays as known");
+        store.known(TrialId(3), 4);
+        save(&store, 5, 0.0);
+        assert_eq!(epochs(&store), [1, 4, 5]);
     }
 
     #[test]

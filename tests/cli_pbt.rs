@@ -244,3 +244,27 @@ fn table_of_scores(lines: &[Value]) -> String {
         .map(|l| format!("{} {} {} {} {}\n", l["trial"], l["attempt"], l["epoch"], l["score"], l["decision"]))
         .collect()
 }
+
+#[test]
+fn exploits_never_pick_a_donor_checkpoint_that_retention_removed() {
+    // A donor's newer checkpoint is on disk (and the one before it gone,
+    // with keep_checkpoints = 1) before the journal hears of it; PBT picked
+    // the one the journal knew and its copy failed: 7 of 8 trials failed in
+    // 3 of 3 runs of this config. Twice, as it was a race.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = "[experiment]\nname = \"race\"\nseed = 4\nmax_trials = 8\nconcurrency = 8\n[model]\nkind = \"sleep\"\n\
+                  epoch_ms = 0\nquality = { uniform = [0.1, 0.9] }\n[train]\nmax_epochs = 200\n[scheduler]\nkind = \"pbt\"\n\
+                  interval = 1\nquantile = 0.5\n[fault]\nkeep_checkpoints = 1\nmax_restarts = 2\nrestart_backoff_ms = 10\n";
+    for _ in 0..2 {
+        let dir = run_ok(tmp.path(), config);
+        let status = status_json(&dir);
+        let trials = status["trials"].as_array().unwrap();
+        assert_eq!(trials.len(), 8);
+        for t in trials {
+            assert_eq!(t["status"], "completed", "{t}");
+            assert_eq!(t["restarts"], 0, "no copy failed: {t}");
+        }
+        let exploits = exploits_in_journal(&dir).len();
+        assert!(exploits > 50, "the race was run: {exploits} exploits");
+    }
+}

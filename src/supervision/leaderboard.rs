@@ -233,6 +233,9 @@ impl State {
                 return Ok(());
             }
         };
+        if let Event::CheckpointWritten { id, .. } | Event::Report { id, .. } = &event {
+            self.note_known(*id);
+        }
         let trim = self.perform(&effects);
         match &self.settings.journal {
             Some(journal) => journal.append_then(event, trim)?,
@@ -270,6 +273,15 @@ impl State {
     /// Decides on a report. An exploit or a pause reaches the trial only once
     /// the report is durable in the journal; any other decision at once, with
     /// the report queued for the next commit (see [`waits_for_durability`]).
+    /// Tells the store which of a trial's checkpoints PBT may pick now (one
+    /// written, or the copy an exploit makes): retention keeps it until a
+    /// newer one is known, although newer files are on disk first.
+    fn note_known(&self, id: TrialId) {
+        if let Some(epoch) = self.state.trial(id).and_then(|t| t.last_checkpoint) {
+            self.settings.checkpoints.known(id, epoch);
+        }
+    }
+
     fn on_report(&mut self, report: Report, reply: DecisionReply) -> Result<(), ActorProcessingErr> {
         let value = report.metric(self.state.metric());
         if value.is_none() {
@@ -289,6 +301,7 @@ impl State {
         }
         if let Decision::Exploit(e) = &decision {
             tracing::info!(trial = %id, donor = %e.donor, "exploits the donor's checkpoint of epoch {}", e.epoch);
+            self.note_known(id);
         }
         // A report stops the sweep or pins a donor; it ends no trial, so it trims nothing.
         debug_assert!(!effects.iter().any(|e| matches!(e, Effect::Trim(_))));

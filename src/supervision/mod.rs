@@ -478,9 +478,15 @@ impl Sweep {
             }),
             spent: Duration::ZERO,
         });
-        // Donor checkpoints that exploits decided before a resume still wait to be copied.
-        for e in prior.state.trials().iter().filter_map(|t| t.exploit.as_ref()) {
-            checkpoints.pin(e.donor, e.epoch);
+        // Donor checkpoints that exploits decided before a resume still wait
+        // to be copied; the checkpoints the journal knows of may be picked.
+        for t in prior.state.trials() {
+            if let Some(e) = &t.exploit {
+                checkpoints.pin(e.donor, e.epoch);
+            }
+            if let Some(epoch) = t.last_checkpoint {
+                checkpoints.known(t.id, epoch);
+            }
         }
         // Sharing a pool: the workers load the experiment before its trials come.
         let hosted = match &self.pool {
