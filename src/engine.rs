@@ -384,6 +384,9 @@ impl Run {
     pub fn open(dir: &Path, repair: bool) -> Result<Opened, EngineError> {
         let run_dir = RunDir::open(dir)?;
         let mut warnings = Vec::new();
+        // The lock before the read: a live run is refused, and one that ends
+        // meanwhile is read whole (its tail would be cut off otherwise).
+        let locked = Journal::lock_existing(&run_dir.journal_file())?;
         let contents = read_journal(&run_dir, repair, &mut warnings)?;
         let valid_len = contents.valid_len;
         // As the replay decides it: the last stop says whether the run finished.
@@ -391,13 +394,13 @@ impl Run {
             Event::SweepStopped { finished } => Some(finished),
             _ => None,
         });
-        // The journal's lock first (a live run's is refused), then results.jsonl anew from it.
-        let journal = match finished {
-            Some(true) => None,
+        // Under the lock, results.jsonl anew from the journal.
+        let (journal, locked) = match finished {
+            Some(true) => (None, Some(locked)),
             _ => {
-                let journal = Journal::append_to(&run_dir.journal_file(), valid_len)?;
+                let journal = Journal::append_locked(locked, &run_dir.journal_file(), valid_len)?;
                 export_results(&run_dir, &contents.records)?;
-                Some(journal)
+                (Some(journal), None)
             }
         };
         let state = journal::replay(contents.records, &run_dir.journal_file())?;
@@ -407,9 +410,10 @@ impl Run {
         let config = state.config.clone();
         config.check_files(&state.config_path)?;
         let trainable = trainable::from_config(&config)?;
-        let journal = match journal {
-            Some(j) => j,
-            None => Journal::append_to(&run_dir.journal_file(), valid_len)?,
+        let journal = match (journal, locked) {
+            (Some(j), _) => j,
+            (None, Some(locked)) => Journal::append_locked(locked, &run_dir.journal_file(), valid_len)?,
+            (None, None) => Journal::append_to(&run_dir.journal_file(), valid_len)?,
         };
         journal.slow_commits(config.chaos.journal_sync_ms);
         tidy_for_resume(&run_dir, &config, &state, &journal)?;

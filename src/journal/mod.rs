@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::event::{Event, Record};
 pub use replay::{replay, ReplayError, RunState};
-pub use writer::{Journal, JournalStats};
+pub use writer::{Journal, JournalStats, LockedJournal};
 
 /// The journal's file name inside a run directory.
 pub const JOURNAL_FILE: &str = "journal.msgpack";

@@ -78,9 +78,25 @@ impl Journal {
     /// Opens an existing journal for appending after its first `valid_len`
     /// bytes, cutting off anything after them (a torn tail).
     pub fn append_to(path: &Path, valid_len: u64) -> Result<Journal, JournalError> {
+        Self::append_locked(Self::lock_existing(path)?, path, valid_len)
+    }
+
+    /// Takes an existing journal's lock (refused, as [`JournalError::Busy`],
+    /// while a live run holds it). Take it before reading the journal to
+    /// continue it: a run that ends in between would otherwise lose what it
+    /// wrote after the read to the cut of [`append_locked`](Self::append_locked).
+    pub fn lock_existing(path: &Path) -> Result<LockedJournal, JournalError> {
         let io_err = |source| JournalError::Io { path: path.to_owned(), source };
-        let mut file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
+        let file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
         lock(&file, path)?;
+        Ok(LockedJournal(file))
+    }
+
+    /// Appends to a journal whose lock is held, after its first `valid_len`
+    /// bytes, cutting off anything after them (a torn tail).
+    pub fn append_locked(locked: LockedJournal, path: &Path, valid_len: u64) -> Result<Journal, JournalError> {
+        let io_err = |source| JournalError::Io { path: path.to_owned(), source };
+        let mut file = locked.0;
         if valid_len < super::HEADER_LEN {
             file.set_len(0).map_err(io_err)?;
             file.write_all(&header()).map_err(io_err)?;
@@ -175,6 +191,10 @@ impl Journal {
 
 /// Takes the journal's exclusive lock for as long as the file is open: one
 /// writer per run, so a `resume` cannot cut the journal of a live run.
+/// A journal file whose lock this process holds (released when dropped).
+#[derive(Debug)]
+pub struct LockedJournal(File);
+
 fn lock(file: &File, path: &Path) -> Result<(), JournalError> {
     match file.try_lock() {
         Ok(()) => Ok(()),
