@@ -356,3 +356,39 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn a_command_run_whose_directory_is_gone_is_refused_on_resume_and_stays_resumable() {
+    // Its programs run in the config file's directory: with it gone, every
+    // unfinished trial crashed in turn and the run ended as finished.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    write(
+        &src,
+        "prog.py",
+        "import json, os, time\nfor e in range(int(os.environ['GAUNTLET_FIRST_EPOCH']), 7):\n    time.sleep(0.1)\n    \
+         print(json.dumps({'epoch': e, 'score': e}), flush=True)\n",
+    );
+    let config = "[experiment]\nname = \"moved\"\nmetric = \"score\"\nmax_trials = 4\nconcurrency = 2\n[model]\n\
+                  kind = \"command\"\ncommand = \"python3 prog.py\"\n[train]\nlr = { uniform = [0.1, 1.0] }\n\
+                  max_epochs = 6\n";
+    let dir = run_and_kill(&src, "run", config, 3);
+    let out = tmp.path().join("run");
+    std::fs::rename(&dir, &out).unwrap();
+    let moved = tmp.path().join("elsewhere");
+    std::fs::rename(&src, &moved).unwrap();
+    let o = resume(&out, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("model.command") && err.contains(&src.display().to_string()), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(status_json(&out)["trials"].as_array().unwrap().iter().all(|t| t["status"] != "failed"));
+    // Put back, it resumes and finishes.
+    std::fs::rename(&moved, &src).unwrap();
+    let o = resume(&out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let trials = status_json(&out)["trials"].as_array().unwrap().clone();
+    assert_eq!(trials.len(), 4);
+    assert!(trials.iter().all(|t| t["status"] == "completed"), "{trials:?}");
+}

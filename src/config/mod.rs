@@ -875,6 +875,19 @@ impl Config {
     pub fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
         if let Some(program) = self.program.command.first() {
             let workdir = self.program.workdir.as_deref().unwrap_or(Path::new("."));
+            if !workdir.is_dir() {
+                // Programs run in the config file's directory: gone (moved, or
+                // a resume elsewhere), every trial would crash in turn.
+                return Err(ConfigError::invalid(
+                    file,
+                    "model.command",
+                    format!(
+                        "runs in {}, the config file's directory, which does not exist (here) any more; \
+                         put it back, or run from a copy of the config file",
+                        workdir.display()
+                    ),
+                ));
+            }
             find_program(program, workdir).map_err(|m| ConfigError::invalid(file, "model.command", m))?;
         }
         if let Some(m) = self.program.module.as_ref().filter(|m| !m.is_file()) {
