@@ -392,3 +392,39 @@ fn a_command_run_whose_directory_is_gone_is_refused_on_resume_and_stays_resumabl
     assert_eq!(trials.len(), 4);
     assert!(trials.iter().all(|t| t["status"] == "completed"), "{trials:?}");
 }
+
+#[test]
+fn a_run_whose_outputs_cannot_be_written_stays_resumable_and_its_resume_writes_them() {
+    // The outputs failed (a full disk, permissions): the run was journalled
+    // as finished all the same, so best/ and leaderboard.csv never came.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(
+        tmp.path(),
+        "out.toml",
+        "[experiment]\nname = \"outputs\"\nmax_trials = 4\nconcurrency = 2\n[model]\nkind = \"sleep\"\nepoch_ms = 150\n\
+         quality = { uniform = [0.1, 0.9] }\n[train]\nmax_epochs = 4\n",
+    );
+    let out = tmp.path().join("run");
+    let mut run = spawn_run(&cfg, &out);
+    let start = Instant::now();
+    while !out.join("journal.msgpack").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the run never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A directory where leaderboard.csv goes: its rename fails at the end.
+    let blocker = out.join("leaderboard.csv");
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+    let status = run.0.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(run.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains(&blocker.display().to_string()), "the error names the file: {err}");
+    assert!(!out.join("best").exists());
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let o = resume(&out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("finished already"), "{}", stderr(&o));
+    assert!(out.join("best/params.json").is_file() && blocker.is_file());
+    let trials = status_json(&out)["trials"].as_array().unwrap().clone();
+    assert!(trials.len() == 4 && trials.iter().all(|t| t["status"] == "completed"), "{trials:?}");
+}

@@ -577,12 +577,20 @@ impl ExperimentSupervisor {
             }
         };
         let s = state.settings.clone();
-        let mut written = match &s.run_dir {
-            Some(dir) => write_outputs(dir, &s, &standings).map_err(SweepError::RunDir),
-            None => Ok(()),
+        // Off the tokio workers (files); awaited: the stop comes after them.
+        let mut written = {
+            let (s, standings) = (s.clone(), standings.clone());
+            tokio::task::spawn_blocking(move || match &s.run_dir {
+                Some(dir) => write_outputs(dir, &s, &standings).map_err(SweepError::RunDir),
+                None => Ok(()),
+            })
+            .await
+            .unwrap_or_else(|e| Err(SweepError::Aborted(e.to_string())))
         };
-        if let Some(journal) = s.journal.clone() {
+        if let Some(journal) = s.journal.clone().filter(|_| written.is_ok()) {
             // The stop is the last event; wait until everything is on disk.
+            // Not when the outputs failed: a resume then writes them again
+            // (a run journalled as finished is never resumed).
             let finished = !state.interrupted;
             let synced = tokio::task::spawn_blocking(move || journal.append_durable(Event::SweepStopped { finished }))
                 .await
@@ -616,11 +624,14 @@ impl ExperimentSupervisor {
 }
 
 fn write_outputs(dir: &crate::run_dir::RunDir, s: &Settings, standings: &[Trial]) -> std::io::Result<()> {
-    dir.write_leaderboard(standings, &s.metric, s.mode)?;
+    let naming = |path: std::path::PathBuf| {
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
+    };
+    dir.write_leaderboard(standings, &s.metric, s.mode).map_err(naming(dir.root().join("leaderboard.csv")))?;
     if let Some(best) = rank(standings, s.mode).first() {
         let checkpoint = s.checkpoints.best(best.id);
         let model = s.trainable.describe(&best.params);
-        dir.write_best(best, checkpoint.as_ref(), model.as_ref(), &s.metric)?;
+        dir.write_best(best, checkpoint.as_ref(), model.as_ref(), &s.metric).map_err(naming(dir.best_dir()))?;
     }
     Ok(())
 }
