@@ -339,8 +339,15 @@ impl Run {
                 dir.display()
             )));
         }
-        // A run writes config.toml, gauntlet.log, best/ ... into its directory: never over someone's files.
-        if !died_young && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        // A run writes config.toml, gauntlet.log, best/ ... into its directory:
+        // never over someone's files. An empty trials/ alone is what a run
+        // that died before its journal leaves.
+        let born_dead = |entries: std::fs::ReadDir| {
+            entries.filter_map(Result::ok).all(|e| {
+                e.file_name() == "trials" && std::fs::read_dir(e.path()).is_ok_and(|mut t| t.next().is_none())
+            })
+        };
+        if !died_young && std::fs::read_dir(dir).is_ok_and(|entries| !born_dead(entries)) {
             return Err(EngineError::Usage(format!(
                 "{} holds files but no run: expected a new or empty directory for the run; choose another --out",
                 dir.display()
@@ -355,10 +362,12 @@ impl Run {
         })?;
         let run_dir = RunDir::create(dir)
             .map_err(|e| EngineError::Usage(format!("cannot create the run directory {}: {e}", dir.display())))?;
+        // The journal first: a run that dies from here on leaves a directory
+        // a new run may take (the journal holds no record yet).
+        let journal = Journal::create(&run_dir.journal_file())?;
         run_dir
             .save_config(config_path, text)
-            .map_err(EngineError::io("cannot copy the config into the run directory"))?;
-        let journal = Journal::create(&run_dir.journal_file())?;
+            .map_err(EngineError::io(format!("cannot copy the config into {}", dir.display())))?;
         journal.slow_commits(config.chaos.journal_sync_ms);
         let config_path_abs = std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_owned());
         let format = ConfigFormat::of(config_path);

@@ -442,6 +442,22 @@ fn run_directories_that_cannot_be_are_usage_errors_naming_the_flag_or_key() {
     assert_usage_error(&o, &["holds files but no run", "choose another --out"]);
     assert_eq!(std::fs::read_to_string(theirs.join("config.toml")).unwrap(), "mine");
     assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 1, "nothing was added");
+    // What a run that died before its first record leaves is taken by the next:
+    // an empty trials/ (it died before its journal), or a journal with no
+    // record and part of a config.
+    let young = tmp.path().join("young");
+    std::fs::create_dir_all(young.join("trials")).unwrap();
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", young.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let younger = tmp.path().join("younger");
+    std::fs::create_dir_all(younger.join("trials")).unwrap();
+    std::fs::copy(young.join("journal.msgpack"), younger.join("journal.msgpack")).unwrap();
+    let header = std::fs::read(younger.join("journal.msgpack")).unwrap();
+    std::fs::write(younger.join("journal.msgpack"), &header[..12]).unwrap();
+    std::fs::write(younger.join("config.toml"), "[experi").unwrap();
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", younger.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(younger.join("config.toml")).unwrap(), SLEEP);
 }
 
 #[test]
