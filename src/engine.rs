@@ -343,9 +343,9 @@ impl Run {
         // never over someone's files. An empty trials/ alone is what a run
         // that died before its journal leaves.
         let born_dead = |entries: std::fs::ReadDir| {
-            entries.filter_map(Result::ok).all(|e| {
-                e.file_name() == "trials" && std::fs::read_dir(e.path()).is_ok_and(|mut t| t.next().is_none())
-            })
+            entries
+                .filter_map(Result::ok)
+                .all(|e| e.file_name() == "trials" && std::fs::read_dir(e.path()).is_ok_and(|mut t| t.next().is_none()))
         };
         if !died_young && std::fs::read_dir(dir).is_ok_and(|entries| !born_dead(entries)) {
             return Err(EngineError::Usage(format!(

@@ -117,10 +117,15 @@ impl Journal {
         std::thread::Builder::new()
             .name("gauntlet-journal".into())
             .spawn(move || {
-                if let Err(err) = write_loop(file, commands, &s, &slow) {
+                let mut acks = Vec::new();
+                if let Err(err) = write_loop(file, &commands, &mut acks, &s, &slow) {
                     tracing::error!("journal write failed: {err}");
                     *e.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
                 }
+                // Only now do waiters and senders see the writer gone: each
+                // finds the error that stopped it.
+                drop(acks);
+                drop(commands);
             })
             .expect("the journal thread starts");
         Journal { queue, path: path.to_owned(), stats, error, slow_ms }
@@ -180,6 +185,13 @@ impl Journal {
         self.queue.send(command).map_err(|_| self.failure())
     }
 
+    /// Why the journal stopped taking events (the writer's I/O error, with
+    /// the file), if it did.
+    pub fn error(&self) -> Option<String> {
+        let message = self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        Some(format!("{}: {message}", self.path.display()))
+    }
+
     fn failure(&self) -> JournalError {
         let message = self.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
         JournalError::Io {
@@ -189,12 +201,12 @@ impl Journal {
     }
 }
 
-/// Takes the journal's exclusive lock for as long as the file is open: one
-/// writer per run, so a `resume` cannot cut the journal of a live run.
 /// A journal file whose lock this process holds (released when dropped).
 #[derive(Debug)]
 pub struct LockedJournal(File);
 
+/// Takes the journal's exclusive lock for as long as the file is open: one
+/// writer per run, so a `resume` cannot cut the journal of a live run.
 fn lock(file: &File, path: &Path) -> Result<(), JournalError> {
     match file.try_lock() {
         Ok(()) => Ok(()),
@@ -207,12 +219,12 @@ fn lock(file: &File, path: &Path) -> Result<(), JournalError> {
 /// 4 MiB), write, fdatasync, acknowledge.
 fn write_loop(
     mut file: File,
-    commands: Receiver<Command>,
+    commands: &Receiver<Command>,
+    acks: &mut Vec<Ack>,
     stats: &JournalStats,
     slow_ms: &AtomicU64,
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1 << 20);
-    let mut acks = Vec::new();
     while let Ok(first) = commands.recv() {
         let mut events = 0u64;
         let mut take = |command: Command, buf: &mut Vec<u8>| match command {

@@ -323,6 +323,15 @@ impl Actor for ExperimentSupervisor {
     }
 
     async fn post_stop(&self, _myself: ActorRef<ExperimentMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {
+        // Stopped by an error before it could say why: the journal's failure
+        // is the likeliest, and the caller gets that rather than nothing.
+        if let Some(done) = state.done.take() {
+            let why = match state.settings.journal.as_ref().and_then(crate::journal::Journal::error) {
+                Some(e) => format!("the journal failed: {e}"),
+                None => "its supervisor stopped on an error (see gauntlet.log)".into(),
+            };
+            let _ = done.send(Err(SweepError::Aborted(why)));
+        }
         // Its workers drop what they loaded for it.
         if let Some(hosted) = &state.settings.pool {
             hosted.unhost();

@@ -152,7 +152,15 @@ impl ExperimentHandle {
     pub async fn wait(&self) -> Result<Summary, SweepError> {
         let mut done = self.done.lock().await;
         if let Some((rx, join, _scratch)) = done.waiting.as_mut() {
-            let outcome = rx.await.unwrap_or_else(|_| Err(SweepError::Aborted("no summary was sent".into())));
+            let outcome = rx.await.unwrap_or_else(|_| {
+                // Its supervisor stopped on an error before it could say why:
+                // the journal's failure, when there is one, is why.
+                let why = match self.settings.journal.as_ref().and_then(crate::journal::Journal::error) {
+                    Some(e) => format!("the journal failed: {e}"),
+                    None => "its supervisor stopped without a summary (see gauntlet.log)".into(),
+                };
+                Err(SweepError::Aborted(why))
+            });
             let _ = join.await;
             done.waiting = None; // the scratch checkpoints go with it
             let summary = outcome.map(|(trials, interrupted, stopped)| Summary {
@@ -168,7 +176,7 @@ impl ExperimentHandle {
         }
         match done.ended.clone() {
             Some(Ok(summary)) => Ok(summary),
-            Some(Err(e)) => Err(SweepError::Aborted(e)),
+            Some(Err(e)) => Err(SweepError::Earlier(e)),
             None => Err(SweepError::Aborted("the experiment ended without a summary".into())),
         }
     }

@@ -88,6 +88,9 @@ pub enum SweepError {
     /// The engine stopped without a result.
     #[error("the experiment stopped unexpectedly: {0}")]
     Aborted(String),
+    /// The error an earlier [`ExperimentHandle::wait`] returned, as its text.
+    #[error("{0}")]
+    Earlier(String),
 }
 
 /// The result of a sweep.

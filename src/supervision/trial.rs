@@ -382,7 +382,8 @@ impl TrialActor {
                         let _ = state.leaderboard.cast(LeaderboardMsg::Checkpoint { id: state.id, epoch: saved.epoch });
                     }
                     Err(e) => {
-                        tracing::error!(trial = %state.id, "cannot store the checkpoint of epoch {epoch}: {e}")
+                        let dir = state.settings.checkpoints.trial_dir(state.id);
+                        tracing::error!(trial = %state.id, "cannot store the checkpoint of epoch {epoch} in {}: {e}", dir.display())
                     }
                 }
             }
