@@ -139,22 +139,8 @@ impl Engine {
             Some(addr) => node::resolve(addr)?,
             None => SocketAddr::from(([127, 0, 0, 1], 0)),
         };
-        let secret = match options.secret.clone() {
-            Some(s) => s,
-            None if options.listen.is_some() => {
-                return Err(EngineError::Usage(
-                    "--listen lets workers on other machines join, so it needs a shared secret: put one in a file \
-                     (`chmod 600`) and pass --secret-file FILE, or set GAUNTLET_SECRET; workers need the same one"
-                        .into(),
-                ))
-            }
-            None => node::random_secret(),
-        };
-        if options.workers == 0 && options.listen.is_none() {
-            return Err(EngineError::Usage(
-                "--workers 0 needs --listen: with no local workers, workers must join".into(),
-            ));
-        }
+        check_cluster(options.workers, options.listen.is_some(), options.secret.is_some())?;
+        let secret = options.secret.clone().unwrap_or_else(node::random_secret);
         let gpus = per_worker_gpus(&options.gpus, options.gpus_per_worker)?;
         let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
         let name = format!("coordinator-{}", std::process::id());
@@ -268,6 +254,23 @@ pub fn local_workers(asked: usize, data_bytes: u64, what: &str) -> (usize, Optio
 }
 
 /// Splits the GPU list into one group of `per` GPUs for each worker.
+/// Refuses a cluster that cannot be: `--listen` without a shared secret,
+/// or no local workers (`--workers 0`) and none that may join. Pure: the
+/// CLI asks before it touches a run directory.
+pub fn check_cluster(workers: u32, listen: bool, secret: bool) -> Result<(), EngineError> {
+    if listen && !secret {
+        return Err(EngineError::Usage(
+            "--listen lets workers on other machines join, so it needs a shared secret: put one in a file \
+             (`chmod 600`) and pass --secret-file FILE, or set GAUNTLET_SECRET; workers need the same one"
+                .into(),
+        ));
+    }
+    if workers == 0 && !listen {
+        return Err(EngineError::Usage("--workers 0 needs --listen: with no local workers, workers must join".into()));
+    }
+    Ok(())
+}
+
 fn per_worker_gpus(gpus: &[u32], per: u32) -> Result<Vec<String>, EngineError> {
     if gpus.is_empty() || per == 0 {
         return Ok(Vec::new());

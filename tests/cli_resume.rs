@@ -428,3 +428,35 @@ fn a_run_whose_outputs_cannot_be_written_stays_resumable_and_its_resume_writes_t
     let trials = status_json(&out)["trials"].as_array().unwrap().clone();
     assert!(trials.len() == 4 && trials.iter().all(|t| t["status"] == "completed"), "{trials:?}");
 }
+
+#[test]
+fn cluster_flags_that_cannot_be_are_refused_before_the_run_directory_is_touched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_and_kill(tmp.path(), "flags", &config(1), 2);
+    let journal = std::fs::read(dir.join("journal.msgpack")).unwrap();
+    for (flags, says) in [
+        (&["--workers", "0"][..], "--workers 0 needs --listen"),
+        (&["--listen", "127.0.0.1:0"][..], "needs a shared secret"),
+    ] {
+        let o = gauntlet()
+            .args(["resume", dir.to_str().unwrap()])
+            .args(flags)
+            .env_remove("GAUNTLET_SECRET")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("resuming"), "refused before it began: {}", stderr(&o));
+        assert_eq!(std::fs::read(dir.join("journal.msgpack")).unwrap(), journal, "{flags:?}: the journal is untouched");
+    }
+    let cfg = write(tmp.path(), "new.toml", &config(1));
+    let fresh = tmp.path().join("fresh");
+    let o = gauntlet()
+        .args(["run", cfg.to_str().unwrap(), "--out", fresh.to_str().unwrap(), "--workers", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!fresh.exists(), "no run directory was made");
+    // With good flags it resumes.
+    assert!(resume(&dir, &[]).status.success());
+}

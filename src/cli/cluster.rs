@@ -47,6 +47,14 @@ impl ClusterArgs {
 
     /// The engine these flags ask for: `default_workers` local workers
     /// unless `--workers` says otherwise, each holding `data_bytes` of data.
+    /// Refuses flags that cannot make a cluster, before a run directory is
+    /// touched (the experiment's own worker count is checked when it is known).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let secret = node::read_secret(self.secret_file.as_deref()).map_err(usage)?;
+        gauntlet::engine::check_cluster(self.workers.unwrap_or(1), self.listen.is_some(), secret.is_some())?;
+        Ok(())
+    }
+
     pub fn engine_options(
         &self,
         default_workers: u32,

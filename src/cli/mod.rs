@@ -336,6 +336,7 @@ fn check_out(dir: &Path, flag: bool) -> Result<(), UsageError> {
 }
 
 fn resume(dir: &Path, repair: bool, json: bool, cluster: &cluster::ClusterArgs) -> anyhow::Result<ExitCode> {
+    cluster.check()?;
     let run = match Run::open(dir, repair)? {
         Opened::Finished(_) => {
             println!("{}: this run finished already; nothing to resume", dir.display());
@@ -377,6 +378,7 @@ fn run_experiment(
     let flag = out.is_some();
     let dir = out.unwrap_or_else(|| default_out(&config));
     check_out(&dir, flag)?;
+    cluster.check()?;
     let started = Instant::now();
     let run = Run::create_from(config, &text, config_path, &dir)?;
     let loaded = started.elapsed();
