@@ -105,6 +105,19 @@ impl Dim {
         })
     }
 
+    /// A sample moved onto the grid its parameter takes: integers are
+    /// scored by the mass of their own cell.
+    fn snap(&self, x: f64) -> f64 {
+        match self {
+            Dim::Numeric { low, high, log: false, int: true } => x.round().clamp(low + 0.5, high - 0.5),
+            Dim::Numeric { low, high, log: true, int: true } => {
+                let v = x.exp().round().clamp((low.exp() + 0.5).round(), (high.exp() - 0.5).round());
+                v.ln()
+            }
+            _ => x,
+        }
+    }
+
     /// A parameter in the model's space (None when it does not fit).
     fn encode(&self, v: &ParamValue) -> Option<f64> {
         match self {
@@ -325,9 +338,17 @@ impl<'a> Parzen<'a> {
     fn term(&self, k: usize, d: usize, x: f64) -> f64 {
         let i = k * self.dims.len() + d;
         match &self.dims[d] {
-            Dim::Numeric { int: true, .. } => {
+            Dim::Numeric { int: true, log, .. } => {
                 let (mu, inv) = (self.centres[i], self.inv_sigmas[i]);
-                let p = phi((x + 0.5 - mu) * inv) - phi((x - 0.5 - mu) * inv);
+                // The integer's cell, [v - 0.5, v + 0.5] in value space (in
+                // log space for a log range, as Optuna's discrete log kernel).
+                let (lo, hi) = if *log {
+                    let v = x.exp().round();
+                    ((v - 0.5).max(f64::MIN_POSITIVE).ln(), (v + 0.5).ln())
+                } else {
+                    (x - 0.5, x + 0.5)
+                };
+                let p = phi((hi - mu) * inv) - phi((lo - mu) * inv);
                 p.max(1e-300).ln() - self.log_masses[i]
             }
             Dim::Numeric { .. } => {
@@ -458,17 +479,14 @@ impl TpeSearch {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x7BE0_5EED);
         rng.set_stream(self.drawn);
         self.drawn += 1;
-        let finished: Vec<&Trial> = trials
-            .iter()
-            .filter(|t| matches!(t.status, TrialStatus::Completed | TrialStatus::Pruned))
-            .filter(|t| t.best_metric.is_some_and(f64::is_finite))
-            .collect();
+        let finished: Vec<&Trial> = trials.iter().filter(|t| evidence(t)).collect();
         if finished.len() < self.config.startup_trials.max(1) as usize {
             return space.sample(&mut rng);
         }
         let (names, dims): (Vec<&str>, Vec<Dim>) =
             space.dims().iter().filter_map(|(n, d)| Some((n.as_str(), Dim::of(d)?))).unzip();
-        // Completed by value, then pruned by progress and value; running last (the liar).
+        // Completed by value, then pruned (or paused at a rung) by progress
+        // and value; running last (the liar).
         let mut ranked: Vec<(u8, i64, f64, &Trial)> = finished
             .iter()
             .map(|t| {
@@ -506,8 +524,7 @@ impl TpeSearch {
         let (mut below, mut above): (Vec<&[f64]>, Vec<&[f64]>) = (Vec::new(), Vec::new());
         for t in trials {
             let Some(x) = self.encoded.get(t.id.0 as usize).and_then(|e| e.as_deref()) else { continue };
-            let finished = matches!(t.status, TrialStatus::Completed | TrialStatus::Pruned)
-                && t.best_metric.is_some_and(f64::is_finite);
+            let finished = evidence(t);
             if finished && is_good.get(t.id.0 as usize) == Some(&true) {
                 below.push(x);
             } else if finished || (liar && matches!(t.status, TrialStatus::Running | TrialStatus::Pending)) {
@@ -518,7 +535,9 @@ impl TpeSearch {
         let l = Parzen::fit(&dims, &below, multivariate);
         let g = Parzen::fit(&dims, &above, multivariate);
         let best = (0..self.config.candidates.max(1))
-            .map(|_| l.sample(&mut rng, multivariate))
+            .map(|_| {
+                l.sample(&mut rng, multivariate).into_iter().zip(&dims).map(|(x, d)| d.snap(x)).collect::<Vec<_>>()
+            })
             .map(|x| (l.log_density(&x, multivariate) - g.log_density(&x, multivariate), x))
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, x)| x)
@@ -530,6 +549,15 @@ impl TpeSearch {
         }
         params
     }
+}
+
+/// Whether a trial's result so far is evidence for the model: it ended
+/// completed or pruned, or waits paused at a rung (promotion ASHA keeps
+/// trials there until the sweep ends: left out, the model would see
+/// almost nothing), with a finite best value.
+fn evidence(t: &Trial) -> bool {
+    matches!(t.status, TrialStatus::Completed | TrialStatus::Pruned | TrialStatus::Paused)
+        && t.best_metric.is_some_and(f64::is_finite)
 }
 
 #[cfg(test)]
@@ -558,6 +586,19 @@ mod tests {
         let q = Parzen::fit(&ints, &[&[1.0]], true);
         let mass: f64 = (0..5).map(|i| q.log_density(&[i as f64], true).exp()).sum();
         assert!((mass - 1.0).abs() < 1e-9, "{mass}");
+        // Log integers: cells [v - 0.5, v + 0.5] in value space (not unit
+        // wide in log space, which made every mass near 1 and summed to far
+        // more than 1), so the masses of 1..=5000 sum to 1.
+        let logs = Dim::of(&Domain::Int { low: 1, high: 5000, log: true }).unwrap();
+        let r = Parzen::fit(std::slice::from_ref(&logs), &[&[1000f64.ln()], &[900f64.ln()]], true);
+        let mass: f64 = (1..=5000).map(|v| r.log_density(&[f64::from(v).ln()], true).exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-6, "{mass}");
+        assert!(r.log_density(&[1000f64.ln()], true) > r.log_density(&[1300f64.ln()], true) + 0.1);
+        // Samples are scored on the grid.
+        assert_eq!(logs.snap(999.7f64.ln()), 1000f64.ln());
+        assert_eq!(logs.snap(1e9f64.ln()), 5000f64.ln());
+        let lin = Dim::of(&Domain::Int { low: 0, high: 4, log: false }).unwrap();
+        assert_eq!((lin.snap(2.4), lin.snap(-3.0), lin.snap(9.0)), (2.0, 0.0, 4.0));
         // Choices: the observed one gets the most weight, the prior keeps the others possible.
         let choices = [Dim::Choice(vec![ParamValue::Int(0), ParamValue::Int(1), ParamValue::Int(2)])];
         let c = Parzen::fit(&choices, &[&[2.0], &[2.0]], false);
@@ -617,6 +658,28 @@ mod tests {
         a.skip_to(60);
         c.skip_to(60);
         assert_eq!(a.propose(&space, &history, Mode::Max), c.propose(&space, &history, Mode::Max));
+    }
+
+    #[test]
+    fn trials_paused_at_a_rung_are_evidence() {
+        // Promotion ASHA keeps trials paused at a rung until the sweep ends:
+        // counted as nothing, the model never left its random start-up.
+        let space = SearchSpace::new().with("x", Domain::Uniform { low: -5.0, high: 5.0 });
+        let mut tpe = TpeSearch::new(&TpeConfig::default(), 3);
+        let mut history: Vec<Trial> = Vec::new();
+        for i in 0..30u32 {
+            let p = tpe.propose(&space, &history, Mode::Max);
+            let x = p["x"].as_f64().unwrap();
+            let mut t = finished(i, p, -(x - 2.0) * (x - 2.0));
+            t.status = TrialStatus::Paused;
+            history.push(t);
+        }
+        let mut random = TpeSearch::new(&TpeConfig { startup_trials: 1_000_000, ..TpeConfig::default() }, 3);
+        let drawn: Vec<Params> = (0..30).map(|_| random.propose(&space, &[], Mode::Max)).collect();
+        let proposed: Vec<&Params> = history.iter().map(|t| &t.params).collect();
+        assert_ne!(proposed[10..], drawn.iter().collect::<Vec<_>>()[10..], "the model ran after 10 paused trials");
+        let near = history[20..].iter().filter(|t| (t.params["x"].as_f64().unwrap() - 2.0).abs() < 1.0).count();
+        assert!(near >= 5, "{near} of 10 late proposals within 1 of the optimum");
     }
 }
 
