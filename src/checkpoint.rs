@@ -190,9 +190,12 @@ impl CheckpointStore {
     }
 
     /// Removes checkpoints of epochs after `epoch` (the trial's last recorded
-    /// report): they belong to a history the journal does not hold.
+    /// report): they belong to a history the journal does not hold. Pinned
+    /// ones stay: a donor that exploited since it was picked has reports
+    /// only up to its new epoch, but the copy waits for its old checkpoint.
     pub fn discard_after(&self, trial: TrialId, epoch: u32) -> io::Result<usize> {
-        let stale: Vec<Checkpoint> = self.list(trial).into_iter().filter(|c| c.epoch > epoch).collect();
+        let stale: Vec<Checkpoint> =
+            self.list(trial).into_iter().filter(|c| c.epoch > epoch && !self.pinned(trial, c.epoch)).collect();
         for c in &stale {
             fs::remove_dir_all(&c.dir)?;
         }
@@ -327,5 +330,11 @@ mod tests {
         store.keep_only_best(TrialId(3)).unwrap();
         assert_eq!(store.list(TrialId(3)).iter().map(|c| c.epoch).collect::<Vec<_>>(), [3]);
         assert!(store.copy_from(TrialId(4), TrialId(3), 1, 9).is_err(), "gone once unpinned");
+        // A resume's tidying leaves a pinned checkpoint past the trial's reports.
+        save(&store, 7, 0.7);
+        store.pin(TrialId(3), 7);
+        assert_eq!(store.discard_after(TrialId(3), 4).unwrap(), 0);
+        store.unpin(TrialId(3), 7);
+        assert_eq!(store.discard_after(TrialId(3), 4).unwrap(), 1);
     }
 }
