@@ -125,6 +125,14 @@ algorithm = "grid"
     let combos: HashSet<String> = trials.iter().map(|t| t["params"].to_string()).collect();
     assert_eq!(combos.len(), 6);
     assert!(trials.iter().all(|t| t["status"] == "completed"));
+    // A grid larger than max_trials is cut short: validate and run say so.
+    let cut = write(tmp.path(), "cut.toml", &config.replace("max_trials = 100", "max_trials = 4"));
+    let o = run_in(tmp.path(), &["validate", cut.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the grid has 6 combinations but experiment.max_trials = 4"), "{}", stderr(&o));
+    let whole = write(tmp.path(), "whole.toml", &config);
+    let o = run_in(tmp.path(), &["validate", whole.to_str().unwrap()]);
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
 }
 
 #[test]

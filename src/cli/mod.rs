@@ -262,6 +262,9 @@ fn validate(path: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     trainable::check_space(&config).map_err(|message| model_too_large(path, message))?;
     check_out(&out.map_or_else(|| default_out(&config), Path::to_owned), out.is_some())?;
+    for w in config.warnings() {
+        eprintln!("warning: {}: {w}", path.display());
+    }
     let searched: Vec<&str> = config.space.searched().collect();
     println!(
         "{}: ok: experiment `{}`, {} trials, {} search over {} parameter(s) [{}], {} scheduler, {} epochs",
@@ -375,6 +378,9 @@ fn run_experiment(
     cluster: &cluster::ClusterArgs,
 ) -> anyhow::Result<ExitCode> {
     let (config, text) = Config::load_with_text(config_path)?;
+    for w in config.warnings() {
+        eprintln!("warning: {}: {w}", config_path.display());
+    }
     let flag = out.is_some();
     let dir = out.unwrap_or_else(|| default_out(&config));
     check_out(&dir, flag)?;

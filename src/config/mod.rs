@@ -871,6 +871,24 @@ impl Config {
         }
     }
 
+    /// What a valid config may still get wrong, in words (`validate` and
+    /// `run` print them): a grid larger than the trials allowed.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let crate::search::SearchConfig::Grid(g) = &self.search {
+            let size = crate::search::GridSearch::new(&self.space, g.grid_points.max(1) as usize).size();
+            let max = self.experiment.max_trials;
+            if size > u64::from(max) {
+                out.push(format!(
+                    "search.algorithm = \"grid\": the grid has {size} combinations but experiment.max_trials = {max}: \
+                     only the first {max} run, in which the first parameters barely vary (the last changes fastest); \
+                     raise max_trials or lower search.grid_points"
+                ));
+            }
+        }
+        out
+    }
+
     /// Checks that the files the config names exist, before anything runs.
     pub fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
         if let Some(program) = self.program.command.first() {
