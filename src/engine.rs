@@ -398,7 +398,20 @@ impl Run {
         let mut warnings = Vec::new();
         // The lock before the read: a live run is refused, and one that ends
         // meanwhile is read whole (its tail would be cut off otherwise).
-        let locked = Journal::lock_existing(&run_dir.journal_file())?;
+        // A journal this process may not write (a read-only archive) is read
+        // unlocked: enough to say a finished run finished.
+        let (mut locked, unwritable) = match Journal::lock_existing(&run_dir.journal_file()) {
+            Ok(l) => (Some(l), None),
+            Err(JournalError::Io { source, path })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                (None, Some(JournalError::Io { source, path }))
+            }
+            Err(e) => return Err(e.into()),
+        };
         let contents = read_journal(&run_dir, repair, &mut warnings)?;
         let valid_len = contents.valid_len;
         // As the replay decides it: the last stop says whether the run finished.
@@ -407,17 +420,24 @@ impl Run {
             _ => None,
         });
         // Under the lock, results.jsonl anew from the journal.
-        let (journal, locked) = match finished {
-            Some(true) => (None, Some(locked)),
-            _ => {
-                let journal = Journal::append_locked(locked, &run_dir.journal_file(), valid_len)?;
-                export_results(&run_dir, &contents.records)?;
-                (Some(journal), None)
+        let journal = match (finished, locked.take()) {
+            (Some(true), l) => {
+                locked = l;
+                None
             }
+            (_, Some(l)) => {
+                let journal = Journal::append_locked(l, &run_dir.journal_file(), valid_len)?;
+                export_results(&run_dir, &contents.records)?;
+                Some(journal)
+            }
+            (_, None) => return Err(unwritable.expect("no lock: the journal is not writable").into()),
         };
         let state = journal::replay(contents.records, &run_dir.journal_file())?;
         if state.finished() {
             return Ok(Opened::Finished(Box::new(state)));
+        }
+        if let Some(e) = unwritable.filter(|_| journal.is_none() && locked.is_none()) {
+            return Err(e.into());
         }
         let config = state.config.clone();
         config.check_files(&state.config_path)?;
@@ -539,6 +559,12 @@ fn tidy_for_resume(run: &RunDir, config: &Config, state: &RunState, journal: &Jo
     let io = |what: &str| EngineError::io(format!("{what} in {}", run.trials_dir().display()));
     for s in state.trials() {
         stale += store.discard_after(s.id, s.epochs).map_err(io("cannot remove stale checkpoints"))?;
+        // Parts of a checkpoint that was arriving from a worker when the run stopped.
+        for entry in std::fs::read_dir(store.trial_dir(s.id)).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(crate::supervision::INCOMING_PREFIX) {
+                std::fs::remove_dir_all(entry.path()).map_err(io("cannot remove a checkpoint cut short"))?;
+            }
+        }
     }
     if stale > 0 {
         tracing::warn!("removed {stale} checkpoint(s) the journal has no reports for");

@@ -457,6 +457,11 @@ fn cluster_flags_that_cannot_be_are_refused_before_the_run_directory_is_touched(
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(!fresh.exists(), "no run directory was made");
-    // With good flags it resumes.
+    // With good flags it resumes, and parts of a checkpoint that was
+    // arriving from a worker when the run was killed are removed.
+    let staged = dir.join("trials/0/.incoming-7.tmp");
+    std::fs::create_dir_all(&staged).unwrap();
+    std::fs::write(staged.join("weights.safetensors"), vec![0u8; 4096]).unwrap();
     assert!(resume(&dir, &[]).status.success());
+    assert!(!staged.exists(), "the cut-short checkpoint's parts are gone");
 }

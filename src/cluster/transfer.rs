@@ -32,7 +32,7 @@ impl PartReader {
     /// Lists the directory's regular files (symbolic links are not followed).
     pub fn open(dir: &Path) -> io::Result<Self> {
         let mut files = Vec::new();
-        list_files(dir, String::new(), &mut files)?;
+        list_files(dir, String::new(), &mut files).map_err(at(dir))?;
         files.retain(|(name, _)| name != crate::checkpoint::META_FILE);
         files.sort();
         let total = files.iter().map(|(_, len)| len).sum();
@@ -52,12 +52,13 @@ impl PartReader {
                 Some(c) => c,
                 None => {
                     let Some(name) = self.files.next() else { return Ok(None) };
-                    let file = File::open(self.root.join(&name))?;
+                    let path = self.root.join(&name);
+                    let file = File::open(&path).map_err(at(&path))?;
                     self.current.insert((name, file, 0, false))
                 }
             };
             let mut bytes = Vec::with_capacity(CHUNK_BYTES.min(64 << 10));
-            (&mut *file).take(CHUNK_BYTES as u64).read_to_end(&mut bytes)?;
+            (&mut *file).take(CHUNK_BYTES as u64).read_to_end(&mut bytes).map_err(at(&self.root.join(&*name)))?;
             if bytes.is_empty() && *sent {
                 self.current = None;
                 continue;
@@ -83,6 +84,11 @@ impl PartReader {
         }
         Ok((parts, false))
     }
+}
+
+/// An I/O error that names the path it was about.
+fn at(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// The regular files under `dir` with their sizes, as `/`-separated

@@ -259,6 +259,8 @@ pub enum FromWorker {
     CheckpointDone {
         /// The placement.
         lease: u64,
+        /// How many parts it was sent in (the receiver checks it has them all).
+        parts: u64,
         /// Its epoch, score and seed.
         meta: Checkpoint,
     },

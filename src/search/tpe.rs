@@ -556,7 +556,8 @@ impl TpeSearch {
 /// trials there until the sweep ends: left out, the model would see
 /// almost nothing), with a finite best value.
 fn evidence(t: &Trial) -> bool {
-    matches!(t.status, TrialStatus::Completed | TrialStatus::Pruned | TrialStatus::Paused)
+    let waits_at_rung = t.status == TrialStatus::Paused && t.waiting;
+    (matches!(t.status, TrialStatus::Completed | TrialStatus::Pruned) || waits_at_rung)
         && t.best_metric.is_some_and(f64::is_finite)
 }
 
@@ -672,6 +673,7 @@ mod tests {
             let x = p["x"].as_f64().unwrap();
             let mut t = finished(i, p, -(x - 2.0) * (x - 2.0));
             t.status = TrialStatus::Paused;
+            t.waiting = true; // at a rung, not paused by a stop
             history.push(t);
         }
         let mut random = TpeSearch::new(&TpeConfig { startup_trials: 1_000_000, ..TpeConfig::default() }, 3);

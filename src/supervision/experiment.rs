@@ -208,12 +208,11 @@ impl Actor for ExperimentSupervisor {
                         state.restarting.insert(id);
                         Ok(())
                     }
-                    None => match self.record(state, id).await {
-                        None => Err(TrialControlError::NoSuchTrial(id)),
-                        Some(_) => Err(TrialControlError::Refused(format!(
+                    None => self.record(state, id).await.and_then(|_| {
+                        Err(TrialControlError::Refused(format!(
                             "trial {id} is not running: only a running trial restarts"
-                        ))),
-                    },
+                        )))
+                    }),
                 };
                 let _ = reply.send(answer);
             }
@@ -386,11 +385,14 @@ impl ExperimentSupervisor {
 
     /// Stops one trial: a running one at its next report, one backing off
     /// or waiting for a promotion at once.
-    /// A trial's record as the leaderboard has it (`None`: no such trial).
-    async fn record(&self, state: &State, id: TrialId) -> Option<Trial> {
+    /// A trial's record as the leaderboard has it: no such trial is
+    /// `NoSuchTrial`; a leaderboard that does not answer (the experiment
+    /// ending) is a refusal, not a claim that the trial does not exist.
+    async fn record(&self, state: &State, id: TrialId) -> Result<Trial, TrialControlError> {
         match state.leaderboard.call(|reply| LeaderboardMsg::Record(id, reply), None).await {
-            Ok(ractor::rpc::CallResult::Success(r)) => r,
-            _ => None,
+            Ok(ractor::rpc::CallResult::Success(Some(t))) => Ok(t),
+            Ok(ractor::rpc::CallResult::Success(None)) => Err(TrialControlError::NoSuchTrial(id)),
+            _ => Err(TrialControlError::Refused("the experiment is stopping".into())),
         }
     }
 
@@ -405,12 +407,11 @@ impl ExperimentSupervisor {
             }
             return Ok(());
         }
-        match self.record(state, id).await {
-            None => Err(TrialControlError::NoSuchTrial(id)),
-            Some(t) if t.status.is_final() => {
+        match self.record(state, id).await? {
+            t if t.status.is_final() => {
                 Err(TrialControlError::Refused(format!("trial {id} ended already ({})", t.status.as_str())))
             }
-            Some(_) => {
+            _ => {
                 // Waiting for a promotion: it ends now.
                 let _ = state.leaderboard.cast(LeaderboardMsg::Ended {
                     id,

@@ -53,6 +53,7 @@ use crate::trial::{Trial, TrialStatus};
 pub use handle::{ExperimentHandle, Timed, TrialControlError};
 pub use leaderboard::SweepEvent;
 pub use restart::backoff;
+pub(crate) use trial::INCOMING_PREFIX;
 
 /// Called by the leaderboard for every event; must be quick.
 pub type Observer = Arc<dyn Fn(&SweepEvent) + Send + Sync>;

@@ -33,8 +33,15 @@ pub(super) struct TrialCrash(pub String);
 pub(super) struct TrialActor;
 
 /// Where the parts of a checkpoint from a worker are staged, in the trial's
-/// directory: moved into the checkpoint when its last part is in.
-const INCOMING_DIR: &str = ".incoming.tmp";
+/// directory (one per lease, so that a discard of an earlier attempt's never
+/// meets a later one's): moved into the checkpoint when its last part is in.
+/// A resume removes any left over.
+pub(crate) fn incoming_dir(trial_dir: &std::path::Path, lease: u64) -> std::path::PathBuf {
+    trial_dir.join(format!("{INCOMING_PREFIX}{lease}.tmp"))
+}
+
+/// The name every staging directory starts with.
+pub(crate) const INCOMING_PREFIX: &str = ".incoming-";
 
 pub(super) struct Args {
     pub(super) id: TrialId,
@@ -280,7 +287,10 @@ impl TrialActor {
         let Some(r) = state.remote.as_mut() else { return Ok(()) };
         let Some(o) = r.outgoing.as_mut() else { return Ok(()) };
         let room = (o.acked + WINDOW_PARTS).saturating_sub(o.sent);
-        let Some(mut reader) = o.reader.take().filter(|_| room > 0) else { return Ok(()) };
+        if room == 0 {
+            return Ok(());
+        }
+        let Some(mut reader) = o.reader.take() else { return Ok(()) };
         let epoch = o.epoch;
         let (reader, read) = tokio::task::spawn_blocking(move || {
             let read = reader.next_parts(room);
@@ -309,7 +319,8 @@ impl TrialActor {
     /// workers, awaited: in order, at the disk's pace), then acknowledges
     /// it so the worker sends more.
     async fn receive_part(&self, state: &mut State, epoch: u32, part: Part) -> Result<(), ActorProcessingErr> {
-        let staging = state.settings.checkpoints.trial_dir(state.id).join(INCOMING_DIR);
+        let lease = state.remote.as_ref().map_or(0, |r| r.lease);
+        let staging = incoming_dir(&state.settings.checkpoints.trial_dir(state.id), lease);
         let limit = state.max_checkpoint_bytes;
         let Some(r) = state.remote.as_mut() else { return Ok(()) };
         let mut writer = match r.incoming.take() {
@@ -354,7 +365,7 @@ impl TrialActor {
                 }
                 return self.send_parts(state).await;
             }
-            FromWorker::CheckpointDone { meta, .. } => {
+            FromWorker::CheckpointDone { meta, parts, .. } => {
                 // Off the tokio workers (renames, retention); awaited, so
                 // the attempt's end is handled after its checkpoint.
                 // Not ahead of the journal: the reports before it are durable first.
@@ -362,10 +373,7 @@ impl TrialActor {
                 let (store, id, epoch) = (state.settings.checkpoints.clone(), state.id, meta.epoch);
                 let journal = state.settings.journal.clone();
                 let saved = tokio::task::spawn_blocking(move || {
-                    if let Some(journal) = journal {
-                        journal.sync().map_err(|e| std::io::Error::other(format!("the journal failed: {e}")))?;
-                    }
-                    let staged = match staged {
+                    let mut staged = match staged {
                         Some((e, writer)) if e == meta.epoch => Some(writer),
                         Some((_, other)) => {
                             other.discard();
@@ -373,7 +381,19 @@ impl TrialActor {
                         }
                         None => None,
                     };
-                    store.save(id, &meta, |dir| staged.map_or(Ok(()), |w| w.finish_into(dir)))
+                    let got = staged.as_ref().map_or(0, PartWriter::parts);
+                    let saved = if got != parts {
+                        Err(std::io::Error::other(format!("{got} of its {parts} parts arrived")))
+                    } else if let Some(e) = journal.and_then(|j| j.sync().err()) {
+                        Err(std::io::Error::other(format!("the journal failed: {e}")))
+                    } else {
+                        store.save(id, &meta, |dir| staged.take().map_or(Ok(()), |w| w.finish_into(dir)))
+                    };
+                    // Not moved into a checkpoint: its staged parts go.
+                    if let Some(w) = staged {
+                        w.discard();
+                    }
+                    saved
                 })
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));

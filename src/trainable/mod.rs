@@ -465,7 +465,7 @@ impl TrialContext {
             .map_err(|e| match over {
                 Some(bytes) => TrainError::Invalid(format!(
                     "the checkpoint of epoch {epoch} is {bytes} bytes, over fault.max_checkpoint_mb = {} MiB: \
-                     raise it, or make the checkpoint smaller",
+                     raise it in the config of a new run (a run keeps the config it started with), or make the checkpoint smaller",
                     limit >> 20
                 )),
                 None => TrainError::Failed(format!("writing checkpoint of epoch {epoch}: {e}")),

@@ -321,6 +321,7 @@ impl WorkerActor {
             ToWorker::Start(job) => {
                 let lease = job.lease;
                 if let Err(e) = self.start(myself, job, state) {
+                    state.discard_incoming(lease);
                     state.send(FromWorker::Finished { lease, end: AttemptEnd::Crashed(e) });
                 }
             }
@@ -357,12 +358,12 @@ impl WorkerActor {
     }
 
     fn start(&self, myself: &ActorRef<WorkerMsg>, job: Job, state: &mut State) -> Result<(), String> {
-        let incoming = state.incoming.remove(&job.lease);
         let loaded = state
             .loaded
             .get(&job.experiment)
             .and_then(Option::as_ref)
             .ok_or_else(|| format!("this worker has not loaded experiment {}", job.experiment))?;
+        let incoming = state.incoming.remove(&job.lease);
         let cancel = Arc::new(AtomicBool::new(false));
         let (decisions, replies) = crossbeam_channel::unbounded();
         let (acks, acked) = crossbeam_channel::unbounded();
@@ -483,7 +484,7 @@ impl RemoteSink {
             self.pool.cast(PoolMsg::Wire(part)).map_err(|_| lost())?;
             sent += 1;
         }
-        let done = FromWorker::CheckpointDone { lease: self.lease, meta: checkpoint.clone() };
+        let done = FromWorker::CheckpointDone { lease: self.lease, parts: sent, meta: checkpoint.clone() };
         self.pool.cast(PoolMsg::Wire(done)).map_err(|_| lost())
     }
 }
