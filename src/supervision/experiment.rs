@@ -160,7 +160,7 @@ impl Actor for ExperimentSupervisor {
         match msg {
             ExperimentMsg::Fill => self.fill(&myself, state).await?,
             ExperimentMsg::Ended { id, end: AttemptEnd::Preempted(reason) } => {
-                self.on_preempted(&myself, state, id, reason).await?
+                self.on_loss(&myself, state, id, Loss::Preemption, reason).await?
             }
             // Paused by the scheduler: the slot is free; it waits for its promotion.
             ExperimentMsg::Ended { id, end: AttemptEnd::Paused } => {
@@ -308,7 +308,7 @@ impl Actor for ExperimentSupervisor {
                 let Some(id) = state.by_actor.remove(&cell.get_id()) else {
                     return Ok(());
                 };
-                self.on_crash(&myself, state, id, err.to_string()).await?;
+                self.on_loss(&myself, state, id, Loss::Crash, err.to_string()).await?;
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 if cell.get_id() == state.leaderboard.get_id() && state.done.is_some() {
@@ -429,7 +429,7 @@ impl ExperimentSupervisor {
             Ok(ractor::rpc::CallResult::Success(Some(t))) => self.start_attempt(myself, state, t).await,
             other => {
                 let error = format!("cannot start: the leaderboard has no record of it ({other:?})");
-                if let Err(e) = Box::pin(self.on_crash(myself, state, id, error)).await {
+                if let Err(e) = Box::pin(self.on_loss(myself, state, id, Loss::Crash, error)).await {
                     tracing::error!(trial = %id, "cannot handle a failed start: {e}");
                 }
             }
@@ -459,7 +459,7 @@ impl ExperimentSupervisor {
         let resume = match resume {
             Ok(r) => r,
             Err(error) => {
-                if let Err(e) = Box::pin(self.on_crash(myself, state, id, error)).await {
+                if let Err(e) = Box::pin(self.on_loss(myself, state, id, Loss::Crash, error)).await {
                     tracing::error!(trial = %id, "cannot handle a failed start: {e}");
                 }
                 return;
@@ -489,37 +489,16 @@ impl ExperimentSupervisor {
             // A trial that cannot even start counts as a crash.
             Err(e) => {
                 let error = format!("cannot start: {e}");
-                if let Err(e) = Box::pin(self.on_crash(myself, state, id, error)).await {
+                if let Err(e) = Box::pin(self.on_loss(myself, state, id, Loss::Crash, error)).await {
                     tracing::error!(trial = %id, "cannot handle a failed start: {e}");
                 }
             }
         }
     }
 
-    /// A crashed attempt: what [`restart::after_loss`] says.
-    async fn on_crash(
-        &self,
-        myself: &ActorRef<ExperimentMsg>,
-        state: &mut State,
-        id: TrialId,
-        error: String,
-    ) -> Result<(), ActorProcessingErr> {
-        self.on_loss(myself, state, id, Loss::Crash, error).await
-    }
-
-    /// A trial whose worker was lost continues at once from its last
-    /// checkpoint on another slot, without counting a restart.
-    async fn on_preempted(
-        &self,
-        myself: &ActorRef<ExperimentMsg>,
-        state: &mut State,
-        id: TrialId,
-        reason: String,
-    ) -> Result<(), ActorProcessingErr> {
-        self.on_loss(myself, state, id, Loss::Preemption, reason).await
-    }
-
-    /// Performs the restart policy's decision on a lost attempt.
+    /// Performs the restart policy's decision ([`restart::after_loss`]) on a
+    /// lost attempt: a crash, or a preemption (its worker was lost; it
+    /// continues at once elsewhere, not counted as a restart).
     async fn on_loss(
         &self,
         myself: &ActorRef<ExperimentMsg>,
