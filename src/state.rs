@@ -176,13 +176,24 @@ impl ExperimentState {
     /// the event for the caller to journal and [`apply`](Self::apply), or
     /// `None` when there is nothing to run now.
     pub fn next_trial(&mut self) -> Option<Event> {
-        if self.stopped.is_none() {
-            let view = View { trials: &self.trials, metric: &self.metric, mode: self.mode, space: &self.space };
-            if let Some(id) = self.scheduler.promotable(&view) {
-                return Some(Event::TrialResumed { id });
-            }
+        if let Some(id) = self.promotable() {
+            return Some(Event::TrialResumed { id });
         }
-        self.propose()
+        if let Some(proposal) = self.propose() {
+            return Some(proposal);
+        }
+        // The searcher may have just run dry: the rungs then promote more.
+        self.promotable().map(|id| Event::TrialResumed { id })
+    }
+
+    /// The paused trial the scheduler promotes now, if any (none once a
+    /// stop rule has spoken).
+    fn promotable(&self) -> Option<TrialId> {
+        if self.stopped.is_some() {
+            return None;
+        }
+        let view = View { trials: &self.trials, metric: &self.metric, mode: self.mode, space: &self.space };
+        self.scheduler.promotable(&view, self.proposals_over())
     }
 
     /// Trials still waiting for a promotion when nothing more will run: they

@@ -161,6 +161,23 @@ fn promotion_asha_pauses_promotes_and_resumes_exactly() {
 }
 
 #[test]
+fn promotion_asha_with_fewer_trials_than_eta_still_trains_its_best_to_the_end() {
+    // Two trials and η = 3: no rung ever holds 3, so rounding the top third
+    // down would promote nobody and end both pruned after one epoch.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg =
+        config("few", "[scheduler]\nkind = \"asha\"\npromotion = true").replace("max_trials = 14", "max_trials = 2");
+    let trials = outcome(&run_ok(tmp.path(), &cfg));
+    let quality = |t: &(u64, String, String, u64)| {
+        serde_json::from_str::<serde_json::Value>(&t.1).unwrap()["quality"].as_f64().unwrap()
+    };
+    let best = trials.iter().max_by(|a, b| quality(a).total_cmp(&quality(b))).unwrap();
+    assert_eq!((best.2.as_str(), best.3), ("completed", 9), "the better trial trains to the end: {trials:?}");
+    let other = trials.iter().find(|t| t.0 != best.0).unwrap();
+    assert_eq!((other.2.as_str(), other.3), ("pruned", 1), "the other waits at the first rung: {trials:?}");
+}
+
+#[test]
 fn each_kind_takes_only_its_own_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [

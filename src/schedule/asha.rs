@@ -118,14 +118,23 @@ impl Asha {
     /// Promotion: the paused trial to continue now, if any: the best of the
     /// top `1/eta` of a rung (the highest rung first) not yet promoted from
     /// it, among those `waiting` says are paused.
-    pub fn promotable(&self, waiting: impl Fn(TrialId) -> bool) -> Option<TrialId> {
+    ///
+    /// The top is ⌊n/η⌋ of the n recorded at a rung while new trials still
+    /// join the bottom rung, and ⌈n/η⌉ once `no_new_trials`: a rung then
+    /// grows only by promotions from below, and rounding down would leave a
+    /// rung of fewer than η trials (every rung of a sweep of a few trials,
+    /// every top rung near a sweep's end) promoting nobody, so no trial
+    /// would ever train to `max_epochs`.
+    pub fn promotable(&self, no_new_trials: bool, waiting: impl Fn(TrialId) -> bool) -> Option<TrialId> {
         if !self.promotion {
             return None;
         }
+        let eta = self.eta as usize;
         self.rungs.iter().rev().find_map(|rung| {
             let mut ranked: Vec<&(TrialId, f64)> = rung.entries.iter().collect();
             ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let top = rung.entries.len() / self.eta as usize;
+            let n = rung.entries.len();
+            let top = if no_new_trials { n.div_ceil(eta) } else { n / eta };
             ranked[..top].iter().map(|e| e.0).find(|id| !rung.promoted.contains(id) && waiting(*id))
         })
     }
@@ -224,11 +233,11 @@ mod tests {
         let waiting = |_: TrialId| true;
         assert_eq!(a.on_report(TrialId(0), 1, 0.5), Decision::Pause);
         assert_eq!(a.on_report(TrialId(1), 1, 0.9), Decision::Pause);
-        assert_eq!(a.promotable(waiting), None, "2 at the rung: the top third is empty");
+        assert_eq!(a.promotable(false, waiting), None, "2 at the rung: the top third is empty");
         assert_eq!(a.on_report(TrialId(2), 1, 0.1), Decision::Pause);
-        assert_eq!(a.promotable(waiting), Some(TrialId(1)), "the best of three");
+        assert_eq!(a.promotable(false, waiting), Some(TrialId(1)), "the best of three");
         a.promoted(TrialId(1));
-        assert_eq!(a.promotable(waiting), None, "promoted once");
+        assert_eq!(a.promotable(false, waiting), None, "promoted once");
         assert_eq!(a.on_report(TrialId(1), 1, 0.9), Decision::Continue, "a re-run epoch after the promotion");
         assert_eq!(a.on_report(TrialId(1), 2, 0.9), Decision::Continue);
         assert_eq!(a.on_report(TrialId(1), 3, 0.95), Decision::Pause, "the next rung");
@@ -236,12 +245,32 @@ mod tests {
             assert_eq!(a.on_report(TrialId(t), 1, s), Decision::Pause);
         }
         // Rung 1 holds 6: its top 2 are trials 3 (0.95) and 1 (promoted); rung 3 holds 1.
-        assert_eq!(a.promotable(waiting), Some(TrialId(3)));
-        assert_eq!(a.promotable(|t| t != TrialId(3)), None, "only trials that wait");
+        assert_eq!(a.promotable(false, waiting), Some(TrialId(3)));
+        assert_eq!(a.promotable(false, |t| t != TrialId(3)), None, "only trials that wait");
         a.promoted(TrialId(3));
         assert_eq!(a.on_report(TrialId(3), 3, 0.5), Decision::Pause);
         assert_eq!(a.on_report(TrialId(0), 9, 0.5), Decision::Complete);
         // Rung 3 holds trials 1 and 3 (2 < 3): nothing promotable there yet.
-        assert_eq!(a.promotable(waiting), None);
+        assert_eq!(a.promotable(false, waiting), None);
+        // Once no new trial joins, a rung promotes its top ⌈n/η⌉: trial 1 (0.95 at rung 3).
+        assert_eq!(a.promotable(true, waiting), Some(TrialId(1)));
+    }
+
+    #[test]
+    fn a_sweep_of_fewer_trials_than_eta_still_trains_its_best_to_the_end() {
+        let mut a = Asha::new(1, 3, 9).promoting();
+        let waiting = |_: TrialId| true;
+        assert_eq!(a.on_report(TrialId(0), 1, 0.4), Decision::Pause);
+        assert_eq!(a.on_report(TrialId(1), 1, 0.8), Decision::Pause);
+        assert_eq!(a.promotable(false, waiting), None, "more trials may still come");
+        // No more trials: the best of two (⌈2/3⌉ = 1) goes on, rung by rung.
+        assert_eq!(a.promotable(true, waiting), Some(TrialId(1)));
+        a.promoted(TrialId(1));
+        assert_eq!(a.promotable(true, |t| t != TrialId(1)), None, "one of two");
+        assert_eq!(a.on_report(TrialId(1), 3, 0.85), Decision::Pause);
+        assert_eq!(a.promotable(true, waiting), Some(TrialId(1)), "alone at rung 3");
+        a.promoted(TrialId(1));
+        assert_eq!(a.on_report(TrialId(1), 9, 0.9), Decision::Complete);
+        assert_eq!(a.promotable(true, waiting), None, "trial 0 is not in the top of its rung");
     }
 }
