@@ -408,7 +408,12 @@ impl ExperimentState {
                 donor_epoch: e.epoch,
                 old_params: t.params.clone(),
                 new_params: e.params.clone(),
+                old_best: t.best_metric.zip(t.best_epoch),
             });
+            // Its best so far belongs to the history it leaves (whose checkpoints
+            // go): neither `best/` nor TPE may pair it with the new parameters.
+            t.best_metric = None;
+            t.best_epoch = None;
             t.params = e.params.clone();
             self.searcher.params_changed(t.id);
             // It continues from the donor's epoch, from its copy of the donor's checkpoint.
@@ -500,6 +505,7 @@ mod tests {
         let params: Params = [("x".to_owned(), ParamValue::Float(0.25))].into_iter().collect();
         let decision = Decision::Exploit(Exploit { donor: TrialId(1), epoch: 3, params: params.clone() });
         let old = s.trial(TrialId(0)).unwrap().params.clone();
+        s.report(report(0, 2, 0.9));
         let event = Event::Report {
             id: TrialId(0),
             attempt: 0,
@@ -512,9 +518,14 @@ mod tests {
         let t = s.trial(TrialId(0)).unwrap();
         assert_eq!((t.epochs, t.last_checkpoint, &t.params), (3, Some(3), &params), "continues at the donor's epoch");
         assert_eq!(t.lineage[0].old_params, old);
+        assert_eq!(t.lineage[0].old_best, Some((0.9, 2)), "the best of the history it left");
+        assert_eq!((t.best_metric, t.best_epoch), (None, None), "no best of its own yet on the donor's weights");
         assert_eq!(s.end_decided(), vec![], "an exploited trial goes on");
         let started = Event::TrialStarted { id: TrialId(0), attempt: 1, from_epoch: Some(3), worker: None };
         assert_eq!(s.apply(&started).unwrap(), vec![Effect::Unpin { donor: TrialId(1), epoch: 3 }]);
         assert!(s.trial(TrialId(0)).unwrap().exploit.is_none());
+        s.report(report(0, 4, 0.5));
+        let t = s.trial(TrialId(0)).unwrap();
+        assert_eq!((t.best_metric, t.best_epoch), (Some(0.5), Some(4)), "its best from the new start");
     }
 }

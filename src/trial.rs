@@ -118,7 +118,8 @@ pub struct Trial {
     /// The last epoch it reported (after an exploit: the donor's epoch
     /// until its next report).
     pub epochs: u32,
-    /// The best value of the experiment's metric so far.
+    /// The best value of the experiment's metric so far (since PBT's last
+    /// exploit, when there was one: what its current weights stem from).
     pub best_metric: Option<f64>,
     /// The epoch of that best value.
     pub best_epoch: Option<u32>,
@@ -168,6 +169,11 @@ pub struct Lineage {
     pub old_params: Params,
     /// Its parameters after.
     pub new_params: Params,
+    /// Its best value of the metric before (and the epoch of it): the
+    /// history it left, whose checkpoints went. Its `best_metric` starts
+    /// again from its next report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_best: Option<(f64, u32)>,
 }
 
 impl Trial {

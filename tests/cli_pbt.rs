@@ -122,6 +122,25 @@ fn exploited_trials_continue_from_the_donor() {
     let csv = std::fs::read_to_string(dir.join("leaderboard.csv")).unwrap();
     let expected = format!("{} from {}@{}", first["epoch"], first["exploit"]["donor"], first["exploit"]["epoch"]);
     assert!(csv.lines().next().unwrap().contains("lineage") && csv.contains(&expected), "{expected} in\n{csv}");
+    // An exploited trial's best is of its reports since its last exploit: the
+    // weights it left (and their checkpoints) are not its own any more.
+    for t in status["trials"].as_array().unwrap() {
+        let Some(last) = t["lineage"].as_array().and_then(|l| l.last()) else { continue };
+        let id = t["id"].as_u64().unwrap();
+        let exploit_at = lines
+            .iter()
+            .rposition(|l| l["trial"].as_u64() == Some(id) && l["decision"] == "exploit")
+            .expect("its exploit is in results.jsonl");
+        let since: Vec<(u64, f64)> = lines[exploit_at + 1..]
+            .iter()
+            .filter(|l| l["trial"].as_u64() == Some(id))
+            .map(|l| (l["epoch"].as_u64().unwrap(), l["val_accuracy"].as_f64().unwrap()))
+            .collect();
+        let best = since.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(t["best_metric"].as_f64(), Some(best), "trial {id}: {t}\n{}", table(&lines));
+        assert!(t["best_epoch"].as_u64() > last["donor_epoch"].as_u64(), "trial {id}: {t}");
+        assert!(last["old_best"][0].is_number() && last["old_best"][1].is_number(), "trial {id}: {last}");
+    }
 }
 
 #[test]
@@ -175,7 +194,8 @@ fn exploits_in_journal(dir: &Path) -> Vec<(u64, u64, u64)> {
 }
 
 /// A program whose state is one number in its checkpoint directory: each
-/// epoch adds `gain` to it and reports it.
+/// epoch adds `gain` to it and reports it. A fresh start with no gain
+/// reports a spike of 1000 at epoch 1 (not in its state), then 0.
 const GROW: &str = r#"
 import json, os, time
 params = json.load(open(os.environ["GAUNTLET_PARAMS"]))
@@ -187,7 +207,8 @@ for epoch in range(state["epoch"] + 1, int(os.environ["GAUNTLET_MAX_EPOCHS"]) + 
     with open(ckpt + ".tmp", "w") as f:
         json.dump(state, f)
     os.replace(ckpt + ".tmp", ckpt)
-    print(json.dumps({"epoch": epoch, "score": state["level"]}), flush=True)
+    spike = epoch == 1 and params["gain"] == 0.0
+    print(json.dumps({"epoch": epoch, "score": 1000.0 if spike else state["level"]}), flush=True)
 "#;
 
 #[test]
@@ -236,6 +257,19 @@ resample_probability = 0.0
         let score = next["score"].as_f64().unwrap();
         assert!((score - (donor_level + gain)).abs() < 1e-9, "{next}: {donor_level} + {gain}");
     }
+    // The trial without gain (last at every interval) spiked at epoch 1 and
+    // was exploited: the spike is of the history it left, not its best.
+    let status = status_json(&dir);
+    let spiked = status["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["lineage"][0]["old_params"]["gain"] == 0.0)
+        .unwrap_or_else(|| panic!("the trial without gain was exploited:\n{}", table_of_scores(&lines)));
+    assert_eq!(spiked["lineage"][0]["old_best"], serde_json::json!([1000.0, 1]), "{spiked}");
+    assert!(spiked["best_metric"].as_f64().unwrap() < 100.0, "{spiked}");
+    let best: Value = serde_json::from_slice(&std::fs::read(dir.join("best/trial.json")).unwrap()).unwrap();
+    assert!(best["best_metric"].as_f64().unwrap() < 100.0, "best/ is not the spike: {best}");
 }
 
 fn table_of_scores(lines: &[Value]) -> String {
