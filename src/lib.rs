@@ -41,6 +41,7 @@ pub mod daemon;
 pub mod data;
 pub mod engine;
 pub mod event;
+pub mod files;
 pub mod journal;
 pub mod placement;
 pub mod predict;

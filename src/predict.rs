@@ -96,7 +96,7 @@ impl Model {
     pub fn load(dir: &Path) -> Result<Model, PredictError> {
         let bad = |message: String| PredictError::Model { dir: dir.to_owned(), message };
         let mut text = Vec::new();
-        std::fs::File::open(dir.join("model.json"))
+        crate::files::open(&dir.join("model.json"))
             .and_then(|f| f.take(MAX_MODEL_JSON_BYTES + 1).read_to_end(&mut text))
             .map_err(|e| bad(format!("cannot read model.json: {e} (is this a run's best/ directory?)")))?;
         if text.len() as u64 > MAX_MODEL_JSON_BYTES {

@@ -501,3 +501,48 @@ fn json_configs_run_and_their_errors_name_the_key_path() {
     let broken = write(tmp.path(), "broken.json", &json[..40]);
     assert_usage_error(&run_in(tmp.path(), &["validate", broken.to_str().unwrap()]), &["broken.json"]);
 }
+
+/// Runs the binary with `args` in `cwd`, killed (and the test failed) if it
+/// is not done within 30 s: what is tested here is that it does not block.
+fn run_bounded(cwd: &Path, program: &str, args: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(program)
+        .current_dir(cwd)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("{program} {args:?} blocked for 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_named_pipe_without_a_writer_is_an_empty_file_and_a_pipe_being_written_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_gauntlet");
+    for name in ["exp.fifo", "d.csv"] {
+        let o = std::process::Command::new("mkfifo").arg(tmp.path().join(name)).output().unwrap();
+        assert!(o.status.success(), "mkfifo: {}", stderr(&o));
+    }
+    // The open used to wait for a writer for ever.
+    let o = run_bounded(tmp.path(), bin, &["validate", "exp.fifo"]);
+    assert_usage_error(&o, &["exp.fifo", "is empty", "expected a config file"]);
+    let cfg = write(
+        tmp.path(),
+        "exp.toml",
+        &data_config("fifodata", "source = \"csv\"\npath = \"d.csv\"\nlabel = \"label\""),
+    );
+    let o = run_bounded(tmp.path(), bin, &["validate", cfg.to_str().unwrap()]);
+    assert_usage_error(&o, &["data.path", "d.csv", "not a file"]);
+    // A config generated on the fly (process substitution) is read as it is written.
+    let script = format!("{bin} validate <(sleep 0.5; cat {})", write(tmp.path(), "s.toml", SLEEP).display());
+    let o = run_bounded(tmp.path(), "bash", &["-c", &script]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

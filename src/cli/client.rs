@@ -118,10 +118,8 @@ impl Client {
         let token = match (&args.state_dir, std::env::var(daemon::TOKEN_ENV)) {
             (Some(dir), _) => {
                 let file = dir.join(daemon::TOKEN_FILE);
-                std::fs::read_to_string(&file)
+                daemon::read_token(&file)
                     .map_err(|e| UsageError(format!("--state-dir: cannot read the token {}: {e}", file.display())))?
-                    .trim()
-                    .to_owned()
             }
             (None, Ok(t)) if !t.trim().is_empty() => t.trim().to_owned(),
             _ => {
@@ -185,8 +183,14 @@ impl Client {
 
 /// `gauntlet submit CONFIG`.
 pub fn submit(config: &Path, args: &ClientArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(config)
-        .map_err(|e| UsageError(format!("{}: cannot read it: {e}", config.display())))?;
+    let limit = gauntlet::config::MAX_CONFIG_BYTES;
+    let bytes = gauntlet::files::read_at_most(config, limit)
+        .map_err(|e| UsageError(format!("{}: cannot read it: {e}", config.display())))?
+        .ok_or_else(|| {
+            UsageError(format!("{}: larger than {limit} bytes: expected a config file", config.display()))
+        })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| UsageError(format!("{}: not UTF-8 text: expected a config file", config.display())))?;
     let kind = match config.extension().and_then(|e| e.to_str()) {
         Some("yaml" | "yml") => "application/yaml",
         Some("json") => "application/json",

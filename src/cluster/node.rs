@@ -56,7 +56,7 @@ pub fn read_secret(file: Option<&Path>) -> Result<Option<String>, NodeError> {
         let bad = |message: String| NodeError::SecretFile { file: file.to_owned(), message };
         // A secret is a line: read a bounded prefix (the flag may name /dev/zero), keep the first line.
         let mut head = Vec::new();
-        std::fs::File::open(file)
+        crate::files::open(file)
             .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_SECRET_BYTES + 1), &mut head))
             .map_err(|e| bad(format!("cannot read it: {e}")))?;
         let first = head.split(|&b| b == b'\n').next().unwrap_or_default();

@@ -1012,7 +1012,7 @@ fn yaml_too_many_brackets(text: &str) -> Option<usize> {
 fn read_text(path: &Path) -> Result<String, ConfigError> {
     use std::io::Read;
     let read_err = |source| ConfigError::Read { file: path.to_owned(), source };
-    let file = std::fs::File::open(path).map_err(read_err)?;
+    let file = crate::files::open(path).map_err(read_err)?;
     let meta = file.metadata().map_err(read_err)?;
     if meta.is_dir() {
         return Err(ConfigError::invalid(path, "(document)", "is a directory: expected a config file"));
@@ -1025,6 +1025,9 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
             "(document)",
             format!("larger than {MAX_CONFIG_BYTES} bytes: expected a config file (TOML, YAML or JSON)"),
         )),
+        Ok(_) if text.trim().is_empty() => {
+            Err(ConfigError::invalid(path, "(document)", "is empty: expected a config file (TOML, YAML or JSON)"))
+        }
         Ok(_) => Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             Err(ConfigError::invalid(path, "(document)", "not UTF-8 text: expected a config file (TOML, YAML or JSON)"))

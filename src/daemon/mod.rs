@@ -81,14 +81,28 @@ pub const TOKEN_FILE: &str = "token";
 /// The environment variable clients read the token from.
 pub const TOKEN_ENV: &str = "GAUNTLET_TOKEN";
 
+/// The largest token file read.
+pub const MAX_TOKEN_BYTES: u64 = 4096;
+
+/// Reads a token file: its text, trimmed (empty if it is), at most
+/// [`MAX_TOKEN_BYTES`] and UTF-8.
+pub fn read_token(path: &Path) -> std::io::Result<String> {
+    let bytes = crate::files::read_at_most(path, MAX_TOKEN_BYTES)?.ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("over {MAX_TOKEN_BYTES} bytes: not a token"))
+    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text: not a token"))?;
+    Ok(text.trim().to_owned())
+}
+
 /// Reads the token, or makes one (0600) on first start.
 pub fn token(state_dir: &Path) -> Result<String, DaemonError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = state_dir.join(TOKEN_FILE);
     let bad = |e: std::io::Error| DaemonError::State(format!("{}: {e}", path.display()));
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+    match read_token(&path) {
+        Ok(t) if !t.is_empty() => return Ok(t),
         Ok(_) => {
             return Err(DaemonError::State(format!(
                 "{} is empty: remove it and a new token is made at the next start",

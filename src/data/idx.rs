@@ -30,7 +30,7 @@ const MAX_INFLATION: u64 = 1032;
 pub fn read_idx(path: &Path) -> Result<Idx, DataError> {
     let err = |offset: Option<u64>, message: String| DataError { file: path.to_owned(), offset, message };
     let cannot = |e: std::io::Error| err(None, format!("cannot read: {e}"));
-    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let mut file = crate::files::open(path).map_err(cannot)?;
     let on_disk = file.metadata().map_err(cannot)?.len();
     let mut magic = [0u8; 2];
     let gzipped = file.read(&mut magic).map_err(cannot)? == 2 && magic == [0x1f, 0x8b];

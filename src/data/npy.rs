@@ -150,13 +150,13 @@ fn err(file: &Path, offset: Option<u64>, message: String) -> DataError {
 /// Reads an `.npy` file, checking its header against the file's size first.
 fn read_file(path: &Path) -> Result<Array, DataError> {
     let cannot = |e: std::io::Error| err(path, None, format!("cannot read: {e}"));
-    let file = std::fs::File::open(path).map_err(cannot)?;
+    let file = crate::files::open(path).map_err(cannot)?;
     let len = file.metadata().map_err(cannot)?.len();
     read_array(BufReader::new(file), Some(len)).map_err(|(o, m)| err(path, Some(o), m))
 }
 
 fn read_npz(path: &Path, x: &str, y: &str) -> Result<(Array, Array), DataError> {
-    let file = std::fs::File::open(path).map_err(|e| err(path, None, format!("cannot read: {e}")))?;
+    let file = crate::files::open(path).map_err(|e| err(path, None, format!("cannot read: {e}")))?;
     let mut zip =
         zip::ZipArchive::new(file).map_err(|e| err(path, None, format!("not a valid .npz (zip) file: {e}")))?;
     let mut get = |name: &str| -> Result<Array, DataError> {

@@ -36,7 +36,7 @@ pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
             None => message,
         },
     };
-    let file = std::fs::File::open(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
+    let file = crate::files::open(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
     let mut reader = csv::ReaderBuilder::new().has_headers(true).trim(csv::Trim::All).from_reader(LineGuard {
         inner: std::io::BufReader::new(file),
         line: 1,

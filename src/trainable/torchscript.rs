@@ -26,6 +26,9 @@ use crate::data::{DataError, Dataset};
 /// The module file inside a checkpoint and in `best/`.
 pub const MODULE_FILE: &str = "module.pt";
 
+/// The largest module file read (each worker holds it in memory).
+pub const MAX_MODULE_BYTES: u64 = 4 << 30;
+
 /// What a TorchScript classifier takes and gives: enough to predict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScriptSpec {
@@ -149,7 +152,11 @@ impl TorchScriptTrainable {
     /// `image_input`) and returns one logit per class.
     pub fn new(data: Arc<Dataset>, file: &Path, image_input: bool) -> Result<Self, DataError> {
         let bad = |message: String| DataError { file: file.to_owned(), offset: None, message };
-        let module = std::fs::read(file).map_err(|e| bad(format!("cannot read the module: {e}")))?;
+        let module = crate::files::read_at_most(file, MAX_MODULE_BYTES)
+            .map_err(|e| bad(format!("cannot read the module: {e}")))?
+            .ok_or_else(|| {
+                bad(format!("the module is over {MAX_MODULE_BYTES} bytes: expected a TorchScript module"))
+            })?;
         let input = if image_input {
             match &data.shape {
                 Some(s) if s.len() == 3 => s.clone(),
