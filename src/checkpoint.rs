@@ -3,9 +3,12 @@
 //! A checkpoint is written into a hidden temporary directory and renamed
 //! into place, so a crash never leaves a half-written checkpoint that looks
 //! whole; the directory on disk is the truth a restarted trial resumes from.
-//! Retention keeps the last `keep` checkpoints of a trial plus its best one.
+//! Retention is composed of strategies ([`Keep`]), as burn-train composes
+//! its checkpointing strategies: a checkpoint goes only when none of the
+//! strategies a moment asks for keeps it. After each save: the last `keep`,
+//! the best, those pinned for a PBT copy and the one the journal knows of.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -99,11 +102,7 @@ impl CheckpointStore {
         let source = self.list(donor).into_iter().find(|c| c.epoch == epoch).ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("trial {donor} has no checkpoint of epoch {epoch} to copy"))
         })?;
-        for c in self.list(trial) {
-            if !self.pinned(trial, c.epoch) {
-                fs::remove_dir_all(&c.dir)?;
-            }
-        }
+        self.remove_all_but(trial, &[Keep::Pinned])?;
         let meta = Checkpoint { epoch, score: source.score, seed, dir: PathBuf::new() };
         let copied = self.save(trial, &meta, |dir| {
             copy_tree(&source.dir, dir)?;
@@ -179,14 +178,10 @@ impl CheckpointStore {
         best_of(&self.list(trial)).cloned()
     }
 
-    /// Keeps only the best checkpoint of a trial (for pruned and failed trials).
+    /// Keeps only the best checkpoint of a trial (for pruned and failed
+    /// trials), and those pinned for a copy.
     pub fn keep_only_best(&self, trial: TrialId) -> io::Result<()> {
-        let all = self.list(trial);
-        let best = best_of(&all).map(|c| c.epoch);
-        for c in all.iter().filter(|c| Some(c.epoch) != best && !self.pinned(trial, c.epoch)) {
-            fs::remove_dir_all(&c.dir)?;
-        }
-        Ok(())
+        self.remove_all_but(trial, &[Keep::Best, Keep::Pinned]).map(drop)
     }
 
     /// Removes checkpoints of epochs after `epoch` (the trial's last recorded
@@ -194,12 +189,7 @@ impl CheckpointStore {
     /// ones stay: a donor that exploited since it was picked has reports
     /// only up to its new epoch, but the copy waits for its old checkpoint.
     pub fn discard_after(&self, trial: TrialId, epoch: u32) -> io::Result<usize> {
-        let stale: Vec<Checkpoint> =
-            self.list(trial).into_iter().filter(|c| c.epoch > epoch && !self.pinned(trial, c.epoch)).collect();
-        for c in &stale {
-            fs::remove_dir_all(&c.dir)?;
-        }
-        Ok(stale.len())
+        self.remove_all_but(trial, &[Keep::UpTo(epoch), Keep::Pinned])
     }
 
     /// Removes the checkpoint directories of trials `first` and later (ids
@@ -217,19 +207,49 @@ impl CheckpointStore {
         Ok(removed)
     }
 
+    /// Retention after a save.
     fn retain(&self, trial: TrialId) -> io::Result<()> {
-        let all = self.list(trial);
-        if all.len() <= self.keep {
-            return Ok(());
-        }
-        let best = best_of(&all).map(|c| c.epoch);
-        for c in &all[..all.len() - self.keep] {
-            if Some(c.epoch) != best && !self.pinned(trial, c.epoch) && !self.is_known(trial, c.epoch) {
-                fs::remove_dir_all(&c.dir)?;
-            }
-        }
-        Ok(())
+        self.remove_all_but(trial, &[Keep::Last(self.keep), Keep::Best, Keep::Pinned, Keep::Known]).map(drop)
     }
+
+    /// Removes each checkpoint of `trial` that none of `strategies` keeps;
+    /// how many went.
+    fn remove_all_but(&self, trial: TrialId, strategies: &[Keep]) -> io::Result<usize> {
+        let all = self.list(trial);
+        let kept: BTreeSet<u32> = strategies.iter().flat_map(|s| self.kept_by(*s, trial, &all)).collect();
+        let mut removed = 0;
+        for c in all.iter().filter(|c| !kept.contains(&c.epoch)) {
+            fs::remove_dir_all(&c.dir)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// The epochs of `all` (a trial's checkpoints, oldest first) that one strategy keeps.
+    fn kept_by(&self, strategy: Keep, trial: TrialId, all: &[Checkpoint]) -> Vec<u32> {
+        match strategy {
+            Keep::Last(k) => all.iter().rev().take(k).map(|c| c.epoch).collect(),
+            Keep::Best => best_of(all).map(|c| c.epoch).into_iter().collect(),
+            Keep::Pinned => all.iter().filter(|c| self.pinned(trial, c.epoch)).map(|c| c.epoch).collect(),
+            Keep::Known => all.iter().filter(|c| self.is_known(trial, c.epoch)).map(|c| c.epoch).collect(),
+            Keep::UpTo(epoch) => all.iter().filter(|c| c.epoch <= epoch).map(|c| c.epoch).collect(),
+        }
+    }
+}
+
+/// One reason to keep a checkpoint of a trial.
+#[derive(Debug, Clone, Copy)]
+enum Keep {
+    /// The newest `k`.
+    Last(usize),
+    /// The one with the best score (the newest on ties).
+    Best,
+    /// Those another trial will copy (PBT donors).
+    Pinned,
+    /// The newest one the journal knows of: what PBT may pick as a donor's.
+    Known,
+    /// Those of epochs up to this one (the history the journal holds).
+    UpTo(u32),
 }
 
 /// Copies a directory tree (regular files and directories; symbolic links
