@@ -26,14 +26,14 @@ use std::time::Duration;
 use crate::checkpoint::CheckpointStore;
 use crate::cluster::local::{Capacity, LocalWorkers, Spec};
 use crate::cluster::node::{self, NodeError};
-use crate::cluster::wire::Experiment;
+use crate::cluster::wire::ExperimentSource;
 use crate::config::{Config, ConfigError, ConfigFormat};
 use crate::data::DataError;
 use crate::journal::{self, Event, Journal, JournalError, ReplayError, RunState};
 use crate::run_dir::{RunDir, RunDirError};
 use crate::supervision::pool::Pool;
 use crate::supervision::{ExperimentHandle, Observer, Sweep, SweepError};
-use crate::trainable::{self, ContextSettings, Trainable};
+use crate::trainable::{self, Trainable};
 use crate::trial::TrialStatus;
 
 /// Why the engine or a run could not start.
@@ -301,7 +301,7 @@ pub struct Run {
     /// The model description and data, checked.
     pub trainable: Arc<dyn Trainable>,
     /// What workers load.
-    pub spec: Experiment,
+    pub spec: ExperimentSource,
     /// The replayed state of a resumed run.
     pub resumed: Option<RunState>,
     /// What the user should hear (a torn journal tail, a repair).
@@ -374,12 +374,11 @@ impl Run {
         journal.slow_commits(config.chaos.journal_sync_ms);
         let config_path_abs = std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_owned());
         let format = ConfigFormat::of(config_path);
-        let spec = Experiment {
+        let spec = ExperimentSource {
             name: config.experiment.name.clone(),
             config_text: text.to_owned(),
             format,
             config_path: config_path_abs.clone(),
-            context: ContextSettings::from_config(&config),
         };
         let yaml = format == ConfigFormat::Yaml;
         journal.append_durable(Event::ExperimentCreated {
@@ -449,12 +448,11 @@ impl Run {
         };
         journal.slow_commits(config.chaos.journal_sync_ms);
         tidy_for_resume(&run_dir, &config, &state, &journal)?;
-        let spec = Experiment {
+        let spec = ExperimentSource {
             name: config.experiment.name.clone(),
             config_text: state.config_text.clone(),
             format: state.format,
             config_path: state.config_path.clone(),
-            context: ContextSettings::from_config(&config),
         };
         let run = Run { config, run_dir, journal, trainable, spec, resumed: Some(state), warnings };
         Ok(Opened::Run(Box::new(run)))

@@ -56,6 +56,20 @@ impl std::fmt::Display for ExperimentKey {
     }
 }
 
+/// Where an experiment's workers load it from: its config as the run
+/// recorded it. The sweep adds the trials' context ([`Experiment::new`]).
+#[derive(Debug, Clone)]
+pub struct ExperimentSource {
+    /// The experiment's name.
+    pub name: String,
+    /// The config file's text, as the run recorded it.
+    pub config_text: String,
+    /// How the text is written.
+    pub format: ConfigFormat,
+    /// Where the config file was on the coordinator.
+    pub config_path: PathBuf,
+}
+
 /// What a worker needs to know about an experiment to train its trials:
 /// sent when the experiment starts (or when a worker joins while it runs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +85,14 @@ pub struct Experiment {
     pub config_path: PathBuf,
     /// What each trial's context needs.
     pub context: ContextSettings,
+}
+
+impl Experiment {
+    /// The experiment `source` describes, its trials trained with `context`.
+    pub fn new(source: ExperimentSource, context: ContextSettings) -> Self {
+        let ExperimentSource { name, config_text, format, config_path } = source;
+        Experiment { name, config_text, format, config_path, context }
+    }
 }
 
 /// One attempt of one trial, placed on a worker's slot.

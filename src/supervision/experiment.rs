@@ -15,7 +15,6 @@ use super::trial::{self, TrialActor, TrialMsg};
 use super::{rank, Settings, SweepError, TrialControlError};
 use crate::journal::Event;
 use crate::state::ExperimentState;
-use crate::trainable::ContextSettings;
 use crate::trial::AttemptEnd;
 use crate::trial::{trial_seed, Trial, TrialId, TrialStatus};
 
@@ -75,7 +74,6 @@ struct LiveTrial {
 
 pub(super) struct State {
     settings: Arc<Settings>,
-    context: Arc<ContextSettings>,
     leaderboard: ActorRef<LeaderboardMsg>,
     slots: Option<SlotPool>,
     interrupted: bool,
@@ -123,21 +121,10 @@ impl Actor for ExperimentSupervisor {
             Some(_) => None,
             None => Some(SlotPool::start(settings.concurrency, settings.handover.clone())?),
         };
-        let context = Arc::new(ContextSettings {
-            metric: settings.metric.clone(),
-            mode: settings.mode,
-            max_epochs: settings.max_epochs,
-            checkpoint_every: settings.fault.checkpoint_every,
-            max_checkpoint_bytes: settings.fault.max_checkpoint_bytes(),
-            threads: settings.threads_per_trial,
-            panic_probability: settings.chaos.panic_probability,
-            abort_probability: settings.chaos.abort_probability,
-        });
         myself.cast(ExperimentMsg::Fill)?;
         let concurrency = settings.concurrency;
         Ok(State {
             settings,
-            context,
             leaderboard,
             slots,
             interrupted: false,
@@ -474,7 +461,7 @@ impl ExperimentSupervisor {
             params: record.params,
             resume,
             settings: state.settings.clone(),
-            context: state.context.clone(),
+            context: state.settings.context.clone(),
             leaderboard: state.leaderboard.clone(),
             supervisor: myself.clone(),
             slots,

@@ -40,14 +40,14 @@ use std::time::{Duration, Instant};
 use ractor::Actor;
 
 use crate::checkpoint::CheckpointStore;
-use crate::cluster::wire::Experiment;
+use crate::cluster::wire::{Experiment, ExperimentSource};
 use crate::config::{ChaosConfig, Config, FaultConfig, Mode, SchedulerConfig, SearchConfig, SearchSpace};
 use crate::journal::{Journal, RunState};
 use crate::run_dir::RunDir;
 use crate::schedule::Scheduler;
 use crate::search::Searcher;
 use crate::state::{ExperimentState, Setup, StopRules};
-use crate::trainable::Trainable;
+use crate::trainable::{ContextSettings, Trainable};
 use crate::trial::{Trial, TrialStatus};
 
 pub use handle::{ExperimentHandle, Timed, TrialControlError};
@@ -196,9 +196,9 @@ pub(crate) struct Settings {
     pub seed: u64,
     pub concurrency: u32,
     pub threads_per_trial: u32,
-    pub max_epochs: u32,
     pub fault: FaultConfig,
-    pub chaos: ChaosConfig,
+    /// What each trial's context is given.
+    pub context: Arc<ContextSettings>,
     pub trainable: Arc<dyn Trainable>,
     pub checkpoints: CheckpointStore,
     pub run_dir: Option<Arc<RunDir>>,
@@ -273,7 +273,7 @@ pub struct Sweep {
     journal: Option<Journal>,
     prior: Option<Prior>,
     observer: Option<Observer>,
-    pool: Option<(pool::Pool, Experiment)>,
+    pool: Option<(pool::Pool, ExperimentSource)>,
     priority: i32,
     handover: handover::Handover,
 }
@@ -418,11 +418,27 @@ impl Sweep {
         self
     }
     /// Trains in the worker processes of `pool` rather than on in-process
-    /// slot threads (the trainable then only describes models); `spec` is
-    /// what the workers load to train this experiment's trials.
-    pub fn workers(mut self, pool: pool::Pool, spec: Experiment) -> Self {
-        self.pool = Some((pool, spec));
+    /// slot threads (the trainable then only describes models); `source` is
+    /// what the workers load the experiment from, and they train its trials
+    /// with this sweep's settings.
+    pub fn workers(mut self, pool: pool::Pool, source: ExperimentSource) -> Self {
+        self.pool = Some((pool, source));
         self
+    }
+
+    /// What each trial's context is given: derived here alone, for the
+    /// in-process slots and for the workers alike.
+    fn context(&self) -> ContextSettings {
+        ContextSettings {
+            metric: self.metric.clone(),
+            mode: self.mode,
+            max_epochs: self.max_epochs,
+            checkpoint_every: self.fault.checkpoint_every,
+            max_checkpoint_bytes: self.fault.max_checkpoint_bytes(),
+            threads: self.threads_per_trial,
+            panic_probability: self.chaos.panic_probability,
+            abort_probability: self.chaos.abort_probability,
+        }
     }
     /// Where this experiment stands when it shares a pool: free slots go to
     /// the highest priority first (see [`pool`]). Default 0.
@@ -469,6 +485,7 @@ impl Sweep {
                 (CheckpointStore::new(scratch.path(), 2), Some(scratch))
             }
         };
+        let context = self.context();
         let prior = self.prior.unwrap_or_else(|| Prior {
             state: ExperimentState::new(Setup {
                 metric: self.metric.clone(),
@@ -493,8 +510,10 @@ impl Sweep {
             }
         }
         // Sharing a pool: the workers load the experiment before its trials come.
-        let hosted = match &self.pool {
-            Some((pool, spec)) => Some(pool.host(spec.clone(), self.concurrency, self.priority).await?),
+        let hosted = match self.pool {
+            Some((pool, source)) => {
+                Some(pool.host(Experiment::new(source, context.clone()), self.concurrency, self.priority).await?)
+            }
             None => None,
         };
         let (events, _) = tokio::sync::broadcast::channel(handle::EVENT_BUFFER);
@@ -505,9 +524,8 @@ impl Sweep {
             seed: self.seed,
             concurrency: self.concurrency,
             threads_per_trial: self.threads_per_trial,
-            max_epochs: self.max_epochs,
             fault: self.fault,
-            chaos: self.chaos,
+            context: Arc::new(context),
             trainable: self.trainable,
             checkpoints,
             run_dir: self.run_dir,

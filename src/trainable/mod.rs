@@ -264,22 +264,6 @@ pub struct ContextSettings {
     pub abort_probability: f64,
 }
 
-impl ContextSettings {
-    /// The settings a config file gives.
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        ContextSettings {
-            metric: config.experiment.metric.clone(),
-            mode: config.experiment.mode,
-            max_epochs: config.max_epochs,
-            checkpoint_every: config.fault.checkpoint_every,
-            max_checkpoint_bytes: config.fault.max_checkpoint_bytes(),
-            threads: config.experiment.threads_per_trial,
-            panic_probability: config.chaos.panic_probability,
-            abort_probability: config.chaos.abort_probability,
-        }
-    }
-}
-
 /// Everything a trial attempt sees of the engine.
 pub struct TrialContext {
     id: TrialId,
