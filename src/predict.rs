@@ -50,6 +50,60 @@ const MAX_MODEL_JSON_BYTES: u64 = 16 << 20;
 /// The longest line [`Model::stream`] reads as one record.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
+/// Samples per forward pass: the memory a prediction takes does not grow
+/// with the input.
+const PREDICT_BATCH: usize = 256;
+
+/// A value as a message shows it: large ones in exponent form.
+fn shown(v: f32) -> String {
+    if v.is_finite() && v.abs() >= 1e15 {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
+/// The first line of a libtorch error (the rest is its C++ backtrace).
+fn first_line(e: impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_owned()
+}
+
+/// What a network spec must hold to be built and run: no panic inside
+/// libtorch for a damaged `model.json`.
+fn check_layers(hidden: &[usize], classes: usize, dropout: f64) -> Result<(), String> {
+    if let Some(h) = hidden.iter().find(|&&h| h == 0) {
+        return Err(format!("a hidden layer of {h} units: expected at least 1"));
+    }
+    if classes < 2 {
+        return Err(format!("{classes} classes: expected at least 2"));
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(format!("dropout {dropout}: expected at least 0 and below 1"));
+    }
+    Ok(())
+}
+
+fn check_mlp(s: &MlpSpec) -> Result<(), String> {
+    if s.inputs == 0 {
+        return Err("0 inputs: expected at least 1".into());
+    }
+    check_layers(&s.hidden, s.classes, s.dropout)
+}
+
+fn check_cnn(s: &CnnSpec) -> Result<(), String> {
+    if s.input.contains(&0) || s.channels.contains(&0) {
+        return Err(format!("input {:?}, channels {:?}: expected sizes of at least 1", s.input, s.channels));
+    }
+    if s.kernel.is_multiple_of(2) {
+        return Err(format!("kernel {}: expected an odd size", s.kernel));
+    }
+    let halvings = if s.pooling == crate::trainable::cnn::Pooling::None { 0 } else { s.channels.len() };
+    if s.input[1] >> halvings.min(63) == 0 || s.input[2] >> halvings.min(63) == 0 {
+        return Err(format!("{halvings} pooled blocks shrink a {}x{} image to nothing", s.input[1], s.input[2]));
+    }
+    check_layers(&s.hidden, s.classes, s.dropout)
+}
+
 /// Consumes the rest of a line without keeping it.
 fn skip_line(input: &mut impl BufRead) -> std::io::Result<()> {
     loop {
@@ -129,31 +183,61 @@ impl Model {
         let (mut net, inputs, classes): (Box<dyn Network + Send>, usize, usize) = match about.kind.as_str() {
             "mlp" => {
                 let spec: MlpSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
+                check_mlp(&spec).map_err(|m| bad(format!("model.json `spec`: {m}")))?;
                 backed(spec.footprint().parameters)?;
                 let (i, c) = (spec.inputs, spec.classes);
                 let mut net = Mlp::new(spec, 0, Device::Cpu);
-                net.restore_dir(dir).map_err(|e| bad(e.to_string()))?;
+                net.restore_dir(dir).map_err(|e| bad(first_line(e)))?;
                 (Box::new(net), i, c)
             }
             "cnn" => {
                 let spec: CnnSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
+                check_cnn(&spec).map_err(|m| bad(format!("model.json `spec`: {m}")))?;
                 backed(spec.footprint().parameters)?;
                 let i = spec.input.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
                 let i = i.ok_or_else(|| bad(format!("model.json: input {:?} is no image size", spec.input)))?;
                 let c = spec.classes;
                 let mut net = Cnn::new(spec, 0, Device::Cpu);
-                net.restore_dir(dir).map_err(|e| bad(e.to_string()))?;
+                net.restore_dir(dir).map_err(|e| bad(first_line(e)))?;
                 (Box::new(net), i, c)
             }
             "torchscript" => {
                 let spec: ScriptSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
                 let (i, c) = (spec.input.iter().product(), spec.classes);
                 let file = dir.join(weights);
-                (Box::new(ScriptNet::load(&file, spec.input, Device::Cpu).map_err(|e| bad(e.to_string()))?), i, c)
+                if i == 0 || c < 2 {
+                    return Err(bad(format!("model.json `spec`: input {:?}, {c} classes: no classifier", spec.input)));
+                }
+                (Box::new(ScriptNet::load(&file, spec.input, Device::Cpu).map_err(|e| bad(first_line(e)))?), i, c)
             }
             other => return Err(bad(format!("model kind `{other}` cannot predict; expected mlp, cnn or torchscript"))),
         };
         net.set_train(false);
+        // What the spec says is checked against the rest of model.json.
+        let count = |what: &str, n: usize, expected: usize, of: &str| {
+            if n == expected {
+                Ok(())
+            } else {
+                Err(bad(format!("model.json: {n} {what}, but the network has {expected} {of}")))
+            }
+        };
+        if let Some(names) = &about.class_names {
+            count("class names", names.len(), classes, "classes")?;
+        }
+        if let Some(names) = &about.feature_names {
+            count("feature names", names.len(), inputs, "inputs")?;
+        }
+        if let Some(s) = &about.standardization {
+            count("standardisation means", s.mean.len(), inputs, "inputs")?;
+            count("standardisation deviations", s.std.len(), inputs, "inputs")?;
+            if let Some(i) = (0..inputs).find(|&i| !(s.mean[i].is_finite() && s.std[i].is_finite() && s.std[i] > 0.0)) {
+                return Err(bad(format!(
+                    "model.json: feature {i} is standardised by mean {} and deviation {}: expected a finite mean \
+                     and a positive deviation",
+                    s.mean[i], s.std[i]
+                )));
+            }
+        }
         let classes = about.class_names.unwrap_or_else(|| (0..classes).map(|c| c.to_string()).collect());
         Ok(Model { net, inputs, classes, standardization: about.standardization, feature_names: about.feature_names })
     }
@@ -192,30 +276,79 @@ impl Model {
         tch::no_grad(|| self.net.forward(&xs.to_kind(Kind::Float), false).softmax(-1, Kind::Float))
     }
 
-    /// Class probabilities for rows of raw features, `inputs()` values each;
-    /// a value that is not finite is refused, naming its row and feature.
+    /// Class probabilities for rows of raw features, `inputs()` values each,
+    /// a few hundred rows per forward pass; a value that is not finite, as
+    /// given or once standardised, is refused, naming its sample (from 1)
+    /// and feature.
     pub fn predict_rows(&self, rows: &[f32]) -> Result<Vec<Vec<f32>>, PredictError> {
-        if rows.is_empty() || !rows.len().is_multiple_of(self.inputs) {
-            return Err(PredictError::Input {
-                file: PathBuf::from("(rows)"),
-                message: format!("{} values: expected a multiple of {} features", rows.len(), self.inputs),
-            });
+        let bad = |message: String| PredictError::Input { file: PathBuf::from("(rows)"), message };
+        if rows.is_empty() {
+            return Err(bad("no samples: expected at least one to predict".into()));
         }
-        if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
-            return Err(PredictError::Input {
-                file: PathBuf::from("(rows)"),
-                message: format!(
-                    "row {}, feature {}: {} is not a finite number (an f32 holds magnitudes up to about 3.4e38)",
-                    i / self.inputs,
-                    i % self.inputs,
-                    rows[i]
-                ),
-            });
+        if !rows.len().is_multiple_of(self.inputs) {
+            return Err(bad(format!("{} values: expected a multiple of {} features", rows.len(), self.inputs)));
         }
-        let n = (rows.len() / self.inputs) as i64;
-        let probs = self.predict(&Tensor::from_slice(rows).view([n, self.inputs as i64]));
-        let flat: Vec<f32> = Vec::try_from(probs.flatten(0, -1)).unwrap_or_default();
-        Ok(flat.chunks(self.classes.len().max(1)).map(<[f32]>::to_vec).collect())
+        let mut out = Vec::with_capacity(rows.len() / self.inputs);
+        let mut batch = Vec::with_capacity(PREDICT_BATCH * self.inputs);
+        for (b, chunk) in rows.chunks(PREDICT_BATCH * self.inputs).enumerate() {
+            batch.clear();
+            for (k, &v) in chunk.iter().enumerate() {
+                let f = k % self.inputs;
+                let sample = b * PREDICT_BATCH + k / self.inputs + 1;
+                if !v.is_finite() {
+                    return Err(bad(format!(
+                        "sample {sample}, feature {}: {} is not a finite number (an f32 holds magnitudes up to \
+                         about 3.4e38)",
+                        self.feature(f),
+                        shown(v)
+                    )));
+                }
+                let x = match &self.standardization {
+                    Some(s) => (v - s.mean[f]) / s.std[f],
+                    None => v,
+                };
+                if !x.is_finite() {
+                    return Err(bad(format!(
+                        "sample {sample}, feature {}: {} is too large once standardised as in training",
+                        self.feature(f),
+                        shown(v)
+                    )));
+                }
+                batch.push(x);
+            }
+            let n = (chunk.len() / self.inputs) as i64;
+            let xs = Tensor::from_slice(&batch).view([n, self.inputs as i64]);
+            let probs = tch::no_grad(|| self.net.forward(&xs, false).softmax(-1, Kind::Float));
+            let flat: Vec<f32> = Vec::try_from(probs.flatten(0, -1)).unwrap_or_default();
+            if flat.len() != chunk.len() / self.inputs * self.classes.len() || flat.iter().any(|p| !p.is_finite()) {
+                return Err(bad(format!(
+                    "samples {} to {}: the network gave no probabilities for them (values too large for it?)",
+                    b * PREDICT_BATCH + 1,
+                    b * PREDICT_BATCH + n as usize
+                )));
+            }
+            out.extend(flat.chunks(self.classes.len()).map(<[f32]>::to_vec));
+        }
+        Ok(out)
+    }
+
+    /// Feature `f` (from 0) for messages: its column name when the model
+    /// knows it, else its number from 1.
+    fn feature(&self, f: usize) -> String {
+        match self.feature_names.as_ref().and_then(|n| n.get(f)) {
+            Some(name) => format!("`{name}`"),
+            None => (f + 1).to_string(),
+        }
+    }
+
+    /// Predicts for a batch input file ([`read_input`](Self::read_input)):
+    /// class probabilities per sample, errors naming the file.
+    pub fn predict_file(&self, file: &Path) -> Result<Vec<Vec<f32>>, PredictError> {
+        let rows = self.read_input(file)?;
+        self.predict_rows(&rows).map_err(|e| match e {
+            PredictError::Input { message, .. } => PredictError::Input { file: file.to_owned(), message },
+            e => e,
+        })
     }
 
     /// Reads a batch input file: `.csv` (a header; the model's feature
@@ -230,7 +363,12 @@ impl Model {
             let (x, dims) = crate::data::read_npy(file)?;
             (x, dims.iter().product())
         } else {
-            let idx = crate::data::read_idx(file)?;
+            let idx = crate::data::read_idx(file).map_err(|mut e| {
+                if e.offset.is_some_and(|o| o < 4) {
+                    e.message += " (an input is a .csv or .npy file by its name, else an IDX file, gzipped or not)";
+                }
+                e
+            })?;
             let per_row = idx.dims.get(1..).map_or(0, |d| d.iter().product());
             (idx.data.iter().map(|&b| f32::from(b) / 255.0).collect(), per_row)
         };
@@ -242,10 +380,7 @@ impl Model {
 
     fn read_csv(&self, file: &Path) -> Result<(Vec<f32>, usize), PredictError> {
         let bad = |message: String| PredictError::Input { file: file.to_owned(), message };
-        let mut reader = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .from_path(file)
-            .map_err(|e| bad(format!("cannot read: {e}")))?;
+        let mut reader = crate::data::csv_reader(file).map_err(|e| bad(format!("cannot read: {e}")))?;
         let header: Vec<String> =
             reader.headers().map_err(|e| bad(format!("line 1: {e}")))?.iter().map(str::to_owned).collect();
         let columns: Vec<usize> = match &self.feature_names {
@@ -263,6 +398,12 @@ impl Model {
         for record in reader.records() {
             let record = record.map_err(|e| bad(format!("line {}: {e}", e.position().map_or(0, |p| p.line()))))?;
             let line = record.position().map_or(0, |p| p.line());
+            if x.len() + columns.len() > crate::data::MAX_VALUES {
+                return Err(bad(format!(
+                    "line {line}: more than {} values: expected a smaller file",
+                    crate::data::MAX_VALUES
+                )));
+            }
             for &c in &columns {
                 let field = record.get(c).unwrap_or("");
                 let v: f32 = field

@@ -175,7 +175,10 @@ fn idx_pairs_train_gzipped_or_not() {
     let labels: Vec<u8> = (0..rows.len()).map(|i| (i % 3) as u8).collect();
     let pixels: Vec<u8> = rows.iter().flat_map(|(_, r)| [(r[0] - 90.0) as u8, (r[2] * 20.0) as u8, 7]).collect();
     std::fs::write(tmp.path().join("x.idx"), idx(&[rows.len() as u32, 3], &pixels)).unwrap();
-    std::fs::write(tmp.path().join("y.idx.gz"), gz(&idx(&[rows.len() as u32], &labels))).unwrap();
+    // Labels gzipped in two members, as bgzip and pigz write them: one stream.
+    let labels_idx = idx(&[rows.len() as u32], &labels);
+    let (front, back) = labels_idx.split_at(100);
+    std::fs::write(tmp.path().join("y.idx.gz"), [gz(front), gz(back)].concat()).unwrap();
     let cfg = "source = \"idx\"\nx = \"x.idx\"\ny = \"y.idx.gz\"";
     let dir = run_ok(tmp.path(), &table_config(cfg));
     let model: serde_json::Value =
@@ -194,6 +197,8 @@ fn malformed_tables_name_the_file_line_and_column() {
         ("a,b,kind\n1,2,cat\n", "no column `y` for the labels; the header has a, b, kind"),
         ("a,b,y\n1,2,0\n3,4,0\n", "expected at least two classes"),
         ("a,a,y\n1,2,0\n3,4,1\n", "line 1: two columns are named `a`"),
+        ("a,b,y\n", "0 samples: expected at least 2"),
+        ("", "line 1: no header"),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         write(tmp.path(), &format!("bad{i}.csv"), text);
@@ -354,4 +359,24 @@ fn a_cnn_on_flat_rows_is_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("image-shaped") && stderr(&o).contains("rows.csv"), "{}", stderr(&o));
     assert!(!out.exists());
+}
+
+#[test]
+fn samples_without_a_single_value_are_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 20 samples of shape (0,): an array that holds nothing (it panicked while splitting).
+    std::fs::write(tmp.path().join("x.npy"), npy("<f4", "(20, 0)", &[])).unwrap();
+    let labels: Vec<u8> = (0..20i64).flat_map(|i| (i % 2).to_le_bytes()).collect();
+    std::fs::write(tmp.path().join("y.npy"), npy("<i8", "(20,)", &labels)).unwrap();
+    std::fs::write(tmp.path().join("x.idx"), idx(&[20, 4, 0], &[])).unwrap();
+    std::fs::write(tmp.path().join("y.idx"), idx(&[20], &(0..20u8).map(|i| i % 2).collect::<Vec<_>>())).unwrap();
+    for (file, data) in [
+        ("x.npy", "source = \"npy\"\nx = \"x.npy\"\ny = \"y.npy\""),
+        ("x.idx", "source = \"idx\"\nx = \"x.idx\"\ny = \"y.idx\""),
+    ] {
+        let cfg = write(tmp.path(), "empty.toml", &table_config(data));
+        let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", tmp.path().join("r").to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{file}: {}", stderr(&o));
+        assert!(stderr(&o).contains(file) && stderr(&o).contains("hold no values"), "{file}: {}", stderr(&o));
+    }
 }

@@ -129,7 +129,10 @@ fn json_lines_stream_through_stdin_one_answer_per_line() {
     assert!(ask(b"{ not json")["error"].as_str().unwrap().contains("not JSON"));
     // 1e39 overflows an f32: refused, naming the feature, not answered with nulls.
     let huge = ask(b"[145, 1e39, 5.0]");
-    assert!(huge["error"].as_str().unwrap().contains("feature 1: inf is not a finite number"), "{huge}");
+    assert!(huge["error"].as_str().unwrap().contains("feature `petal`: inf is not a finite number"), "{huge}");
+    // 3e38 is an f32, but not once standardised: refused, not answered with NaN and the last class.
+    let huge = ask(b"[145, 3e38, 5.0]");
+    assert!(huge["error"].as_str().unwrap().contains("feature `petal`: 3e38 is too large once standardised"), "{huge}");
     assert_eq!(ask(b"[145, 0.1, 5.0]")["class"], 1, "the stream goes on after bad lines");
     // A line that is not text, and one longer than a record may be: answered, skipped, the stream goes on.
     let answer = ask(b"[1, \xff]");
@@ -146,7 +149,7 @@ fn json_lines_stream_through_stdin_one_answer_per_line() {
 fn idx_and_npy_inputs_predict_a_row_each() {
     let tmp = tempfile::tempdir().unwrap();
     // Two classes of 2x2 "images": class 1 is bright.
-    let n = 200u32;
+    let n = 600u32; // more than one forward pass of 256
     let pixels: Vec<u8> = (0..n).flat_map(|i| [if i % 2 == 1 { 220 } else { 30 } + (i % 7) as u8; 4]).collect();
     let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
     std::fs::write(tmp.path().join("x.idx"), idx(&[n, 2, 2], &pixels)).unwrap();
@@ -174,4 +177,81 @@ fn idx_and_npy_inputs_predict_a_row_each() {
     let o = run_in(tmp.path(), &["predict", "--model", best.to_str().unwrap(), "--input", "wide.npy"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("wide.npy") && stderr(&o).contains("expects 4"), "{}", stderr(&o));
+}
+
+/// `model` with `edit` applied to a copy of its model.json, in `dir`.
+fn forged(model: &Path, dir: &Path, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(model.join("weights.safetensors"), dir.join("weights.safetensors")).unwrap();
+    let mut about: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("model.json")).unwrap()).unwrap();
+    edit(&mut about);
+    std::fs::write(dir.join("model.json"), about.to_string()).unwrap();
+    dir.to_owned()
+}
+
+#[test]
+fn damaged_models_bad_samples_and_odd_outputs_are_refused_or_served_without_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = train_csv_model(tmp.path());
+    write(tmp.path(), "new.csv", "width,sepal,petal\n0.5,105,0.5\n");
+    // model.json edited so that it no longer fits its network: exit 2 naming what, in batch and stream.
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit, &str); 6] = [
+        ("names0", |a| a["class_names"] = serde_json::json!([]), "0 class names, but the network has 3 classes"),
+        ("names5", |a| a["class_names"] = serde_json::json!(["a", "b", "c", "d", "e"]), "5 class names"),
+        ("dropout", |a| a["spec"]["dropout"] = serde_json::json!(5.0), "dropout 5"),
+        ("inputs0", |a| a["spec"]["inputs"] = serde_json::json!(0), "0 inputs"),
+        ("std0", |a| a["standardization"]["std"] = serde_json::json!([0.0, 0.0, 0.0]), "positive deviation"),
+        ("mean1", |a| a["standardization"]["mean"] = serde_json::json!([1.0]), "1 standardisation means"),
+    ];
+    for (name, edit, phrase) in edits {
+        let dir = forged(&model, &tmp.path().join(name), edit);
+        for input in ["new.csv", "-"] {
+            let o = run_in(tmp.path(), &["predict", "--model", dir.to_str().unwrap(), "--input", input]);
+            assert_eq!(o.status.code(), Some(2), "{name} {input}: {}", stderr(&o));
+            assert!(stderr(&o).contains(phrase) && !stderr(&o).contains("panicked"), "{name}: {}", stderr(&o));
+        }
+    }
+    // Samples that cannot be predicted name the file and the sample.
+    let m = model.to_str().unwrap();
+    for (file, text, phrase) in [
+        ("huge.csv", "width,sepal,petal\n0.5,105,0.5\n1,2,3e38\n", "sample 2, feature `petal`: 3e38 is too large once"),
+        ("nan.csv", "width,sepal,petal\n0.5,NaN,0.5\n", "sample 1, feature `sepal`: NaN is not a finite number"),
+        ("empty.csv", "width,sepal,petal\n", "no samples"),
+    ] {
+        write(tmp.path(), file, text);
+        let o = run_in(tmp.path(), &["predict", "--model", m, "--input", file]);
+        assert_eq!(o.status.code(), Some(2), "{file}: {}", stderr(&o));
+        assert!(stderr(&o).contains(file) && stderr(&o).contains(phrase), "{file}: {}", stderr(&o));
+    }
+    // A CSV line past the data files' limit is refused as it is read.
+    let long = format!("width,sepal,petal\n0.5,105,{}\n", "1".repeat(17 << 20));
+    write(tmp.path(), "long.csv", &long);
+    let o = run_in(tmp.path(), &["predict", "--model", m, "--input", "long.csv"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("long.csv") && stderr(&o).contains("longer than 16777216 bytes"), "{}", stderr(&o));
+    // An output in a directory that does not exist is a usage error naming the flag.
+    let o = run_in(tmp.path(), &["predict", "--model", m, "--input", "new.csv", "--output", "nodir/p.csv"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--output nodir/p.csv") && stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    // A link is followed: the file it names gets the predictions, the link stays.
+    write(tmp.path(), "real.csv", "old");
+    std::os::unix::fs::symlink("real.csv", tmp.path().join("link.csv")).unwrap();
+    let o = run_in(tmp.path(), &["predict", "--model", m, "--input", "new.csv", "--output", "link.csv"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(tmp.path().join("link.csv")).unwrap().file_type().is_symlink());
+    assert!(std::fs::read_to_string(tmp.path().join("real.csv")).unwrap().starts_with("row,predicted"));
+    // A named pipe is written into, not replaced by a file.
+    let fifo = tmp.path().join("out.fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    let o = run_in(tmp.path(), &["predict", "--model", m, "--input", "new.csv", "--output", "out.fifo"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(reader.join().unwrap().starts_with("row,predicted"));
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "still a pipe");
 }

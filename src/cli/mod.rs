@@ -209,12 +209,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn predict(model: &Path, input: &Path, output: Option<&Path>) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let model = gauntlet::predict::Model::load(model)?;
+    let output = output.map(Output::resolve).transpose()?;
     if input == Path::new("-") {
         // A stream: answers go out as they come.
-        let out: Box<dyn Write> = match output {
-            Some(p) => Box::new(std::io::BufWriter::new(
-                std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-            )),
+        let out: Box<dyn Write> = match &output {
+            Some(o) => Box::new(std::io::BufWriter::new(o.open_direct()?)),
             None => Box::new(std::io::stdout().lock()),
         };
         model.stream(std::io::stdin().lock(), out)?;
@@ -222,8 +221,7 @@ fn predict(model: &Path, input: &Path, output: Option<&Path>) -> anyhow::Result<
     }
     // A batch: read and predicted in full before the output is touched (it may be the input,
     // and a bad input must not cost the old output), then written whole or not at all.
-    let rows = model.read_input(input)?;
-    let probs = model.predict_rows(&rows)?;
+    let probs = model.predict_file(input)?;
     let mut csv_out = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["row".to_owned(), "predicted".to_owned()];
     header.extend(model.class_names().iter().map(|c| format!("p_{c}")));
@@ -236,19 +234,7 @@ fn predict(model: &Path, input: &Path, output: Option<&Path>) -> anyhow::Result<
     }
     let bytes = csv_out.into_inner().map_err(|e| anyhow::anyhow!("cannot write the predictions: {e}"))?;
     match output {
-        Some(p) => {
-            // A sibling, then a rename: the output appears whole, with the permissions a new file gets.
-            let name = p.file_name().map_or_else(|| "predictions".into(), |n| n.to_string_lossy().into_owned());
-            let tmp = p.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-            if let Err(e) = std::fs::write(&tmp, &bytes) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(anyhow::anyhow!("cannot write {}: {e}", tmp.display()));
-            }
-            std::fs::rename(&tmp, p).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                anyhow::anyhow!("cannot write {}: {e}", p.display())
-            })?;
-        }
+        Some(o) => o.write_whole(&bytes)?,
         None => {
             let mut out = std::io::stdout().lock();
             out.write_all(&bytes)?;
@@ -256,6 +242,82 @@ fn predict(model: &Path, input: &Path, output: Option<&Path>) -> anyhow::Result<
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `predict --output` writes: a regular file (new, or replaced whole
+/// through a sibling and a rename, a symbolic link followed to it), or
+/// something else that is written into as it is (a device, a pipe).
+struct Output {
+    /// The path as given, for messages.
+    given: PathBuf,
+    /// The file itself (links followed, when it exists).
+    path: PathBuf,
+    /// Replaced whole (a regular file, or none yet), else written into.
+    replace: bool,
+    /// The existing file's permissions, which its replacement keeps.
+    permissions: Option<std::fs::Permissions>,
+}
+
+impl Output {
+    fn resolve(given: &Path) -> anyhow::Result<Output> {
+        let bad = |why: String| UsageError(format!("--output {}: {why}", given.display()));
+        match std::fs::metadata(given) {
+            Ok(meta) if meta.is_dir() => Err(bad("is a directory: expected a file".into()).into()),
+            Ok(meta) => {
+                let path = std::fs::canonicalize(given).map_err(|e| bad(format!("cannot resolve it: {e}")))?;
+                let replace = meta.is_file();
+                // A file this user may not write is not replaced behind its owner's back.
+                if replace {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| bad(format!("cannot write it: {e}")))?;
+                }
+                Ok(Output { given: given.to_owned(), path, replace, permissions: Some(meta.permissions()) })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = given.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                if !parent.is_dir() {
+                    return Err(bad(format!("its directory {} does not exist", parent.display())).into());
+                }
+                Ok(Output { given: given.to_owned(), path: given.to_owned(), replace: true, permissions: None })
+            }
+            Err(e) => Err(bad(format!("cannot use it: {e}")).into()),
+        }
+    }
+
+    /// Opens it to be written into as the answers come.
+    fn open_direct(&self) -> anyhow::Result<std::fs::File> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(self.replace);
+        Ok(options
+            .open(&self.path)
+            .map_err(|e| UsageError(format!("--output {}: cannot write it: {e}", self.given.display())))?)
+    }
+
+    /// Writes `bytes` as its whole content: a regular file appears whole
+    /// (a sibling, then a rename), keeping its permissions.
+    fn write_whole(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let bad = |e: std::io::Error| UsageError(format!("--output {}: cannot write it: {e}", self.given.display()));
+        if !self.replace {
+            let mut f = self.open_direct()?;
+            return Ok(f.write_all(bytes).and_then(|()| f.flush()).map_err(bad)?);
+        }
+        let name = self.path.file_name().map_or_else(|| "predictions".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = self.path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let written = std::fs::write(&tmp, bytes)
+            .and_then(|()| match &self.permissions {
+                Some(p) => std::fs::set_permissions(&tmp, p.clone()),
+                None => Ok(()),
+            })
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(bad(e).into());
+        }
+        Ok(())
+    }
 }
 
 fn validate(path: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {

@@ -36,7 +36,7 @@ pub fn read_idx(path: &Path) -> Result<Idx, DataError> {
     let gzipped = file.read(&mut magic).map_err(cannot)? == 2 && magic == [0x1f, 0x8b];
     file.rewind().map_err(cannot)?;
     let reader: Box<dyn Read> = if gzipped {
-        Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
     } else {
         Box::new(BufReader::new(file))
     };

@@ -17,6 +17,7 @@ use crate::config::{Config, DataSource};
 
 pub use idx::read_idx;
 pub use npy::read_samples as read_npy;
+pub(crate) use tabular::csv_reader;
 
 /// The most values (samples x features) a data set may have: each is held
 /// as a 4-byte float, so 4 GiB, in the coordinator and in every worker.
@@ -202,13 +203,15 @@ impl Dataset {
                 (Values::Floats(t.x), t.y, vec![t.features], classes, t.class_names)
             }
         };
-        let features = dims.iter().product::<usize>().max(1);
         if y.len() < 2 {
-            let file = d.y.clone().or_else(|| d.path.clone()).unwrap_or_default();
+            return Err(too_few_samples(y.len(), &d.y.clone().or_else(|| d.path.clone()).unwrap_or_default()));
+        }
+        let features = dims.iter().product::<usize>();
+        if features == 0 {
             return Err(DataError {
-                file,
+                file: d.x.clone().or_else(|| d.path.clone()).unwrap_or_default(),
                 offset: None,
-                message: format!("{} samples: expected at least 2 (one to train on, one to validate)", y.len()),
+                message: format!("samples of shape {dims:?} hold no values: expected at least one feature"),
             });
         }
         let mut data = Self::split(x, y, features, classes, names, d.validation_fraction, d.max_samples, d.seed);
@@ -317,7 +320,18 @@ fn load_fashion(dir: &Path) -> Result<Samples, DataError> {
 /// Labels are class indexes: one beyond [`MAX_CLASSES`], or beyond the
 /// number of samples (so that some classes could have no sample at all),
 /// is refused, naming the sample, rather than becoming a huge output layer.
+fn too_few_samples(n: usize, file: &Path) -> DataError {
+    DataError {
+        file: file.to_owned(),
+        offset: None,
+        message: format!("{n} samples: expected at least 2 (one to train on, one to validate)"),
+    }
+}
+
 fn classes_of(y: &[i64], file: &Path) -> Result<usize, DataError> {
+    if y.len() < 2 {
+        return Err(too_few_samples(y.len(), file));
+    }
     let bound = MAX_CLASSES.min(y.len()) as i64;
     if let Some(i) = y.iter().position(|&l| l < 0 || l >= bound) {
         let why = if y[i] < 0 {

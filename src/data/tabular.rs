@@ -26,6 +26,14 @@ pub(super) struct Table {
     pub(super) feature_names: Vec<String>,
 }
 
+/// A CSV reader of `path` (a header row, fields trimmed) whose lines are
+/// at most [`MAX_LINE_BYTES`] long: a longer one is a read error naming it.
+pub(crate) fn csv_reader(path: &Path) -> std::io::Result<csv::Reader<impl Read>> {
+    let file = crate::files::open(path)?;
+    let guard = LineGuard { inner: std::io::BufReader::new(file), line: 1, run: 0 };
+    Ok(csv::ReaderBuilder::new().has_headers(true).trim(csv::Trim::All).from_reader(guard))
+}
+
 /// Reads `path`, with `label` naming the label column.
 pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
     let err = |line: Option<u64>, message: String| DataError {
@@ -36,13 +44,11 @@ pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
             None => message,
         },
     };
-    let file = crate::files::open(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).trim(csv::Trim::All).from_reader(LineGuard {
-        inner: std::io::BufReader::new(file),
-        line: 1,
-        run: 0,
-    });
+    let mut reader = csv_reader(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
     let header = reader.headers().map_err(|e| err(Some(1), format!("cannot read the header: {e}")))?.clone();
+    if header.iter().all(str::is_empty) {
+        return Err(err(Some(1), "no header: expected a first line naming the columns".into()));
+    }
     if header.len() > MAX_COLUMNS {
         return Err(err(Some(1), format!("{} columns: expected at most {MAX_COLUMNS}", header.len())));
     }
