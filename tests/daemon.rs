@@ -653,3 +653,44 @@ fn the_cli_clients_submit_list_watch_cancel_and_show_logs() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("GAUNTLET_TOKEN"), "{}", stderr(&o));
 }
+
+#[test]
+fn the_best_model_of_a_finished_experiment_predicts_over_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(&tmp.path().join("state"), &["--workers", "1"]);
+    let config = synthetic_config(
+        "predicts",
+        &format!("max_trials = 2\nconcurrency = 1\n{SYNTHETIC_DATA}{MLP_MODEL}[train]\nmax_epochs = 2\n"),
+    );
+    let id = d.submit(&config);
+    let path = format!("/api/v1/experiments/{id}/predict");
+    let rows = |n: usize, width: usize| serde_json::json!({ "rows": vec![vec![0.5f32; width]; n] }).to_string();
+    let e = d.wait_for(&id, "it finishes", Duration::from_secs(120), |e| e["status"] == "finished");
+    assert_eq!(count(&e, "completed"), 2, "{e}");
+    // More rows than one forward pass takes (256): one answer each, in order.
+    let (status, body) = d.post(&path, "application/json", rows(300, 12).as_bytes());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["classes"].as_array().map(Vec::len), Some(3), "{body}");
+    let predictions = body["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 300);
+    for p in predictions {
+        let sum: f64 = p["probabilities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-3 && p["class"].is_string(), "{p}");
+    }
+    assert!(predictions.iter().all(|p| p == &predictions[0]), "the same row, the same answer");
+    // Rows of the wrong width, and values no float32 holds, are 400s naming them.
+    let (status, body) = d.post(&path, "application/json", br#"{"rows": [[0,0,0,0,0,0,0,0,0,0,0,0], [1, 2]]}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("rows[1]: 2 values, expected 12 features"), "{body}");
+    let mut huge = vec![0.0f64; 12];
+    huge[4] = 1e39;
+    let (status, body) =
+        d.post(&path, "application/json", serde_json::json!({ "rows": [huge] }).to_string().as_bytes());
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("feature 5"), "{body}");
+    let (status, body) = d.post(&path, "application/json", br#"{"rows": []}"#);
+    assert_eq!((status, body["error"].as_str().is_some()), (400, true), "{body}");
+    let other = format!("/api/v1/experiments/{id}x/predict");
+    let (status, body) = d.post(&other, "application/json", rows(1, 12).as_bytes());
+    assert_eq!(status, 404, "{id}: {body}");
+}
