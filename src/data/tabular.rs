@@ -3,11 +3,11 @@
 //! as they are; otherwise each distinct label is a class, named by it, in
 //! sorted order.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use super::{DataError, MAX_VALUES};
+use super::{DataError, MAX_CLASSES, MAX_VALUES};
 
 /// The longest line of a CSV file (a row of a million wide features fits).
 pub(super) const MAX_LINE_BYTES: usize = 16 << 20;
@@ -66,7 +66,12 @@ pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
     if features == 0 {
         return Err(err(Some(1), format!("only the label column `{label}`: expected feature columns beside it")));
     }
-    let (mut x, mut raw_labels) = (Vec::new(), Vec::new());
+    // Labels are interned as they come: one small number a row, each
+    // distinct label kept once (at most MAX_CLASSES + 1 of them).
+    let mut x = Vec::new();
+    let mut rows: Vec<u32> = Vec::new();
+    let mut distinct: HashMap<String, u32> = HashMap::new();
+    let mut empty_at = None;
     for record in reader.records() {
         let record = record.map_err(|e| {
             if let csv::ErrorKind::Io(io) = e.kind() {
@@ -76,15 +81,32 @@ pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
             err(line, format!("{e}; expected {} comma-separated fields as in the header", names.len()))
         })?;
         let line = record.position().map_or(0, |p| p.line());
-        if x.len() + features > MAX_VALUES {
+        if x.len() + rows.len() + features + 1 > MAX_VALUES {
             return Err(err(
                 Some(line),
-                format!("more than {MAX_VALUES} feature values in all, the most a data set may have"),
+                format!("more than {MAX_VALUES} values (features and labels) in all, the most a data set may have"),
             ));
         }
         for (i, field) in record.iter().enumerate() {
             if i == label_at {
-                raw_labels.push((field.to_owned(), line));
+                let next = distinct.len() as u32;
+                let id = match distinct.get(field) {
+                    Some(&id) => id,
+                    None if distinct.len() >= MAX_CLASSES => {
+                        return Err(err(
+                            Some(line),
+                            format!(
+                                "column `{label}` has more than {MAX_CLASSES} distinct labels: expected at most \
+                                 {MAX_CLASSES} classes"
+                            ),
+                        ))
+                    }
+                    None => *distinct.entry(field.to_owned()).or_insert(next),
+                };
+                if field.is_empty() && empty_at.is_none() {
+                    empty_at = Some(line);
+                }
+                rows.push(id);
                 continue;
             }
             let v: f32 = field.parse().map_err(|_| {
@@ -96,21 +118,27 @@ pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
             x.push(v);
         }
     }
-    let numeric: Option<Vec<i64>> = raw_labels.iter().map(|(l, _)| l.parse::<i64>().ok().filter(|&v| v >= 0)).collect();
+    // Each distinct label, by its interned number.
+    let mut labels: Vec<&str> = vec![""; distinct.len()];
+    for (l, &id) in &distinct {
+        labels[id as usize] = l;
+    }
+    let numeric: Option<Vec<i64>> = labels.iter().map(|l| l.parse::<i64>().ok().filter(|&v| v >= 0)).collect();
     let (y, class_names) = match numeric {
-        Some(y) => (y, None),
+        Some(values) => (rows.iter().map(|&id| values[id as usize]).collect(), None),
         None => {
-            let classes: BTreeMap<&str, i64> = {
-                let mut distinct: Vec<&str> = raw_labels.iter().map(|(l, _)| l.as_str()).collect();
-                distinct.sort_unstable();
-                distinct.dedup();
-                distinct.into_iter().enumerate().map(|(i, l)| (l, i as i64)).collect()
-            };
-            if let Some((_, line)) = raw_labels.iter().find(|(l, _)| l.is_empty()) {
-                return Err(err(Some(*line), format!("column `{label}`: an empty label")));
+            if let Some(line) = empty_at {
+                return Err(err(Some(line), format!("column `{label}`: an empty label")));
             }
-            let y = raw_labels.iter().map(|(l, _)| classes[l.as_str()]).collect();
-            (y, Some(classes.keys().map(|s| (*s).to_owned()).collect()))
+            // Classes in the labels' sorted order.
+            let mut sorted: Vec<(&str, u32)> = labels.iter().enumerate().map(|(id, l)| (*l, id as u32)).collect();
+            sorted.sort_unstable();
+            let mut class_of = vec![0i64; sorted.len()];
+            for (class, (_, id)) in sorted.iter().enumerate() {
+                class_of[*id as usize] = class as i64;
+            }
+            let y = rows.iter().map(|&id| class_of[id as usize]).collect();
+            (y, Some(sorted.iter().map(|(l, _)| (*l).to_owned()).collect()))
         }
     };
     let feature_names = names.iter().enumerate().filter(|(i, _)| *i != label_at).map(|(_, n)| n.clone()).collect();
@@ -188,5 +216,24 @@ mod tests {
         std::fs::write(f.path(), &text).unwrap();
         let e = read_csv(f.path(), "y").unwrap_err().to_string();
         assert!(e.contains("line 3 is longer than"), "{e}");
+    }
+
+    #[test]
+    fn labels_are_interned_and_their_count_bounded_as_they_come() {
+        let f = write("x,y\n1,b\n2,a\n3,b\n4,c\n5,a\n");
+        let t = read_csv(f.path(), "y").unwrap();
+        assert_eq!(t.class_names, Some(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]));
+        assert_eq!(t.y, vec![1, 0, 1, 2, 0], "classes in the labels' sorted order");
+        let f = write("x,y\n1,7\n2,0\n3,7\n");
+        assert_eq!(read_csv(f.path(), "y").unwrap().y, vec![7, 0, 7]);
+        let f = write("x,y\n1,a\n2,\n");
+        assert!(read_csv(f.path(), "y").unwrap_err().to_string().contains("line 3: column `y`: an empty label"));
+        let mut text = String::from("x,y\n");
+        for i in 0..=MAX_CLASSES {
+            text += &format!("1,l{i}\n");
+        }
+        let e = read_csv(write(&text).path(), "y").unwrap_err().to_string();
+        let last = MAX_CLASSES + 2;
+        assert!(e.contains(&format!("line {last}")) && e.contains("more than 65536 distinct labels"), "{e}");
     }
 }
