@@ -694,3 +694,68 @@ fn the_best_model_of_a_finished_experiment_predicts_over_http() {
     let (status, body) = d.post(&other, "application/json", rows(1, 12).as_bytes());
     assert_eq!(status, 404, "{id}: {body}");
 }
+
+#[test]
+fn stops_and_resumes_that_cross_end_as_asked_and_a_set_concurrency_outlives_a_pause() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start_daemon(&tmp.path().join("state"), &["--workers", "2"]);
+    let act = |id: &str, what: &str| d.post(&format!("/api/v1/experiments/{id}/{what}"), "application/json", b"");
+    // A resume sent while a pause is under way: accepted, and it runs again once paused (it stayed paused).
+    let id = d.submit(&sleep_experiment("crossing", 40, 2, 200, 20));
+    d.wait_for(&id, "some reports", Duration::from_secs(60), |e| e["reports"].as_u64() >= Some(2));
+    let (status, body) =
+        d.post(&format!("/api/v1/experiments/{id}/concurrency"), "application/json", br#"{"concurrency": 1}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(act(&id, "pause").0, 202);
+    let (status, body) = act(&id, "resume");
+    assert_eq!(status, 202, "{body}");
+    // It goes down (trials checkpoint) and comes up again by itself: its state events say
+    // paused, then running (replayed from the first event: the daemon keeps the last 1024).
+    let events =
+        read_events(&d, &format!("/api/v1/experiments/{id}/events?after=0"), None, 1000, Duration::from_secs(8));
+    let states: Vec<&str> = events.iter().filter(|e| e.1 == "state").filter_map(|e| e.2["status"].as_str()).collect();
+    let paused = states.iter().position(|s| *s == "paused").unwrap_or_else(|| panic!("never paused: {states:?}"));
+    assert!(states[paused..].contains(&"running"), "running again after the pause: {states:?}");
+    let e = d.wait_for(&id, "trials running", Duration::from_secs(60), |e| count(e, "running") > 0);
+    // The concurrency set before the pause still holds.
+    assert_eq!(e["concurrency"], 1, "{e}");
+    assert!(count(&e, "running") <= 1, "{e}");
+    // A pause after a cancel does not make it resumable: cancelled for good.
+    assert_eq!(act(&id, "cancel").0, 202);
+    let (status, body) = act(&id, "pause");
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("being cancelled"), "{body}");
+    let (status, _) = act(&id, "resume");
+    assert_eq!(status, 409);
+    d.wait_for(&id, "cancelled", Duration::from_secs(60), |e| e["status"] == "cancelled");
+    assert_eq!(act(&id, "resume").0, 409, "a cancelled experiment stays cancelled");
+}
+
+#[test]
+fn a_command_experiment_runs_in_the_daemon_and_its_log_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let program = write(
+        tmp.path(),
+        "count.py",
+        "import json, os\nfor e in range(1, 4):\n    print('epoch', e, 'in', os.getcwd())\n    \
+         print(json.dumps({'epoch': e, 'val_accuracy': 0.1 * e}), flush=True)\n",
+    );
+    let d = start_daemon(&tmp.path().join("state"), &["--workers", "1"]);
+    let config = format!(
+        "[experiment]\nname = \"cmd\"\nmax_trials = 2\nconcurrency = 1\n[model]\nkind = \"command\"\n\
+         command = \"python3 {}\"\n[train]\nmax_epochs = 3\n",
+        program.display()
+    );
+    let id = d.submit(&config);
+    let e = d.wait_for(&id, "it finishes", Duration::from_secs(120), |e| e["status"] != "running");
+    assert_eq!((e["status"].as_str(), count(&e, "completed")), (Some("finished"), 2), "{e}");
+    let (status, log) = d.get(&format!("/api/v1/experiments/{id}/trials/0/log"));
+    assert_eq!(status, 200, "{log}");
+    let log = log.as_str().map(str::to_owned).unwrap_or_else(|| log.to_string());
+    assert!(log.contains("epoch 3 in") && log.contains(&id), "it ran in its run directory: {log}");
+    // A program that is not there is refused at submission, naming it; no directory is left.
+    let missing = config.replace(&program.display().to_string(), "/nonexistent/train.py");
+    let (status, body) = d.post("/api/v1/experiments", "application/toml", missing.replace("python3 ", "").as_bytes());
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("/nonexistent/train.py"), "{body}");
+}

@@ -558,7 +558,7 @@ async fn concurrency(
     if !(1..=most).contains(&c.concurrency) {
         return Err(ApiError::bad_request(format!("concurrency: expected 1 to {most}, got {}", c.concurrency)));
     }
-    state.registry.set_concurrency(&entry, c.concurrency)?;
+    state.registry.set_concurrency(&entry, c.concurrency).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": entry.id, "concurrency": c.concurrency })))
 }
 

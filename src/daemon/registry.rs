@@ -125,6 +125,10 @@ struct Inner {
     ring: VecDeque<Arc<Sse>>,
     seq: u64,
     handle: Option<ExperimentHandle>,
+    /// A stop asked of the running experiment: `Some(true)` a cancel, `Some(false)` a pause.
+    stopping: Option<bool>,
+    /// A resume asked while a pause was under way: it continues once paused.
+    resume_after: bool,
     /// The trials at the end (or as the journal had them, for one that does not run).
     trials: Option<Vec<Trial>>,
 }
@@ -157,6 +161,8 @@ impl Entry {
                 ring: VecDeque::new(),
                 seq: 0,
                 handle: None,
+                stopping: None,
+                resume_after: false,
                 trials: None,
             }),
             feed: broadcast::channel(RING).0,
@@ -261,12 +267,17 @@ impl Entry {
 
     fn set_phase(&self, phase: Phase) {
         let mut inner = self.lock();
+        self.set_phase_locked(&mut inner, phase);
+    }
+
+    /// [`set_phase`](Self::set_phase) under a lock the caller holds.
+    fn set_phase_locked(&self, inner: &mut Inner, phase: Phase) {
         inner.phase = phase;
         let data = serde_json::json!({ "status": inner.phase.name(), "error": match &inner.phase {
             Phase::Failed(e) => Some(e.clone()),
             _ => None,
         }});
-        self.publish(&mut inner, "state", data);
+        self.publish(inner, "state", data);
     }
 
     /// Counts and best from a table of trials.
@@ -337,6 +348,16 @@ impl Entry {
 /// A marker file in a run directory: why the daemon does not continue it.
 const STOPPED_FILE: &str = "daemon-stopped";
 
+/// A file in a run directory: the concurrency last set through the API,
+/// which outlives a pause and a restart of the daemon.
+const CONCURRENCY_FILE: &str = "daemon-concurrency";
+
+/// The concurrency stored in `dir`, if one was set (and is in range).
+fn stored_concurrency(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join(CONCURRENCY_FILE)).ok()?;
+    text.trim().parse::<u32>().ok().filter(|n| (1..=crate::config::MAX_CONCURRENCY).contains(n))
+}
+
 /// All experiments of one daemon.
 pub struct Registry {
     engine: Engine,
@@ -350,6 +371,9 @@ pub struct Registry {
     /// This life of the daemon: random, the first part of every event id,
     /// so that a client's `Last-Event-ID` from an earlier life is known as such.
     life: String,
+    /// Experiments to resume once their pause is done (a resume that came
+    /// while it was under way), for the task [`open`](Self::open) starts.
+    resumes: tokio::sync::mpsc::UnboundedSender<Arc<Entry>>,
 }
 
 /// A place taken for a submission; given back unless the experiment is listed.
@@ -384,6 +408,7 @@ impl Registry {
             );
         }
         let dirs: Vec<String> = dirs.into_iter().take(MAX_EXPERIMENTS).collect();
+        let (resumes, mut to_resume) = tokio::sync::mpsc::unbounded_channel::<Arc<Entry>>();
         let registry = Arc::new(Registry {
             engine,
             root,
@@ -391,6 +416,24 @@ impl Registry {
             next: AtomicU32::new(next),
             places: AtomicUsize::new(dirs.len()),
             life: crate::cluster::node::random_secret()[..8].to_owned(),
+            resumes,
+        });
+        // Weak: the registry is unwrapped at shutdown.
+        let weak = Arc::downgrade(&registry);
+        tokio::spawn(async move {
+            while let Some(entry) = to_resume.recv().await {
+                let Some(registry) = weak.upgrade() else { break };
+                // The stopped run's last holders of its journal let go within moments.
+                let mut tries = 0;
+                while let Err(e) = registry.resume(&entry).await {
+                    tries += 1;
+                    if tries == 20 || entry.lock().phase != Phase::Paused {
+                        tracing::error!(experiment = %entry.id, "cannot resume after the pause: {e}");
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+            }
         });
         for id in dirs {
             registry.restore(id).await;
@@ -455,10 +498,16 @@ impl Registry {
             let dir = root.join(&id);
             let config_path = dir.join(format!("config.{ext}"));
             let config = config.with_paths_from(&config_path);
-            config.check_files(&config_path).map_err(ApiError::bad_config)?;
-            let run = Run::create_from(config, &text, &config_path, &dir).map_err(|e| {
+            // The run directory is the config's directory (a command runs there): made
+            // before the files are checked, and removed again if they are refused.
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+            let run = config
+                .check_files(&config_path)
+                .map_err(ApiError::bad_config)
+                .and_then(|()| Run::create_from(config, &text, &config_path, &dir).map_err(ApiError::from_engine));
+            let run = run.inspect_err(|_| {
                 let _ = std::fs::remove_dir_all(&dir);
-                ApiError::from_engine(e)
             })?;
             Ok((run, id))
         })
@@ -478,11 +527,12 @@ impl Registry {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || {
                 let marker = std::fs::read_to_string(dir.join(STOPPED_FILE)).ok();
-                engine::read_run(&dir).map(|(_, state, _)| (state, marker))
+                let concurrency = stored_concurrency(&dir);
+                engine::read_run(&dir).map(|(_, state, _)| (state, marker, concurrency))
             })
             .await
         };
-        let (state, marker) = match read {
+        let (state, marker, concurrency) = match read {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return self.broken(id, dir, e.to_string()),
             Err(e) => return self.broken(id, dir, e.to_string()),
@@ -495,6 +545,9 @@ impl Registry {
             None => Phase::Running,
         };
         let entry = Entry::new(id.clone(), dir.clone(), state.config.clone(), phase.clone(), Some(trials));
+        if let Some(n) = concurrency {
+            entry.lock().concurrency = n;
+        }
         self.write().insert(id.clone(), entry.clone());
         if phase == Phase::Running {
             if let Err(e) = self.reopen(entry.clone()).await {
@@ -520,16 +573,19 @@ impl Registry {
     /// Continues a stopped experiment from its journal.
     async fn reopen(self: &Arc<Self>, entry: Arc<Entry>) -> Result<(), ApiError> {
         let dir = entry.dir.clone();
-        let opened = tokio::task::spawn_blocking(move || {
+        let (opened, concurrency) = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_file(dir.join(STOPPED_FILE));
-            Run::open(&dir, false)
+            (Run::open(&dir, false), stored_concurrency(&dir))
         })
         .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::from_engine)?;
-        match opened {
+        .map_err(ApiError::internal)?;
+        match opened.map_err(ApiError::from_engine)? {
             Opened::Finished(_) => entry.set_phase(Phase::Finished),
-            Opened::Run(run) => {
+            Opened::Run(mut run) => {
+                // The concurrency set through the API, not the config's.
+                if let Some(n) = concurrency {
+                    run.config.experiment.concurrency = Some(n);
+                }
                 for w in &run.warnings {
                     tracing::warn!(experiment = %entry.id, "{w}");
                 }
@@ -540,6 +596,7 @@ impl Registry {
     }
 
     async fn launch(self: &Arc<Self>, entry: Arc<Entry>, run: Run) {
+        let concurrency = run.config.experiment.slots();
         let handle = match self.engine.launch(run, None).await {
             Ok(h) => h,
             Err(e) => return entry.set_phase(Phase::Failed(e.to_string())),
@@ -547,7 +604,13 @@ impl Registry {
         let mut events = handle.subscribe();
         let trials = handle.trials().await;
         entry.absorb(&trials);
-        entry.lock().handle = Some(handle.clone());
+        {
+            let mut inner = entry.lock();
+            inner.handle = Some(handle.clone());
+            inner.concurrency = concurrency;
+            inner.stopping = None;
+            inner.resume_after = false;
+        }
         entry.set_phase(Phase::Running);
         let registry = Arc::clone(self);
         tokio::spawn(async move {
@@ -567,6 +630,8 @@ impl Registry {
             while let Ok(timed) = events.try_recv() {
                 entry.on_event(&timed);
             }
+            // What holds the run's journal goes before anyone may reopen it.
+            drop(handle);
             registry.ended(&entry, ended).await;
         });
     }
@@ -596,7 +661,18 @@ impl Registry {
             }
         }
         tracing::info!(experiment = %entry.id, status = phase.name(), "experiment ended");
-        entry.set_phase(phase);
+        // Under one lock: a resume sees the pause under way or the pause done, never between.
+        let resume = {
+            let mut inner = entry.lock();
+            let resume = std::mem::take(&mut inner.resume_after) && phase == Phase::Paused;
+            inner.stopping = None;
+            entry.set_phase_locked(&mut inner, phase);
+            resume
+        };
+        if resume {
+            // A resume came while the pause was under way: it continues now.
+            let _ = self.resumes.send(Arc::clone(entry));
+        }
     }
 
     /// Stops an experiment: running trials checkpoint at their next report.
@@ -628,12 +704,39 @@ impl Registry {
                     }
                 };
             }
+            if entry.lock().phase == Phase::Running {
+                return Err(ApiError::conflict(format!(
+                    "experiment {} is starting or stopping: {} it once it is running or paused",
+                    entry.id,
+                    if cancel { "cancel" } else { "pause" }
+                )));
+            }
             return Err(ApiError::conflict(format!("experiment {} is not running", entry.id)));
         };
-        tokio::task::spawn_blocking(move || std::fs::write(dir.join(STOPPED_FILE), word))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::internal(format!("cannot record the stop: {e}")))?;
+        {
+            // A cancel is for good: a pause after it does not make it resumable.
+            let mut inner = entry.lock();
+            if inner.stopping == Some(true) && !cancel {
+                return Err(ApiError::conflict(format!(
+                    "experiment {} is being cancelled; a pause cannot undo that",
+                    entry.id
+                )));
+            }
+            inner.stopping = Some(cancel || inner.stopping == Some(true));
+            if cancel {
+                inner.resume_after = false;
+            }
+        }
+        // The marker says what the stops asked so far add up to, whatever order they are written in.
+        let e = Arc::clone(entry);
+        tokio::task::spawn_blocking(move || {
+            let inner = e.lock();
+            let word = if inner.stopping == Some(true) { "cancelled" } else { "paused" };
+            std::fs::write(dir.join(STOPPED_FILE), word)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(format!("cannot record the stop: {e}")))?;
         handle.cancel();
         Ok(())
     }
@@ -661,7 +764,20 @@ impl Registry {
                 }
                 reopened
             }
-            Phase::Running => Ok(()),
+            Phase::Running => {
+                // On its way down: a pause under way is followed by the resume; a cancel is for good.
+                let mut inner = entry.lock();
+                match inner.stopping {
+                    Some(true) => {
+                        Err(ApiError::conflict(format!("experiment {} is being cancelled: it cannot resume", entry.id)))
+                    }
+                    Some(false) => {
+                        inner.resume_after = true;
+                        Ok(())
+                    }
+                    None => Ok(()),
+                }
+            }
             other => Err(ApiError::conflict(format!(
                 "experiment {} is {}: only a paused experiment resumes",
                 entry.id,
@@ -670,13 +786,26 @@ impl Registry {
         }
     }
 
-    /// Changes how many trials an experiment runs at once.
-    pub fn set_concurrency(&self, entry: &Entry, n: u32) -> Result<(), ApiError> {
-        let Some(handle) = entry.handle() else {
-            return Err(ApiError::conflict(format!("experiment {} is not running", entry.id)));
-        };
-        handle.set_concurrency(n);
-        entry.lock().concurrency = n;
+    /// Changes how many trials an experiment runs at once, from its next
+    /// placement if it runs, from its resume if it is paused; kept in its
+    /// run directory, so a pause or a restart of the daemon keeps it too.
+    pub async fn set_concurrency(&self, entry: &Arc<Entry>, n: u32) -> Result<(), ApiError> {
+        if !matches!(entry.lock().phase, Phase::Running | Phase::Paused) {
+            return Err(ApiError::conflict(format!("experiment {} has ended", entry.id)));
+        }
+        let dir = entry.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let tmp = dir.join(format!(".{CONCURRENCY_FILE}.tmp"));
+            std::fs::write(&tmp, n.to_string()).and_then(|()| std::fs::rename(&tmp, dir.join(CONCURRENCY_FILE)))
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(format!("cannot record the concurrency: {e}")))?;
+        let mut inner = entry.lock();
+        if let Some(handle) = &inner.handle {
+            handle.set_concurrency(n);
+        }
+        inner.concurrency = n;
         Ok(())
     }
 
