@@ -646,9 +646,28 @@ fn the_cli_clients_submit_list_watch_cancel_and_show_logs() {
     let o = client(&["cancel", &id]);
     assert!(o.status.success(), "{}", stderr(&o));
     d.wait_for(&id, "cancelled", Duration::from_secs(60), |e| e["status"] == "cancelled");
-    // Mistakes are usage errors.
-    let o = client(&["top", "../../etc", "--once"]);
+    // Columns line up: the reports under their header.
+    let o = client(&["ls"]);
+    let listing = stdout(&o);
+    let lines: Vec<&str> = listing.lines().collect();
+    let end = lines[0].find("reports").unwrap() + "reports".len();
+    let row = lines.iter().find(|l| l.starts_with(id.as_str())).unwrap();
+    assert!(row.as_bytes()[end - 1].is_ascii_digit() && row.as_bytes()[end] == b' ', "{lines:?}");
+    // Mistakes are usage errors, sent nowhere: an id that is no id (it would have
+    // reached another endpoint), a malformed daemon URL, a token with control characters.
+    for bad in ["../../etc", &format!("{id}/resume?"), &format!("{id}?limit=1#"), "a b"] {
+        let o = client(&["cancel", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains("is not an experiment id"), "{bad}: {}", stderr(&o));
+    }
+    for daemon in [format!("{url}/a b"), "http://127.0.0.1:99999".to_owned()] {
+        let o = gauntlet().args(["ls", "--daemon", &daemon, "--state-dir", state.to_str().unwrap()]).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{daemon}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--daemon"), "{}", stderr(&o));
+    }
+    let o = gauntlet().args(["ls", "--daemon", &url]).env("GAUNTLET_TOKEN", "abc\u{1}def").output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("GAUNTLET_TOKEN"), "{}", stderr(&o));
     let o = gauntlet().args(["ls", "--daemon", &url]).env_remove("GAUNTLET_TOKEN").output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("GAUNTLET_TOKEN"), "{}", stderr(&o));

@@ -131,8 +131,22 @@ impl Client {
             }
         };
         let base = args.daemon.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
-            return Err(UsageError(format!("--daemon {base}: expected an http:// URL")).into());
+        let authority = base.strip_prefix("http://").unwrap_or_default();
+        if authority.is_empty()
+            || authority.contains(['/', '?', '#', ' '])
+            || (!authority.ends_with(']')
+                && authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_err()))
+        {
+            return Err(UsageError(format!("--daemon {base}: expected http://HOST:PORT, with no path")).into());
+        }
+        // A header value is visible ASCII: a token with control characters is no token.
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(UsageError(format!(
+                "the token (from {}): expected the text of the daemon's token file, without control characters \
+                 or spaces",
+                if args.state_dir.is_some() { "--state-dir" } else { daemon::TOKEN_ENV }
+            ))
+            .into());
         }
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -142,11 +156,23 @@ impl Client {
     }
 
     fn answer(&self, result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<String> {
-        let mut res = result.map_err(|e| {
-            anyhow::anyhow!("cannot reach the daemon at {}: {e} (is `gauntlet daemon` running?)", self.base)
+        let mut res = result.map_err(|e| match e {
+            ureq::Error::Io(_)
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::HostNotFound
+            | ureq::Error::Timeout(_) => {
+                anyhow::anyhow!("cannot reach the daemon at {}: {e} (is `gauntlet daemon` running?)", self.base)
+            }
+            e => anyhow::anyhow!("cannot talk to the daemon at {}: {e}", self.base),
         })?;
         let status = res.status();
-        let text = res.body_mut().read_to_string().context("cannot read the daemon's answer")?;
+        // The longest answer: a trial's 100,000 reports.
+        let text = res
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_string()
+            .context("cannot read the daemon's answer")?;
         if status.is_success() {
             return Ok(text);
         }
@@ -178,6 +204,22 @@ impl Client {
 
     fn json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::from_str(&self.get(path)?)?)
+    }
+}
+
+/// The largest answer a client reads (a trial of 100,000 reports is about 16 MB).
+const MAX_ANSWER_BYTES: u64 = 256 << 20;
+
+/// `id` if it is an experiment id as the daemon issues them: it goes into URLs.
+fn checked_id(id: &str) -> anyhow::Result<&str> {
+    if daemon::registry::valid_id(id) {
+        Ok(id)
+    } else {
+        Err(UsageError(format!(
+            "`{id}` is not an experiment id (expected digits, a dash and lower-case letters, digits or dashes, as \
+             `gauntlet submit` and `gauntlet ls` print them)"
+        ))
+        .into())
     }
 }
 
@@ -223,7 +265,7 @@ pub fn ls(args: &ClientArgs) -> anyhow::Result<ExitCode> {
             e["id"].as_str().unwrap_or_default(),
             e["status"].as_str().unwrap_or_default(),
             e["best"].as_f64().map_or("-".into(), |b| format!("{b:.4}")),
-            e["reports"],
+            e["reports"].to_string(),
             e["total_trials"],
             e["max_trials"],
             counts.join(", ")
@@ -235,6 +277,7 @@ pub fn ls(args: &ClientArgs) -> anyhow::Result<ExitCode> {
 /// `gauntlet top ID`: the leaderboard, redrawn each second until the
 /// experiment stops (or once, with `--json` or `--once`).
 pub fn top(id: &str, once: bool, args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let id = checked_id(id)?;
     let client = Client::new(args)?;
     let path = format!("/api/v1/experiments/{id}?limit=20");
     loop {
@@ -264,10 +307,10 @@ pub fn top(id: &str, once: bool, args: &ClientArgs) -> anyhow::Result<ExitCode> 
         for t in answer["leaderboard"].as_array().into_iter().flatten() {
             out.push_str(&format!(
                 "{:>6} {:<10} {:>10} {:>6}  {}\n",
-                t["id"],
+                t["id"].to_string(),
                 t["status"].as_str().unwrap_or_default(),
                 t["best_metric"].as_f64().map_or("-".into(), |b| format!("{b:.4}")),
-                t["epochs"],
+                t["epochs"].to_string(),
                 t["params"]
             ));
         }
@@ -281,6 +324,7 @@ pub fn top(id: &str, once: bool, args: &ClientArgs) -> anyhow::Result<ExitCode> 
 
 /// `gauntlet cancel ID`.
 pub fn cancel(id: &str, args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let id = checked_id(id)?;
     let client = Client::new(args)?;
     let answer = client.post(&format!("/api/v1/experiments/{id}/cancel"), "application/json", "")?;
     if args.json {
@@ -293,6 +337,7 @@ pub fn cancel(id: &str, args: &ClientArgs) -> anyhow::Result<ExitCode> {
 
 /// `gauntlet logs ID TRIAL`: the trial's reports, then its program's output.
 pub fn logs(id: &str, trial: u32, args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let id = checked_id(id)?;
     let client = Client::new(args)?;
     let answer = client.json(&format!("/api/v1/experiments/{id}/trials/{trial}"))?;
     let log = client.get(&format!("/api/v1/experiments/{id}/trials/{trial}/log"))?;
