@@ -700,13 +700,17 @@ fn the_best_model_of_a_finished_experiment_predicts_over_http() {
     // Rows of the wrong width, and values no float32 holds, are 400s naming them.
     let (status, body) = d.post(&path, "application/json", br#"{"rows": [[0,0,0,0,0,0,0,0,0,0,0,0], [1, 2]]}"#);
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("rows[1]: 2 values, expected 12 features"), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("sample 2 (rows[1]): 2 values, expected 12 features"), "{body}");
+    // A request holds at most 10,000 rows (8 MiB of short rows would cost the daemon a gigabyte).
+    let (status, body) = d.post(&path, "application/json", rows(10_001, 12).as_bytes());
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("10001 rows, expected 1 to 10000"), "{body}");
     let mut huge = vec![0.0f64; 12];
     huge[4] = 1e39;
     let (status, body) =
         d.post(&path, "application/json", serde_json::json!({ "rows": [huge] }).to_string().as_bytes());
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("feature 5"), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("sample 1, feature 5"), "{body}");
     let (status, body) = d.post(&path, "application/json", br#"{"rows": []}"#);
     assert_eq!((status, body["error"].as_str().is_some()), (400, true), "{body}");
     let other = format!("/api/v1/experiments/{id}x/predict");

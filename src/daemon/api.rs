@@ -32,6 +32,13 @@ const MAX_CONTROL_BODY: usize = 64 << 10;
 const MAX_PREDICT_BODY: usize = 8 << 20;
 /// Event streams open at once, all experiments together.
 const MAX_STREAMS: usize = 256;
+/// How often an idle event stream is written to: a client gone is noticed
+/// (and its place freed) at the second write after it left.
+const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// Rows one prediction request may hold.
+const MAX_PREDICT_ROWS: usize = 10_000;
+/// Prediction requests computed at once (each holds its rows and answer).
+const MAX_PREDICTIONS: usize = 2;
 /// Trials one leaderboard answer lists at most.
 const MAX_LIMIT: usize = 10_000;
 /// Reports one trial's answer lists at most.
@@ -96,11 +103,17 @@ pub(super) struct AppState {
     registry: Arc<Registry>,
     token: String,
     streams: AtomicUsize,
+    predictions: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     pub(super) fn new(registry: Arc<Registry>, token: String) -> Self {
-        AppState { registry, token, streams: AtomicUsize::new(0) }
+        AppState {
+            registry,
+            token,
+            streams: AtomicUsize::new(0),
+            predictions: Arc::new(tokio::sync::Semaphore::new(MAX_PREDICTIONS)),
+        }
     }
 
     pub(super) fn registry(&self) -> &Arc<Registry> {
@@ -575,17 +588,31 @@ async fn predict(
 ) -> Result<HttpResponse, ApiError> {
     let entry = state.entry(&id)?;
     let body: PredictBody = json_body(payload, MAX_PREDICT_BODY).await?;
-    if body.rows.is_empty() {
-        return Err(ApiError::bad_request("rows: expected at least one row of features"));
+    if body.rows.is_empty() || body.rows.len() > MAX_PREDICT_ROWS {
+        return Err(ApiError::bad_request(format!(
+            "rows: {} rows, expected 1 to {MAX_PREDICT_ROWS} rows of features per request",
+            body.rows.len()
+        )));
     }
+    let Ok(permit) = Arc::clone(&state.predictions).try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_PREDICTIONS} predictions are being computed, the most at once; try again"),
+        ));
+    };
     let dir = entry.dir.join("best");
     let answer = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
         let model = crate::predict::Model::load(&dir).map_err(|e| {
             ApiError::conflict(format!("no best model to predict with yet ({e}); it appears when the experiment ends"))
         })?;
         let n = model.inputs();
+        let _permit = permit;
         if let Some((i, r)) = body.rows.iter().enumerate().find(|(_, r)| r.len() != n) {
-            return Err(ApiError::bad_request(format!("rows[{i}]: {} values, expected {n} features", r.len())));
+            return Err(ApiError::bad_request(format!(
+                "sample {} (rows[{i}]): {} values, expected {n} features",
+                i + 1,
+                r.len()
+            )));
         }
         let flat: Vec<f32> = body.rows.concat();
         let probs = model.predict_rows(&flat).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -640,8 +667,8 @@ async fn events(
     if state.streams.fetch_add(1, Ordering::SeqCst) >= MAX_STREAMS {
         state.streams.fetch_sub(1, Ordering::SeqCst);
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_STREAMS} event streams are open, the most"),
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_STREAMS} event streams are open, the most; try again once one closes"),
         ));
     }
     let guard = StreamGuard(state.clone().into_inner());
@@ -672,7 +699,7 @@ async fn events(
             return Some((Ok::<_, std::convert::Infallible>(web::Bytes::from(first)), f));
         }
         loop {
-            match tokio::time::timeout(Duration::from_secs(15), f.rx.recv()).await {
+            match tokio::time::timeout(STREAM_KEEP_ALIVE, f.rx.recv()).await {
                 Err(_) => return Some((Ok(web::Bytes::from_static(b": keep-alive\n\n")), f)),
                 Ok(Ok(e)) if e.seq <= f.sent => continue,
                 Ok(Ok(e)) => {
