@@ -106,6 +106,8 @@ pub struct EngineOptions {
     pub workers_from: String,
     /// Also accept workers from other machines here; needs `secret`.
     pub listen: Option<String>,
+    /// The flag that set `listen`, for messages (`--listen` when empty).
+    pub listen_from: String,
     /// The secret workers present; a random one when `None` and nobody
     /// else joins.
     pub secret: Option<String>,
@@ -139,7 +141,8 @@ impl Engine {
             Some(addr) => node::resolve(addr)?,
             None => SocketAddr::from(([127, 0, 0, 1], 0)),
         };
-        check_cluster(options.workers, options.listen.is_some(), options.secret.is_some())?;
+        let listen_flag = if options.listen_from.is_empty() { "--listen" } else { options.listen_from.as_str() };
+        check_cluster(options.workers, options.listen.is_some(), options.secret.is_some(), listen_flag)?;
         let secret = options.secret.clone().unwrap_or_else(node::random_secret);
         let gpus = per_worker_gpus(&options.gpus, options.gpus_per_worker)?;
         let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
@@ -257,16 +260,18 @@ pub fn local_workers(asked: usize, data_bytes: u64, what: &str) -> (usize, Optio
 /// Refuses a cluster that cannot be: `--listen` without a shared secret,
 /// or no local workers (`--workers 0`) and none that may join. Pure: the
 /// CLI asks before it touches a run directory.
-pub fn check_cluster(workers: u32, listen: bool, secret: bool) -> Result<(), EngineError> {
+/// `listen_flag` names the flag that sets `listen` (`--listen`, or the daemon's `--workers-listen`).
+pub fn check_cluster(workers: u32, listen: bool, secret: bool, listen_flag: &str) -> Result<(), EngineError> {
     if listen && !secret {
-        return Err(EngineError::Usage(
-            "--listen lets workers on other machines join, so it needs a shared secret: put one in a file \
+        return Err(EngineError::Usage(format!(
+            "{listen_flag} lets workers on other machines join, so it needs a shared secret: put one in a file \
              (`chmod 600`) and pass --secret-file FILE, or set GAUNTLET_SECRET; workers need the same one"
-                .into(),
-        ));
+        )));
     }
     if workers == 0 && !listen {
-        return Err(EngineError::Usage("--workers 0 needs --listen: with no local workers, workers must join".into()));
+        return Err(EngineError::Usage(format!(
+            "--workers 0 needs {listen_flag}: with no local workers, workers must join"
+        )));
     }
     Ok(())
 }

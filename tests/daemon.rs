@@ -616,6 +616,21 @@ fn a_non_loopback_address_without_tls_is_refused() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("TLS") && stderr(&o).contains("--insecure"), "{}", stderr(&o));
+    // Worker flags are named as the daemon spells them (its --listen is the HTTP address).
+    let state = tmp.path().to_str().unwrap();
+    for (extra, phrase) in [
+        (&["--workers", "0"][..], "--workers 0 needs --workers-listen"),
+        (&["--workers", "1", "--workers-listen", "127.0.0.1:0"][..], "--workers-listen lets workers"),
+    ] {
+        let o = gauntlet()
+            .args(["daemon", "--state-dir", state, "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("GAUNTLET_SECRET")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(phrase), "{extra:?}: {}", stderr(&o));
+    }
 }
 
 #[test]

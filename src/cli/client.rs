@@ -57,6 +57,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         workers: args.workers.unwrap_or(cores),
         workers_from: if args.workers.is_some() { "--workers" } else { "one worker per core" }.into(),
         listen: args.workers_listen.clone(),
+        listen_from: "--workers-listen".into(),
         secret,
         gpus: Vec::new(),
         gpus_per_worker: 0,

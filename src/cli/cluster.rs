@@ -51,7 +51,12 @@ impl ClusterArgs {
     /// touched (the experiment's own worker count is checked when it is known).
     pub fn check(&self) -> anyhow::Result<()> {
         let secret = node::read_secret(self.secret_file.as_deref()).map_err(usage)?;
-        gauntlet::engine::check_cluster(self.workers.unwrap_or(1), self.listen.is_some(), secret.is_some())?;
+        gauntlet::engine::check_cluster(
+            self.workers.unwrap_or(1),
+            self.listen.is_some(),
+            secret.is_some(),
+            "--listen",
+        )?;
         Ok(())
     }
 
@@ -68,6 +73,7 @@ impl ClusterArgs {
             workers: self.workers.unwrap_or(default_workers),
             workers_from: if self.workers.is_some() { "--workers" } else { "experiment.concurrency" }.into(),
             listen: self.listen.clone(),
+            listen_from: "--listen".into(),
             secret,
             gpus: self.gpus.clone(),
             gpus_per_worker: gpus_per_trial,
