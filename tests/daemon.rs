@@ -251,6 +251,14 @@ fn submit_watch_change_concurrency_and_cancel() {
     let e = d.wait_for(&id, "the experiment is cancelled", Duration::from_secs(60), |e| e["status"] == "cancelled");
     assert_eq!(count(&e, "running"), 0, "{e}");
     assert!(count(&e, "completed") < 40, "it stopped early: {e}");
+    // Once it does not run: a trial it has is a 409, one it never had a 404.
+    for (trial, expected) in [("0", 409), ("99999", 404)] {
+        for action in ["stop", "restart"] {
+            let (status, body) =
+                d.post(&format!("/api/v1/experiments/{id}/trials/{trial}/{action}"), "application/json", b"");
+            assert_eq!(status, expected, "{action} trial {trial} of a cancelled experiment: {body}");
+        }
+    }
     // The detail has the leaderboard and the best value over time.
     let (status, detail) = d.get(&format!("/api/v1/experiments/{id}"));
     assert_eq!(status, 200);

@@ -506,11 +506,21 @@ fn trial_number(text: &str) -> Result<u32, ApiError> {
 async fn stop_trial(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
     let (id, trial) = path.into_inner();
     let (entry, trial) = (state.entry(&id)?, trial_number(&trial)?);
-    let handle = entry.handle().ok_or_else(|| ApiError::conflict(format!("experiment {id} is not running")))?;
+    let handle = entry.handle().ok_or_else(|| not_running(&entry, trial))?;
     if let Err(e) = handle.stop_trial(crate::trial::TrialId(trial)).await {
         return Err(trial_refusal(&entry, trial, e));
     }
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "trial": trial, "status": "stopping" })))
+}
+
+/// Why a trial of an experiment that does not run cannot be stopped or
+/// restarted: it does not exist (404), or the experiment is not running (409).
+fn not_running(entry: &Entry, trial: u32) -> ApiError {
+    if trial as usize >= entry.trial_count() {
+        ApiError::not_found(format!("experiment {} has no trial {trial}", entry.id))
+    } else {
+        ApiError::conflict(format!("experiment {} is not running", entry.id))
+    }
 }
 
 /// Why a trial cannot be stopped or restarted: it does not exist (404), or its state forbids it (409).
@@ -529,7 +539,7 @@ async fn restart_trial(
 ) -> Result<HttpResponse, ApiError> {
     let (id, trial) = path.into_inner();
     let (entry, trial) = (state.entry(&id)?, trial_number(&trial)?);
-    let handle = entry.handle().ok_or_else(|| ApiError::conflict(format!("experiment {id} is not running")))?;
+    let handle = entry.handle().ok_or_else(|| not_running(&entry, trial))?;
     if let Err(e) = handle.restart_trial(crate::trial::TrialId(trial)).await {
         return Err(trial_refusal(&entry, trial, e));
     }

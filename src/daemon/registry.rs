@@ -181,6 +181,11 @@ impl Entry {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// How many trials it has proposed.
+    pub fn trial_count(&self) -> usize {
+        self.lock().statuses.len()
+    }
+
     /// Its metric and direction.
     pub fn metric(&self) -> (&str, Mode) {
         (&self.config.experiment.metric, self.config.experiment.mode)
