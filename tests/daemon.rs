@@ -688,6 +688,14 @@ fn the_cli_clients_submit_list_watch_cancel_and_show_logs() {
         assert_eq!(o.status.code(), Some(2), "{daemon}: {}", stderr(&o));
         assert!(stderr(&o).contains("--daemon"), "{}", stderr(&o));
     }
+    // A second daemon on the same state directory is refused (it listed the first one's experiments as failed).
+    let o = gauntlet()
+        .args(["daemon", "--state-dir", state.to_str().unwrap(), "--listen", "127.0.0.1:0", "--workers", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let pid = d.process.0.id().to_string();
+    assert!(stderr(&o).contains("another daemon") && stderr(&o).contains(&pid), "{}", stderr(&o));
     let o = gauntlet().args(["ls", "--daemon", &url]).env("GAUNTLET_TOKEN", "abc\u{1}def").output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("GAUNTLET_TOKEN"), "{}", stderr(&o));

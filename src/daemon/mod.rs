@@ -119,6 +119,37 @@ pub fn token(state_dir: &Path) -> Result<String, DaemonError> {
     Ok(token)
 }
 
+/// The lock file of a state directory.
+const LOCK_FILE: &str = "daemon.lock";
+
+/// Takes the state directory's lock, or says which daemon holds it.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let bad = |e: std::io::Error| DaemonError::State(format!("{}: {e}", path.display()));
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(bad)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).map_err(bad)?;
+            file.rewind().map_err(bad)?;
+            write!(file, "{}", std::process::id()).map_err(bad)?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.take(32).read_to_string(&mut pid);
+            Err(DaemonError::Usage(format!(
+                "--state-dir {}: another daemon (process {}) uses it; stop that one, or give this one another \
+                 state directory",
+                dir.display(),
+                pid.trim()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(bad(e)),
+    }
+}
+
 /// Runs the daemon until SIGINT or SIGTERM, on a runtime of its own.
 pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     if !options.listen.ip().is_loopback() && !options.insecure {
@@ -131,6 +162,9 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     }
     std::fs::create_dir_all(&options.state_dir)
         .map_err(|e| DaemonError::State(format!("cannot create {}: {e}", options.state_dir.display())))?;
+    // One daemon a state directory: a second would find every running experiment's journal
+    // locked and list it as failed. Held (the file open) until this function returns.
+    let _lock = lock_state_dir(&options.state_dir)?;
     let token = token(&options.state_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
