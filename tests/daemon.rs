@@ -597,7 +597,12 @@ fn bad_requests_get_json_errors_and_the_daemon_keeps_serving() {
             assert!(answer.to_lowercase().contains("content-type: application/json"), "{answer:?}");
         }
     }
-    for path in [format!("/api/v1/experiments/{id}?limit=-1"), format!("/api/v1/experiments/{id}/events?after=abc")] {
+    for path in [
+        format!("/api/v1/experiments/{id}?limit=-1"),
+        format!("/api/v1/experiments/{id}/events?after=abc"),
+        format!("/api/v1/experiments/{id}?limt=5"),
+        format!("/api/v1/experiments/{id}/curves?top=3&bogus=1"),
+    ] {
         let (status, body) = raw("GET", &path, good, b"", "text/plain");
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body["error"].as_str().is_some_and(|e| e.contains("query string")), "{path}: {body}");

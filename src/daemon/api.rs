@@ -280,6 +280,7 @@ async fn list(state: web::Data<AppState>) -> HttpResponse {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SubmitQuery {
     format: Option<String>,
 }
@@ -318,6 +319,7 @@ async fn submit(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DetailQuery {
     limit: Option<usize>,
     status: Option<String>,
@@ -360,6 +362,7 @@ fn parse_status(s: &str) -> Result<TrialStatus, ApiError> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CurvesQuery {
     top: Option<usize>,
     points: Option<usize>,
@@ -641,6 +644,7 @@ async fn predict(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EventsQuery {
     after: Option<u64>,
 }
