@@ -779,7 +779,21 @@ fn stops_and_resumes_that_cross_end_as_asked_and_a_set_concurrency_outlives_a_pa
     // The concurrency set before the pause still holds.
     assert_eq!(e["concurrency"], 1, "{e}");
     assert!(count(&e, "running") <= 1, "{e}");
-    // A pause after a cancel does not make it resumable: cancelled for good.
+    assert_eq!(act(&id, "cancel").0, 202);
+    d.wait_for(&id, "cancelled", Duration::from_secs(60), |e| e["status"] == "cancelled");
+    // A pause after a cancel does not make it resumable: cancelled for good. Epochs of
+    // 5 s keep the run going down while the pause comes.
+    let id = d.submit(&sleep_experiment("slow", 4, 2, 5000, 3));
+    d.wait_for(&id, "trials running", Duration::from_secs(60), |e| count(e, "running") > 0);
+    // Pause, resume, pause while it goes down: the last word holds, it stays paused.
+    for what in ["pause", "resume", "pause"] {
+        assert_eq!(act(&id, what).0, 202, "{what}");
+    }
+    d.wait_for(&id, "paused", Duration::from_secs(60), |e| e["status"] == "paused");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(d.experiment(&id)["status"], "paused");
+    assert_eq!(act(&id, "resume").0, 202);
+    d.wait_for(&id, "trials running", Duration::from_secs(60), |e| count(e, "running") > 0);
     assert_eq!(act(&id, "cancel").0, 202);
     let (status, body) = act(&id, "pause");
     assert_eq!(status, 409, "{body}");

@@ -129,6 +129,8 @@ struct Inner {
     stopping: Option<bool>,
     /// A resume asked while a pause was under way: it continues once paused.
     resume_after: bool,
+    /// A concurrency set while no run held the experiment: the next run takes it.
+    concurrency_pending: Option<u32>,
     /// The trials at the end (or as the journal had them, for one that does not run).
     trials: Option<Vec<Trial>>,
 }
@@ -163,6 +165,7 @@ impl Entry {
                 handle: None,
                 stopping: None,
                 resume_after: false,
+                concurrency_pending: None,
                 trials: None,
             }),
             feed: broadcast::channel(RING).0,
@@ -379,6 +382,10 @@ pub struct Registry {
     /// Experiments to resume once their pause is done (a resume that came
     /// while it was under way), for the task [`open`](Self::open) starts.
     resumes: tokio::sync::mpsc::UnboundedSender<Arc<Entry>>,
+    /// The daemon is shutting down: nothing is resumed any more.
+    closing: std::sync::atomic::AtomicBool,
+    /// Concurrency changes, one at a time (the file and memory agree).
+    concurrency_writes: tokio::sync::Mutex<()>,
 }
 
 /// A place taken for a submission; given back unless the experiment is listed.
@@ -422,21 +429,19 @@ impl Registry {
             places: AtomicUsize::new(dirs.len()),
             life: crate::cluster::node::random_secret()[..8].to_owned(),
             resumes,
+            closing: std::sync::atomic::AtomicBool::new(false),
+            concurrency_writes: tokio::sync::Mutex::new(()),
         });
         // Weak: the registry is unwrapped at shutdown.
         let weak = Arc::downgrade(&registry);
         tokio::spawn(async move {
             while let Some(entry) = to_resume.recv().await {
                 let Some(registry) = weak.upgrade() else { break };
-                // The stopped run's last holders of its journal let go within moments.
-                let mut tries = 0;
-                while let Err(e) = registry.resume(&entry).await {
-                    tries += 1;
-                    if tries == 20 || entry.lock().phase != Phase::Paused {
-                        tracing::error!(experiment = %entry.id, "cannot resume after the pause: {e}");
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                if registry.closing.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Err(e) = registry.resume(&entry).await {
+                    tracing::error!(experiment = %entry.id, "cannot resume after the pause: {e}");
                 }
             }
         });
@@ -580,7 +585,19 @@ impl Registry {
         let dir = entry.dir.clone();
         let (opened, concurrency) = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_file(dir.join(STOPPED_FILE));
-            (Run::open(&dir, false), stored_concurrency(&dir))
+            // The run that just stopped lets go of its journal within moments (its writer
+            // thread ends once the last handle is dropped): this same daemon, not another.
+            let mut opened = Run::open(&dir, false);
+            for _ in 0..40 {
+                match &opened {
+                    Err(crate::engine::EngineError::Journal(crate::journal::JournalError::Busy { .. })) => {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        opened = Run::open(&dir, false);
+                    }
+                    _ => break,
+                }
+            }
+            (opened, stored_concurrency(&dir))
         })
         .await
         .map_err(ApiError::internal)?;
@@ -612,7 +629,13 @@ impl Registry {
         {
             let mut inner = entry.lock();
             inner.handle = Some(handle.clone());
-            inner.concurrency = concurrency;
+            inner.concurrency = match inner.concurrency_pending.take() {
+                Some(n) => {
+                    handle.set_concurrency(n);
+                    n
+                }
+                None => concurrency,
+            };
             inner.stopping = None;
             inner.resume_after = false;
         }
@@ -649,31 +672,37 @@ impl Registry {
                 .ok()
                 .flatten()
         };
-        let phase = match &ended {
-            Err(e) => Phase::Failed(e.to_string()),
-            Ok(s) if !s.interrupted => Phase::Finished,
-            Ok(_) if marker.as_deref().map(str::trim) == Some("cancelled") => Phase::Cancelled,
-            Ok(_) => Phase::Paused,
-        };
         if let Ok(s) = &ended {
             entry.absorb(&s.trials);
         }
-        {
+        // Under one lock with the stops and resumes asked: each of them sees the run
+        // going (and is part of the outcome) or gone (and acts on the outcome).
+        let (phase, resume, stopped) = {
             let mut inner = entry.lock();
+            let cancelled = inner.stopping == Some(true) || marker.as_deref().map(str::trim) == Some("cancelled");
+            let phase = match &ended {
+                Err(e) => Phase::Failed(e.to_string()),
+                Ok(s) if !s.interrupted => Phase::Finished,
+                Ok(_) if cancelled => Phase::Cancelled,
+                Ok(_) => Phase::Paused,
+            };
+            let stopped = inner.stopping.take().is_some();
+            let resume = std::mem::take(&mut inner.resume_after)
+                && phase == Phase::Paused
+                && !self.closing.load(Ordering::SeqCst);
             inner.handle = None;
             if let Ok(s) = ended {
                 inner.trials = Some(s.trials);
             }
-        }
-        tracing::info!(experiment = %entry.id, status = phase.name(), "experiment ended");
-        // Under one lock: a resume sees the pause under way or the pause done, never between.
-        let resume = {
-            let mut inner = entry.lock();
-            let resume = std::mem::take(&mut inner.resume_after) && phase == Phase::Paused;
-            inner.stopping = None;
-            entry.set_phase_locked(&mut inner, phase);
-            resume
+            entry.set_phase_locked(&mut inner, phase.clone());
+            (phase, resume, stopped)
         };
+        tracing::info!(experiment = %entry.id, status = phase.name(), "experiment ended");
+        if stopped && matches!(phase, Phase::Paused | Phase::Cancelled) {
+            // The marker on disk says what memory says (stops may have written theirs in any order).
+            let (dir, word) = (entry.dir.clone(), phase.name());
+            let _ = tokio::task::spawn_blocking(move || std::fs::write(dir.join(STOPPED_FILE), word)).await;
+        }
         if resume {
             // A resume came while the pause was under way: it continues now.
             let _ = self.resumes.send(Arc::clone(entry));
@@ -685,7 +714,28 @@ impl Registry {
     pub async fn stop(&self, entry: &Arc<Entry>, cancel: bool) -> Result<(), ApiError> {
         let dir = entry.dir.clone();
         let word = if cancel { "cancelled" } else { "paused" };
-        let Some(handle) = entry.handle() else {
+        // Under the lock the run's end takes: a stop either joins the run going down or
+        // finds it gone.
+        let decided = {
+            let mut inner = entry.lock();
+            match inner.handle.clone() {
+                None => None,
+                Some(_) if inner.stopping == Some(true) && !cancel => {
+                    return Err(ApiError::conflict(format!(
+                        "experiment {} is being cancelled; a pause cannot undo that",
+                        entry.id
+                    )));
+                }
+                Some(handle) => {
+                    let cancelling = cancel || inner.stopping == Some(true);
+                    inner.stopping = Some(cancelling);
+                    // The last word is a stop: a resume asked before it is void.
+                    inner.resume_after = false;
+                    Some((handle, if cancelling { "cancelled" } else { "paused" }))
+                }
+            }
+        };
+        let Some((handle, word_now)) = decided else {
             // A paused experiment can be cancelled for good without running again: taken
             // under the lock, as a resume takes it, so that only one of them has it.
             let taken = cancel && {
@@ -718,30 +768,12 @@ impl Registry {
             }
             return Err(ApiError::conflict(format!("experiment {} is not running", entry.id)));
         };
-        {
-            // A cancel is for good: a pause after it does not make it resumable.
-            let mut inner = entry.lock();
-            if inner.stopping == Some(true) && !cancel {
-                return Err(ApiError::conflict(format!(
-                    "experiment {} is being cancelled; a pause cannot undo that",
-                    entry.id
-                )));
-            }
-            inner.stopping = Some(cancel || inner.stopping == Some(true));
-            if cancel {
-                inner.resume_after = false;
-            }
-        }
-        // The marker says what the stops asked so far add up to, whatever order they are written in.
-        let e = Arc::clone(entry);
-        tokio::task::spawn_blocking(move || {
-            let inner = e.lock();
-            let word = if inner.stopping == Some(true) { "cancelled" } else { "paused" };
-            std::fs::write(dir.join(STOPPED_FILE), word)
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(format!("cannot record the stop: {e}")))?;
+        // Written for a daemon killed before the run ends; the run's end writes the
+        // final word, whatever order concurrent stops wrote theirs in.
+        tokio::task::spawn_blocking(move || std::fs::write(dir.join(STOPPED_FILE), word_now))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::internal(format!("cannot record the stop: {e}")))?;
         handle.cancel();
         Ok(())
     }
@@ -798,6 +830,7 @@ impl Registry {
         if !matches!(entry.lock().phase, Phase::Running | Phase::Paused) {
             return Err(ApiError::conflict(format!("experiment {} has ended", entry.id)));
         }
+        let _one_at_a_time = self.concurrency_writes.lock().await;
         let dir = entry.dir.clone();
         tokio::task::spawn_blocking(move || {
             let tmp = dir.join(format!(".{CONCURRENCY_FILE}.tmp"));
@@ -807,8 +840,10 @@ impl Registry {
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::internal(format!("cannot record the concurrency: {e}")))?;
         let mut inner = entry.lock();
-        if let Some(handle) = &inner.handle {
-            handle.set_concurrency(n);
+        match &inner.handle {
+            Some(handle) => handle.set_concurrency(n),
+            // A resume under way applies it when its run starts.
+            None => inner.concurrency_pending = Some(n),
         }
         inner.concurrency = n;
         Ok(())
@@ -816,6 +851,7 @@ impl Registry {
 
     /// Stops every experiment (trials checkpoint) and the engine.
     pub async fn shutdown(self: Arc<Self>) {
+        self.closing.store(true, Ordering::SeqCst);
         let handles: Vec<ExperimentHandle> = self.all().iter().filter_map(|e| e.handle()).collect();
         for h in &handles {
             h.cancel();
