@@ -168,7 +168,10 @@ impl ExperimentState {
     /// Whether no trial will be proposed any more (the trial budget, the
     /// space or a stop rule).
     pub fn proposals_over(&self) -> bool {
-        self.exhausted || self.stopped.is_some() || self.trials.len() >= self.max_trials as usize
+        self.exhausted
+            || self.searcher.is_exhausted()
+            || self.stopped.is_some()
+            || self.trials.len() >= self.max_trials as usize
     }
 
     /// What a free slot runs next: a paused trial the scheduler promotes
@@ -192,8 +195,11 @@ impl ExperimentState {
         if self.stopped.is_some() {
             return None;
         }
+        // The rungs are final once no trial will be proposed and every unfinished one
+        // waits at a rung: none is on its way to a rung where it could outrank another.
+        let final_rungs = self.proposals_over() && self.unfinished().all(|t| t.waiting);
         let view = View { trials: &self.trials, metric: &self.metric, mode: self.mode, space: &self.space };
-        self.scheduler.promotable(&view, self.proposals_over())
+        self.scheduler.promotable(&view, final_rungs)
     }
 
     /// Trials still waiting for a promotion when nothing more will run: they

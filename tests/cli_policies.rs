@@ -178,6 +178,25 @@ fn promotion_asha_with_fewer_trials_than_eta_still_trains_its_best_to_the_end() 
 }
 
 #[test]
+fn promotion_asha_rounds_up_only_once_every_trial_waits_so_early_arrivals_are_not_promoted_for_being_early() {
+    // Nine trials at once: rounding up while others were still on their way
+    // promoted the first to arrive at each rung (1 of 1), whatever its quality.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config("nine", "[scheduler]\nkind = \"asha\"\npromotion = true")
+        .replace("max_trials = 14", "max_trials = 9")
+        .replace("concurrency = 1", "concurrency = 9");
+    let mut trials = outcome(&run_ok(tmp.path(), &cfg));
+    let quality = |t: &(u64, String, String, u64)| {
+        serde_json::from_str::<serde_json::Value>(&t.1).unwrap()["quality"].as_f64().unwrap()
+    };
+    trials.sort_by(|a, b| quality(b).total_cmp(&quality(a)));
+    let epochs: Vec<u64> = trials.iter().map(|t| t.3).collect();
+    // Best first: the best trains to the end, the next two to rung 3, the rest wait at rung 1.
+    assert_eq!(epochs, [9, 3, 3, 1, 1, 1, 1, 1, 1], "{trials:?}");
+    assert_eq!(trials[0].2, "completed", "{trials:?}");
+}
+
+#[test]
 fn each_kind_takes_only_its_own_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [

@@ -119,13 +119,14 @@ impl Asha {
     /// top `1/eta` of a rung (the highest rung first) not yet promoted from
     /// it, among those `waiting` says are paused.
     ///
-    /// The top is ⌊n/η⌋ of the n recorded at a rung while new trials still
-    /// join the bottom rung, and ⌈n/η⌉ once `no_new_trials`: a rung then
-    /// grows only by promotions from below, and rounding down would leave a
-    /// rung of fewer than η trials (every rung of a sweep of a few trials,
-    /// every top rung near a sweep's end) promoting nobody, so no trial
-    /// would ever train to `max_epochs`.
-    pub fn promotable(&self, no_new_trials: bool, waiting: impl Fn(TrialId) -> bool) -> Option<TrialId> {
+    /// The top is ⌊n/η⌋ of the n recorded at a rung while trials may still
+    /// arrive there, and ⌈n/η⌉ once `final_rungs` (no trial will be
+    /// proposed and every unfinished one waits at a rung: the sweep would
+    /// otherwise end here). Rounding down would leave a rung of fewer than
+    /// η trials (every rung of a sweep of a few trials, every top rung near
+    /// a sweep's end) promoting nobody, so no trial would ever train to
+    /// `max_epochs`.
+    pub fn promotable(&self, final_rungs: bool, waiting: impl Fn(TrialId) -> bool) -> Option<TrialId> {
         if !self.promotion {
             return None;
         }
@@ -134,7 +135,7 @@ impl Asha {
             let mut ranked: Vec<&(TrialId, f64)> = rung.entries.iter().collect();
             ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             let n = rung.entries.len();
-            let top = if no_new_trials { n.div_ceil(eta) } else { n / eta };
+            let top = if final_rungs { n.div_ceil(eta) } else { n / eta };
             ranked[..top].iter().map(|e| e.0).find(|id| !rung.promoted.contains(id) && waiting(*id))
         })
     }

@@ -207,11 +207,11 @@ pub enum Scheduler {
 impl Scheduler {
     /// A paused trial to continue now rather than start a new one
     /// (promotion-based ASHA), among those `view` shows waiting.
-    pub fn promotable(&self, view: &View, no_new_trials: bool) -> Option<TrialId> {
+    pub fn promotable(&self, view: &View, final_rungs: bool) -> Option<TrialId> {
         match self {
             Scheduler::Asha(a) => {
                 // Waiting, and its attempt over (`paused`): never two attempts of one trial at once.
-                a.promotable(no_new_trials, |id| {
+                a.promotable(final_rungs, |id| {
                     view.trials.get(id.0 as usize).is_some_and(|t| t.waiting && t.status == TrialStatus::Paused)
                 })
             }

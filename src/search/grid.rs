@@ -30,6 +30,11 @@ impl GridSearch {
         self.position = n;
     }
 
+    /// Whether every combination was proposed.
+    pub fn is_exhausted(&self) -> bool {
+        self.position >= self.size
+    }
+
     /// The next combination, or `None` after the last.
     pub fn propose(&mut self, space: &SearchSpace) -> Option<Params> {
         if self.position >= self.size {

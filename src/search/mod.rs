@@ -140,6 +140,13 @@ impl Searcher {
         }
     }
 
+    /// Whether it has nothing more to propose (a grid done; the other
+    /// searchers never run dry), as its position says: known after a
+    /// replay too, without proposing.
+    pub fn is_exhausted(&self) -> bool {
+        matches!(self, Searcher::Grid(g) if g.is_exhausted())
+    }
+
     /// Proposes the parameters of the next trial, or `None` when the space
     /// is exhausted. `trials`: every trial so far, as they stand (the
     /// experiment state's own table, lent: TPE learns from it); `mode`:
