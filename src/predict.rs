@@ -203,7 +203,9 @@ impl Model {
             }
             "torchscript" => {
                 let spec: ScriptSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
-                let (i, c) = (spec.input.iter().product(), spec.classes);
+                let i = spec.input.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+                let i = i.ok_or_else(|| bad(format!("model.json: input {:?} is no sample size", spec.input)))?;
+                let c = spec.classes;
                 let file = dir.join(weights);
                 if i == 0 || c < 2 {
                     return Err(bad(format!("model.json `spec`: input {:?}, {c} classes: no classifier", spec.input)));
@@ -260,20 +262,6 @@ impl Model {
     /// The feature columns the model was trained on, when known (CSV).
     pub fn feature_names(&self) -> Option<&[String]> {
         self.feature_names.as_deref()
-    }
-
-    /// Class probabilities for a batch `[rows, inputs]` of raw features
-    /// (standardised here as in training).
-    pub fn predict(&self, xs: &Tensor) -> Tensor {
-        let xs = match &self.standardization {
-            Some(s) => {
-                let mean = Tensor::from_slice(&s.mean);
-                let std = Tensor::from_slice(&s.std);
-                (xs - mean) / std
-            }
-            None => xs.shallow_clone(),
-        };
-        tch::no_grad(|| self.net.forward(&xs.to_kind(Kind::Float), false).softmax(-1, Kind::Float))
     }
 
     /// Class probabilities for rows of raw features, `inputs()` values each,
@@ -441,7 +429,10 @@ impl Model {
             }
             let answer = match record.and_then(|line| self.parse_record(line)).and_then(|row| {
                 self.predict_rows(&row).map_err(|e| match e {
-                    PredictError::Input { message, .. } => message,
+                    // One record a line: the line is the sample.
+                    PredictError::Input { message, .. } => {
+                        message.strip_prefix("sample 1, ").map(str::to_owned).unwrap_or(message)
+                    }
                     e => e.to_string(),
                 })
             }) {

@@ -254,4 +254,23 @@ fn damaged_models_bad_samples_and_odd_outputs_are_refused_or_served_without_a_pa
     assert!(reader.join().unwrap().starts_with("row,predicted"));
     use std::os::unix::fs::FileTypeExt;
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "still a pipe");
+    // /dev/stdout is the standard output as the shell opened it: appended to with >>, read from a pipe.
+    write(tmp.path(), "all.csv", "earlier\n");
+    let script = format!(
+        "{} predict --model {m} --input new.csv --output /dev/stdout >> all.csv",
+        env!("CARGO_BIN_EXE_gauntlet")
+    );
+    let o = std::process::Command::new("bash").current_dir(tmp.path()).args(["-c", &script]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let all = std::fs::read_to_string(tmp.path().join("all.csv")).unwrap();
+    assert!(all.starts_with("earlier\nrow,predicted"), "{all}");
+    let script =
+        format!("{} predict --model {m} --input new.csv --output /dev/stdout | cat", env!("CARGO_BIN_EXE_gauntlet"));
+    let o = std::process::Command::new("bash").current_dir(tmp.path()).args(["-c", &script]).output().unwrap();
+    assert!(o.status.success() && stdout(&o).starts_with("row,predicted"), "{}", stderr(&o));
+    // A link to nothing is refused, not followed into a new file nor replaced.
+    std::os::unix::fs::symlink("nowhere.csv", tmp.path().join("dangling.csv")).unwrap();
+    let o = run_in(tmp.path(), &["predict", "--model", m, "--input", "new.csv", "--output", "dangling.csv"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("a link to a file that does not exist"), "{}", stderr(&o));
 }

@@ -134,7 +134,8 @@ impl Client {
         let base = args.daemon.trim_end_matches('/').to_owned();
         let authority = base.strip_prefix("http://").unwrap_or_default();
         if authority.is_empty()
-            || authority.contains(['/', '?', '#', ' '])
+            || authority.contains(['/', '?', '#', '@'])
+            || !authority.bytes().all(|b| b.is_ascii_graphic())
             || (!authority.ends_with(']')
                 && authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_err()))
         {

@@ -209,7 +209,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn predict(model: &Path, input: &Path, output: Option<&Path>) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let model = gauntlet::predict::Model::load(model)?;
-    let output = output.map(Output::resolve).transpose()?;
+    // `/dev/stdout` is this process's own standard output, as it was opened (appending, say).
+    let output = output.filter(|p| *p != Path::new("/dev/stdout")).map(Output::resolve).transpose()?;
     if input == Path::new("-") {
         // A stream: answers go out as they come.
         let out: Box<dyn Write> = match &output {
@@ -261,20 +262,14 @@ struct Output {
 impl Output {
     fn resolve(given: &Path) -> anyhow::Result<Output> {
         let bad = |why: String| UsageError(format!("--output {}: {why}", given.display()));
-        match std::fs::metadata(given) {
-            Ok(meta) if meta.is_dir() => Err(bad("is a directory: expected a file".into()).into()),
-            Ok(meta) => {
-                let path = std::fs::canonicalize(given).map_err(|e| bad(format!("cannot resolve it: {e}")))?;
-                let replace = meta.is_file();
-                // A file this user may not write is not replaced behind its owner's back.
-                if replace {
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(|e| bad(format!("cannot write it: {e}")))?;
-                }
-                Ok(Output { given: given.to_owned(), path, replace, permissions: Some(meta.permissions()) })
-            }
+        let direct =
+            |path: &Path| Output { given: given.to_owned(), path: path.to_owned(), replace: false, permissions: None };
+        // A descriptor this process was given (`/dev/stdout`, `>(gzip > p.gz)`): written into as it is.
+        let descriptor = ["/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/"].iter().any(|p| given.starts_with(p));
+        if descriptor {
+            return Ok(direct(given));
+        }
+        match std::fs::symlink_metadata(given) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let parent = given.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
                 if !parent.is_dir() {
@@ -283,6 +278,26 @@ impl Output {
                 Ok(Output { given: given.to_owned(), path: given.to_owned(), replace: true, permissions: None })
             }
             Err(e) => Err(bad(format!("cannot use it: {e}")).into()),
+            Ok(_) => {
+                // Links followed: the file (or device, or pipe) they lead to.
+                let meta = std::fs::metadata(given).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => bad("is a link to a file that does not exist".into()),
+                    _ => bad(format!("cannot use it: {e}")),
+                })?;
+                if meta.is_dir() {
+                    return Err(bad("is a directory: expected a file".into()).into());
+                }
+                if !meta.is_file() {
+                    return Ok(direct(given));
+                }
+                let path = std::fs::canonicalize(given).map_err(|e| bad(format!("cannot resolve it: {e}")))?;
+                // A file this user may not write is not replaced behind its owner's back.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| bad(format!("cannot write it: {e}")))?;
+                Ok(Output { given: given.to_owned(), path, replace: true, permissions: Some(meta.permissions()) })
+            }
         }
     }
 

@@ -600,6 +600,13 @@ async fn predict(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let entry = state.entry(&id)?;
+    // Taken before the body is read: a request's parsed rows count against the bound too.
+    let Ok(permit) = Arc::clone(&state.predictions).try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_PREDICTIONS} predictions are being computed, the most at once; try again"),
+        ));
+    };
     let body: PredictBody = json_body(payload, MAX_PREDICT_BODY).await?;
     if body.rows.is_empty() || body.rows.len() > MAX_PREDICT_ROWS {
         return Err(ApiError::bad_request(format!(
@@ -607,12 +614,6 @@ async fn predict(
             body.rows.len()
         )));
     }
-    let Ok(permit) = Arc::clone(&state.predictions).try_acquire_owned() else {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("{MAX_PREDICTIONS} predictions are being computed, the most at once; try again"),
-        ));
-    };
     let dir = entry.dir.join("best");
     let answer = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
         let model = crate::predict::Model::load(&dir).map_err(|e| {
