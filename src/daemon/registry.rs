@@ -675,9 +675,9 @@ impl Registry {
         if let Ok(s) = &ended {
             entry.absorb(&s.trials);
         }
-        // Under one lock with the stops and resumes asked: each of them sees the run
-        // going (and is part of the outcome) or gone (and acts on the outcome).
-        let (phase, resume, stopped) = {
+        // Under the lock the stops take: a stop either joined the run going down (and is
+        // part of the outcome) or finds it gone ("starting or stopping", until the phase is set).
+        let (phase, stopped) = {
             let mut inner = entry.lock();
             let cancelled = inner.stopping == Some(true) || marker.as_deref().map(str::trim) == Some("cancelled");
             let phase = match &ended {
@@ -686,23 +686,29 @@ impl Registry {
                 Ok(_) if cancelled => Phase::Cancelled,
                 Ok(_) => Phase::Paused,
             };
-            let stopped = inner.stopping.take().is_some();
-            let resume = std::mem::take(&mut inner.resume_after)
-                && phase == Phase::Paused
-                && !self.closing.load(Ordering::SeqCst);
             inner.handle = None;
             if let Ok(s) = ended {
                 inner.trials = Some(s.trials);
             }
-            entry.set_phase_locked(&mut inner, phase.clone());
-            (phase, resume, stopped)
+            (phase, inner.stopping.is_some())
         };
         tracing::info!(experiment = %entry.id, status = phase.name(), "experiment ended");
         if stopped && matches!(phase, Phase::Paused | Phase::Cancelled) {
-            // The marker on disk says what memory says (stops may have written theirs in any order).
+            // The marker on disk says what memory says (stops may have written theirs in any
+            // order), before the phase lets a resume remove it.
             let (dir, word) = (entry.dir.clone(), phase.name());
             let _ = tokio::task::spawn_blocking(move || std::fs::write(dir.join(STOPPED_FILE), word)).await;
         }
+        // A resume asked until now (the pause under way) is taken with the phase.
+        let resume = {
+            let mut inner = entry.lock();
+            let resume = std::mem::take(&mut inner.resume_after)
+                && phase == Phase::Paused
+                && !self.closing.load(Ordering::SeqCst);
+            inner.stopping = None;
+            entry.set_phase_locked(&mut inner, phase);
+            resume
+        };
         if resume {
             // A resume came while the pause was under way: it continues now.
             let _ = self.resumes.send(Arc::clone(entry));
