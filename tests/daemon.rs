@@ -602,6 +602,9 @@ fn bad_requests_get_json_errors_and_the_daemon_keeps_serving() {
         format!("/api/v1/experiments/{id}/events?after=abc"),
         format!("/api/v1/experiments/{id}?limt=5"),
         format!("/api/v1/experiments/{id}/curves?top=3&bogus=1"),
+        "/api/v1/experiments?limit=5".to_owned(),
+        format!("/api/v1/experiments/{id}/trials/0?x=1"),
+        format!("/api/v1/experiments/{id}/trials/0/log?tail=9"),
     ] {
         let (status, body) = raw("GET", &path, good, b"", "text/plain");
         assert_eq!(status, 400, "{path}: {body}");

@@ -274,7 +274,12 @@ async fn openapi() -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(super::metrics::OPENAPI)
 }
 
-async fn list(state: web::Data<AppState>) -> HttpResponse {
+/// The query of an endpoint that takes none: any parameter is a 400 naming it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoQuery {}
+
+async fn list(state: web::Data<AppState>, _: web::Query<NoQuery>) -> HttpResponse {
     let listings: Vec<registry::Listing> = state.registry.all().iter().map(|e| e.listing()).collect();
     HttpResponse::Ok().json(serde_json::json!({ "experiments": listings }))
 }
@@ -444,6 +449,7 @@ fn thin(curve: &[(u32, f64)], n: usize) -> Vec<(u32, f64)> {
 async fn trial_reports(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
+    _: web::Query<NoQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, trial) = path.into_inner();
     let entry = state.entry(&id)?;
@@ -473,7 +479,11 @@ async fn trial_reports(
 const MAX_LOG: u64 = 1 << 20;
 
 /// The output of a trial's program (`kind = "command"`): the last MiB.
-async fn trial_log(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+async fn trial_log(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    _: web::Query<NoQuery>,
+) -> Result<HttpResponse, ApiError> {
     let (id, trial) = path.into_inner();
     let entry = state.entry(&id)?;
     let trial = trial_number(&trial)?;
@@ -597,6 +607,7 @@ struct PredictBody {
 async fn predict(
     state: web::Data<AppState>,
     id: web::Path<String>,
+    _: web::Query<NoQuery>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let entry = state.entry(&id)?;
