@@ -71,8 +71,6 @@ pub struct ExperimentState {
     epochs_trained: u64,
     /// Why the sweep stops early, once a rule says so.
     stopped: Option<String>,
-    /// The searcher has nothing more to propose.
-    exhausted: bool,
     /// The sweep stopped with its budget spent.
     finished: bool,
 }
@@ -113,7 +111,6 @@ impl ExperimentState {
             trials: Vec::new(),
             epochs_trained: 0,
             stopped: None,
-            exhausted: false,
             finished: false,
         }
     }
@@ -168,10 +165,7 @@ impl ExperimentState {
     /// Whether no trial will be proposed any more (the trial budget, the
     /// space or a stop rule).
     pub fn proposals_over(&self) -> bool {
-        self.exhausted
-            || self.searcher.is_exhausted()
-            || self.stopped.is_some()
-            || self.trials.len() >= self.max_trials as usize
+        self.searcher.is_exhausted() || self.stopped.is_some() || self.trials.len() >= self.max_trials as usize
     }
 
     /// What a free slot runs next: a paused trial the scheduler promotes
@@ -179,14 +173,10 @@ impl ExperimentState {
     /// the event for the caller to journal and [`apply`](Self::apply), or
     /// `None` when there is nothing to run now.
     pub fn next_trial(&mut self) -> Option<Event> {
-        if let Some(id) = self.promotable() {
-            return Some(Event::TrialResumed { id });
+        match self.promotable() {
+            Some(id) => Some(Event::TrialResumed { id }),
+            None => self.propose(),
         }
-        if let Some(proposal) = self.propose() {
-            return Some(proposal);
-        }
-        // The searcher may have just run dry: the rungs then promote more.
-        self.promotable().map(|id| Event::TrialResumed { id })
     }
 
     /// The paused trial the scheduler promotes now, if any (none once a
@@ -220,13 +210,9 @@ impl ExperimentState {
         if self.proposals_over() {
             return None;
         }
-        match self.searcher.propose(&self.space, &self.trials, self.mode) {
-            Some(params) => Some(Event::TrialProposed { id: TrialId(self.trials.len() as u32), params }),
-            None => {
-                self.exhausted = true;
-                None
-            }
-        }
+        // A grid runs dry exactly when it says so, which `proposals_over` asks first.
+        let params = self.searcher.propose(&self.space, &self.trials, self.mode)?;
+        Some(Event::TrialProposed { id: TrialId(self.trials.len() as u32), params })
     }
 
     /// Folds a live report and decides on it: the event to journal (with the
