@@ -52,7 +52,7 @@ fn main() {
             .expect("the bench config is valid");
         config.check_files(Path::new("bench.toml")).expect("Fashion-MNIST is installed (scripts/setup)");
         let rows = gauntlet::data::Dataset::load(&config).expect("Fashion-MNIST loads").train.rows();
-        let trainable = gauntlet::trainable::from_config(&config).expect("the trainable builds");
+        let trainable = config.model.build(&config).expect("the trainable builds");
         let stamps = Arc::new(Mutex::new(Vec::new()));
         let seen = stamps.clone();
         let summary = Sweep::from_config_shared(&config, trainable)

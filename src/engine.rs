@@ -33,7 +33,7 @@ use crate::journal::{self, Event, Journal, JournalError, ReplayError, RunState};
 use crate::run_dir::{RunDir, RunDirError};
 use crate::supervision::pool::Pool;
 use crate::supervision::{ExperimentHandle, Observer, Sweep, SweepError};
-use crate::trainable::{self, Trainable};
+use crate::trainable::Trainable;
 use crate::trial::TrialStatus;
 
 /// Why the engine or a run could not start.
@@ -362,7 +362,7 @@ impl Run {
             )));
         }
         // Bad data is bad input too: find out before a run directory appears.
-        let trainable = trainable::from_config(&config)?;
+        let trainable = config.model.build(&config)?;
         trainable.check_space(&config.space).map_err(|message| ConfigError::Invalid {
             file: config_path.to_owned(),
             key: "model".into(),
@@ -445,7 +445,7 @@ impl Run {
         }
         let config = state.config.clone();
         config.check_files(&state.config_path)?;
-        let trainable = trainable::from_config(&config)?;
+        let trainable = config.model.build(&config)?;
         let journal = match (journal, locked) {
             (Some(j), _) => j,
             (None, Some(locked)) => Journal::append_locked(locked, &run_dir.journal_file(), valid_len)?,

@@ -12,13 +12,11 @@
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::data::Standardization;
-use crate::trainable::cnn::{Cnn, CnnSpec};
-use crate::trainable::fit::{Network, WEIGHTS_FILE};
-use crate::trainable::mlp::{Mlp, MlpSpec};
-use crate::trainable::torchscript::{ScriptNet, ScriptSpec};
+use crate::trainable::fit::Network;
+use crate::trainable::kind::{self, Loaded};
 
 /// Why a model or an input cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -61,47 +59,6 @@ fn shown(v: f32) -> String {
     } else {
         v.to_string()
     }
-}
-
-/// The first line of a libtorch error (the rest is its C++ backtrace).
-fn first_line(e: impl std::fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_owned()
-}
-
-/// What a network spec must hold to be built and run: no panic inside
-/// libtorch for a damaged `model.json`.
-fn check_layers(hidden: &[usize], classes: usize, dropout: f64) -> Result<(), String> {
-    if let Some(h) = hidden.iter().find(|&&h| h == 0) {
-        return Err(format!("a hidden layer of {h} units: expected at least 1"));
-    }
-    if classes < 2 {
-        return Err(format!("{classes} classes: expected at least 2"));
-    }
-    if !(0.0..1.0).contains(&dropout) {
-        return Err(format!("dropout {dropout}: expected at least 0 and below 1"));
-    }
-    Ok(())
-}
-
-fn check_mlp(s: &MlpSpec) -> Result<(), String> {
-    if s.inputs == 0 {
-        return Err("0 inputs: expected at least 1".into());
-    }
-    check_layers(&s.hidden, s.classes, s.dropout)
-}
-
-fn check_cnn(s: &CnnSpec) -> Result<(), String> {
-    if s.input.contains(&0) || s.channels.contains(&0) {
-        return Err(format!("input {:?}, channels {:?}: expected sizes of at least 1", s.input, s.channels));
-    }
-    if s.kernel.is_multiple_of(2) {
-        return Err(format!("kernel {}: expected an odd size", s.kernel));
-    }
-    let halvings = if s.pooling == crate::trainable::cnn::Pooling::None { 0 } else { s.channels.len() };
-    if s.input[1] >> halvings.min(63) == 0 || s.input[2] >> halvings.min(63) == 0 {
-        return Err(format!("{halvings} pooled blocks shrink a {}x{} image to nothing", s.input[1], s.input[2]));
-    }
-    check_layers(&s.hidden, s.classes, s.dropout)
 }
 
 /// Consumes the rest of a line without keeping it.
@@ -157,63 +114,17 @@ impl Model {
             return Err(bad(format!("model.json is over {MAX_MODEL_JSON_BYTES} bytes: not one gauntlet wrote")));
         }
         let about: About = serde_json::from_slice(&text).map_err(|e| bad(format!("model.json: {e}")))?;
-        let weights = match about.kind.as_str() {
-            "torchscript" => crate::trainable::torchscript::MODULE_FILE,
-            _ => WEIGHTS_FILE,
+        let kinds = kind::KINDS.iter().filter(|k| k.predictor.is_some());
+        let Some(predictor) = kind::named(&about.kind).and_then(|k| k.predictor.as_ref()) else {
+            let expected = kind::names(kinds);
+            return Err(bad(format!("model kind `{}` cannot predict; expected {expected}", about.kind)));
         };
+        let weights = predictor.weights;
         if !dir.join(weights).is_file() {
             return Err(bad(format!("no {weights}: the best trial saved no checkpoint")));
         }
-        let spec_err = |e: serde_json::Error| bad(format!("model.json `spec`: {e}"));
-        // A spec is believed only as far as its weights file holds it (at least 2 bytes a
-        // parameter): a damaged or hostile model.json must not allocate what no file backs.
-        let held = std::fs::metadata(dir.join(weights)).map_or(0, |m| m.len()) as f64;
-        let backed = |parameters: f64| {
-            if parameters.is_finite() && 2.0 * parameters <= held + 65_536.0 {
-                Ok(())
-            } else {
-                Err(bad(format!(
-                    "model.json describes a network of {parameters:.3e} parameters, which its {weights} of {held} \
-                     bytes cannot hold: the directory is damaged or not a run's best/"
-                )))
-            }
-        };
-        // The built-in networks are built from their spec, then take their
-        // weights; a TorchScript module file is both at once.
-        let (mut net, inputs, classes): (Box<dyn Network + Send>, usize, usize) = match about.kind.as_str() {
-            "mlp" => {
-                let spec: MlpSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
-                check_mlp(&spec).map_err(|m| bad(format!("model.json `spec`: {m}")))?;
-                backed(spec.footprint().parameters)?;
-                let (i, c) = (spec.inputs, spec.classes);
-                let mut net = Mlp::new(spec, 0, Device::Cpu);
-                net.restore_dir(dir).map_err(|e| bad(first_line(e)))?;
-                (Box::new(net), i, c)
-            }
-            "cnn" => {
-                let spec: CnnSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
-                check_cnn(&spec).map_err(|m| bad(format!("model.json `spec`: {m}")))?;
-                backed(spec.footprint().parameters)?;
-                let i = spec.input.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
-                let i = i.ok_or_else(|| bad(format!("model.json: input {:?} is no image size", spec.input)))?;
-                let c = spec.classes;
-                let mut net = Cnn::new(spec, 0, Device::Cpu);
-                net.restore_dir(dir).map_err(|e| bad(first_line(e)))?;
-                (Box::new(net), i, c)
-            }
-            "torchscript" => {
-                let spec: ScriptSpec = serde_json::from_value(about.spec).map_err(spec_err)?;
-                let i = spec.input.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
-                let i = i.ok_or_else(|| bad(format!("model.json: input {:?} is no sample size", spec.input)))?;
-                let c = spec.classes;
-                let file = dir.join(weights);
-                if i == 0 || c < 2 {
-                    return Err(bad(format!("model.json `spec`: input {:?}, {c} classes: no classifier", spec.input)));
-                }
-                (Box::new(ScriptNet::load(&file, spec.input, Device::Cpu).map_err(|e| bad(first_line(e)))?), i, c)
-            }
-            other => return Err(bad(format!("model kind `{other}` cannot predict; expected mlp, cnn or torchscript"))),
-        };
+        let held = std::fs::metadata(dir.join(weights)).map_or(0, |m| m.len());
+        let Loaded { mut net, inputs, classes } = (predictor.load)(dir, about.spec, held).map_err(bad)?;
         net.set_train(false);
         // What the spec says is checked against the rest of model.json.
         let count = |what: &str, n: usize, expected: usize, of: &str| {

@@ -337,7 +337,8 @@ impl Output {
 
 fn validate(path: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    trainable::check_space(&config).map_err(|message| model_too_large(path, message))?;
+    let least = trainable::Shape::least(&config);
+    config.model.check_space(&config.space, &least).map_err(|message| model_too_large(path, message))?;
     check_out(&out.map_or_else(|| default_out(&config), Path::to_owned), out.is_some())?;
     for w in config.warnings() {
         eprintln!("warning: {}: {w}", path.display());

@@ -13,6 +13,11 @@ pub use crate::space::{Domain, Mode, ParamValue, Params, SearchSpace};
 
 pub use crate::schedule::SchedulerConfig;
 pub use crate::search::SearchConfig;
+pub use crate::trainable::kind::Model;
+
+pub mod fields;
+
+use crate::trainable::kind::{self, DataUse};
 
 /// A configuration problem: which file, which key, and what is expected.
 #[derive(Debug, thiserror::Error)]
@@ -86,16 +91,15 @@ impl ConfigFormat {
 }
 
 /// A validated experiment: every section resolved, defaults filled in.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// `[experiment]`.
     pub experiment: ExperimentConfig,
     /// `[data]`.
     pub data: DataConfig,
-    /// `[model]`: the model kind; its searched fields are part of [`Config::space`].
-    pub model: ModelKind,
-    /// `[model]` settings that are not searched (the module file, the program).
-    pub program: ModelProgram,
+    /// `[model]`: the kind and its fixed settings; its fields, fixed or
+    /// searched, are part of [`Config::space`].
+    pub model: Box<dyn Model>,
     /// `[train]` `max_epochs`: the training budget of one trial.
     pub max_epochs: u32,
     /// The fields of `[model]` and `[train]`, fixed or searched.
@@ -268,42 +272,6 @@ pub enum DataSource {
 /// The default Fashion-MNIST directory (Debian's `dataset-fashion-mnist`).
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
-/// `[model] kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKind {
-    /// A multi-layer perceptron.
-    Mlp,
-    /// A convolutional network, for image-shaped samples.
-    Cnn,
-    /// Trains nothing: sleeps `epoch_ms` per epoch and reports a score that
-    /// rises towards `quality`. For benchmarks of the engine itself.
-    Sleep,
-    /// A TorchScript module exported from PyTorch, trained with tch.
-    #[serde(rename = "torchscript")]
-    TorchScript,
-    /// Any program: parameters in, JSON-lines reports out.
-    Command,
-}
-
-/// The fixed `[model]` settings of `torchscript` and `command`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ModelProgram {
-    /// torchscript: the module file (relative to the config file).
-    pub module: Option<PathBuf>,
-    /// torchscript: feed samples as images `[N, C, H, W]` rather than flat rows.
-    pub image_input: bool,
-    /// command: the program and its arguments.
-    pub command: Vec<String>,
-    /// command: seconds between SIGTERM and SIGKILL when a trial stops.
-    pub grace_seconds: f64,
-    /// command: the directory it runs in (the config file's).
-    pub workdir: Option<PathBuf>,
-}
-
-/// Default seconds a pruned program has to exit after SIGTERM.
-pub const DEFAULT_GRACE_SECONDS: f64 = 5.0;
-
 /// `[fault]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -440,76 +408,10 @@ struct RawConfig {
     chaos: ChaosConfig,
 }
 
-/// The type and range a `[model]`/`[train]` field must have.
-#[derive(Debug, Clone, Copy)]
-enum Expect {
-    Bool,
-    Int { min: i64, max: i64 },
-    Float { min: f64, min_open: bool, max: Option<f64> },
-    OneOf(&'static [&'static str]),
-}
-
-struct Field {
-    name: &'static str,
-    expect: Expect,
-    default: fn() -> ParamValue,
-}
-
-const MLP_FIELDS: &[Field] = &[
-    Field { name: "hidden_layers", expect: Expect::Int { min: 0, max: 64 }, default: || ParamValue::Int(1) },
-    Field { name: "hidden_units", expect: Expect::Int { min: 1, max: 1 << 20 }, default: || ParamValue::Int(128) },
-    Field {
-        name: "dropout",
-        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
-        default: || ParamValue::Float(0.0),
-    },
-];
-
-/// Pooling kinds of `kind = "cnn"`.
-pub const POOLINGS: &[&str] = &["max", "avg", "none"];
-
-const CNN_FIELDS: &[Field] = &[
-    Field { name: "conv_blocks", expect: Expect::Int { min: 1, max: 8 }, default: || ParamValue::Int(2) },
-    Field { name: "channels", expect: Expect::Int { min: 1, max: 1024 }, default: || ParamValue::Int(16) },
-    Field { name: "kernel_size", expect: Expect::Int { min: 1, max: 15 }, default: || ParamValue::Int(3) },
-    Field { name: "pooling", expect: Expect::OneOf(POOLINGS), default: || ParamValue::Str("max".into()) },
-    Field { name: "batch_norm", expect: Expect::Bool, default: || ParamValue::Bool(true) },
-    Field {
-        name: "dropout",
-        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
-        default: || ParamValue::Float(0.0),
-    },
-    Field { name: "hidden_layers", expect: Expect::Int { min: 0, max: 64 }, default: || ParamValue::Int(1) },
-    Field { name: "hidden_units", expect: Expect::Int { min: 1, max: 1 << 20 }, default: || ParamValue::Int(128) },
-];
-
-const SLEEP_FIELDS: &[Field] = &[
-    Field { name: "epoch_ms", expect: Expect::Int { min: 0, max: 3_600_000 }, default: || ParamValue::Int(100) },
-    Field {
-        name: "quality",
-        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
-        default: || ParamValue::Float(0.5),
-    },
-];
-
 /// The parameters PBT may change: those asked for, or by default every
-/// searched one that a copied checkpoint still fits. For the built-in
-/// models, the network's shape and the optimizer (whose state is copied)
-/// stay as the donor had them.
-fn pbt_mutable(asked: Option<Vec<String>>, kind: ModelKind, space: &SearchSpace) -> Result<Vec<String>, String> {
-    let fixed: &[&str] = match kind {
-        ModelKind::Mlp | ModelKind::Cnn => &[
-            "hidden_layers",
-            "hidden_units",
-            "conv_blocks",
-            "channels",
-            "kernel_size",
-            "pooling",
-            "batch_norm",
-            "optimizer",
-        ],
-        _ => &[],
-    };
+/// searched one that a copied checkpoint still fits (`fixed` are those it
+/// does not: the network's shape, the optimizer whose state is copied).
+fn pbt_mutable(asked: Option<Vec<String>>, fixed: &[&str], space: &SearchSpace) -> Result<Vec<String>, String> {
     let Some(asked) = asked else {
         let all: Vec<String> = space.searched().filter(|n| !fixed.contains(n)).map(str::to_owned).collect();
         if all.is_empty() {
@@ -533,32 +435,6 @@ fn pbt_mutable(asked: Option<Vec<String>>, kind: ModelKind, space: &SearchSpace)
     }
     Ok(asked)
 }
-
-/// Optimizer names the trainables understand.
-pub const OPTIMIZERS: &[&str] = &["adam", "sgd"];
-
-const TRAIN_FIELDS: &[Field] = &[
-    Field { name: "optimizer", expect: Expect::OneOf(OPTIMIZERS), default: || ParamValue::Str("adam".into()) },
-    Field {
-        name: "lr",
-        expect: Expect::Float { min: 0.0, min_open: true, max: None },
-        default: || ParamValue::Float(1e-3),
-    },
-    Field { name: "batch_size", expect: Expect::Int { min: 1, max: 1 << 24 }, default: || ParamValue::Int(128) },
-    Field {
-        name: "momentum",
-        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
-        default: || ParamValue::Float(0.9),
-    },
-    Field {
-        name: "weight_decay",
-        expect: Expect::Float { min: 0.0, min_open: false, max: None },
-        default: || ParamValue::Float(0.0),
-    },
-];
-
-/// Metrics the built-in trainables report each epoch.
-pub const MLP_METRICS: &[&str] = &["val_accuracy", "val_loss", "train_loss"];
 
 impl Config {
     /// Reads and validates a config file: YAML for `.yaml`/`.yml`, JSON
@@ -675,27 +551,30 @@ impl Config {
         if e.gpus_per_trial == 0 || e.gpus_per_trial > 64 {
             return Err(bad("experiment.gpus_per_trial", format!("expected 1 to 64, got {}", e.gpus_per_trial)));
         }
-        let kind = match raw.model.get("kind") {
-            Some(Domain::Fixed(ParamValue::Str(k))) => k.as_str(),
-            _ => "",
+        let mut model = raw.model;
+        let kinds = kind::names(kind::KINDS.iter());
+        let parse = match model.remove("kind") {
+            None => return Err(bad("model.kind", format!("missing; expected {kinds}"))),
+            Some(Domain::Fixed(ParamValue::Str(s))) => match kind::named(&s) {
+                Some(k) => k.parse,
+                None => return Err(bad("model.kind", format!("unknown model kind `{s}`; expected {kinds}"))),
+            },
+            Some(_) => return Err(bad("model.kind", format!("expected a string: {kinds}"))),
         };
-        if kind != "command" && !MLP_METRICS.contains(&e.metric.as_str()) {
+        let model_kind = parse(&mut model).map_err(|(key, message)| bad(&key, message))?;
+        if let Some(metrics) = model_kind.metrics().filter(|m| !m.contains(&e.metric.as_str())) {
             return Err(bad(
                 "experiment.metric",
-                format!("`{}` is not reported by the model; expected one of {}", e.metric, MLP_METRICS.join(", ")),
+                format!("`{}` is not reported by the model; expected one of {}", e.metric, metrics.join(", ")),
             ));
         }
-        let reads_data = !matches!(kind, "sleep" | "command");
-        let data = match raw.data.take() {
-            Some(_) if kind == "command" => {
-                return Err(bad(
-                    "data",
-                    "not used by model.kind = \"command\": the program loads its own data; remove [data]".into(),
-                ))
+        let data = match (raw.data.take(), model_kind.data()) {
+            (Some(_), DataUse::Refused(why)) => return Err(bad("data", why.into())),
+            (Some(d), _) => d,
+            (None, DataUse::Required) => {
+                return Err(bad("data", "missing; expected a [data] section with `source`".into()))
             }
-            Some(d) => d,
-            None if !reads_data => DataConfig::none(),
-            None => return Err(bad("data", "missing; expected a [data] section with `source`".into())),
+            (None, _) => DataConfig::none(),
         };
         let d = &data;
         if !(d.validation_fraction > 0.0 && d.validation_fraction < 1.0) {
@@ -738,29 +617,10 @@ impl Config {
             return Err(bad("data.max_samples", "expected at least 2 (one to train on, one to validate)".into()));
         }
 
-        let mut model = raw.model;
-        let kinds = "\"mlp\", \"cnn\", \"torchscript\", \"command\" or \"sleep\"";
-        let model_kind = match model.remove("kind") {
-            None => return Err(bad("model.kind", format!("missing; expected {kinds}"))),
-            Some(Domain::Fixed(ParamValue::Str(s))) if s == "mlp" => ModelKind::Mlp,
-            Some(Domain::Fixed(ParamValue::Str(s))) if s == "sleep" => ModelKind::Sleep,
-            Some(Domain::Fixed(ParamValue::Str(s))) if s == "cnn" => ModelKind::Cnn,
-            Some(Domain::Fixed(ParamValue::Str(s))) if s == "torchscript" => ModelKind::TorchScript,
-            Some(Domain::Fixed(ParamValue::Str(s))) if s == "command" => ModelKind::Command,
-            Some(Domain::Fixed(ParamValue::Str(s))) => {
-                return Err(bad("model.kind", format!("unknown model kind `{s}`; expected {kinds}")))
-            }
-            Some(_) => return Err(bad("model.kind", format!("expected a string: {kinds}"))),
-        };
-        let program = take_program(model_kind, &mut model, file)?;
         let mut space = SearchSpace::new();
-        match model_kind {
-            ModelKind::Mlp => fill_section(&mut space, "model", model, MLP_FIELDS, file)?,
-            ModelKind::Cnn => fill_section(&mut space, "model", model, CNN_FIELDS, file)?,
-            ModelKind::Sleep => fill_section(&mut space, "model", model, SLEEP_FIELDS, file)?,
-            ModelKind::TorchScript => fill_section(&mut space, "model", model, &[], file)?,
-            ModelKind::Command => fill_free(&mut space, "model", model, file)?,
-        }
+        let also: Vec<&str> = std::iter::once("kind").chain(model_kind.settings().iter().copied()).collect();
+        let keys = model_kind.model_keys();
+        fields::fill(&mut space, "model", model, keys, &also, model_kind.keys_note(), file)?;
 
         let mut train = raw.train;
         let max_epochs = match train.remove("max_epochs") {
@@ -776,17 +636,15 @@ impl Config {
                 ))
             }
         };
-        if model_kind == ModelKind::Command {
-            fill_free(&mut space, "train", train, file)?;
-        } else {
-            fill_section(&mut space, "train", train, TRAIN_FIELDS, file)?;
-        }
+        fields::fill(&mut space, "train", train, model_kind.train_keys(), &["max_epochs"], "", file)?;
 
         raw.search.check(&space).map_err(|(key, message)| bad(key, message))?;
         raw.scheduler.check(max_epochs).map_err(|(key, message)| bad(key, message))?;
         if let SchedulerConfig::Pbt(pbt) = &mut raw.scheduler {
-            pbt.mutate =
-                Some(pbt_mutable(pbt.mutate.take(), model_kind, &space).map_err(|m| bad("scheduler.mutate", m))?);
+            pbt.mutate = Some(
+                pbt_mutable(pbt.mutate.take(), model_kind.fixed_under_pbt(), &space)
+                    .map_err(|m| bad("scheduler.mutate", m))?,
+            );
         }
         if !(1..=1000).contains(&raw.fault.keep_checkpoints) {
             return Err(bad(
@@ -824,7 +682,6 @@ impl Config {
             experiment: raw.experiment,
             data,
             model: model_kind,
-            program,
             max_epochs,
             space,
             search: raw.search,
@@ -858,10 +715,7 @@ impl Config {
     /// Makes a relative `data.path` (and `model.module`) relative to the config file's directory.
     fn resolve_paths(&mut self, file: &Path) {
         let base = file.parent().unwrap_or(Path::new("."));
-        if let Some(m) = self.program.module.as_mut().filter(|m| m.is_relative()) {
-            *m = base.join(&*m);
-        }
-        self.program.workdir = Some(base.to_owned());
+        self.model.resolve_paths(base);
         let d = &mut self.data;
         let files = if d.source == DataSource::Npz { vec![&mut d.path] } else { vec![&mut d.path, &mut d.x, &mut d.y] };
         for p in files.into_iter().flatten() {
@@ -891,34 +745,7 @@ impl Config {
 
     /// Checks that the files the config names exist, before anything runs.
     pub fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
-        if let Some(program) = self.program.command.first() {
-            let workdir = self.program.workdir.as_deref().unwrap_or(Path::new("."));
-            if !workdir.is_dir() {
-                // Programs run in the config file's directory: gone (moved, or
-                // a resume elsewhere), every trial would crash in turn.
-                return Err(ConfigError::invalid(
-                    file,
-                    "model.command",
-                    format!(
-                        "runs in {}, the config file's directory, which does not exist (here) any more; \
-                         put it back, or run from a copy of the config file",
-                        workdir.display()
-                    ),
-                ));
-            }
-            find_program(program, workdir).map_err(|m| ConfigError::invalid(file, "model.command", m))?;
-        }
-        if let Some(m) = self.program.module.as_ref().filter(|m| !m.is_file()) {
-            return Err(ConfigError::invalid(
-                file,
-                "model.module",
-                format!(
-                    "{} does not exist or is not a file; expected a module saved by \
-                     torch.jit.script(model).save(path) (scripts/export-torchscript writes an example)",
-                    m.display()
-                ),
-            ));
-        }
+        self.model.check_files().map_err(|(key, message)| ConfigError::invalid(file, key, message))?;
         let d = &self.data;
         let named = match d.source {
             DataSource::Idx | DataSource::Npy => vec![("data.x", &d.x), ("data.y", &d.y)],
@@ -966,31 +793,6 @@ impl Config {
     pub fn data_dir(&self) -> PathBuf {
         self.data.path.clone().unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR))
     }
-}
-
-/// Where the program of `model.command` is: a path with a `/` is taken in
-/// the directory it runs in (the config file's), a bare name on `PATH`,
-/// as `execvp` would.
-fn find_program(program: &str, workdir: &Path) -> Result<PathBuf, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let runnable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if program.contains('/') {
-        let path = workdir.join(program);
-        return if runnable(&path) {
-            Ok(path)
-        } else if path.exists() {
-            Err(format!("{} is not an executable file (chmod +x it, or name its interpreter first)", path.display()))
-        } else {
-            Err(format!("`{program}`: {} does not exist", path.display()))
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| runnable(p)).ok_or_else(|| {
-        format!(
-            "`{program}` is not found on PATH ({}); install it, or give its path",
-            std::env::var("PATH").unwrap_or_default()
-        )
-    })
 }
 
 /// The most `[` and `{` a YAML config may hold, quoted or not.
@@ -1043,192 +845,6 @@ fn path_error<E: std::fmt::Display>(file: &Path, e: serde_path_to_error::Error<E
     // toml prefixes its own position report; keep the first useful line.
     let message = message.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
     ConfigError::invalid(file, key, message)
-}
-
-/// Takes the fixed settings of `torchscript` (`module`, `input`) and
-/// `command` (`command`, `grace_seconds`) out of `[model]`.
-fn take_program(
-    kind: ModelKind,
-    model: &mut BTreeMap<String, Domain>,
-    file: &Path,
-) -> Result<ModelProgram, ConfigError> {
-    let bad = |key: &str, msg: String| ConfigError::invalid(file, key, msg);
-    let mut program = ModelProgram { grace_seconds: DEFAULT_GRACE_SECONDS, ..Default::default() };
-    let mut text = |key: &str| -> Result<Option<String>, ConfigError> {
-        match model.remove(key) {
-            None => Ok(None),
-            Some(Domain::Fixed(ParamValue::Str(s))) if !s.trim().is_empty() => Ok(Some(s)),
-            Some(_) => Err(bad(&format!("model.{key}"), "expected a fixed, non-empty string".into())),
-        }
-    };
-    match kind {
-        ModelKind::TorchScript => {
-            let module = text("module")?.ok_or_else(|| {
-                bad("model.module", "missing; expected the path of a module saved by torch.jit.save".into())
-            })?;
-            program.module = Some(PathBuf::from(module));
-            program.image_input = match text("input")?.as_deref() {
-                None | Some("flat") => false,
-                Some("image") => true,
-                Some(other) => {
-                    return Err(bad(
-                        "model.input",
-                        format!("`{other}`: expected \"flat\" ([N, features]) or \"image\" ([N, C, H, W])"),
-                    ))
-                }
-            };
-        }
-        ModelKind::Command => {
-            let line = text("command")?.ok_or_else(|| {
-                bad("model.command", "missing; expected the program to run, e.g. \"python3 train.py\"".into())
-            })?;
-            program.command = shlex::split(&line)
-                .filter(|words| !words.is_empty())
-                .ok_or_else(|| bad("model.command", format!("`{line}`: unbalanced quotes")))?;
-            match model.remove("grace_seconds") {
-                None => {}
-                Some(Domain::Fixed(v)) if v.as_f64().is_some_and(|s| (0.0..=3600.0).contains(&s)) => {
-                    program.grace_seconds = v.as_f64().unwrap_or(DEFAULT_GRACE_SECONDS)
-                }
-                Some(_) => return Err(bad("model.grace_seconds", "expected a fixed number from 0 to 3600".into())),
-            }
-        }
-        _ => {}
-    }
-    Ok(program)
-}
-
-/// Puts every field of a section into the space as the user wrote it (the
-/// hyperparameters of a `command` program, which Gauntlet does not know).
-fn fill_free(
-    space: &mut SearchSpace,
-    section: &str,
-    given: BTreeMap<String, Domain>,
-    file: &Path,
-) -> Result<(), ConfigError> {
-    for (name, domain) in given {
-        let key = format!("{section}.{name}");
-        // argparse and most option parsers read `--a-b` and `--a_b` as one option.
-        let same = |n: &str| n.replace('-', "_") == name.replace('-', "_");
-        if let Some((other, _)) = space.dims().iter().find(|(n, _)| same(n)) {
-            return Err(ConfigError::invalid(
-                file,
-                &key,
-                format!("clashes with `{other}` (given before): both become the option --{name}; give it once"),
-            ));
-        }
-        if name.is_empty()
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-            || name.starts_with('-')
-        {
-            return Err(ConfigError::invalid(
-                file,
-                &key,
-                "a parameter name becomes `--name value`: use letters, digits, '_' and '-'",
-            ));
-        }
-        domain.check().map_err(|m| ConfigError::invalid(file, &key, m))?;
-        space.insert(&name, domain);
-    }
-    Ok(())
-}
-
-fn fill_section(
-    space: &mut SearchSpace,
-    section: &str,
-    mut given: BTreeMap<String, Domain>,
-    fields: &[Field],
-    file: &Path,
-) -> Result<(), ConfigError> {
-    if let Some(unknown) = given.keys().find(|k| !fields.iter().any(|f| f.name == k.as_str())) {
-        let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
-        let extra = match section {
-            "model" if fields.is_empty() => {
-                "kind, module, input (a TorchScript module's architecture is fixed; \
-                                             its hyperparameters are those of [train])"
-            }
-            "model" => "kind, ",
-            _ => "max_epochs, ",
-        };
-        return Err(ConfigError::invalid(
-            file,
-            format!("{section}.{unknown}"),
-            format!("unknown key; expected one of {extra}{}", known.join(", ")),
-        ));
-    }
-    for field in fields {
-        let key = format!("{section}.{}", field.name);
-        let domain = given.remove(field.name).unwrap_or_else(|| Domain::Fixed((field.default)()));
-        let domain = check_field(&domain, field.expect).map_err(|m| ConfigError::invalid(file, &key, m))?;
-        space.insert(field.name, domain);
-    }
-    Ok(())
-}
-
-/// Checks a domain against what its field expects; returns it normalised
-/// (integers written for float fields become floats).
-fn check_field(domain: &Domain, expect: Expect) -> Result<Domain, String> {
-    domain.check()?;
-    let value = |v: &ParamValue| check_value(v, expect);
-    Ok(match (domain, expect) {
-        (Domain::Fixed(v), _) => Domain::Fixed(value(v)?),
-        (Domain::Choice(vs), _) => Domain::Choice(vs.iter().map(value).collect::<Result<_, _>>()?),
-        (Domain::Uniform { low, high } | Domain::LogUniform { low, high }, Expect::Float { .. }) => {
-            value(&ParamValue::Float(*low))?;
-            value(&ParamValue::Float(*high))?;
-            domain.clone()
-        }
-        (Domain::Int { low, high, .. }, Expect::Int { .. }) => {
-            value(&ParamValue::Int(*low))?;
-            value(&ParamValue::Int(*high))?;
-            domain.clone()
-        }
-        (_, expect) => return Err(format!("this distribution does not fit: expected {}", describe(expect))),
-    })
-}
-
-fn check_value(v: &ParamValue, expect: Expect) -> Result<ParamValue, String> {
-    match expect {
-        Expect::Int { min, max } => match v {
-            ParamValue::Int(i) if (min..=max).contains(i) => Ok(v.clone()),
-            _ => Err(format!("expected {}, got {v}", describe(expect))),
-        },
-        Expect::Float { min, min_open, max } => {
-            let Some(x) = v.as_f64() else {
-                return Err(format!("expected {}, got {v}", describe(expect)));
-            };
-            let low_ok = if min_open { x > min } else { x >= min };
-            let high_ok = max.is_none_or(|m| x < m);
-            if low_ok && high_ok && x.is_finite() {
-                Ok(ParamValue::Float(x))
-            } else {
-                Err(format!("expected {}, got {v}", describe(expect)))
-            }
-        }
-        Expect::OneOf(names) => match v.as_str() {
-            Some(s) if names.contains(&s) => Ok(v.clone()),
-            _ => Err(format!("expected {}, got {v}", describe(expect))),
-        },
-        Expect::Bool => match v {
-            ParamValue::Bool(_) => Ok(v.clone()),
-            _ => Err(format!("expected {}, got {v}", describe(expect))),
-        },
-    }
-}
-
-fn describe(expect: Expect) -> String {
-    match expect {
-        Expect::Int { min, max } => {
-            format!("an integer from {min} to {max} (or {{ int = [a, b] }}, {{ choice = [...] }})")
-        }
-        Expect::Float { min, min_open, max } => {
-            let low = if min_open { format!("> {min}") } else { format!(">= {min}") };
-            let high = max.map(|m| format!(" and < {m}")).unwrap_or_default();
-            format!("a number {low}{high} (or {{ uniform = [a, b] }}, {{ loguniform = [a, b] }}, {{ choice = [...] }})")
-        }
-        Expect::OneOf(names) => format!("one of {} (or {{ choice = [...] }} of them)", names.join(", ")),
-        Expect::Bool => "true or false (or { choice = [true, false] })".into(),
-    }
 }
 
 #[cfg(test)]
@@ -1297,6 +913,44 @@ max_epochs = 3
                 other => panic!("expected an error at {key}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn each_kind_declares_its_keys_metrics_data_and_what_pbt_keeps() {
+        let err = |text: &str| match parse(text) {
+            Err(ConfigError::Invalid { key, message, .. }) => format!("{key}: {message}"),
+            other => panic!("expected an error, got {other:?}"),
+        };
+        // The kinds' names come from their modules, in one list.
+        let e = err(&GOOD.replace("kind = \"mlp\"", "kind = \"rnn\""));
+        assert!(e.contains("\"mlp\", \"cnn\", \"torchscript\", \"command\" or \"sleep\""), "{e}");
+        // A kind's fields: a CNN key in an MLP is unknown, and the message lists the MLP's own.
+        let e = err(&GOOD.replace("[train]", "conv_blocks = 2\n[train]"));
+        assert!(e.starts_with("model.conv_blocks: unknown key; expected one of kind, hidden_layers"), "{e}");
+        // A TorchScript module's settings are its keys, with its note.
+        let script = GOOD.replace(
+            "kind = \"mlp\"\nhidden_units = { int = [8, 64], log = true }",
+            "kind = \"torchscript\"\nmodule = \"m.pt\"\nwidth = 3",
+        );
+        let e = err(&script);
+        assert!(e.contains("expected one of kind, module, input (a TorchScript module's architecture"), "{e}");
+        // PBT may not change the optimizer whose state a TorchScript checkpoint holds.
+        let script = script.replace("width = 3\n", "") + "[scheduler]\nkind = \"pbt\"\ninterval = 1\nmutate = [\"optimizer\"]\n";
+        let e = err(&script);
+        assert!(e.starts_with("scheduler.mutate: `optimizer` cannot change under PBT"), "{e}");
+        // The metrics are the training loop's; a program reports its own.
+        let e = err(&GOOD.replace("name = \"t\"", "name = \"t\"\nmetric = \"f1\""));
+        assert!(e.contains("expected one of val_accuracy, val_loss, train_loss"), "{e}");
+        let command = "[experiment]\nname = \"t\"\nmetric = \"f1\"\n[model]\nkind = \"command\"\ncommand = \"true\"\n";
+        let c = parse(command).unwrap();
+        assert_eq!(c.model.kind(), "command");
+        assert!(c.space.domain("grace_seconds").is_none(), "a setting is not a parameter");
+        let e = err(&format!("{command}[data]\nsource = \"synthetic\"\n"));
+        assert!(e.starts_with("data: not used by model.kind = \"command\""), "{e}");
+        // A sleep model reads no data, and a [data] section is not an error.
+        let sleep = "[experiment]\nname = \"t\"\n[model]\nkind = \"sleep\"\n";
+        assert_eq!(parse(sleep).unwrap().model.data(), DataUse::Unused);
+        assert!(parse(&format!("{sleep}[data]\nsource = \"synthetic\"\n")).is_ok());
     }
 
     #[test]

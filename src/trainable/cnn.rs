@@ -17,11 +17,104 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use super::fit::{Network, WEIGHTS_FILE};
+use super::kind::{backed, first_line, Loaded, Model, ModelKind, Predictor};
+use super::mlp::check_layers;
 use super::size::Footprint;
 use super::{Shape, TrainError, Trainable, TrialContext};
-use crate::config::{Params, SearchSpace};
-use crate::data::Dataset;
+use crate::config::fields::{Expect, Field, Keys};
+use crate::config::{Config, Params, SearchSpace};
+use crate::data::{DataError, Dataset};
 use crate::space::{Domain, ParamValue};
+
+/// `[model] kind = "cnn"`.
+pub const KIND: ModelKind = ModelKind {
+    name: "cnn",
+    parse: |_| Ok(Box::new(CnnModel)),
+    predictor: Some(Predictor { weights: WEIGHTS_FILE, load: load_best }),
+};
+
+/// Pooling kinds of `kind = "cnn"`, as `pooling` names them.
+pub const POOLINGS: &[&str] = &["max", "avg", "none"];
+
+/// The fields of `[model] kind = "cnn"`.
+pub const MODEL_FIELDS: &[Field] = &[
+    Field { name: "conv_blocks", expect: Expect::Int { min: 1, max: 8 }, default: || ParamValue::Int(2) },
+    Field { name: "channels", expect: Expect::Int { min: 1, max: 1024 }, default: || ParamValue::Int(16) },
+    Field { name: "kernel_size", expect: Expect::Int { min: 1, max: 15 }, default: || ParamValue::Int(3) },
+    Field { name: "pooling", expect: Expect::OneOf(POOLINGS), default: || ParamValue::Str("max".into()) },
+    Field { name: "batch_norm", expect: Expect::Bool, default: || ParamValue::Bool(true) },
+    Field {
+        name: "dropout",
+        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
+        default: || ParamValue::Float(0.0),
+    },
+    Field { name: "hidden_layers", expect: Expect::Int { min: 0, max: 64 }, default: || ParamValue::Int(1) },
+    Field { name: "hidden_units", expect: Expect::Int { min: 1, max: 1 << 20 }, default: || ParamValue::Int(128) },
+];
+
+/// `[model] kind = "cnn"`: no settings besides its fields.
+#[derive(Debug, Clone, Copy)]
+pub struct CnnModel;
+
+impl Model for CnnModel {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn model_keys(&self) -> Keys {
+        Keys::Fields(MODEL_FIELDS)
+    }
+
+    fn fixed_under_pbt(&self) -> &'static [&'static str] {
+        &[
+            "conv_blocks",
+            "channels",
+            "kernel_size",
+            "pooling",
+            "batch_norm",
+            "hidden_layers",
+            "hidden_units",
+            "optimizer",
+        ]
+    }
+
+    fn check_space(&self, space: &SearchSpace, shape: &Shape) -> Result<(), String> {
+        // The image's size is known only with the data (`run` checks the blocks then).
+        CnnSpec::check_kernel(space)?;
+        CnnSpec::too_large(space, shape).map_or(Ok(()), Err)
+    }
+
+    fn build(&self, config: &Config) -> Result<Arc<dyn Trainable>, DataError> {
+        let data = Dataset::load(config)?;
+        if data.shape.as_ref().is_none_or(|s| s.len() != 3) {
+            return Err(DataError {
+                file: config.data.path.clone().or_else(|| config.data.x.clone()).unwrap_or_default(),
+                offset: None,
+                message: "model.kind = \"cnn\" needs image-shaped samples (fashion-mnist, or idx/npy samples of 2 \
+                          or 3 dimensions each); this source gives flat rows"
+                    .into(),
+            });
+        }
+        Ok(Arc::new(CnnTrainable::new(Arc::new(data))))
+    }
+
+    fn boxed(&self) -> Box<dyn Model> {
+        Box::new(*self)
+    }
+}
+
+/// Loads a CNN from `best/` for `predict`.
+fn load_best(dir: &Path, spec: serde_json::Value, held: u64) -> Result<Loaded, String> {
+    let spec: CnnSpec = serde_json::from_value(spec).map_err(|e| format!("model.json `spec`: {e}"))?;
+    spec.check().map_err(|m| format!("model.json `spec`: {m}"))?;
+    backed(spec.footprint().parameters, held, WEIGHTS_FILE)?;
+    let inputs = spec.input.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+    let inputs = inputs.ok_or_else(|| format!("model.json: input {:?} is no image size", spec.input))?;
+    let classes = spec.classes;
+    let mut net = Cnn::new(spec, 0, Device::Cpu);
+    net.restore_dir(dir).map_err(first_line)?;
+    Ok(Loaded { net: Box::new(net), inputs, classes })
+}
 
 /// Pooling after each convolution block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +150,24 @@ pub struct CnnSpec {
 }
 
 impl CnnSpec {
+    /// Whether it can be built and run (a `model.json` may be damaged).
+    pub fn check(&self) -> Result<(), String> {
+        if self.input.contains(&0) || self.channels.contains(&0) {
+            return Err(format!("input {:?}, channels {:?}: expected sizes of at least 1", self.input, self.channels));
+        }
+        if self.kernel.is_multiple_of(2) {
+            return Err(format!("kernel {}: expected an odd size", self.kernel));
+        }
+        let halvings = if self.pooling == Pooling::None { 0 } else { self.channels.len() };
+        if self.input[1] >> halvings.min(63) == 0 || self.input[2] >> halvings.min(63) == 0 {
+            return Err(format!(
+                "{halvings} pooled blocks shrink a {}x{} image to nothing",
+                self.input[1], self.input[2]
+            ));
+        }
+        check_layers(&self.hidden, self.classes, self.dropout)
+    }
+
     /// The spec a trial's parameters describe on `shape`'s data.
     fn from_params(params: &Params, shape: &Shape) -> Result<Self, TrainError> {
         let input =
@@ -131,7 +242,7 @@ impl CnnSpec {
 
     /// Refuses a `kernel_size` that may be even (the image keeps its size
     /// only with odd kernels): a data-independent part of [`Self::check_shapes`].
-    pub(crate) fn check_kernel(space: &SearchSpace) -> Result<(), String> {
+    fn check_kernel(space: &SearchSpace) -> Result<(), String> {
         let even = match space.domain("kernel_size") {
             Some(Domain::Int { low, high, .. }) => {
                 [*low, low.saturating_add(1)].into_iter().find(|k| k % 2 == 0 && k <= high)
@@ -369,7 +480,7 @@ impl Trainable for CnnTrainable {
     fn describe(&self, params: &Params) -> Option<serde_json::Value> {
         let spec = CnnSpec::from_params(params, &Shape::of(&self.data)).ok()?;
         Some(serde_json::json!({
-            "kind": "cnn",
+            "kind": KIND.name,
             "spec": spec,
             "weights": WEIGHTS_FILE,
             "class_names": self.data.class_names,

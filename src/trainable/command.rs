@@ -21,13 +21,134 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::kind::{self, DataUse, KeyError, Model, Section};
 use super::{Stop, TrainError, Trainable, TrialContext};
 use crate::checkpoint::copy_tree;
+use crate::config::fields::Keys;
 use crate::config::{Config, ParamValue};
+use crate::data::DataError;
+use crate::space::Domain;
+
+/// `[model] kind = "command"`.
+pub const KIND: kind::ModelKind =
+    kind::ModelKind { name: "command", parse: |model| Ok(Box::new(CommandModel::take(model)?)), predictor: None };
+
+/// Default seconds a stopped program has to exit after SIGTERM.
+pub const DEFAULT_GRACE_SECONDS: f64 = 5.0;
+
+/// `[model] kind = "command"`: the program, and how long it has to stop.
+/// Every other key of `[model]` and `[train]` is one of its options.
+#[derive(Debug, Clone)]
+pub struct CommandModel {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// Seconds between SIGTERM and SIGKILL when a trial stops.
+    pub grace_seconds: f64,
+    /// The directory it runs in: the config file's, once resolved.
+    pub workdir: PathBuf,
+}
+
+impl CommandModel {
+    /// Takes `command` and `grace_seconds` out of `[model]`.
+    fn take(model: &mut Section) -> Result<Self, KeyError> {
+        let bad = |message: String| ("model.command".to_owned(), message);
+        let line = kind::take_text(model, "command")?
+            .ok_or_else(|| bad("missing; expected the program to run, e.g. \"python3 train.py\"".into()))?;
+        let argv = shlex::split(&line)
+            .filter(|words| !words.is_empty())
+            .ok_or_else(|| bad(format!("`{line}`: unbalanced quotes")))?;
+        let grace_seconds = match model.remove("grace_seconds") {
+            None => DEFAULT_GRACE_SECONDS,
+            Some(Domain::Fixed(v)) if v.as_f64().is_some_and(|s| (0.0..=3600.0).contains(&s)) => {
+                v.as_f64().unwrap_or(DEFAULT_GRACE_SECONDS)
+            }
+            Some(_) => return Err(("model.grace_seconds".into(), "expected a fixed number from 0 to 3600".into())),
+        };
+        Ok(CommandModel { argv, grace_seconds, workdir: PathBuf::from(".") })
+    }
+}
+
+impl Model for CommandModel {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn model_keys(&self) -> Keys {
+        Keys::Free
+    }
+
+    fn settings(&self) -> &'static [&'static str] {
+        &["command", "grace_seconds"]
+    }
+
+    fn train_keys(&self) -> Keys {
+        Keys::Free
+    }
+
+    fn metrics(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
+    fn data(&self) -> DataUse {
+        DataUse::Refused("not used by model.kind = \"command\": the program loads its own data; remove [data]")
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        self.workdir = base.to_owned();
+    }
+
+    fn check_files(&self) -> Result<(), KeyError> {
+        let bad = |message: String| ("model.command".to_owned(), message);
+        if !self.workdir.is_dir() {
+            // Programs run in the config file's directory: gone (moved, or
+            // a resume elsewhere), every trial would crash in turn.
+            return Err(bad(format!(
+                "runs in {}, the config file's directory, which does not exist (here) any more; put it back, or run \
+                 from a copy of the config file",
+                self.workdir.display()
+            )));
+        }
+        find_program(&self.argv[0], &self.workdir).map(|_| ()).map_err(bad)
+    }
+
+    fn build(&self, _config: &Config) -> Result<Arc<dyn Trainable>, DataError> {
+        Ok(Arc::new(CommandTrainable::new(self)))
+    }
+
+    fn boxed(&self) -> Box<dyn Model> {
+        Box::new(self.clone())
+    }
+}
+
+/// Where the program of `model.command` is: a path with a `/` is taken in
+/// the directory it runs in (the config file's), a bare name on `PATH`,
+/// as `execvp` would.
+fn find_program(program: &str, workdir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let path = workdir.join(program);
+        return if runnable(&path) {
+            Ok(path)
+        } else if path.exists() {
+            Err(format!("{} is not an executable file (chmod +x it, or name its interpreter first)", path.display()))
+        } else {
+            Err(format!("`{program}`: {} does not exist", path.display()))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| runnable(p)).ok_or_else(|| {
+        format!(
+            "`{program}` is not found on PATH ({}); install it, or give its path",
+            std::env::var("PATH").unwrap_or_default()
+        )
+    })
+}
 
 /// The program's files inside a trial checkpoint (beside Gauntlet's own
 /// `checkpoint.json`, so that no name of the program's can clash with it).
@@ -63,13 +184,12 @@ pub struct CommandTrainable {
 }
 
 impl CommandTrainable {
-    /// The program a config names.
-    pub fn new(config: &Config) -> Self {
-        let workdir = config.program.workdir.clone().filter(|d| !d.as_os_str().is_empty());
+    /// The program `[model]` names.
+    pub fn new(model: &CommandModel) -> Self {
         CommandTrainable {
-            argv: config.program.command.clone(),
-            workdir: workdir.unwrap_or_else(|| PathBuf::from(".")),
-            grace: Duration::from_secs_f64(config.program.grace_seconds),
+            argv: model.argv.clone(),
+            workdir: model.workdir.clone(),
+            grace: Duration::from_secs_f64(model.grace_seconds),
         }
     }
 }

@@ -10,9 +10,35 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use super::optim::Optimizer;
+use super::optim::{Optimizer, OPTIMIZERS};
 use super::{Stop, TrainError, TrialContext};
+use crate::config::fields::{Expect, Field};
 use crate::data::{Dataset, Split};
+use crate::space::ParamValue;
+
+/// The fields of `[train]` this loop reads, for every kind that trains with it.
+pub const TRAIN_FIELDS: &[Field] = &[
+    Field { name: "optimizer", expect: Expect::OneOf(OPTIMIZERS), default: || ParamValue::Str("adam".into()) },
+    Field {
+        name: "lr",
+        expect: Expect::Float { min: 0.0, min_open: true, max: None },
+        default: || ParamValue::Float(1e-3),
+    },
+    Field { name: "batch_size", expect: Expect::Int { min: 1, max: 1 << 24 }, default: || ParamValue::Int(128) },
+    Field {
+        name: "momentum",
+        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
+        default: || ParamValue::Float(0.9),
+    },
+    Field {
+        name: "weight_decay",
+        expect: Expect::Float { min: 0.0, min_open: false, max: None },
+        default: || ParamValue::Float(0.0),
+    },
+];
+
+/// The metrics this loop reports each epoch.
+pub const METRICS: &[&str] = &["val_accuracy", "val_loss", "train_loss"];
 
 /// The weights file inside a checkpoint and in `best/`.
 pub const WEIGHTS_FILE: &str = "weights.safetensors";

@@ -18,12 +18,89 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::fit::{read_named, Network};
+use super::kind::{backed, first_line, Loaded, Model, ModelKind, Predictor};
 use super::size::Footprint;
 use super::{Shape, TrainError, Trainable, TrialContext};
-use crate::config::{Params, SearchSpace};
-use crate::data::Dataset;
+use crate::config::fields::{Expect, Field, Keys};
+use crate::config::{Config, Params, SearchSpace};
+use crate::data::{DataError, Dataset};
+use crate::space::ParamValue;
 
 pub use super::fit::WEIGHTS_FILE;
+
+/// `[model] kind = "mlp"`.
+pub const KIND: ModelKind = ModelKind {
+    name: "mlp",
+    parse: |_| Ok(Box::new(MlpModel)),
+    predictor: Some(Predictor { weights: WEIGHTS_FILE, load: load_best }),
+};
+
+/// The fields of `[model] kind = "mlp"`.
+pub const MODEL_FIELDS: &[Field] = &[
+    Field { name: "hidden_layers", expect: Expect::Int { min: 0, max: 64 }, default: || ParamValue::Int(1) },
+    Field { name: "hidden_units", expect: Expect::Int { min: 1, max: 1 << 20 }, default: || ParamValue::Int(128) },
+    Field {
+        name: "dropout",
+        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
+        default: || ParamValue::Float(0.0),
+    },
+];
+
+/// `[model] kind = "mlp"`: no settings besides its fields.
+#[derive(Debug, Clone, Copy)]
+pub struct MlpModel;
+
+impl Model for MlpModel {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn model_keys(&self) -> Keys {
+        Keys::Fields(MODEL_FIELDS)
+    }
+
+    fn fixed_under_pbt(&self) -> &'static [&'static str] {
+        &["hidden_layers", "hidden_units", "optimizer"]
+    }
+
+    fn check_space(&self, space: &SearchSpace, shape: &Shape) -> Result<(), String> {
+        MlpSpec::too_large(space, shape).map_or(Ok(()), Err)
+    }
+
+    fn build(&self, config: &Config) -> Result<Arc<dyn Trainable>, DataError> {
+        Ok(Arc::new(MlpTrainable::new(Arc::new(Dataset::load(config)?))))
+    }
+
+    fn boxed(&self) -> Box<dyn Model> {
+        Box::new(*self)
+    }
+}
+
+/// Loads an MLP from `best/` for `predict`.
+fn load_best(dir: &Path, spec: serde_json::Value, held: u64) -> Result<Loaded, String> {
+    let spec: MlpSpec = serde_json::from_value(spec).map_err(|e| format!("model.json `spec`: {e}"))?;
+    spec.check().map_err(|m| format!("model.json `spec`: {m}"))?;
+    backed(spec.footprint().parameters, held, WEIGHTS_FILE)?;
+    let (inputs, classes) = (spec.inputs, spec.classes);
+    let mut net = Mlp::new(spec, 0, Device::Cpu);
+    net.restore_dir(dir).map_err(first_line)?;
+    Ok(Loaded { net: Box::new(net), inputs, classes })
+}
+
+/// What a network spec must hold to be built and run: no panic inside
+/// libtorch for a damaged `model.json`.
+pub(crate) fn check_layers(hidden: &[usize], classes: usize, dropout: f64) -> Result<(), String> {
+    if let Some(h) = hidden.iter().find(|&&h| h == 0) {
+        return Err(format!("a hidden layer of {h} units: expected at least 1"));
+    }
+    if classes < 2 {
+        return Err(format!("{classes} classes: expected at least 2"));
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(format!("dropout {dropout}: expected at least 0 and below 1"));
+    }
+    Ok(())
+}
 
 /// What an MLP looks like: enough to rebuild it for prediction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +116,14 @@ pub struct MlpSpec {
 }
 
 impl MlpSpec {
+    /// Whether it can be built and run (a `model.json` may be damaged).
+    pub fn check(&self) -> Result<(), String> {
+        if self.inputs == 0 {
+            return Err("0 inputs: expected at least 1".into());
+        }
+        check_layers(&self.hidden, self.classes, self.dropout)
+    }
+
     /// The spec a trial's parameters describe for `shape`'s data.
     pub fn from_params(params: &Params, shape: &Shape) -> Result<Self, TrainError> {
         let int = |name: &str| {
@@ -193,13 +278,13 @@ impl Trainable for MlpTrainable {
     }
 
     fn check_space(&self, space: &SearchSpace) -> Result<(), String> {
-        MlpSpec::too_large(space, &Shape::of(&self.data)).map_or(Ok(()), Err)
+        MlpModel.check_space(space, &Shape::of(&self.data))
     }
 
     fn describe(&self, params: &Params) -> Option<serde_json::Value> {
         let spec = MlpSpec::from_params(params, &Shape::of(&self.data)).ok()?;
         Some(serde_json::json!({
-            "kind": "mlp",
+            "kind": KIND.name,
             "spec": spec,
             "weights": WEIGHTS_FILE,
             "class_names": self.data.class_names,

@@ -5,11 +5,14 @@
 //! save a checkpoint. It runs on a dedicated slot thread, never on a tokio
 //! worker, and knows nothing of actors. [`mlp`] is the built-in libtorch
 //! trainable; closures are trainables too, which is how tests and
-//! benchmarks run sweeps without libtorch.
+//! benchmarks run sweeps without libtorch. Each model kind's module
+//! declares what it knows about itself ([`kind`]), and builds its trainable
+//! with [`kind::Model::build`].
 
 pub mod cnn;
 pub mod command;
 pub mod fit;
+pub mod kind;
 pub mod mlp;
 pub mod optim;
 pub mod size;
@@ -110,52 +113,6 @@ impl Shape {
         let size = params.get("batch_size").and_then(|v| v.as_i64()).unwrap_or(1).max(1) as f64;
         size.min(self.rows.max(1) as f64)
     }
-}
-
-/// Refuses a config whose every network is too large to train, from what
-/// the config alone tells of its data (`gauntlet validate`).
-pub fn check_space(config: &crate::config::Config) -> Result<(), String> {
-    let shape = Shape::least(config);
-    let too_large = match config.model {
-        crate::config::ModelKind::Mlp => mlp::MlpSpec::too_large(&config.space, &shape),
-        crate::config::ModelKind::Cnn => {
-            // The image's size is known only with the data (`run` checks the blocks then).
-            cnn::CnnSpec::check_kernel(&config.space)?;
-            cnn::CnnSpec::too_large(&config.space, &shape)
-        }
-        _ => None,
-    };
-    too_large.map_or(Ok(()), Err)
-}
-
-/// The trainable a config describes, with its data loaded: what a worker
-/// process builds once and shares among all the trials it runs.
-pub fn from_config(config: &crate::config::Config) -> Result<Arc<dyn Trainable>, crate::data::DataError> {
-    Ok(match config.model {
-        crate::config::ModelKind::Mlp => {
-            Arc::new(mlp::MlpTrainable::new(Arc::new(crate::data::Dataset::load(config)?)))
-        }
-        crate::config::ModelKind::Cnn => {
-            let data = crate::data::Dataset::load(config)?;
-            if data.shape.as_ref().is_none_or(|s| s.len() != 3) {
-                return Err(crate::data::DataError {
-                    file: config.data.path.clone().or_else(|| config.data.x.clone()).unwrap_or_default(),
-                    offset: None,
-                    message: "model.kind = \"cnn\" needs image-shaped samples (fashion-mnist, or idx/npy samples \
-                              of 2 or 3 dimensions each); this source gives flat rows"
-                        .into(),
-                });
-            }
-            Arc::new(cnn::CnnTrainable::new(Arc::new(data)))
-        }
-        crate::config::ModelKind::TorchScript => {
-            let data = Arc::new(crate::data::Dataset::load(config)?);
-            let module = config.program.module.clone().unwrap_or_default();
-            Arc::new(torchscript::TorchScriptTrainable::new(data, &module, config.program.image_input)?)
-        }
-        crate::config::ModelKind::Command => Arc::new(command::CommandTrainable::new(config)),
-        crate::config::ModelKind::Sleep => Arc::new(sleep::SleepTrainable),
-    })
 }
 
 /// Why a trial attempt stopped short of its budget, or failed.

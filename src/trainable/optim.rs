@@ -37,6 +37,9 @@ pub enum Optimizer {
     },
 }
 
+/// The optimizers [`Optimizer::new`] knows, by name.
+pub const OPTIMIZERS: &[&str] = &["adam", "sgd"];
+
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const EPS: f64 = 1e-8;

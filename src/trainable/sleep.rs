@@ -3,10 +3,55 @@
 //! engine itself costs (dispatch, reports, journal, network) with trials of
 //! a known length, and gives tests fast trials with a predictable ranking.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::kind::{DataUse, Model, ModelKind};
 use super::{Stop, TrainError, Trainable, TrialContext};
-use crate::config::Params;
+use crate::config::fields::{Expect, Field, Keys};
+use crate::config::{Config, Params};
+use crate::data::DataError;
+use crate::space::ParamValue;
+
+/// `[model] kind = "sleep"`.
+pub const KIND: ModelKind = ModelKind { name: "sleep", parse: |_| Ok(Box::new(SleepModel)), predictor: None };
+
+/// The fields of `[model] kind = "sleep"`.
+pub const MODEL_FIELDS: &[Field] = &[
+    Field { name: "epoch_ms", expect: Expect::Int { min: 0, max: 3_600_000 }, default: || ParamValue::Int(100) },
+    Field {
+        name: "quality",
+        expect: Expect::Float { min: 0.0, min_open: false, max: Some(1.0) },
+        default: || ParamValue::Float(0.5),
+    },
+];
+
+/// `[model] kind = "sleep"`: no settings besides its fields. It takes the
+/// fields of `[train]` the training loop takes, and uses none of them.
+#[derive(Debug, Clone, Copy)]
+pub struct SleepModel;
+
+impl Model for SleepModel {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn model_keys(&self) -> Keys {
+        Keys::Fields(MODEL_FIELDS)
+    }
+
+    fn data(&self) -> DataUse {
+        DataUse::Unused
+    }
+
+    fn build(&self, _config: &Config) -> Result<Arc<dyn Trainable>, DataError> {
+        Ok(Arc::new(SleepTrainable))
+    }
+
+    fn boxed(&self) -> Box<dyn Model> {
+        Box::new(*self)
+    }
+}
 
 /// `[model] kind = "sleep"`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -14,7 +59,7 @@ pub struct SleepTrainable;
 
 impl Trainable for SleepTrainable {
     fn describe(&self, params: &Params) -> Option<serde_json::Value> {
-        Some(serde_json::json!({ "kind": "sleep", "params": params }))
+        Some(serde_json::json!({ "kind": KIND.name, "params": params }))
     }
 
     fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {

@@ -19,9 +19,114 @@ use serde::{Deserialize, Serialize};
 use tch::{CModule, Device, Kind, Tensor};
 
 use super::fit::Network;
+use super::kind::{self, first_line, KeyError, Loaded, Model, Predictor, Section};
 use super::{TrainError, Trainable, TrialContext};
-use crate::config::Params;
+use crate::config::fields::Keys;
+use crate::config::{Config, Params};
 use crate::data::{DataError, Dataset};
+
+/// `[model] kind = "torchscript"`.
+pub const KIND: kind::ModelKind = kind::ModelKind {
+    name: "torchscript",
+    parse: |model| Ok(Box::new(ScriptModel::take(model)?)),
+    predictor: Some(Predictor { weights: MODULE_FILE, load: load_best }),
+};
+
+/// `[model] kind = "torchscript"`: the module file and how samples go in.
+/// Its architecture is fixed; its hyperparameters are those of `[train]`.
+#[derive(Debug, Clone)]
+pub struct ScriptModel {
+    /// The module file (relative to the config file until resolved).
+    pub module: PathBuf,
+    /// Feed samples as images `[N, C, H, W]` rather than flat rows.
+    pub image_input: bool,
+}
+
+impl ScriptModel {
+    /// Takes `module` and `input` out of `[model]`.
+    fn take(model: &mut Section) -> Result<Self, KeyError> {
+        let module = kind::take_text(model, "module")?.ok_or_else(|| {
+            ("model.module".to_owned(), "missing; expected the path of a module saved by torch.jit.save".to_owned())
+        })?;
+        let image_input = match kind::take_text(model, "input")?.as_deref() {
+            None | Some("flat") => false,
+            Some("image") => true,
+            Some(other) => {
+                return Err((
+                    "model.input".into(),
+                    format!("`{other}`: expected \"flat\" ([N, features]) or \"image\" ([N, C, H, W])"),
+                ))
+            }
+        };
+        Ok(ScriptModel { module: PathBuf::from(module), image_input })
+    }
+}
+
+impl Model for ScriptModel {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn model_keys(&self) -> Keys {
+        Keys::Fields(&[])
+    }
+
+    fn settings(&self) -> &'static [&'static str] {
+        &["module", "input"]
+    }
+
+    fn keys_note(&self) -> &'static str {
+        " (a TorchScript module's architecture is fixed; its hyperparameters are those of [train])"
+    }
+
+    fn fixed_under_pbt(&self) -> &'static [&'static str] {
+        // The optimizer's state is copied with the module.
+        &["optimizer"]
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        if self.module.is_relative() {
+            self.module = base.join(&self.module);
+        }
+    }
+
+    fn check_files(&self) -> Result<(), KeyError> {
+        if self.module.is_file() {
+            return Ok(());
+        }
+        Err((
+            "model.module".into(),
+            format!(
+                "{} does not exist or is not a file; expected a module saved by torch.jit.script(model).save(path) \
+                 (scripts/export-torchscript writes an example)",
+                self.module.display()
+            ),
+        ))
+    }
+
+    fn build(&self, config: &Config) -> Result<Arc<dyn Trainable>, DataError> {
+        let data = Arc::new(Dataset::load(config)?);
+        Ok(Arc::new(TorchScriptTrainable::new(data, &self.module, self.image_input)?))
+    }
+
+    fn boxed(&self) -> Box<dyn Model> {
+        Box::new(self.clone())
+    }
+}
+
+/// Loads a module from `best/` for `predict`: the file is both the
+/// network and its weights.
+fn load_best(dir: &Path, spec: serde_json::Value, _held: u64) -> Result<Loaded, String> {
+    let spec: ScriptSpec = serde_json::from_value(spec).map_err(|e| format!("model.json `spec`: {e}"))?;
+    let inputs = spec.input.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+    let inputs = inputs.ok_or_else(|| format!("model.json: input {:?} is no sample size", spec.input))?;
+    let classes = spec.classes;
+    if inputs == 0 || classes < 2 {
+        return Err(format!("model.json `spec`: input {:?}, {classes} classes: no classifier", spec.input));
+    }
+    let net = ScriptNet::load(&dir.join(MODULE_FILE), spec.input, Device::Cpu).map_err(first_line)?;
+    Ok(Loaded { net: Box::new(net), inputs, classes })
+}
 
 /// The module file inside a checkpoint and in `best/`.
 pub const MODULE_FILE: &str = "module.pt";
@@ -205,7 +310,7 @@ impl Trainable for TorchScriptTrainable {
 
     fn describe(&self, _params: &Params) -> Option<serde_json::Value> {
         Some(serde_json::json!({
-            "kind": "torchscript",
+            "kind": KIND.name,
             "spec": ScriptSpec { input: self.input.clone(), classes: self.data.classes },
             "weights": MODULE_FILE,
             "exported_from": self.file,

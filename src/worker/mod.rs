@@ -435,7 +435,7 @@ fn load(e: Experiment, threads: Option<u32>, store: CheckpointStore) -> Result<L
         .map_err(|err| err.to_string())?
         .with_paths_from(&e.config_path);
     config.check_files(&e.config_path).map_err(|err| err.to_string())?;
-    let trainable = crate::trainable::from_config(&config).map_err(|err| err.to_string())?;
+    let trainable = config.model.build(&config).map_err(|err| err.to_string())?;
     let mut context = e.context;
     if let Some(t) = threads {
         context.threads = t.max(1);
