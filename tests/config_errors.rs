@@ -51,7 +51,15 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ),
     ("kind = \"mlp\"", "kind = \"transformer\"", "model.kind", "unknown model kind"),
     ("max_epochs = 2", "max_epochs = { int = [1, 5] }", "train.max_epochs", "fixed integer"),
-    ("source = \"synthetic\"", "source = \"imagenet\"", "data.source", "unknown variant"),
+    ("source = \"synthetic\"", "source = \"imagenet\"", "data.source", "unknown data source `imagenet`"),
+    (
+        "source = \"synthetic\"",
+        "source = \"synthetic\"\nlabel = \"y\"",
+        "data.label",
+        "not used by source \"synthetic\"",
+    ),
+    ("source = \"synthetic\"", "source = \"csv\"\npath = \"d.csv\"", "data.label", "name of the label column"),
+    ("source = \"synthetic\"", "source = \"idx\"\ny = \"l.idx\"", "data.x", "needs `x`"),
     ("source = \"synthetic\"", "source = \"fashion-mnist\"\npath = \"/nonexistent/fm\"", "data.path", "does not exist"),
     (
         "source = \"synthetic\"",

@@ -17,6 +17,7 @@ pub use crate::trainable::kind::Model;
 
 pub mod fields;
 
+use crate::data::source::{Source, SourceKeys};
 use crate::trainable::kind::{self, DataUse};
 
 /// A configuration problem: which file, which key, and what is expected.
@@ -208,69 +209,57 @@ impl ExperimentConfig {
     }
 }
 
-/// `[data]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[data]`: where the samples come from, and how they are split.
+#[derive(Debug, Clone)]
 pub struct DataConfig {
-    /// Where samples come from.
-    pub source: DataSource,
+    /// The source, with its own keys (files, sizes): see [`crate::data::source`].
+    pub source: Box<dyn Source>,
     /// Share of the training samples held out for validation.
-    #[serde(default = "default_validation_fraction")]
     pub validation_fraction: f64,
-    /// fashion-mnist: the directory of its files; csv: the file. Relative
-    /// paths are relative to the config file.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// idx, npy: the samples file (IDX gzipped or not, or `.npy`); npz: the
-    /// name of the samples array in the archive (default `x`).
-    #[serde(default)]
-    pub x: Option<PathBuf>,
-    /// idx, npy: the labels file; npz: the name of the labels array (default `y`).
-    #[serde(default)]
-    pub y: Option<PathBuf>,
-    /// csv: the name of the label column.
-    #[serde(default)]
-    pub label: Option<String>,
     /// Standardise each feature with the mean and deviation of the training split.
-    #[serde(default)]
     pub standardize: bool,
     /// Use at most this many training samples (before the validation split).
-    #[serde(default)]
     pub max_samples: Option<usize>,
-    /// Synthetic: number of samples.
-    #[serde(default = "default_samples")]
-    pub samples: usize,
-    /// Synthetic: number of features.
-    #[serde(default = "default_features")]
-    pub features: usize,
-    /// Synthetic: number of classes.
-    #[serde(default = "default_classes")]
-    pub classes: usize,
-    /// Seeds synthetic generation and the validation split.
-    #[serde(default)]
+    /// Seeds the validation split, and generation of synthetic data.
     pub seed: u64,
 }
 
-/// `[data] source`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataSource {
-    /// A learnable classification set generated in memory.
-    Synthetic,
-    /// Zalando's Fashion-MNIST as gzipped IDX files.
-    FashionMnist,
-    /// Any pair of IDX files (samples, labels), gzipped or not.
-    Idx,
-    /// A CSV file with a header: numeric feature columns and a label column.
-    Csv,
-    /// Two NumPy `.npy` files: samples (any shape after the first axis) and labels.
-    Npy,
-    /// A NumPy `.npz` archive holding a samples and a labels array.
-    Npz,
+/// `[data]` as written: the keys every source has, and those that belong
+/// to one source or another, which the source takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawData {
+    source: String,
+    #[serde(default = "default_validation_fraction")]
+    validation_fraction: f64,
+    #[serde(default)]
+    standardize: bool,
+    #[serde(default)]
+    max_samples: Option<usize>,
+    #[serde(default)]
+    seed: u64,
+    /// fashion-mnist: the directory of its files; csv, npz: the file.
+    #[serde(default)]
+    path: Option<PathBuf>,
+    /// idx, npy: the samples file; npz: the samples array's name (default `x`).
+    #[serde(default)]
+    x: Option<PathBuf>,
+    /// idx, npy: the labels file; npz: the labels array's name (default `y`).
+    #[serde(default)]
+    y: Option<PathBuf>,
+    /// csv: the label column's name.
+    #[serde(default)]
+    label: Option<String>,
+    /// synthetic: samples in all.
+    #[serde(default)]
+    samples: Option<usize>,
+    /// synthetic: features per sample.
+    #[serde(default)]
+    features: Option<usize>,
+    /// synthetic: classes.
+    #[serde(default)]
+    classes: Option<usize>,
 }
-
-/// The default Fashion-MNIST directory (Debian's `dataset-fashion-mnist`).
-pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 /// `[fault]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -329,15 +318,6 @@ fn one() -> u32 {
 fn default_validation_fraction() -> f64 {
     0.1
 }
-fn default_samples() -> usize {
-    2000
-}
-fn default_features() -> usize {
-    20
-}
-fn default_classes() -> usize {
-    4
-}
 fn default_max_restarts() -> u32 {
     3
 }
@@ -359,19 +339,41 @@ impl DataConfig {
     /// The section of a model that reads no data.
     fn none() -> Self {
         DataConfig {
-            source: DataSource::Synthetic,
+            source: Box::new(crate::data::Synthetic::NONE),
             validation_fraction: default_validation_fraction(),
-            path: None,
-            x: None,
-            y: None,
-            label: None,
             standardize: false,
             max_samples: None,
-            samples: 10,
-            features: 1,
-            classes: 2,
             seed: 0,
         }
+    }
+
+    /// Checks `[data]` as written: the key at fault and what is expected.
+    fn from_raw(raw: RawData) -> Result<Self, (String, String)> {
+        if !(raw.validation_fraction > 0.0 && raw.validation_fraction < 1.0) {
+            return Err((
+                "data.validation_fraction".into(),
+                format!("expected a number strictly between 0 and 1, got {}", raw.validation_fraction),
+            ));
+        }
+        if raw.max_samples.is_some_and(|n| n < 2) {
+            return Err(("data.max_samples".into(), "expected at least 2 (one to train on, one to validate)".into()));
+        }
+        let keys = SourceKeys {
+            path: raw.path,
+            x: raw.x,
+            y: raw.y,
+            label: raw.label,
+            samples: raw.samples,
+            features: raw.features,
+            classes: raw.classes,
+        };
+        Ok(DataConfig {
+            source: crate::data::source::parse(&raw.source, keys)?,
+            validation_fraction: raw.validation_fraction,
+            standardize: raw.standardize,
+            max_samples: raw.max_samples,
+            seed: raw.seed,
+        })
     }
 }
 
@@ -394,7 +396,7 @@ struct RawConfig {
     experiment: ExperimentConfig,
     /// Optional for models that read no data (`kind = "sleep"`).
     #[serde(default)]
-    data: Option<DataConfig>,
+    data: Option<RawData>,
     model: BTreeMap<String, Domain>,
     #[serde(default)]
     train: BTreeMap<String, Domain>,
@@ -570,52 +572,12 @@ impl Config {
         }
         let data = match (raw.data.take(), model_kind.data()) {
             (Some(_), DataUse::Refused(why)) => return Err(bad("data", why.into())),
-            (Some(d), _) => d,
+            (Some(d), _) => DataConfig::from_raw(d).map_err(|(key, message)| bad(&key, message))?,
             (None, DataUse::Required) => {
                 return Err(bad("data", "missing; expected a [data] section with `source`".into()))
             }
             (None, _) => DataConfig::none(),
         };
-        let d = &data;
-        if !(d.validation_fraction > 0.0 && d.validation_fraction < 1.0) {
-            return Err(bad(
-                "data.validation_fraction",
-                format!("expected a number strictly between 0 and 1, got {}", d.validation_fraction),
-            ));
-        }
-        if d.source == DataSource::Synthetic {
-            if !(1..=100_000).contains(&d.features) {
-                return Err(bad("data.features", format!("expected 1 to 100000, got {}", d.features)));
-            }
-            if !(2..=10_000).contains(&d.classes) {
-                return Err(bad("data.classes", format!("expected 2 to 10000, got {}", d.classes)));
-            }
-            if d.samples < 10 || d.samples.saturating_mul(d.features) > 500_000_000 {
-                return Err(bad(
-                    "data.samples",
-                    format!("expected at least 10 and samples x features at most 5e8, got {}", d.samples),
-                ));
-            }
-        }
-        match d.source {
-            DataSource::Idx | DataSource::Npy if d.x.is_none() || d.y.is_none() => {
-                let key = if d.x.is_none() { "data.x" } else { "data.y" };
-                return Err(bad(
-                    key,
-                    "missing; this source needs `x` (the samples file) and `y` (the labels file)".into(),
-                ));
-            }
-            DataSource::Csv | DataSource::Npz if d.path.is_none() => {
-                return Err(bad("data.path", "missing; this source needs the file's path".into()))
-            }
-            DataSource::Csv if d.label.as_deref().is_none_or(|l| l.trim().is_empty()) => {
-                return Err(bad("data.label", "missing; source \"csv\" needs the name of the label column".into()))
-            }
-            _ => {}
-        }
-        if d.max_samples.is_some_and(|n| n < 2) {
-            return Err(bad("data.max_samples", "expected at least 2 (one to train on, one to validate)".into()));
-        }
 
         let mut space = SearchSpace::new();
         let also: Vec<&str> = std::iter::once("kind").chain(model_kind.settings().iter().copied()).collect();
@@ -716,13 +678,7 @@ impl Config {
     fn resolve_paths(&mut self, file: &Path) {
         let base = file.parent().unwrap_or(Path::new("."));
         self.model.resolve_paths(base);
-        let d = &mut self.data;
-        let files = if d.source == DataSource::Npz { vec![&mut d.path] } else { vec![&mut d.path, &mut d.x, &mut d.y] };
-        for p in files.into_iter().flatten() {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        self.data.source.resolve_paths(base);
     }
 
     /// What a valid config may still get wrong, in words (`validate` and
@@ -746,52 +702,7 @@ impl Config {
     /// Checks that the files the config names exist, before anything runs.
     pub fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
         self.model.check_files().map_err(|(key, message)| ConfigError::invalid(file, key, message))?;
-        let d = &self.data;
-        let named = match d.source {
-            DataSource::Idx | DataSource::Npy => vec![("data.x", &d.x), ("data.y", &d.y)],
-            DataSource::Csv | DataSource::Npz => vec![("data.path", &d.path)],
-            _ => Vec::new(),
-        };
-        {
-            for (key, path) in named {
-                if let Some(p) = path.as_ref().filter(|p| !p.is_file()) {
-                    return Err(ConfigError::invalid(
-                        file,
-                        key,
-                        format!("{} does not exist or is not a file", p.display()),
-                    ));
-                }
-            }
-        }
-        if d.source != DataSource::FashionMnist {
-            return Ok(());
-        }
-        let dir = self.data_dir();
-        for name in crate::data::FASHION_FILES {
-            let f = dir.join(name);
-            if !f.is_file() {
-                let hint = if self.data.path.is_none() {
-                    " (install Debian's dataset-fashion-mnist, or set data.path)"
-                } else {
-                    ""
-                };
-                return Err(ConfigError::invalid(
-                    file,
-                    "data.path",
-                    format!(
-                        "{} does not exist; expected the Fashion-MNIST file {name} in {}{hint}",
-                        f.display(),
-                        dir.display()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The directory holding the data files.
-    pub fn data_dir(&self) -> PathBuf {
-        self.data.path.clone().unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR))
+        self.data.source.check_files().map_err(|(key, message)| ConfigError::invalid(file, key, message))
     }
 }
 
@@ -935,7 +846,8 @@ max_epochs = 3
         let e = err(&script);
         assert!(e.contains("expected one of kind, module, input (a TorchScript module's architecture"), "{e}");
         // PBT may not change the optimizer whose state a TorchScript checkpoint holds.
-        let script = script.replace("width = 3\n", "") + "[scheduler]\nkind = \"pbt\"\ninterval = 1\nmutate = [\"optimizer\"]\n";
+        let script =
+            script.replace("width = 3\n", "") + "[scheduler]\nkind = \"pbt\"\ninterval = 1\nmutate = [\"optimizer\"]\n";
         let e = err(&script);
         assert!(e.starts_with("scheduler.mutate: `optimizer` cannot change under PBT"), "{e}");
         // The metrics are the training loop's; a program reports its own.

@@ -8,9 +8,144 @@
 //! data is read, against inflating past it.
 
 use std::io::{BufReader, Read, Seek};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{read_full, DataError, MAX_VALUES};
+use super::source::{self, KeyError, Known, Source, SourceKeys, SourceKind};
+use super::{read_full, DataError, FASHION_CLASSES, FASHION_FILES, FASHION_MNIST_DIR, MAX_VALUES};
+
+/// `[data] source = "fashion-mnist"`.
+pub(super) const FASHION_MNIST: SourceKind = SourceKind {
+    name: "fashion-mnist",
+    keys: &["path"],
+    take: |keys| Ok(Box::new(FashionMnist { dir: keys.path.take() })),
+};
+
+/// `[data] source = "idx"`.
+pub(super) const SOURCE: SourceKind = SourceKind {
+    name: "idx",
+    keys: &["x", "y"],
+    take: |keys| {
+        let why = "this source needs `x` (the samples file) and `y` (the labels file)";
+        let x = SourceKeys::require(&mut keys.x, "x", why)?;
+        Ok(Box::new(IdxFiles { x, y: SourceKeys::require(&mut keys.y, "y", why)? }))
+    },
+};
+
+/// Zalando's Fashion-MNIST as gzipped IDX files.
+#[derive(Debug, Clone)]
+pub struct FashionMnist {
+    /// The directory of its files; `None`: Debian's `dataset-fashion-mnist`.
+    pub dir: Option<PathBuf>,
+}
+
+impl FashionMnist {
+    /// The directory of its files.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR))
+    }
+}
+
+impl Source for FashionMnist {
+    fn name(&self) -> &'static str {
+        FASHION_MNIST.name
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        if let Some(d) = self.dir.as_mut().filter(|d| d.is_relative()) {
+            *d = base.join(&*d);
+        }
+    }
+
+    fn check_files(&self) -> Result<(), KeyError> {
+        let dir = self.dir();
+        match FASHION_FILES.iter().find(|name| !dir.join(name).is_file()) {
+            None => Ok(()),
+            Some(name) => {
+                let hint =
+                    if self.dir.is_none() { " (install Debian's dataset-fashion-mnist, or set data.path)" } else { "" };
+                Err((
+                    "data.path".into(),
+                    format!(
+                        "{} does not exist; expected the Fashion-MNIST file {name} in {}{hint}",
+                        dir.join(name).display(),
+                        dir.display()
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn known(&self) -> Option<Known> {
+        Some(Known { samples: 60_000, features: 784, image: Some([1, 28, 28]), classes: 10 })
+    }
+
+    fn samples_file(&self) -> PathBuf {
+        self.dir().join(FASHION_FILES[0])
+    }
+
+    fn labels_file(&self) -> PathBuf {
+        self.dir().join(FASHION_FILES[1])
+    }
+
+    fn read(&self, _seed: u64) -> Result<source::SourceData, DataError> {
+        let (x, y, dims) = super::load_idx_pair(&self.samples_file(), &self.labels_file(), Some(10))?;
+        if y.len() < 2 {
+            return Err(super::too_few_samples(y.len(), &self.labels_file()));
+        }
+        let class_names = Some(FASHION_CLASSES.iter().map(|s| s.to_string()).collect());
+        Ok(source::SourceData { x, y, dims, classes: 10, class_names, feature_names: None })
+    }
+
+    fn boxed(&self) -> Box<dyn Source> {
+        Box::new(self.clone())
+    }
+}
+
+/// Any pair of IDX files (samples, labels), gzipped or not.
+#[derive(Debug, Clone)]
+pub struct IdxFiles {
+    /// The samples file.
+    pub x: PathBuf,
+    /// The labels file.
+    pub y: PathBuf,
+}
+
+impl Source for IdxFiles {
+    fn name(&self) -> &'static str {
+        SOURCE.name
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.x, &mut self.y] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    fn check_files(&self) -> Result<(), KeyError> {
+        super::check_file("data.x", &self.x)?;
+        super::check_file("data.y", &self.y)
+    }
+
+    fn samples_file(&self) -> PathBuf {
+        self.x.clone()
+    }
+
+    fn labels_file(&self) -> PathBuf {
+        self.y.clone()
+    }
+
+    fn read(&self, _seed: u64) -> Result<source::SourceData, DataError> {
+        let (x, y, dims) = super::load_idx_pair(&self.x, &self.y, None)?;
+        let classes = super::classes_of(&y, &self.y)?;
+        Ok(source::SourceData { x, y, dims, classes, class_names: None, feature_names: None })
+    }
+
+    fn boxed(&self) -> Box<dyn Source> {
+        Box::new(self.clone())
+    }
+}
 
 /// An IDX file of unsigned bytes.
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 
 mod idx;
 mod npy;
+pub mod source;
 mod synthetic;
 mod tabular;
 
@@ -13,11 +14,15 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{Config, DataSource};
+use crate::config::Config;
 
-pub use idx::read_idx;
+pub use idx::{read_idx, FashionMnist, IdxFiles};
 pub use npy::read_samples as read_npy;
+pub use npy::{NpyFiles, NpzFile};
+pub use source::{Known, Source};
+pub use synthetic::Synthetic;
 pub(crate) use tabular::csv_reader;
+pub use tabular::CsvFile;
 
 /// The most values (samples x features) a data set may have: each is held
 /// as a 4-byte float, so 4 GiB, in the coordinator and in every worker.
@@ -27,6 +32,9 @@ pub const MAX_VALUES: usize = 1 << 30;
 
 /// The most classes a data set may have (the largest label plus one).
 pub const MAX_CLASSES: usize = 65_536;
+
+/// The default Fashion-MNIST directory (Debian's `dataset-fashion-mnist`).
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 /// The Fashion-MNIST training files Gauntlet reads.
 pub const FASHION_FILES: [&str; 2] = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"];
@@ -152,64 +160,14 @@ impl Dataset {
     /// Loads what `[data]` describes.
     pub fn load(config: &Config) -> Result<Dataset, DataError> {
         let d = &config.data;
-        let mut feature_names = None;
-        let (x, y, dims, classes, names) = match d.source {
-            DataSource::Synthetic => {
-                let (x, y) = synthetic::generate(d.samples, d.features, d.classes, d.seed);
-                (Values::Floats(x), y, vec![d.features], d.classes, None)
-            }
-            DataSource::FashionMnist => {
-                let dir = config.data_dir();
-                let (x, y, dims) = load_fashion(&dir)?;
-                if y.len() < 2 {
-                    return Err(DataError {
-                        file: dir.join(FASHION_FILES[1]),
-                        offset: None,
-                        message: format!("{} samples: expected at least 2 (one to train on, one to validate)", y.len()),
-                    });
-                }
-                (x, y, dims, 10, Some(FASHION_CLASSES.iter().map(|s| s.to_string()).collect()))
-            }
-            DataSource::Idx => {
-                let (xs, ys) = (d.x.clone().unwrap_or_default(), d.y.clone().unwrap_or_default());
-                let (x, y, dims) = load_idx_pair(&xs, &ys, None)?;
-                let classes = classes_of(&y, &ys)?;
-                (x, y, dims, classes, None)
-            }
-            DataSource::Npy | DataSource::Npz => {
-                let ((x, y, dims), file) = npy::load(d)?;
-                let classes = classes_of(&y, &file)?;
-                (x, y, dims, classes, None)
-            }
-            DataSource::Csv => {
-                let path = d.path.clone().unwrap_or_default();
-                let t = tabular::read_csv(&path, d.label.as_deref().unwrap_or_default())?;
-                feature_names = Some(t.feature_names);
-                let classes = match &t.class_names {
-                    Some(names) if names.len() > MAX_CLASSES => {
-                        return Err(DataError {
-                            file: path,
-                            offset: None,
-                            message: format!(
-                                "column `{}` has {} distinct labels: expected at most {MAX_CLASSES} classes",
-                                d.label.as_deref().unwrap_or_default(),
-                                names.len()
-                            ),
-                        })
-                    }
-                    Some(names) => names.len(),
-                    None => classes_of(&t.y, &path)?,
-                };
-                (Values::Floats(t.x), t.y, vec![t.features], classes, t.class_names)
-            }
-        };
+        let source::SourceData { x, y, dims, classes, class_names: names, feature_names } = d.source.read(d.seed)?;
         if y.len() < 2 {
-            return Err(too_few_samples(y.len(), &d.y.clone().or_else(|| d.path.clone()).unwrap_or_default()));
+            return Err(too_few_samples(y.len(), &d.source.labels_file()));
         }
         let features = dims.iter().product::<usize>();
         if features == 0 {
             return Err(DataError {
-                file: d.x.clone().or_else(|| d.path.clone()).unwrap_or_default(),
+                file: d.source.samples_file(),
                 offset: None,
                 message: format!("samples of shape {dims:?} hold no values: expected at least one feature"),
             });
@@ -312,8 +270,13 @@ enum Values {
 /// Samples (row-major), their labels, and one sample's dimensions.
 type Samples = (Values, Vec<i64>, Vec<usize>);
 
-fn load_fashion(dir: &Path) -> Result<Samples, DataError> {
-    load_idx_pair(&dir.join(FASHION_FILES[0]), &dir.join(FASHION_FILES[1]), Some(10))
+/// `key`'s file exists, or what is wrong.
+fn check_file(key: &str, path: &Path) -> Result<(), source::KeyError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err((key.to_owned(), format!("{} does not exist or is not a file", path.display())))
+    }
 }
 
 /// The number of classes integer labels imply (the largest plus one).

@@ -11,8 +11,8 @@
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::{read_full, DataError, MAX_VALUES};
-use crate::config::{DataConfig, DataSource};
+use super::source::{KeyError, Source, SourceData, SourceKeys, SourceKind};
+use super::{read_full, DataError, Values, MAX_VALUES};
 
 /// The longest `.npy` header read (NumPy writes well under a kilobyte).
 const MAX_HEADER: usize = 1 << 20;
@@ -112,35 +112,144 @@ impl Array {
     }
 }
 
-/// Loads the samples and labels `[data]` names: (x, y, a sample's
-/// dimensions, the labels' file).
-pub(super) fn load(d: &DataConfig) -> Result<(super::Samples, PathBuf), DataError> {
-    let (xs, ys, x_file, y_file) = match d.source {
-        DataSource::Npz => {
-            let path = d.path.clone().unwrap_or_default();
-            let name = |p: &Option<PathBuf>, default: &str| {
-                p.as_ref().map_or(default.to_owned(), |p| p.to_string_lossy().into_owned())
-            };
-            let (xn, yn) = (name(&d.x, "x"), name(&d.y, "y"));
-            let (xs, ys) = read_npz(&path, &xn, &yn)?;
-            let label = |n: &str| PathBuf::from(format!("{}[{n}]", path.display()));
-            (xs, ys, label(&xn), label(&yn))
-        }
-        _ => {
-            let (xf, yf) = (d.x.clone().unwrap_or_default(), d.y.clone().unwrap_or_default());
-            (read_file(&xf)?, read_file(&yf)?, xf, yf)
-        }
-    };
-    let rows = *xs.shape.first().ok_or_else(|| err(&x_file, None, "a 0-dimensional array: expected samples".into()))?;
-    if ys.shape != [rows] {
-        return Err(err(&y_file, None, format!("shape {:?}: expected ({rows},), one label per sample", ys.shape)));
+/// `[data] source = "npy"`.
+pub(super) const NPY: SourceKind = SourceKind {
+    name: "npy",
+    keys: &["x", "y"],
+    take: |keys| {
+        let why = "this source needs `x` (the samples file) and `y` (the labels file)";
+        let x = SourceKeys::require(&mut keys.x, "x", why)?;
+        Ok(Box::new(NpyFiles { x, y: SourceKeys::require(&mut keys.y, "y", why)? }))
+    },
+};
+
+/// `[data] source = "npz"`.
+pub(super) const NPZ: SourceKind = SourceKind {
+    name: "npz",
+    keys: &["path", "x", "y"],
+    take: |keys| {
+        let path = SourceKeys::require(&mut keys.path, "path", "this source needs the file's path")?;
+        let name =
+            |p: Option<PathBuf>, default: &str| p.map_or(default.to_owned(), |p| p.to_string_lossy().into_owned());
+        Ok(Box::new(NpzFile { path, x: name(keys.x.take(), "x"), y: name(keys.y.take(), "y") }))
+    },
+};
+
+/// Two `.npy` files: samples (any shape after the first axis) and labels.
+#[derive(Debug, Clone)]
+pub struct NpyFiles {
+    /// The samples file.
+    pub x: PathBuf,
+    /// The labels file.
+    pub y: PathBuf,
+}
+
+impl Source for NpyFiles {
+    fn name(&self) -> &'static str {
+        NPY.name
     }
-    let y = ys.ints().ok_or_else(|| err(&y_file, None, "floating-point labels: expected an integer type".into()))?;
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.x, &mut self.y] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    fn check_files(&self) -> Result<(), KeyError> {
+        super::check_file("data.x", &self.x)?;
+        super::check_file("data.y", &self.y)
+    }
+
+    fn samples_file(&self) -> PathBuf {
+        self.x.clone()
+    }
+
+    fn labels_file(&self) -> PathBuf {
+        self.y.clone()
+    }
+
+    fn read(&self, _seed: u64) -> Result<SourceData, DataError> {
+        pair(read_file(&self.x)?, read_file(&self.y)?, &self.x, &self.y)
+    }
+
+    fn boxed(&self) -> Box<dyn Source> {
+        Box::new(self.clone())
+    }
+}
+
+/// A `.npz` archive holding a samples and a labels array.
+#[derive(Debug, Clone)]
+pub struct NpzFile {
+    /// The archive.
+    pub path: PathBuf,
+    /// The samples array's name.
+    pub x: String,
+    /// The labels array's name.
+    pub y: String,
+}
+
+impl NpzFile {
+    /// An array of the archive, as messages name it.
+    fn entry(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("{}[{name}]", self.path.display()))
+    }
+}
+
+impl Source for NpzFile {
+    fn name(&self) -> &'static str {
+        NPZ.name
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        if self.path.is_relative() {
+            self.path = base.join(&self.path);
+        }
+    }
+
+    fn check_files(&self) -> Result<(), KeyError> {
+        super::check_file("data.path", &self.path)
+    }
+
+    fn samples_file(&self) -> PathBuf {
+        self.entry(&self.x)
+    }
+
+    fn labels_file(&self) -> PathBuf {
+        self.entry(&self.y)
+    }
+
+    fn read(&self, _seed: u64) -> Result<SourceData, DataError> {
+        let (xs, ys) = read_npz(&self.path, &self.x, &self.y)?;
+        pair(xs, ys, &self.samples_file(), &self.labels_file())
+    }
+
+    fn boxed(&self) -> Box<dyn Source> {
+        Box::new(self.clone())
+    }
+}
+
+/// Samples and labels from two arrays, checked against each other.
+fn pair(xs: Array, ys: Array, x_file: &Path, y_file: &Path) -> Result<SourceData, DataError> {
+    let rows = *xs.shape.first().ok_or_else(|| err(x_file, None, "a 0-dimensional array: expected samples".into()))?;
+    if ys.shape != [rows] {
+        return Err(err(y_file, None, format!("shape {:?}: expected ({rows},), one label per sample", ys.shape)));
+    }
+    let y = ys.ints().ok_or_else(|| err(y_file, None, "floating-point labels: expected an integer type".into()))?;
     let x = xs.floats();
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(err(&x_file, None, format!("value {} at flat index {i}: expected finite numbers", x[i])));
+        return Err(err(x_file, None, format!("value {} at flat index {i}: expected finite numbers", x[i])));
     }
-    Ok(((super::Values::Floats(x), y, xs.shape[1..].to_vec()), y_file))
+    let classes = super::classes_of(&y, y_file)?;
+    Ok(SourceData {
+        x: Values::Floats(x),
+        y,
+        dims: xs.shape[1..].to_vec(),
+        classes,
+        class_names: None,
+        feature_names: None,
+    })
 }
 
 fn err(file: &Path, offset: Option<u64>, message: String) -> DataError {

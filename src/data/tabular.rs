@@ -5,9 +5,83 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{DataError, MAX_CLASSES, MAX_VALUES};
+use super::source::{self, KeyError, Source, SourceKeys, SourceKind};
+use super::{DataError, Values, MAX_CLASSES, MAX_VALUES};
+
+/// `[data] source = "csv"`.
+pub(super) const SOURCE: SourceKind = SourceKind {
+    name: "csv",
+    keys: &["path", "label"],
+    take: |keys| {
+        let path = SourceKeys::require(&mut keys.path, "path", "this source needs the file's path")?;
+        let label = keys.label.take().filter(|l| !l.trim().is_empty()).ok_or_else(|| {
+            ("data.label".to_owned(), "missing; source \"csv\" needs the name of the label column".to_owned())
+        })?;
+        Ok(Box::new(CsvFile { path, label }))
+    },
+};
+
+/// A CSV file with a header: numeric feature columns and a label column.
+#[derive(Debug, Clone)]
+pub struct CsvFile {
+    /// The file.
+    pub path: PathBuf,
+    /// The label column's name.
+    pub label: String,
+}
+
+impl Source for CsvFile {
+    fn name(&self) -> &'static str {
+        SOURCE.name
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        if self.path.is_relative() {
+            self.path = base.join(&self.path);
+        }
+    }
+
+    fn check_files(&self) -> Result<(), KeyError> {
+        super::check_file("data.path", &self.path)
+    }
+
+    fn samples_file(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn read(&self, _seed: u64) -> Result<source::SourceData, DataError> {
+        let t = read_csv(&self.path, &self.label)?;
+        let classes = match &t.class_names {
+            Some(names) if names.len() > MAX_CLASSES => {
+                return Err(DataError {
+                    file: self.path.clone(),
+                    offset: None,
+                    message: format!(
+                        "column `{}` has {} distinct labels: expected at most {MAX_CLASSES} classes",
+                        self.label,
+                        names.len()
+                    ),
+                })
+            }
+            Some(names) => names.len(),
+            None => super::classes_of(&t.y, &self.path)?,
+        };
+        Ok(source::SourceData {
+            x: Values::Floats(t.x),
+            y: t.y,
+            dims: vec![t.features],
+            classes,
+            class_names: t.class_names,
+            feature_names: Some(t.feature_names),
+        })
+    }
+
+    fn boxed(&self) -> Box<dyn Source> {
+        Box::new(self.clone())
+    }
+}
 
 /// The longest line of a CSV file (a row of a million wide features fits).
 pub(super) const MAX_LINE_BYTES: usize = 16 << 20;
@@ -35,7 +109,7 @@ pub(crate) fn csv_reader(path: &Path) -> std::io::Result<csv::Reader<impl Read>>
 }
 
 /// Reads `path`, with `label` naming the label column.
-pub(super) fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
+fn read_csv(path: &Path, label: &str) -> Result<Table, DataError> {
     let err = |line: Option<u64>, message: String| DataError {
         file: path.to_owned(),
         offset: None,

@@ -88,7 +88,7 @@ impl Model for CnnModel {
         let data = Dataset::load(config)?;
         if data.shape.as_ref().is_none_or(|s| s.len() != 3) {
             return Err(DataError {
-                file: config.data.path.clone().or_else(|| config.data.x.clone()).unwrap_or_default(),
+                file: config.data.source.samples_file(),
                 offset: None,
                 message: "model.kind = \"cnn\" needs image-shaped samples (fashion-mnist, or idx/npy samples of 2 \
                           or 3 dimensions each); this source gives flat rows"

@@ -92,19 +92,14 @@ impl Shape {
     /// (one feature, one pixel, two classes), so that a space refused on it
     /// is too large for any data.
     pub fn least(config: &crate::config::Config) -> Self {
-        use crate::config::DataSource;
         let d = &config.data;
         let train = |n: usize| n - ((n as f64 * d.validation_fraction).round() as usize).clamp(1, n.max(2) - 1);
-        match d.source {
-            DataSource::Synthetic => {
-                let n = d.max_samples.map_or(d.samples, |m| m.min(d.samples));
-                Shape { features: d.features, image: None, classes: d.classes, rows: train(n) }
+        match d.source.known() {
+            Some(k) => {
+                let n = d.max_samples.map_or(k.samples, |m| m.min(k.samples));
+                Shape { features: k.features, image: k.image, classes: k.classes, rows: train(n) }
             }
-            DataSource::FashionMnist => {
-                let n = d.max_samples.map_or(60_000, |m| m.min(60_000));
-                Shape { features: 784, image: Some([1, 28, 28]), classes: 10, rows: train(n) }
-            }
-            _ => Shape { features: 1, image: Some([1, 1, 1]), classes: 2, rows: 1 },
+            None => Shape { features: 1, image: Some([1, 1, 1]), classes: 2, rows: 1 },
         }
     }
 
