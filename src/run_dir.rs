@@ -212,6 +212,24 @@ pub fn lineage(trial: &Trial) -> String {
     steps.join("; ")
 }
 
+/// The names `results.jsonl` and `leaderboard.csv` give their own fields
+/// and columns: no metric or parameter may take one.
+pub const RESERVED_NAMES: &[&str] = &[
+    "trial",
+    "attempt",
+    "epoch",
+    "decision",
+    "exploit",
+    "at",
+    "elapsed_s",
+    "rank",
+    "status",
+    "best_epoch",
+    "epochs",
+    "restarts",
+    "lineage",
+];
+
 /// `results.jsonl`: an export of every report, a line each.
 pub struct ResultsLog {
     out: BufWriter<File>,

@@ -285,3 +285,91 @@ fn a_program_reporting_an_epoch_past_its_budget_fails_as_invalid_and_the_sweep_g
         );
     }
 }
+
+#[test]
+fn programs_that_close_stdout_leave_a_printer_behind_mention_nan_or_misnumber_an_epoch_end_as_they_should() {
+    // Before: a program that closed stdout and then wrote 2 MB to stderr
+    // blocked on the full pipe for ever, the trial `running`; one that left
+    // a process of its own session printing kept its trial running as long
+    // as that printed; "NaN" inside a string hid a diverged report; an epoch
+    // of 2.5 made the report a log line. And every program saw the
+    // cluster's secret in its environment.
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "edge.py",
+        r#"import json, os, sys, time
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+mode = args["--mode"]
+leaked = 1.0 if ("GAUNTLET_SECRET" in os.environ or "GAUNTLET_TOKEN" in os.environ) else 0.0
+def report(**kw):
+    print(json.dumps(kw), flush=True)
+if mode == "closeout":
+    report(epoch=1, loss=0.5, leaked=leaked)
+    os.close(1)
+    for i in range(20000):
+        sys.stderr.write("line %d %s\n" % (i, "x" * 100))
+    sys.stderr.write("the last stderr line\n")
+    sys.stderr.flush()
+elif mode == "printer":
+    report(epoch=1, loss=0.6, leaked=leaked)
+    if os.fork() == 0:
+        os.setsid()
+        with open("printer.pid", "w") as f:
+            f.write(str(os.getpid()))
+        for i in range(1200):
+            print("still here", flush=True)
+            time.sleep(0.05)
+        os._exit(0)
+elif mode == "nan":
+    report(epoch=1, loss=float("nan"), note="loss became NaN")
+elif mode == "badepoch":
+    report(epoch=1, loss=0.7)
+    report(epoch=2.5, loss=0.4)
+"#,
+    );
+    write(
+        tmp.path(),
+        "edge.toml",
+        "[experiment]\nname = \"edge\"\nmetric = \"loss\"\nmode = \"min\"\nmax_trials = 4\nconcurrency = 2\n\
+         [model]\nkind = \"command\"\ncommand = \"python3 edge.py\"\ngrace_seconds = 1\n\
+         mode = { choice = [\"closeout\", \"printer\", \"nan\", \"badepoch\"] }\n\
+         [train]\nmax_epochs = 3\n[search]\nalgorithm = \"grid\"\n",
+    );
+    let o = std::process::Command::new("timeout")
+        // A config named without its directory runs in ".": its parent is "" (refused as gone before).
+        .args(["120", env!("CARGO_BIN_EXE_gauntlet"), "run", "edge.toml", "--out", "out", "--json"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    if let Ok(pid) = std::fs::read_to_string(tmp.path().join("printer.pid")) {
+        // SAFETY: plain syscall on the test's own grandchild (its own session).
+        unsafe { libc::kill(pid.trim().parse().unwrap_or(0), libc::SIGKILL) };
+    }
+    assert_ne!(o.status.code(), Some(124), "the run never ended: {}", stderr(&o));
+    let out = tmp.path().join("out");
+    let trials = status_json(&out)["trials"].as_array().unwrap().clone();
+    let by_mode = |mode: &str| {
+        trials
+            .iter()
+            .find(|t| t["params"]["mode"] == mode)
+            .unwrap_or_else(|| panic!("no {mode} trial: {trials:?}"))
+            .clone()
+    };
+    for mode in ["closeout", "printer"] {
+        assert_eq!(by_mode(mode)["status"], "completed", "{mode}: {trials:?}");
+    }
+    assert_eq!(by_mode("nan")["status"], "diverged", "{trials:?}");
+    let bad = by_mode("badepoch");
+    assert_eq!(bad["status"], "failed", "{bad}");
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let failure = summary["failures"].as_array().unwrap().iter().find(|f| f["first_trial"] == bad["id"]).unwrap().clone();
+    assert!(failure["error"].as_str().unwrap().contains("`epoch` is 2.5: expected a whole number"), "{failure}");
+    // Every line of the closed-stdout program's stderr reached its log.
+    let id = by_mode("closeout")["id"].as_u64().unwrap();
+    let log = std::fs::read_to_string(out.join(format!("trials/{id}/output.log"))).unwrap_or_default();
+    assert!(log.contains("line 19999 ") && log.contains("the last stderr line"), "{} bytes", log.len());
+    for r in results(&out).iter().filter(|r| r.get("leaked").is_some()) {
+        assert_eq!(r["leaked"], 0.0, "a program saw the secret: {r}");
+    }
+}

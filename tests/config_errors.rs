@@ -74,6 +74,14 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("kind = \"mlp\"", "kind = \"torchscript\"", "model.module", "torch.jit.save"),
     (ONLY_MODEL, "[model]\nkind = \"command\"", "model.command", "missing"),
     (ONLY_MODEL, "[model]\nkind = \"command\"\ncommand = \"python3 'train.py\"", "model.command", "unbalanced quotes"),
+    (ONLY_MODEL, "[model]\nkind = \"command\"\ncommand = \"true\"\nrank = 3", "model.rank", "names a column"),
+    (ONLY_MODEL, "[model]\nkind = \"command\"\ncommand = \"true\"\ns = \"a\\u0000b\"", "model.s", "NUL byte"),
+    (
+        ONLY_MODEL,
+        "[model]\nkind = \"command\"\ncommand = \"true\"\nval_accuracy = 3",
+        "experiment.metric",
+        "also a parameter's name",
+    ),
     (
         "kind = \"mlp\"\nhidden_units = { int = [8, 64] }",
         "kind = \"command\"\ncommand = \"./t\"",

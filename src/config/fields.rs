@@ -99,7 +99,29 @@ fn fill_free(
                 "a parameter name becomes `--name value`: use letters, digits, '_' and '-'",
             ));
         }
+        if crate::run_dir::RESERVED_NAMES.contains(&name.as_str()) {
+            return Err(ConfigError::invalid(
+                file,
+                &key,
+                format!(
+                    "`{name}` names a column of leaderboard.csv and results.jsonl already ({}); rename it",
+                    crate::run_dir::RESERVED_NAMES.join(", ")
+                ),
+            ));
+        }
         domain.check().map_err(|m| ConfigError::invalid(file, &key, m))?;
+        let texts: Vec<&ParamValue> = match &domain {
+            Domain::Fixed(v) => vec![v],
+            Domain::Choice(vs) => vs.iter().collect(),
+            _ => Vec::new(),
+        };
+        if texts.iter().any(|v| v.as_str().is_some_and(|s| s.contains('\0'))) {
+            return Err(ConfigError::invalid(
+                file,
+                &key,
+                "a text holds a NUL byte, which no program argument can hold",
+            ));
+        }
         space.insert(&name, domain);
     }
     Ok(())

@@ -564,6 +564,19 @@ impl Config {
             Some(_) => return Err(bad("model.kind", format!("expected a string: {kinds}"))),
         };
         let model_kind = parse(&mut model).map_err(|(key, message)| bad(&key, message))?;
+        if model_kind.metrics().is_none()
+            && (e.metric.trim().is_empty() || crate::run_dir::RESERVED_NAMES.contains(&e.metric.as_str()))
+        {
+            return Err(bad(
+                "experiment.metric",
+                format!(
+                    "`{}`: expected the name of a metric the program reports, other than the names results.jsonl \
+                     and leaderboard.csv give their own columns ({})",
+                    e.metric,
+                    crate::run_dir::RESERVED_NAMES.join(", ")
+                ),
+            ));
+        }
         if let Some(metrics) = model_kind.metrics().filter(|m| !m.contains(&e.metric.as_str())) {
             return Err(bad(
                 "experiment.metric",
@@ -599,6 +612,15 @@ impl Config {
             }
         };
         fields::fill(&mut space, "train", train, model_kind.train_keys(), &["max_epochs"], "", file)?;
+        if space.domain(&e.metric).is_some() {
+            return Err(bad(
+                "experiment.metric",
+                format!(
+                    "`{}` is also a parameter's name: leaderboard.csv would have two `{0}` columns; rename one",
+                    e.metric
+                ),
+            ));
+        }
 
         raw.search.check(&space).map_err(|(key, message)| bad(key, message))?;
         raw.scheduler.check(max_epochs).map_err(|(key, message)| bad(key, message))?;
@@ -676,7 +698,8 @@ impl Config {
 
     /// Makes a relative `data.path` (and `model.module`) relative to the config file's directory.
     fn resolve_paths(&mut self, file: &Path) {
-        let base = file.parent().unwrap_or(Path::new("."));
+        // `c.toml` has the parent "": the directory it is in is ".".
+        let base = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         self.model.resolve_paths(base);
         self.data.source.resolve_paths(base);
     }
@@ -856,6 +879,10 @@ max_epochs = 3
         let command = "[experiment]\nname = \"t\"\nmetric = \"f1\"\n[model]\nkind = \"command\"\ncommand = \"true\"\n";
         let c = parse(command).unwrap();
         assert_eq!(c.model.kind(), "command");
+        for metric in ["epoch", "trial", ""] {
+            let e = err(&command.replace("metric = \"f1\"", &format!("metric = \"{metric}\"")));
+            assert!(e.starts_with("experiment.metric: `"), "{metric}: {e}");
+        }
         assert!(c.space.domain("grace_seconds").is_none(), "a setting is not a parameter");
         let e = err(&format!("{command}[data]\nsource = \"synthetic\"\n"));
         assert!(e.starts_with("data: not used by model.kind = \"command\""), "{e}");

@@ -59,6 +59,9 @@ impl CommandModel {
         let bad = |message: String| ("model.command".to_owned(), message);
         let line = kind::take_text(model, "command")?
             .ok_or_else(|| bad("missing; expected the program to run, e.g. \"python3 train.py\"".into()))?;
+        if line.contains('\0') {
+            return Err(bad("a NUL byte, which no program or argument can hold".into()));
+        }
         let argv = shlex::split(&line)
             .filter(|words| !words.is_empty())
             .ok_or_else(|| bad(format!("`{line}`: unbalanced quotes")))?;
@@ -170,6 +173,10 @@ pub const MAX_OUTPUT_BYTES: usize = 64 << 20;
 
 /// Output gathered before it is sent to the log, at most.
 const FLUSH_BYTES: usize = 64 << 10;
+
+/// How long output is read after the program exited: what something it
+/// started (in a session of its own, out of its killed group) still prints.
+const AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// Lines waiting between the reader threads and the trial: when they are
 /// full, the readers wait, and so does a program that prints faster than
@@ -283,6 +290,9 @@ impl Trainable for CommandTrainable {
             .env("GAUNTLET_FIRST_EPOCH", ctx.first_epoch().to_string())
             .env("GAUNTLET_THREADS", &threads)
             .env("PYTHONUNBUFFERED", "1")
+            // The cluster's secret and the daemon's token are this process's, not the program's.
+            .env_remove("GAUNTLET_SECRET")
+            .env_remove("GAUNTLET_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -344,19 +354,17 @@ impl CommandTrainable {
                 log.finish(ctx);
                 return Err(TrainError::Stopped(Stop::Cancelled));
             }
+            // Exited, but its stdout is still open: something it started
+            // holds it (the group was killed on exit, but a process of its
+            // own session is not in it). Read what is left for up to
+            // [`AFTER_EXIT`], however fast that something prints.
+            if program.exited() && exited_at.get_or_insert_with(Instant::now).elapsed() > AFTER_EXIT {
+                break;
+            }
             let line = match lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => line,
                 Err(RecvTimeoutError::Timeout) => {
                     log.flush(ctx);
-                    // Exited, but its stdout is still open: something it
-                    // started holds it. The group was killed on exit, so
-                    // the output ends soon; read what is left, up to 2 s.
-                    if program.exited() {
-                        let since = *exited_at.get_or_insert_with(Instant::now);
-                        if since.elapsed() > Duration::from_secs(2) {
-                            break;
-                        }
-                    }
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => Line::Closed,
@@ -377,9 +385,17 @@ impl CommandTrainable {
                 Line::Closed => break,
                 Line::Out(text) => text,
             };
-            let Some((epoch, metrics)) = parse_report(&text, last_epoch) else {
-                log.line(ctx, &text);
-                continue;
+            let (epoch, metrics) = match parse_report(&text, last_epoch) {
+                Ok(Some(report)) => report,
+                Ok(None) => {
+                    log.line(ctx, &text);
+                    continue;
+                }
+                Err(why) => {
+                    log.line(ctx, &text);
+                    log.finish(ctx);
+                    return Err(TrainError::Invalid(format!("{why}; the line: {}", quotable(&text))));
+                }
             };
             log.flush(ctx);
             if epoch <= last_epoch {
@@ -448,24 +464,37 @@ impl CommandTrainable {
             }
         }
         // Its stdout is closed: wait for the exit (a program may close
-        // stdout early), still obeying a stop.
-        let status = loop {
-            if let Some(status) = program.wait_for(Duration::from_millis(100)) {
-                break status;
+        // stdout early), still logging its stderr (a full pipe would block
+        // it for ever) and obeying a stop; then read what stderr still
+        // holds, for at most [`AFTER_EXIT`].
+        let mut exited_at = None;
+        let mut status = None;
+        loop {
+            match lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(Line::Err(text) | Line::Out(text) | Line::Long(text)) => {
+                    stderr_tail.push(quotable(&text));
+                    if stderr_tail.len() > 5 {
+                        stderr_tail.remove(0);
+                    }
+                    log.line(ctx, &text);
+                }
+                Ok(Line::Closed) => {}
+                Err(RecvTimeoutError::Timeout) => log.flush(ctx),
+                Err(RecvTimeoutError::Disconnected) if status.is_some() => break,
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(10)),
             }
-            if ctx.cancelled() {
+            if status.is_none() {
+                status = program.wait_for(Duration::ZERO);
+            }
+            if status.is_some() && exited_at.get_or_insert_with(Instant::now).elapsed() > AFTER_EXIT {
+                break;
+            }
+            if status.is_none() && ctx.cancelled() {
                 log.finish(ctx);
                 return Err(TrainError::Stopped(Stop::Cancelled));
             }
-        };
-        // What stderr still holds once the program is gone.
-        while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
-            if let Line::Err(text) | Line::Out(text) | Line::Long(text) = line {
-                stderr_tail.push(quotable(&text));
-                log.line(ctx, &text);
-            }
         }
-        stderr_tail.drain(..stderr_tail.len().saturating_sub(5));
+        let Some(status) = status else { unreachable!("the loop ends once the program has exited") };
         log.finish(ctx);
         if status.success() && reported == 0 && ctx.first_epoch() <= ctx.max_epochs() {
             return Err(TrainError::Invalid(format!(
@@ -487,27 +516,94 @@ impl CommandTrainable {
     }
 }
 
+/// The most metrics one report may carry: each is journaled, and held by
+/// the leaderboard for as long as the experiment is.
+pub const MAX_METRICS: usize = 256;
+
+/// The longest metric name a report may use.
+pub const MAX_METRIC_NAME: usize = 200;
+
+/// A report as its line gives it: the epoch and the named metrics.
+type Parsed = (u32, Vec<(String, f64)>);
+
 /// A report line: a JSON object with a numeric `epoch` or at least one
-/// numeric field; the epoch defaults to the one after the last.
-fn parse_report(text: &str, last_epoch: u32) -> Option<(u32, Vec<(String, f64)>)> {
+/// numeric field; the epoch defaults to the one after the last. `Ok(None)`
+/// is a line of output; `Err` a line meant as a report that cannot be one
+/// (an `epoch` that is no epoch number, a reserved or endless metric list),
+/// which fails the trial with the reason rather than vanish into the log.
+fn parse_report(text: &str, last_epoch: u32) -> Result<Option<Parsed>, String> {
     let trimmed = text.trim();
     if !trimmed.starts_with('{') {
-        return None;
+        return Ok(None);
     }
     // Python's json.dumps writes NaN and Infinity, which JSON lacks: a
     // diverged metric must still be seen, so read them as strings.
-    let parsed = serde_json::from_str(trimmed).ok().or_else(|| {
-        let quoted = trimmed.replace("-Infinity", "\"-inf\"").replace("Infinity", "\"inf\"").replace("NaN", "\"nan\"");
-        serde_json::from_str(&quoted).ok()
-    });
-    let Some(serde_json::Value::Object(map)) = parsed else { return None };
+    let parsed = serde_json::from_str(trimmed).ok().or_else(|| serde_json::from_str(&quote_non_finite(trimmed)).ok());
+    let Some(serde_json::Value::Object(map)) = parsed else { return Ok(None) };
     let epoch = match map.get("epoch") {
-        Some(e) => u32::try_from(e.as_u64()?).ok().filter(|&e| e >= 1)?,
-        None => last_epoch + 1,
+        None => last_epoch.saturating_add(1),
+        Some(e) => match e.as_f64().filter(|x| x.fract() == 0.0 && *x >= 1.0) {
+            Some(x) if x <= f64::from(u32::MAX) => x as u32,
+            _ => {
+                return Err(format!(
+                    "a report's `epoch` is {e}: expected a whole number from 1 to max_epochs (the epoch it reports)"
+                ))
+            }
+        },
     };
     let metrics: Vec<(String, f64)> =
         map.iter().filter(|(k, _)| *k != "epoch").filter_map(|(k, v)| Some((k.clone(), number(v)?))).collect();
-    (!metrics.is_empty()).then_some((epoch, metrics))
+    if metrics.len() > MAX_METRICS {
+        return Err(format!("a report of {} metrics: expected at most {MAX_METRICS}", metrics.len()));
+    }
+    if let Some((name, _)) = metrics.iter().find(|(n, _)| n.len() > MAX_METRIC_NAME || n.is_empty()) {
+        return Err(format!(
+            "a metric named `{}`: expected a name of 1 to {MAX_METRIC_NAME} bytes",
+            name.chars().take(40).collect::<String>()
+        ));
+    }
+    if let Some((name, _)) = metrics.iter().find(|(n, _)| crate::run_dir::RESERVED_NAMES.contains(&n.as_str())) {
+        return Err(format!(
+            "a metric named `{name}`, which results.jsonl and leaderboard.csv use for their own columns ({}): \
+             rename it",
+            crate::run_dir::RESERVED_NAMES.join(", ")
+        ));
+    }
+    Ok((!metrics.is_empty()).then_some((epoch, metrics)))
+}
+
+/// `text` with the bare `NaN`, `Infinity` and `-Infinity` that Python
+/// writes made strings, outside string literals only.
+fn quote_non_finite(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut rest = text;
+    let mut in_string = false;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            match c {
+                '\\' => {
+                    let escaped: String = rest.chars().take(2).collect();
+                    out.push_str(&escaped);
+                    rest = &rest[escaped.len()..];
+                    continue;
+                }
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some((word, quoted)) = [("-Infinity", "\"-inf\""), ("Infinity", "\"inf\""), ("NaN", "\"nan\"")]
+            .into_iter()
+            .find(|(w, _)| rest.starts_with(w))
+        {
+            out.push_str(quoted);
+            rest = &rest[word.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// What a crash's error quotes of a stderr line: the text after its last
@@ -751,16 +847,30 @@ mod tests {
 
     #[test]
     fn reports_are_json_objects_with_numbers() {
-        let (epoch, metrics) = parse_report(r#"{"epoch": 3, "val_accuracy": 0.87, "note": "x"}"#, 0).unwrap();
+        let report = |text: &str, last: u32| parse_report(text, last).unwrap();
+        let (epoch, metrics) = report(r#"{"epoch": 3, "val_accuracy": 0.87, "note": "x"}"#, 0).unwrap();
         assert_eq!(epoch, 3);
         assert_eq!(metrics, vec![("val_accuracy".to_owned(), 0.87)]);
-        assert_eq!(parse_report(r#"{"loss": 1.5}"#, 4).unwrap().0, 5, "the epoch defaults to the next");
-        assert!(parse_report("loss 1.5", 0).is_none());
-        assert!(parse_report(r#"{"msg": "starting"}"#, 0).is_none(), "no numbers: a log line");
-        assert!(parse_report(r#"{"epoch": 0, "loss": 1}"#, 0).is_none(), "epochs count from 1");
-        assert!(parse_report(r#"{"epoch": 2, "loss": 1"#, 0).is_none(), "broken JSON is output");
-        let (_, m) = parse_report(r#"{"epoch": 2, "loss": NaN, "gain": -Infinity}"#, 0).unwrap();
+        assert_eq!(report(r#"{"loss": 1.5}"#, 4).unwrap().0, 5, "the epoch defaults to the next");
+        assert_eq!(report(r#"{"epoch": 2.0, "loss": 1}"#, 0).unwrap().0, 2, "2.0 is the whole number 2");
+        assert!(report("loss 1.5", 0).is_none());
+        assert!(report(r#"{"msg": "starting"}"#, 0).is_none(), "no numbers: a log line");
+        assert!(report(r#"{"epoch": 2, "loss": 1"#, 0).is_none(), "broken JSON is output");
+        let (_, m) = report(r#"{"epoch": 2, "loss": NaN, "gain": -Infinity}"#, 0).unwrap();
         assert!(m[1].1.is_nan() && m[0].1 == f64::NEG_INFINITY, "Python's NaN and Infinity are read: {m:?}");
+        // Only outside strings: a note that mentions NaN does not hide the report.
+        let (_, m) = report(r#"{"epoch": 2, "loss": NaN, "note": "loss became NaN \" Infinity"}"#, 0).unwrap();
+        assert!(m.len() == 1 && m[0].1.is_nan(), "{m:?}");
+        // A line meant as a report that cannot be one is an error, not output.
+        for bad in ["0", "-1", "2.5", "\"2\"", "null", "1e10", "4294967296"] {
+            let e = parse_report(&format!(r#"{{"epoch": {bad}, "loss": 0.4}}"#), 1).unwrap_err();
+            assert!(e.contains("expected a whole number from 1 to max_epochs"), "{bad}: {e}");
+        }
+        let e = parse_report(r#"{"epoch": 1, "trial": 7, "loss": 0.4}"#, 0).unwrap_err();
+        assert!(e.contains("a metric named `trial`"), "{e}");
+        let wide: Vec<String> = (0..=MAX_METRICS).map(|i| format!("\"m{i}\": 1")).collect();
+        let e = parse_report(&format!("{{{}}}", wide.join(", ")), 0).unwrap_err();
+        assert!(e.contains("257 metrics: expected at most 256"), "{e}");
         assert_eq!(quotable("10%\r50%\r100% done"), "100% done");
         assert_eq!(quotable(&"x".repeat(1000)).chars().count(), QUOTE_CHARS + 1);
     }
