@@ -363,7 +363,8 @@ elif mode == "badepoch":
     let bad = by_mode("badepoch");
     assert_eq!(bad["status"], "failed", "{bad}");
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let failure = summary["failures"].as_array().unwrap().iter().find(|f| f["first_trial"] == bad["id"]).unwrap().clone();
+    let failure =
+        summary["failures"].as_array().unwrap().iter().find(|f| f["first_trial"] == bad["id"]).unwrap().clone();
     assert!(failure["error"].as_str().unwrap().contains("`epoch` is 2.5: expected a whole number"), "{failure}");
     // Every line of the closed-stdout program's stderr reached its log.
     let id = by_mode("closeout")["id"].as_u64().unwrap();
@@ -372,4 +373,21 @@ elif mode == "badepoch":
     for r in results(&out).iter().filter(|r| r.get("leaked").is_some()) {
         assert_eq!(r["leaked"], 0.0, "a program saw the secret: {r}");
     }
+}
+
+#[test]
+fn a_sweep_in_which_no_trial_reports_the_metric_fails_saying_so() {
+    // Before: exit 0, "2 completed", and an empty table.
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "loss.py", "import json\nprint(json.dumps({\"epoch\": 1, \"loss\": 0.5}), flush=True)\n");
+    let cfg = write(
+        tmp.path(),
+        "loss.toml",
+        "[experiment]\nname = \"loss\"\nmetric = \"acc\"\nmax_trials = 2\nconcurrency = 1\n\
+         [model]\nkind = \"command\"\ncommand = \"python3 loss.py\"\nx = { uniform = [0.0, 1.0] }\n\
+         [train]\nmax_epochs = 1\n",
+    );
+    let o = run_in(tmp.path(), &["run", cfg.to_str().unwrap(), "--out", "out"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("none reported acc"), "{}", stderr(&o));
 }

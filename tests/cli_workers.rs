@@ -279,6 +279,21 @@ fn a_worker_with_the_wrong_secret_is_refused_on_both_sides() {
 }
 
 #[test]
+fn a_spent_time_budget_ends_a_run_whose_trials_wait_for_a_worker_that_never_comes() {
+    // Before, trials waiting for a slot never reported, so never heard the
+    // budget was spent: the run waited for ever.
+    let tmp = tempfile::tempdir().unwrap();
+    let text = sleep_config("no-worker", 4, 2, 200, 6).replace("[model]", "time_budget = \"2s\"\n[model]");
+    let config = write(tmp.path(), "exp.toml", &text);
+    let out = tmp.path().join("run");
+    let mut run = coordinator(&config, &out, free_port(), 0);
+    let status = wait_exit(&mut run, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "the budget ends the sweep");
+    let trials = status_json(&out)["trials"].as_array().unwrap().clone();
+    assert!(!trials.is_empty() && trials.iter().all(|t| t["status"] == "paused" && t["epochs"] == 0), "{trials:?}");
+}
+
+#[test]
 fn listening_without_a_secret_and_a_worker_without_one_are_usage_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write(tmp.path(), "exp.toml", &sleep_config("no-secret", 2, 1, 10, 1));

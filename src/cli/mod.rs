@@ -514,12 +514,15 @@ fn execute(run: Run, json: bool, cluster: &cluster::ClusterArgs) -> anyhow::Resu
     } else if summary.failed() {
         use gauntlet::TrialStatus::*;
         let where_ = if json { "`failures` in the JSON" } else { "the reasons above" };
-        eprintln!(
-            "error: the sweep failed: {} of {} trials failed{} (exit code {FAILED_SWEEP}); see {where_}",
-            summary.count(Failed),
-            summary.trials.len(),
-            if summary.count(Completed) + summary.count(Pruned) == 0 { ", none gave a result" } else { "" }
-        );
+        let mut what = format!("{} of {} trials failed", summary.count(Failed), summary.trials.len());
+        if summary.count(Diverged) > 0 {
+            what += &format!(", {} diverged (their reasons are in `gauntlet status`)", summary.count(Diverged));
+        }
+        if !summary.gave_a_result() {
+            what += &format!(", none reported {} and ended", summary.metric);
+        }
+        let reasons = if summary.failures().is_empty() { String::new() } else { format!("; see {where_}") };
+        eprintln!("error: the sweep failed: {what} (exit code {FAILED_SWEEP}){reasons}");
         ExitCode::from(FAILED_SWEEP)
     } else {
         ExitCode::SUCCESS

@@ -223,7 +223,8 @@ impl Actor for ExperimentSupervisor {
                 self.fill(&myself, state).await?;
             }
             ExperimentMsg::Respawn(id) => {
-                if state.interrupted {
+                // A restart after the sweep is over (interrupted, or a budget spent) waits for the next session.
+                if state.interrupted || state.spent.is_some() {
                     self.end_trial(state, id, TrialStatus::Paused, None);
                     self.fill(&myself, state).await?;
                 } else if state.live.contains_key(&id) {
@@ -234,6 +235,7 @@ impl Actor for ExperimentSupervisor {
                 if state.spent.is_none() {
                     tracing::info!("stopping the sweep: {reason}; running trials complete at their next report");
                     state.spent = Some(reason);
+                    Self::withdraw_waiting(state);
                 }
                 self.fill(&myself, state).await?;
             }
@@ -243,6 +245,7 @@ impl Actor for ExperimentSupervisor {
                     tracing::info!("stopping the sweep: {reason}; running trials complete at their next report");
                     state.leaderboard.cast(LeaderboardMsg::Stop(reason.clone()))?;
                     state.spent = Some(reason);
+                    Self::withdraw_waiting(state);
                 }
                 self.fill(&myself, state).await?;
             }
@@ -331,6 +334,16 @@ impl Actor for ExperimentSupervisor {
 }
 
 impl ExperimentSupervisor {
+    /// Tells every attempt that waits for a slot that the sweep is over:
+    /// without a worker it would wait for ever.
+    fn withdraw_waiting(state: &State) {
+        for t in state.live.values() {
+            if let Some(actor) = &t.actor {
+                let _ = actor.cast(TrialMsg::Withdraw);
+            }
+        }
+    }
+
     /// Starts trials (promoted or new) while there are free slots and work;
     /// finishes the experiment when nothing is left to run.
     async fn fill(&self, myself: &ActorRef<ExperimentMsg>, state: &mut State) -> Result<(), ActorProcessingErr> {

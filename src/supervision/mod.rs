@@ -134,12 +134,20 @@ impl Summary {
     }
 
     /// Whether the sweep failed as a whole: at least half of its ended
-    /// trials failed, or none of them gave a result (all failed or diverged).
+    /// trials failed, or none of them gave a result (all failed or
+    /// diverged, or none reported the experiment's metric).
     pub fn failed(&self) -> bool {
         let ended: Vec<&Trial> = self.trials.iter().filter(|s| s.status.is_final()).collect();
         let failed = ended.iter().filter(|s| s.status == TrialStatus::Failed).count();
-        let usable = ended.iter().any(|s| matches!(s.status, TrialStatus::Completed | TrialStatus::Pruned));
-        !ended.is_empty() && (2 * failed >= ended.len() || !usable)
+        !ended.is_empty() && (2 * failed >= ended.len() || !self.gave_a_result())
+    }
+
+    /// Whether a trial ended with a result: completed or pruned, having
+    /// reported the experiment's metric.
+    pub fn gave_a_result(&self) -> bool {
+        self.trials
+            .iter()
+            .any(|s| matches!(s.status, TrialStatus::Completed | TrialStatus::Pruned) && s.best_metric.is_some())
     }
 }
 

@@ -63,6 +63,9 @@ pub(crate) enum TrialMsg {
     Finished(AttemptEnd),
     /// Stop at the next report (the sweep is shutting down).
     Cancel,
+    /// The sweep proposes nothing more (a budget is spent): an attempt
+    /// still waiting for a slot ends, one that trains stops at its next report.
+    Withdraw,
     /// The pool placed the attempt on a worker's slot.
     Placed { lease: u64, worker: ActorRef<WorkerMsg>, name: String },
     /// From the worker that trains the attempt, routed by the pool.
@@ -196,6 +199,12 @@ impl Actor for TrialActor {
                         // reach the worker: nothing ran, nothing to save.
                         None => return self.end(&myself, state, AttemptEnd::Cancelled),
                     }
+                }
+            }
+            TrialMsg::Withdraw => {
+                // Nothing ran (no slot yet, or its checkpoint still on the way): nothing to save.
+                if state.remote.as_ref().is_some_and(|r| r.worker.is_none()) {
+                    return self.end(&myself, state, AttemptEnd::Cancelled);
                 }
             }
             TrialMsg::Finished(end) => return self.end(&myself, state, end),
