@@ -147,7 +147,10 @@ impl Engine {
         let gpus = per_worker_gpus(&options.gpus, options.gpus_per_worker)?;
         let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
         let name = format!("coordinator-{}", std::process::id());
-        let node = node::start(&name, listen, &secret, events_tx).await?;
+        let node = node::start(&name, listen, &secret, events_tx).await.map_err(|e| match e {
+            NodeError::Bind { .. } => EngineError::Usage(format!("{listen_flag}: {e}")),
+            e => e.into(),
+        })?;
         let pool = Pool::start().await?;
         let forward = pool.clone();
         tokio::spawn(async move {

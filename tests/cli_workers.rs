@@ -267,6 +267,13 @@ fn a_worker_with_the_wrong_secret_is_refused_on_both_sides() {
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(said.contains("secret"), "the worker says why: {said}");
     assert!(started_on(&records(&out), intruder.0.id()).is_empty(), "no trial ran on it");
+    // A worker of one process a GPU (no GPU is needed to be refused) ends as its
+    // slot processes did: exit 2, where it said 0 before.
+    let log = tmp.path().join("gpu-intruder.log");
+    let mut launcher = worker_with(port, 2, "not-the-secret", &log, &["--gpus", "0,1"]);
+    let status = wait_exit(&mut launcher, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(2), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(std::fs::read_to_string(&log).unwrap().contains("was refused"));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let coord_log = std::fs::read_to_string(out.join("gauntlet.log")).unwrap();
@@ -291,6 +298,32 @@ fn a_spent_time_budget_ends_a_run_whose_trials_wait_for_a_worker_that_never_come
     assert_eq!(status.code(), Some(0), "the budget ends the sweep");
     let trials = status_json(&out)["trials"].as_array().unwrap().clone();
     assert!(!trials.is_empty() && trials.iter().all(|t| t["status"] == "paused" && t["epochs"] == 0), "{trials:?}");
+}
+
+#[test]
+fn a_listen_address_that_cannot_be_used_is_a_usage_error_before_the_run_directory_appears() {
+    // Before: a taken port was exit 1 ("Actor panicked during startup ..."),
+    // and every bad address left a run directory that `resume` was then
+    // suggested for.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "exp.toml", &sleep_config("listen", 2, 1, 10, 1));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for (listen, says) in [
+        (taken.as_str(), "its port is in use"),
+        ("garbage", "address `garbage`"),
+        ("127.0.0.1:99999", "address `127.0.0.1:99999`"),
+    ] {
+        let out = tmp.path().join("run");
+        let o = gauntlet()
+            .args(["run", config.to_str().unwrap(), "--out", out.to_str().unwrap(), "--listen", listen])
+            .env("GAUNTLET_SECRET", SECRET)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{listen}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--listen") && stderr(&o).contains(says), "{listen}: {}", stderr(&o));
+        assert!(!out.exists(), "{listen}: the run directory appeared");
+    }
 }
 
 #[test]

@@ -89,7 +89,13 @@ fn init_daemon_logging(dir: &Path) -> anyhow::Result<tracing_appender::non_block
         .unwrap_or_else(|_| EnvFilter::new("warn,ractor=error,ractor_cluster=error,actix_server=error"));
     tracing_subscriber::registry()
         .with(fmt::layer().with_writer(writer).with_ansi(false).with_filter(file_filter))
-        .with(fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(stderr_filter))
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(stderr_filter),
+        )
         .init();
     Ok(guard)
 }

@@ -3,6 +3,7 @@
 
 use super::ExitCode;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -57,6 +58,10 @@ impl ClusterArgs {
             secret.is_some(),
             "--listen",
         )?;
+        if let Some(listen) = &self.listen {
+            let flag = |e: NodeError| UsageError(format!("--listen: {e}"));
+            node::check_listen(node::resolve(listen).map_err(flag)?).map_err(flag)?;
+        }
         Ok(())
     }
 
@@ -183,8 +188,18 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let exit = loop {
         let exit = match worker::run(options.clone()) {
             Ok(exit) => exit,
-            Err(WorkerError::Connect { .. }) if lost.is_some() => {
-                break WorkerExit::CoordinatorLost(format!("it did not come back within {reconnect:.0?}"));
+            Err(WorkerError::Connect { message, .. }) if lost.is_some() => {
+                // Reachable but silent (a coordinator still starting): try again while the window lasts.
+                let left =
+                    lost.map_or(Duration::ZERO, |until| until.saturating_duration_since(std::time::Instant::now()));
+                if left.is_zero() {
+                    break WorkerExit::CoordinatorLost(format!(
+                        "it did not take this worker back within {reconnect:.0?}: {message}"
+                    ));
+                }
+                tracing::warn!("rejoining failed ({message}); trying again");
+                options.connect_timeout = left;
+                continue;
             }
             // This secret was accepted before: a closed handshake now is a
             // coordinator still starting or a peer in its place; try again.
@@ -228,6 +243,13 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             eprintln!("error: the coordinator refused this worker: {why}");
             ExitCode::from(2)
         }
+        WorkerExit::HungUp(why) => {
+            eprintln!(
+                "error: the worker stopped on {why}; its trials continue elsewhere from their checkpoints (or \
+                 `gauntlet resume DIR` continues the sweep)"
+            );
+            ExitCode::from(3)
+        }
         WorkerExit::CoordinatorLost(why) => {
             eprintln!(
                 "error: lost the coordinator at {} ({why}); its trials stop here. Continue the sweep with \
@@ -256,21 +278,48 @@ fn gpu_launcher(args: &WorkerArgs, secret: String) -> anyhow::Result<ExitCode> {
         gpus: (0..count).map(|i| Some(args.gpus[i % args.gpus.len()].to_string())).collect(),
         local: false,
     };
-    eprintln!("worker: {count} slot processes, logs in {}", spec.log_dir.display());
-    let workers = LocalWorkers::start(spec, count, |exit| tracing::warn!("{}", exit.text))?;
+    let log_dir = spec.log_dir.clone();
+    eprintln!("worker: {count} slot processes, logs in {}", log_dir.display());
+    // How each slot process ended for good (exit 0, 2 refused, 3 coordinator lost).
+    let ended: Arc<Mutex<Vec<(i32, String)>>> = Arc::default();
+    let seen = ended.clone();
+    let workers = LocalWorkers::start(spec, count, move |exit| {
+        tracing::warn!("{}", exit.text);
+        if let Some(code @ (0 | 2 | 3)) = exit.code {
+            if let Ok(mut e) = seen.lock() {
+                e.push((code, exit.text));
+            }
+        }
+    })?;
+    let all_ended = || ended.lock().map_or(true, |e| e.len() >= count);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let finished = async {
+            while !all_ended() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
-            _ = workers.all_exited() => {}
+            _ = finished => {}
         }
         anyhow::Ok(())
     })?;
     workers.terminate();
     workers.shutdown(Duration::from_secs(120));
-    Ok(ExitCode::SUCCESS)
+    // The launcher ends as its slots did: refused (2) before lost (3) before done.
+    let ended = ended.lock().map(|e| e.clone()).unwrap_or_default();
+    let worst = [2, 3].into_iter().find_map(|code| ended.iter().find(|(c, _)| *c == code));
+    Ok(match worst {
+        Some((code, text)) => {
+            let why = if *code == 2 { "was refused" } else { "lost its coordinator" };
+            eprintln!("error: a slot process {why} ({text}); its log, in {}, says why", log_dir.display());
+            ExitCode::from(*code as u8)
+        }
+        None => ExitCode::SUCCESS,
+    })
 }
 
 fn init_worker_logging() {

@@ -635,7 +635,14 @@ fn init_logging(run_dir: &RunDir, append: bool) -> anyhow::Result<tracing_append
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,ractor=error,ractor_cluster=error"));
     tracing_subscriber::registry()
         .with(fmt::layer().with_writer(writer).with_ansi(false).with_filter(file_filter))
-        .with(fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(stderr_filter))
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                // Colour for a terminal only: a file or a pipe gets the text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(stderr_filter),
+        )
         .init();
     Ok(guard)
 }

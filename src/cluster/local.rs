@@ -30,6 +30,8 @@ pub struct Exit {
     /// Whether it crashed (abort, segfault, non-zero exit) rather than being
     /// killed from outside (SIGKILL, SIGTERM: the OOM killer, an operator).
     pub crashed: bool,
+    /// Its exit code, when it exited rather than was killed.
+    pub code: Option<i32>,
 }
 
 /// Classifies an exit status.
@@ -41,13 +43,14 @@ pub fn classify(pid: u32, status: ExitStatus) -> Exit {
             let name = signal_name(signal);
             let crashed =
                 !matches!(signal, libc::SIGKILL | libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGPIPE);
-            return Exit { pid, text: format!("worker process {pid} was killed by signal {signal} ({name})"), crashed };
+            let text = format!("worker process {pid} was killed by signal {signal} ({name})");
+            return Exit { pid, text, crashed, code: None };
         }
     }
     // 101 is a Rust panic outside a trial; the other codes are the
     // worker's own (2 refused, 3 coordinator lost): not the trial's doing.
     let code = status.code().unwrap_or(-1);
-    Exit { pid, text: format!("worker process {pid} exited with code {code}"), crashed: code == 101 }
+    Exit { pid, text: format!("worker process {pid} exited with code {code}"), crashed: code == 101, code: Some(code) }
 }
 
 pub(crate) fn signal_name(signal: i32) -> &'static str {
@@ -458,6 +461,13 @@ fn reap(slot: &mut Slot, replace_clean_exits: bool, on_exit: &impl Fn(Exit)) {
     };
     let exit = classify(child.id(), status);
     slot.child = None;
+    // A remote slot refused (2) or whose coordinator is gone for good (3)
+    // would only be refused, or lost, again.
+    if !replace_clean_exits && matches!(exit.code, Some(2 | 3)) {
+        tracing::warn!(worker = slot.index, "{}", exit.text);
+        slot.done = true;
+        return on_exit(exit);
+    }
     if status.success() {
         tracing::info!(worker = slot.index, "{}", exit.text);
         slot.done = !replace_clean_exits;

@@ -36,6 +36,15 @@ pub enum NodeError {
         /// What is wrong.
         message: String,
     },
+    /// Nothing can listen at the address: its port is taken, no interface
+    /// of this machine has it, or it is not allowed.
+    #[error("cannot listen on {address}: {message}")]
+    Bind {
+        /// Where.
+        address: String,
+        /// Why, and what to do.
+        message: String,
+    },
     /// The node server could not start (the port is taken, ...).
     #[error("cannot start the cluster node on {address}: {message}")]
     Start {
@@ -197,6 +206,8 @@ pub async fn start(
     events: UnboundedSender<NodeEvent>,
 ) -> Result<Node, NodeError> {
     let address = listen.to_string();
+    // The node server binds in its start-up, whose failure reads as a panic: say why first.
+    check_listen(listen)?;
     let port = match listen.port() {
         0 => {
             free_port(listen.ip()).map_err(|e| NodeError::Start { address: address.clone(), message: e.to_string() })?
@@ -214,6 +225,28 @@ pub async fn start(
         .cast(NodeServerMessage::SubscribeToEvents { id: "gauntlet".into(), subscription: Box::new(subscription) })
         .map_err(|e| NodeError::Start { address, message: e.to_string() })?;
     Ok(Node { server, port })
+}
+
+/// Whether a node could listen at `listen` now (port 0: any free port):
+/// the reason in words when it could not, before anything is started.
+pub fn check_listen(listen: SocketAddr) -> Result<(), NodeError> {
+    std::net::TcpListener::bind(listen).map(drop).map_err(|e| {
+        let message = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "its port is in use (another gauntlet, or another program); choose another port, or port 0 for a \
+                 free one"
+                    .to_owned()
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "no interface of this machine has that address; use one of its own, 127.0.0.1 or 0.0.0.0".to_owned()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                format!("not allowed ({e}; ports below 1024 need privileges)")
+            }
+            _ => e.to_string(),
+        };
+        NodeError::Bind { address: listen.to_string(), message }
+    })
 }
 
 /// A port the OS says is free now.

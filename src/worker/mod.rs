@@ -61,6 +61,9 @@ pub enum WorkerExit {
     Refused(String),
     /// The coordinator went away.
     CoordinatorLost(String),
+    /// SIGHUP: the coordinator that spawned it died, or (a worker joined by
+    /// hand) its terminal closed. It ends at once, without rejoining.
+    HungUp(String),
 }
 
 /// Why a worker could not start.
@@ -526,15 +529,20 @@ pub fn run(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
         .enable_all()
         .build()
         .map_err(|e| WorkerError::Start(e.to_string()))?;
+    let local = options.local;
     let exit = runtime.block_on(async {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| WorkerError::Start(e.to_string()))?;
         tokio::select! {
             exit = serve(options) => exit,
-            _ = hangup.recv() => Ok(WorkerExit::CoordinatorLost("its coordinator died (SIGHUP)".into())),
+            _ = hangup.recv() => Ok(WorkerExit::HungUp(if local {
+                "its coordinator died (SIGHUP)".into()
+            } else {
+                "SIGHUP: its terminal closed, or it was sent one".into()
+            })),
         }
     });
-    if let Ok(WorkerExit::CoordinatorLost(_)) = &exit {
+    if let Ok(WorkerExit::CoordinatorLost(_) | WorkerExit::HungUp(_)) = &exit {
         crate::trainable::command::kill_programs();
     }
     // Nothing left to wait for: what the coordinator needed was awaited in
@@ -600,7 +608,14 @@ async fn serve(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
                 }
             }
             event = events.recv() => match event {
-                Some(NodeEvent::Disconnected { .. }) => break WorkerExit::CoordinatorLost("the connection dropped".into()),
+                Some(NodeEvent::Disconnected { .. }) => {
+                    // A sweep's end closes the connection right after its
+                    // shutdown message, which may still be on its way here.
+                    match tokio::time::timeout(Duration::from_millis(500), &mut done).await {
+                        Ok(exit) => break exit.unwrap_or(WorkerExit::CoordinatorLost("the worker stopped".into())),
+                        Err(_) => break WorkerExit::CoordinatorLost("the connection dropped".into()),
+                    }
+                }
                 None => break WorkerExit::CoordinatorLost("the cluster node stopped".into()),
                 Some(_) => {}
             },
@@ -626,12 +641,21 @@ async fn connect(
     // A coordinator this process served before (it reconnects after a loss)
     // may linger in the process group until its session's clean-up ran:
     // only a pool that appears on this connection counts.
+    // The new connection's session numbers start again from 0, so the new
+    // pool may get the very id the stale one had: wait (a little) for the
+    // stale ones to stop, after which a member with their id is the new one.
     let group = wire::POOL_GROUP.to_owned();
-    let stale: Vec<ractor::ActorId> = ractor::pg::get_members(&group).iter().map(|c| c.get_id()).collect();
+    let stale = ractor::pg::get_members(&group);
     if !stale.is_empty() {
-        let cells = ractor::pg::get_members(&group);
-        ractor::pg::leave(group.clone(), cells);
+        let until = Instant::now() + Duration::from_secs(5);
+        while stale.iter().any(|c| c.get_status() != ractor::ActorStatus::Stopped) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ractor::pg::leave(group.clone(), stale.clone());
     }
+    let is_stale = |c: &ractor::ActorCell| {
+        stale.iter().any(|s| s.get_id() == c.get_id() && s.get_status() != ractor::ActorStatus::Stopped)
+    };
     loop {
         match ractor_cluster::client_connect(&node.server, address).await {
             Ok(()) => break,
@@ -653,7 +677,7 @@ async fn connect(
     }
     let wait_until = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(cell) = ractor::pg::get_members(&group).into_iter().find(|c| !stale.contains(&c.get_id())) {
+        if let Some(cell) = ractor::pg::get_members(&group).into_iter().find(|c| !is_stale(c)) {
             return Ok(cell.into());
         }
         while let Ok(event) = events.try_recv() {
