@@ -252,18 +252,36 @@ enum Keep {
     UpTo(u32),
 }
 
-/// Copies a directory tree (regular files and directories; symbolic links
-/// are not followed).
+/// Copies a directory tree: its directories and regular files, and, as
+/// copies of the file they name, symbolic links to regular files inside the
+/// tree (`latest.pt -> model-3.pt`). A link out of the tree, to a
+/// directory or to nothing is left out (a link to `/dev/zero` or to `/`
+/// must not be copied), and logged.
 pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let root = fs::canonicalize(from)?;
+    copy_within(&root, from, to)
+}
+
+fn copy_within(root: &Path, from: &Path, to: &Path) -> std::io::Result<()> {
     for entry in fs::read_dir(from)? {
         let entry = entry?;
         let target = to.join(entry.file_name());
         let kind = entry.file_type()?;
         if kind.is_dir() {
             fs::create_dir_all(&target)?;
-            copy_tree(&entry.path(), &target)?;
+            copy_within(root, &entry.path(), &target)?;
         } else if kind.is_file() {
             fs::copy(entry.path(), target)?;
+        } else if kind.is_symlink() {
+            match fs::canonicalize(entry.path()) {
+                Ok(named) if named.starts_with(root) && named.is_file() => {
+                    fs::copy(named, target)?;
+                }
+                _ => tracing::warn!(
+                    link = %entry.path().display(),
+                    "a checkpoint keeps no link out of its directory, to a directory or to nothing: left out"
+                ),
+            }
         }
     }
     Ok(())
@@ -282,6 +300,25 @@ mod tests {
     fn save(store: &CheckpointStore, epoch: u32, score: f64) {
         let meta = Checkpoint { epoch, score: Some(score), seed: 1, dir: PathBuf::new() };
         store.save(TrialId(3), &meta, |d| fs::write(d.join("w"), epoch.to_string())).unwrap();
+    }
+
+    #[test]
+    fn copy_tree_copies_links_to_files_inside_it_and_leaves_out_the_others() {
+        let from = tempfile::tempdir().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        fs::write(from.path().join("model-1.pt"), "weights").unwrap();
+        fs::create_dir(from.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("model-1.pt", from.path().join("latest.pt")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", from.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink("sub", from.path().join("dir-link")).unwrap();
+        std::os::unix::fs::symlink("gone", from.path().join("dangling")).unwrap();
+        copy_tree(from.path(), to.path()).unwrap();
+        assert_eq!(fs::read_to_string(to.path().join("latest.pt")).unwrap(), "weights");
+        assert!(!fs::symlink_metadata(to.path().join("latest.pt")).unwrap().file_type().is_symlink());
+        for left_out in ["outside", "dir-link", "dangling"] {
+            assert!(fs::symlink_metadata(to.path().join(left_out)).is_err(), "{left_out}");
+        }
+        assert!(to.path().join("sub").is_dir());
     }
 
     #[test]

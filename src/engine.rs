@@ -325,25 +325,13 @@ pub enum Opened {
 }
 
 impl Run {
-    /// Creates a run in `dir` (which must not hold one) from the config file
-    /// at `config_path`: checks the config and its data first, so that bad
-    /// input leaves no directory behind, then records the config.
-    pub fn create(config_path: &Path, dir: &Path) -> Result<Run, EngineError> {
-        let (config, text) = Config::load_with_text(config_path)?;
-        Self::create_from(config, &text, config_path, dir)
-    }
-
-    /// [`Run::create`] from a config already parsed from `text`, which was
-    /// read from (or stands for) `config_path`.
-    pub fn create_from(config: Config, text: &str, config_path: &Path, dir: &Path) -> Result<Run, EngineError> {
+    /// Whether a new run may go into `dir`: it holds no run (but one that
+    /// died before recording its config) and no one else's files. Changes
+    /// nothing (`gauntlet validate --out` asks it too).
+    pub fn check_new_dir(dir: &Path) -> Result<(), EngineError> {
         let existing = dir.join(journal::JOURNAL_FILE);
         let died_young = existing.exists() && journal::read(&existing).is_ok_and(|c| c.records.is_empty());
-        if died_young {
-            // A run that died before recording its config: nothing to keep.
-            std::fs::remove_file(&existing)
-                .map_err(EngineError::io(format!("cannot remove {}", existing.display())))?;
-        }
-        if existing.exists() {
+        if existing.exists() && !died_young {
             return Err(EngineError::Usage(format!(
                 "{} already holds a run; continue it with `gauntlet resume {}`, or choose another --out",
                 dir.display(),
@@ -363,6 +351,27 @@ impl Run {
                 "{} holds files but no run: expected a new or empty directory for the run; choose another --out",
                 dir.display()
             )));
+        }
+        Ok(())
+    }
+
+    /// Creates a run in `dir` (which must not hold one) from the config file
+    /// at `config_path`: checks the config and its data first, so that bad
+    /// input leaves no directory behind, then records the config.
+    pub fn create(config_path: &Path, dir: &Path) -> Result<Run, EngineError> {
+        let (config, text) = Config::load_with_text(config_path)?;
+        Self::create_from(config, &text, config_path, dir)
+    }
+
+    /// [`Run::create`] from a config already parsed from `text`, which was
+    /// read from (or stands for) `config_path`.
+    pub fn create_from(config: Config, text: &str, config_path: &Path, dir: &Path) -> Result<Run, EngineError> {
+        Self::check_new_dir(dir)?;
+        let existing = dir.join(journal::JOURNAL_FILE);
+        if existing.exists() {
+            // A run that died before recording its config: nothing to keep.
+            std::fs::remove_file(&existing)
+                .map_err(EngineError::io(format!("cannot remove {}", existing.display())))?;
         }
         // Bad data is bad input too: find out before a run directory appears.
         let trainable = config.model.build(&config)?;

@@ -344,8 +344,9 @@ impl ExperimentState {
         let Some(t) = self.trials.get_mut(report.trial.0 as usize) else {
             return (Decision::Prune, effects); // never proposed: stop it
         };
-        // An epoch trained again after a restart is not a new one.
-        self.epochs_trained += u64::from(report.epoch > t.epochs);
+        // An epoch trained again after a restart is not a new one; a report
+        // that skips epochs (a program's own numbering) trained those too.
+        self.epochs_trained += u64::from(report.epoch.saturating_sub(t.epochs));
         t.diverged = divergence(&report.metrics, &metric, report.epoch);
         t.epochs = report.epoch;
         t.last_report = at;
@@ -486,6 +487,11 @@ mod tests {
         let (event, effects) = s.report(report(1, 1, 0.5));
         assert!(matches!(event, Event::Report { decision: Decision::Complete, .. }));
         assert!(matches!(&effects[..], [Effect::Stop(r)] if r.contains("3 epochs")));
+        // A report that skips epochs trained them: 1 then 5 is five epochs.
+        let mut skips = state(StopRules { stop_at: None, epoch_budget: Some(50) });
+        skips.report(report(0, 1, 0.5));
+        skips.report(report(0, 5, 0.5));
+        assert_eq!(skips.epochs_trained(), 5);
         let mut timed = state(StopRules::default());
         timed.apply(&Event::BudgetSpent { reason: "the time budget is spent".into() }).unwrap();
         assert!(matches!(timed.report(report(2, 1, 0.5)).0, Event::Report { decision: Decision::Complete, .. }));

@@ -161,3 +161,27 @@ fn missing_files_and_unknown_flags_are_usage_errors() {
     let o = run_in(tmp.path(), &["run", "--frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn validate_refuses_the_run_directories_run_refuses() {
+    // Before, `validate --out` said ok for a directory of someone's files
+    // or one holding a run, both of which `run` then refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(
+        tmp.path(),
+        "s.toml",
+        "[experiment]\nname = \"s\"\nmax_trials = 1\n[model]\nkind = \"sleep\"\nepoch_ms = 1\n[train]\nmax_epochs = 1\n",
+    );
+    let config = config.to_str().unwrap();
+    std::fs::create_dir(tmp.path().join("theirs")).unwrap();
+    write(&tmp.path().join("theirs"), "notes.txt", "mine");
+    assert!(run_in(tmp.path(), &["run", config, "--out", "done"]).status.success());
+    for (dir, says) in [("theirs", "holds files but no run"), ("done", "already holds a run")] {
+        for command in ["validate", "run"] {
+            let o = run_in(tmp.path(), &[command, config, "--out", dir]);
+            assert_eq!(o.status.code(), Some(2), "{command} {dir}: {}", stderr(&o));
+            assert!(stderr(&o).contains(says), "{command} {dir}: {}", stderr(&o));
+        }
+    }
+    assert!(run_in(tmp.path(), &["validate", config, "--out", "new"]).status.success());
+}

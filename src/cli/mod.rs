@@ -339,7 +339,10 @@ fn validate(path: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let least = trainable::Shape::least(&config);
     config.model.check_space(&config.space, &least).map_err(|message| model_too_large(path, message))?;
-    check_out(&out.map_or_else(|| default_out(&config), Path::to_owned), out.is_some())?;
+    let dir = out.map_or_else(|| default_out(&config), Path::to_owned);
+    check_out(&dir, out.is_some())?;
+    // What `run` would refuse: a directory that holds a run, or someone's files.
+    gauntlet::engine::Run::check_new_dir(&dir).map_err(|e| UsageError(e.to_string()))?;
     for w in config.warnings() {
         eprintln!("warning: {}: {w}", path.display());
     }
