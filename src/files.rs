@@ -37,9 +37,69 @@ pub fn read_at_most(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
     Ok((bytes.len() as u64 <= max).then_some(bytes))
 }
 
+/// The prefix of a worker's scratch directory in the temporary directory:
+/// `gauntlet-worker-{pid}-XXXXXX`.
+pub const WORKER_SCRATCH: &str = "gauntlet-worker-";
+
+/// The prefix of a `command` trial's scratch directory: `gauntlet-trial-{pid}-{trial}-XXXXXX`.
+pub const TRIAL_SCRATCH: &str = "gauntlet-trial-";
+
+/// A scratch directory's name prefix for this process: `{prefix}{pid}-`.
+pub fn scratch_prefix(prefix: &str) -> String {
+    format!("{prefix}{}-", std::process::id())
+}
+
+/// Removes the scratch directories (`{prefix}{pid}-...`, see
+/// [`scratch_prefix`]) that processes which no longer run left in the
+/// temporary directory: a worker killed with SIGKILL, or one that ended
+/// with `_exit`, cannot remove its own. Those of running processes, and
+/// names of any other form, are left as they are.
+pub fn remove_stale_scratch(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten().take(1_000_000) {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|rest| rest.split_once('-')) else {
+            continue;
+        };
+        let Ok(pid) = pid.0.parse::<i32>() else { continue };
+        if pid <= 0 || pid == std::process::id() as i32 || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        // SAFETY: signal 0 sends nothing; it asks whether the process exists.
+        let gone =
+            unsafe { libc::kill(pid, 0) } == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_scratch_of_processes_gone_is_removed_and_no_other() {
+        let prefix = format!("gauntlet-files-test-{}-", std::process::id());
+        let tmp = std::env::temp_dir();
+        // A process that ran and is gone: a child, waited for.
+        let gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        let mut gone = gone;
+        gone.wait().unwrap();
+        let dead = tmp.join(format!("{prefix}{gone_pid}-abc"));
+        let alive = tmp.join(format!("{prefix}{}-abc", std::process::id()));
+        let other = tmp.join(format!("{prefix}notapid"));
+        for d in [&dead, &alive, &other] {
+            std::fs::create_dir_all(d.join("inner")).unwrap();
+        }
+        remove_stale_scratch(&prefix);
+        assert!(!dead.exists(), "a gone process's scratch is removed");
+        assert!(alive.exists() && other.exists());
+        for d in [&alive, &other] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
 
     #[test]
     fn a_fifo_without_a_writer_reads_empty_at_once() {

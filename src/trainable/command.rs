@@ -261,7 +261,8 @@ impl Log {
 
 impl Trainable for CommandTrainable {
     fn train(&self, ctx: &mut TrialContext) -> Result<(), TrainError> {
-        let scratch = tempfile::Builder::new().prefix(&format!("gauntlet-trial-{}-", ctx.id().0)).tempdir()?;
+        let prefix = format!("{}{}-", crate::files::scratch_prefix(crate::files::TRIAL_SCRATCH), ctx.id().0);
+        let scratch = tempfile::Builder::new().prefix(&prefix).tempdir()?;
         let ckpt_dir = scratch.path().join("checkpoint");
         fs::create_dir(&ckpt_dir)?;
         if let Some(resume) = ctx.resume() {

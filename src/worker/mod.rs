@@ -196,7 +196,9 @@ impl Actor for WorkerActor {
             running: HashMap::new(),
             incoming: HashMap::new(),
             leaving: false,
-            scratch: tempfile::Builder::new().prefix("gauntlet-worker-").tempdir()?,
+            scratch: tempfile::Builder::new()
+                .prefix(&crate::files::scratch_prefix(crate::files::WORKER_SCRATCH))
+                .tempdir()?,
             done: Some(a.done),
         })
     }
@@ -524,6 +526,9 @@ fn host_name() -> String {
 /// (connecting, loading data, training). Whenever it loses its
 /// coordinator, the programs of its `command` trials are killed with it.
 pub fn run(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
+    // What workers killed before (SIGKILL, `_exit`) left in the temporary directory.
+    crate::files::remove_stale_scratch(crate::files::WORKER_SCRATCH);
+    crate::files::remove_stale_scratch(crate::files::TRIAL_SCRATCH);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
