@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
-use crate::config::Mode;
+use crate::config::{Mode, ParamValue};
 use crate::journal::JOURNAL_FILE;
 use crate::schedule::{Decision, Exploit};
 use crate::supervision::rank;
@@ -146,7 +146,7 @@ impl RunDir {
                     s.restarts.to_string(),
                     lineage(s),
                 ];
-                row.extend(param_names.iter().map(|n| s.params.get(*n).map(|v| v.to_string()).unwrap_or_default()));
+                row.extend(param_names.iter().map(|n| s.params.get(*n).map(ParamValue::exact).unwrap_or_default()));
                 w.write_record(&row).map_err(io::Error::other)?;
             }
             w.flush()?;

@@ -56,6 +56,15 @@ impl ParamValue {
         }
     }
 
+    /// The value in full, as a program's argument or a CSV cell takes it
+    /// (a float's shortest exact form; [`fmt::Display`] rounds for reading).
+    pub fn exact(&self) -> String {
+        match self {
+            ParamValue::Float(x) => x.to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// The value as a string, if it is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {

@@ -179,3 +179,26 @@ fn refuses_to_overwrite_a_run() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("already holds a run"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_no_command_with_a_panic() {
+    // `gauntlet status --json | head -c 10` panicked (exit 101): printing to a
+    // closed pipe. Now the command ends as it would have, its output cut short.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = "[experiment]\nname = \"pipe\"\nmax_trials = 3\n[model]\nkind = \"sleep\"\nepoch_ms = 1\n\
+                  [train]\nmax_epochs = 2\n";
+    let cfg = write(tmp.path(), "pipe.toml", config);
+    for args in [vec!["run", cfg.to_str().unwrap(), "--out", "out"], vec!["status", "out", "--json"]] {
+        let mut child = gauntlet()
+            .args(&args)
+            .current_dir(tmp.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before the first line
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -834,4 +834,22 @@ fn a_command_experiment_runs_in_the_daemon_and_its_log_is_served() {
     let (status, body) = d.post("/api/v1/experiments", "application/toml", missing.replace("python3 ", "").as_bytes());
     assert_eq!(status, 422, "{body}");
     assert!(body["error"].as_str().unwrap().contains("/nonexistent/train.py"), "{body}");
+    // `gauntlet submit` sends the config file's directory: a program named relative to it
+    // runs there, as under `gauntlet run` (before, every trial failed in the run directory).
+    let relative = write(tmp.path(), "cmd.toml", &config.replace(&program.display().to_string(), "count.py"));
+    let o = gauntlet()
+        .args(["submit", relative.to_str().unwrap(), "--daemon", &format!("http://{}", d.addr)])
+        .args(["--state-dir", tmp.path().join("state").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_owned();
+    let e = d.wait_for(&id, "it finishes", Duration::from_secs(120), |e| e["status"] != "running");
+    assert_eq!((e["status"].as_str(), count(&e, "completed")), (Some("finished"), 2), "{e}");
+    let (_, log) = d.get(&format!("/api/v1/experiments/{id}/trials/0/log"));
+    let log = log.as_str().map(str::to_owned).unwrap_or_else(|| log.to_string());
+    let here = std::fs::canonicalize(tmp.path()).unwrap();
+    assert!(log.contains(&format!("epoch 3 in {}", here.display())), "it ran in the config's directory: {log}");
+    let (status, body) = d.post("/api/v1/experiments?dir=relative/dir", "application/toml", config.as_bytes());
+    assert_eq!(status, 400, "{body}");
 }

@@ -201,12 +201,20 @@ impl Client {
     }
 
     fn post(&self, path: &str, content_type: &str, body: &str) -> anyhow::Result<String> {
+        self.post_query(path, &[], content_type, body)
+    }
+
+    /// [`Client::post`] with query parameters, percent-encoded.
+    fn post_query(&self, path: &str, query: &[(&str, &str)], content_type: &str, body: &str) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
-        let req = self
+        let mut req = self
             .agent
             .post(&url)
             .header("Authorization", &format!("Bearer {}", self.token))
             .header("Content-Type", content_type);
+        for (key, value) in query {
+            req = req.query(*key, *value);
+        }
         self.answer(req.send(body))
     }
 
@@ -246,12 +254,21 @@ pub fn submit(config: &Path, args: &ClientArgs) -> anyhow::Result<ExitCode> {
         Some("json") => "application/json",
         _ => "application/toml",
     };
+    // Relative paths in the config are relative to its file, on this machine (the daemon's: loopback).
+    let dir = std::fs::canonicalize(config)
+        .ok()
+        .and_then(|c| c.parent().map(Path::to_owned))
+        .ok_or_else(|| UsageError(format!("{}: cannot find the directory it is in", config.display())))?;
+    let dir = dir.to_str().ok_or_else(|| {
+        UsageError(format!("{}: its directory's path is not UTF-8, which a request cannot carry", dir.display()))
+    })?;
     let client = Client::new(args)?;
-    let answer: serde_json::Value = serde_json::from_str(&client.post("/api/v1/experiments", kind, &text)?)?;
+    let answer: serde_json::Value =
+        serde_json::from_str(&client.post_query("/api/v1/experiments", &[("dir", dir)], kind, &text)?)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        println!("{}", answer["id"].as_str().unwrap_or_default());
+        outln!("{}", answer["id"].as_str().unwrap_or_default());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -261,14 +278,14 @@ pub fn ls(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(args)?;
     let answer = client.json("/api/v1/experiments")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<28} {:<10} {:>12} {:>9}  trials", "id", "status", "best", "reports");
+    outln!("{:<28} {:<10} {:>12} {:>9}  trials", "id", "status", "best", "reports");
     for e in answer["experiments"].as_array().into_iter().flatten() {
         let counts: Vec<String> =
             e["trials"].as_object().into_iter().flatten().map(|(s, n)| format!("{n} {s}")).collect();
-        println!(
+        outln!(
             "{:<28} {:<10} {:>12} {:>9}  {}/{}: {}",
             e["id"].as_str().unwrap_or_default(),
             e["status"].as_str().unwrap_or_default(),
@@ -291,7 +308,7 @@ pub fn top(id: &str, once: bool, args: &ClientArgs) -> anyhow::Result<ExitCode> 
     loop {
         let answer = client.json(&path)?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&answer)?);
+            outln!("{}", serde_json::to_string_pretty(&answer)?);
             return Ok(ExitCode::SUCCESS);
         }
         let e = &answer["experiment"];
@@ -322,8 +339,8 @@ pub fn top(id: &str, once: bool, args: &ClientArgs) -> anyhow::Result<ExitCode> 
                 t["params"]
             ));
         }
-        print!("{out}");
-        if once || e["status"] != "running" {
+        out!("{out}");
+        if once || e["status"] != "running" || super::stdout_gone() {
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_secs(1));
@@ -336,9 +353,9 @@ pub fn cancel(id: &str, args: &ClientArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(args)?;
     let answer = client.post(&format!("/api/v1/experiments/{id}/cancel"), "application/json", "")?;
     if args.json {
-        println!("{answer}");
+        outln!("{answer}");
     } else {
-        println!("{id}: cancelling; running trials stop at their next report");
+        outln!("{id}: cancelling; running trials stop at their next report");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -351,24 +368,24 @@ pub fn logs(id: &str, trial: u32, args: &ClientArgs) -> anyhow::Result<ExitCode>
     let log = client.get(&format!("/api/v1/experiments/{id}/trials/{trial}/log"))?;
     if args.json {
         let out = serde_json::json!({ "trial": answer["trial"], "reports": answer["reports"], "log": log });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let t = &answer["trial"];
-    println!(
+    outln!(
         "trial {trial}: {}, {} epochs, params {}",
         t["status"].as_str().unwrap_or_default(),
         t["epochs"],
         t["params"]
     );
     if let Some(e) = t["error"].as_str() {
-        println!("error: {e}");
+        outln!("error: {e}");
     }
     for r in answer["reports"].as_array().into_iter().flatten() {
-        println!("{r}");
+        outln!("{r}");
     }
     if !log.is_empty() {
-        println!("--- output ---\n{log}");
+        outln!("--- output ---\n{log}");
     }
     Ok(ExitCode::SUCCESS)
 }

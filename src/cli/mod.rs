@@ -1,12 +1,25 @@
 //! Subcommands: `run`, `resume`, `validate`, `status`, `worker`, `predict`,
 //! `daemon` and its clients `submit`, `ls`, `top`, `cancel`, `logs`.
 
+/// `print!` to stdout that stops, quietly, once its reader is gone
+/// (`gauntlet status --json | head`): the command still ends as it would,
+/// with its own exit code, where `print!` panicked (exit 101).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!($($arg)*)) };
+}
+
+/// [`out!`] with a newline, as `println!`.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod client;
 mod cluster;
 mod progress;
 mod table;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,7 +44,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run an experiment described by a config file (TOML, or YAML by extension).
+    /// Run an experiment described by a config file (TOML; YAML or JSON by its extension).
     Run {
         /// The config file.
         config: PathBuf,
@@ -335,6 +348,27 @@ impl Output {
     }
 }
 
+/// Whether stdout's reader has gone: nothing more is written to it.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Whether stdout's reader has gone (a loop that only prints may end).
+pub(crate) fn stdout_gone() -> bool {
+    STDOUT_GONE.load(Ordering::Relaxed)
+}
+
+/// What [`out!`] and [`outln!`] do.
+pub(crate) fn write_out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if stdout.write_fmt(args).and_then(|()| stdout.flush()).is_err() {
+        // A closed pipe, a full disk: the rest would fail alike.
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+    }
+}
+
 fn validate(path: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let least = trainable::Shape::least(&config);
@@ -347,7 +381,7 @@ fn validate(path: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {}: {w}", path.display());
     }
     let searched: Vec<&str> = config.space.searched().collect();
-    println!(
+    outln!(
         "{}: ok: experiment `{}`, {} trials, {} search over {} parameter(s) [{}], {} scheduler, {} epochs",
         path.display(),
         config.experiment.name,
@@ -375,11 +409,11 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         trials: state.trials().to_vec(),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         let done = if doc.finished { "finished" } else { "not finished" };
-        println!("{} — {} trials, {done}; metric {} ({:?})", doc.experiment, doc.trials.len(), doc.metric, doc.mode);
-        print!("{}", table::standings(&doc.trials, &doc.metric, doc.mode, usize::MAX));
+        outln!("{} — {} trials, {done}; metric {} ({:?})", doc.experiment, doc.trials.len(), doc.metric, doc.mode);
+        out!("{}", table::standings(&doc.trials, &doc.metric, doc.mode, usize::MAX));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -422,8 +456,9 @@ fn check_out(dir: &Path, flag: bool) -> Result<(), UsageError> {
 fn resume(dir: &Path, repair: bool, json: bool, cluster: &cluster::ClusterArgs) -> anyhow::Result<ExitCode> {
     cluster.check()?;
     let run = match Run::open(dir, repair)? {
+        Opened::Finished(_) if json => return status(dir, true),
         Opened::Finished(_) => {
-            println!("{}: this run finished already; nothing to resume", dir.display());
+            outln!("{}: this run finished already; nothing to resume", dir.display());
             return Ok(ExitCode::SUCCESS);
         }
         Opened::Run(run) => *run,
@@ -549,11 +584,11 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
             "best": summary.best(),
             "trials": summary.trials,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     use gauntlet::TrialStatus::*;
-    println!(
+    outln!(
         "\n{} trials in {:.1?}: {} completed, {} pruned, {} failed, {} diverged{}",
         summary.trials.len(),
         summary.elapsed,
@@ -563,14 +598,14 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
         summary.count(Diverged),
         if summary.interrupted { format!(", {} paused (interrupted)", summary.count(Paused)) } else { String::new() },
     );
-    print!("{}", table::standings(&summary.trials, &summary.metric, summary.mode, 10));
+    out!("{}", table::standings(&summary.trials, &summary.metric, summary.mode, 10));
     if let Some(why) = &summary.stopped {
-        println!("\nstopped early: {why}");
+        outln!("\nstopped early: {why}");
     }
     if !failures.is_empty() {
-        println!("\nwhy trials failed:");
+        outln!("\nwhy trials failed:");
         for f in &failures {
-            println!("  {:>5} x {} (first: trial {})", f.count, one_line(&f.error, 300), f.first_trial);
+            outln!("  {:>5} x {} (first: trial {})", f.count, one_line(&f.error, 300), f.first_trial);
         }
     }
     match rank(&summary.trials, summary.mode).first() {
@@ -586,7 +621,7 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
                 Some(e) if Some(e as u32) != best.best_epoch => format!(" (weights of epoch {e})"),
                 Some(_) => String::new(),
             };
-            println!(
+            outln!(
                 "\nbest: trial {} with {} = {:.4} at epoch {}; model in {}{note}",
                 best.id,
                 summary.metric,
@@ -595,11 +630,11 @@ fn report(summary: &Summary, run_dir: &RunDir, json: bool) -> anyhow::Result<()>
                 run_dir.best_dir().display()
             )
         }
-        None => println!("\nno trial reported {}", summary.metric),
+        None => outln!("\nno trial reported {}", summary.metric),
     }
-    println!("results: {}", run_dir.root().display());
+    outln!("results: {}", run_dir.root().display());
     if summary.interrupted {
-        println!("interrupted: continue with `gauntlet resume {}`", run_dir.root().display());
+        outln!("interrupted: continue with `gauntlet resume {}`", run_dir.root().display());
     }
     Ok(())
 }

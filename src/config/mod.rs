@@ -777,8 +777,15 @@ fn path_error<E: std::fmt::Display>(file: &Path, e: serde_path_to_error::Error<E
     let key = if key == "." { "(document)".to_owned() } else { key };
     let message = e.inner().to_string();
     // toml prefixes its own position report; keep the first useful line.
-    let message = message.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
-    ConfigError::invalid(file, key, message)
+    let message = message.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    // The YAML parser starts its message with the key, which the error names already.
+    let message = message.strip_prefix(&format!("{key}: ")).unwrap_or(message);
+    let message = if message.contains("$__toml_private_datetime") {
+        "a date or time is no value here; expected a number, a string, true or false, or a distribution table"
+    } else {
+        message
+    };
+    ConfigError::invalid(file, key, message.to_owned())
 }
 
 #[cfg(test)]

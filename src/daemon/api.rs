@@ -7,6 +7,7 @@
 //! is a JSON object `{"error": "..."}` with a 4xx or 5xx status.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -288,6 +289,9 @@ async fn list(state: web::Data<AppState>, _: web::Query<NoQuery>) -> HttpRespons
 #[serde(deny_unknown_fields)]
 struct SubmitQuery {
     format: Option<String>,
+    /// The directory relative paths in the config resolve against (its
+    /// file's, as `gauntlet submit` sends it); the run directory without it.
+    dir: Option<String>,
 }
 
 async fn submit(
@@ -316,7 +320,17 @@ async fn submit(
     let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
         ApiError::bad_request(format!("the config is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
     })?;
-    let id = state.registry.submit(text, format).await?;
+    let dir = match &query.dir {
+        None => None,
+        Some(d) if d.len() > 4096 || d.contains('\0') || !Path::new(d).is_absolute() => {
+            return Err(ApiError::bad_request(format!(
+                "dir `{}`: expected the absolute path of the config file's directory on the daemon's machine",
+                d.chars().take(80).collect::<String>()
+            )))
+        }
+        Some(d) => Some(PathBuf::from(d)),
+    };
+    let id = state.registry.submit(text, format, dir).await?;
     let entry = state.entry(&id)?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/experiments/{id}")))

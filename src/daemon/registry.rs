@@ -482,7 +482,12 @@ impl Registry {
 
     /// Takes an experiment: validates the config as `validate` does, creates
     /// its run directory, and starts it. Returns its id.
-    pub async fn submit(self: &Arc<Self>, text: String, format: ConfigFormat) -> Result<String, ApiError> {
+    pub async fn submit(
+        self: &Arc<Self>,
+        text: String,
+        format: ConfigFormat,
+        base: Option<PathBuf>,
+    ) -> Result<String, ApiError> {
         if self
             .places
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < MAX_EXPERIMENTS).then_some(n + 1))
@@ -506,10 +511,23 @@ impl Registry {
             let root = &me.root;
             let id = format!("{seq:04}-{}", slug(&config.experiment.name));
             let dir = root.join(&id);
-            let config_path = dir.join(format!("config.{ext}"));
+            // Relative paths (data, a module, the directory a command runs in) resolve
+            // against the config file's directory when the client named it, else against
+            // the run directory. The journal records it, so a restart resolves them alike.
+            let base = match base {
+                Some(b) if !b.is_dir() => {
+                    return Err(ApiError::bad_request(format!(
+                        "dir {}: not a directory on the daemon's machine",
+                        b.display()
+                    )))
+                }
+                Some(b) => b,
+                None => dir.clone(),
+            };
+            let config_path = base.join(format!("config.{ext}"));
             let config = config.with_paths_from(&config_path);
-            // The run directory is the config's directory (a command runs there): made
-            // before the files are checked, and removed again if they are refused.
+            // The run directory is made before the files are checked (a command may run
+            // there), and removed again if they are refused.
             std::fs::create_dir_all(&dir)
                 .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
             let run = config

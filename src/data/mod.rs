@@ -45,7 +45,7 @@ pub const FASHION_CLASSES: [&str; 10] =
 
 /// A data file that cannot be used: which file, where, and what was expected.
 #[derive(Debug, thiserror::Error)]
-#[error("{}{}: {message}", file.display(), offset.map(|o| format!(" at byte {o}")).unwrap_or_default())]
+#[error("{}{}{}{message}", file.display(), offset.map(|o| format!(" at byte {o}")).unwrap_or_default(), if file.as_os_str().is_empty() { "" } else { ": " })]
 pub struct DataError {
     /// The file.
     pub file: PathBuf,

@@ -30,7 +30,7 @@ use super::kind::{self, DataUse, KeyError, Model, Section};
 use super::{Stop, TrainError, Trainable, TrialContext};
 use crate::checkpoint::copy_tree;
 use crate::config::fields::Keys;
-use crate::config::{Config, ParamValue};
+use crate::config::Config;
 use crate::data::DataError;
 use crate::space::Domain;
 
@@ -278,7 +278,7 @@ impl Trainable for CommandTrainable {
         let mut command = Command::new(&self.argv[0]);
         command.args(&self.argv[1..]).current_dir(&self.workdir);
         for (name, value) in ctx.params() {
-            command.arg(format!("--{name}")).arg(arg_text(value));
+            command.arg(format!("--{name}")).arg(value.exact());
         }
         let threads = ctx.threads().to_string();
         command
@@ -625,15 +625,6 @@ fn number(v: &serde_json::Value) -> Option<f64> {
         Some("-inf") => Some(f64::NEG_INFINITY),
         Some(_) => None,
         None => v.as_f64(),
-    }
-}
-
-fn arg_text(v: &ParamValue) -> String {
-    match v {
-        ParamValue::Bool(b) => b.to_string(),
-        ParamValue::Int(i) => i.to_string(),
-        ParamValue::Float(f) => f.to_string(),
-        ParamValue::Str(s) => s.clone(),
     }
 }
 

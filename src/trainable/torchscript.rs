@@ -277,7 +277,7 @@ impl TorchScriptTrainable {
         // Checked on the CPU: the coordinator builds this too, and must not
         // hold a GPU context for the whole sweep.
         let mut net = ScriptNet::from_bytes(&module, input.clone(), Device::Cpu)
-            .map_err(|e| bad(format!("{e} (expected a file saved by torch.jit.save)")))?;
+            .map_err(|e| bad(format!("{} (expected a file saved by torch.jit.save)", first_line(e))))?;
         net.set_train(false);
         let rows = data.validation.rows().min(2) as i64;
         let xs =
