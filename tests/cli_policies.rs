@@ -205,7 +205,12 @@ fn each_kind_takes_only_its_own_keys() {
         ("kind = \"asha\"\nstartup_trials = 3", "unknown field `startup_trials`"),
         ("kind = \"hyperband\"\nbrackets = 0", "scheduler.brackets"),
         ("kind = \"median\"\nwarmup_epochs = 9", "scheduler.warmup_epochs"),
-        ("kind = \"pbt2\"", "unknown variant `pbt2`"),
+        ("kind = \"pbt2\"", "scheduler.kind: unknown kind `pbt2`"),
+        // A value of the wrong type names its key (the section alone before), in words.
+        ("kind = \"pbt\"\ninterval = \"2\"", "scheduler.interval: invalid type: string \"2\", expected a whole number"),
+        ("kind = \"asha\"\npromotion = \"yes\"", "scheduler.promotion: invalid type"),
+        ("kind = \"pbt\"\nperturb = [1.2]", "scheduler.perturb: invalid length 1"),
+        ("grace_epochs = 1", "scheduler.kind: missing"),
         ("kind = \"pbt\"\ngrace_epochs = 1", "unknown field `grace_epochs`"),
         ("kind = \"pbt\"\ninterval = 9", "scheduler.interval"),
         ("kind = \"pbt\"\nquantile = 0.75", "scheduler.quantile"),
@@ -221,7 +226,8 @@ fn each_kind_takes_only_its_own_keys() {
     for (table, phrase) in [
         ("algorithm = \"sobol\"\ngrid_points = 3", "unknown field `grid_points`"),
         ("algorithm = \"grid\"\ngrid_points = 0", "search.grid_points"),
-        ("algorithm = \"tpe2\"", "unknown variant `tpe2`"),
+        ("algorithm = \"tpe2\"", "search.algorithm: unknown algorithm `tpe2`"),
+        ("algorithm = \"tpe\"\nstartup_trials = -1", "search.startup_trials: invalid value"),
     ] {
         let cfg = write(tmp.path(), "bad.toml", &config("bad", &format!("[search]\n{table}")));
         let o = run_in(tmp.path(), &["validate", cfg.to_str().unwrap()]);

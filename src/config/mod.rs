@@ -400,10 +400,11 @@ struct RawConfig {
     model: BTreeMap<String, Domain>,
     #[serde(default)]
     train: BTreeMap<String, Domain>,
+    /// Read kind by kind in [`tagged`]: serde's tagged enums lose the key at fault.
     #[serde(default)]
-    search: SearchConfig,
+    search: Option<serde_json::Value>,
     #[serde(default)]
-    scheduler: SchedulerConfig,
+    scheduler: Option<serde_json::Value>,
     #[serde(default)]
     fault: FaultConfig,
     #[serde(default)]
@@ -423,8 +424,9 @@ fn pbt_mutable(asked: Option<Vec<String>>, fixed: &[&str], space: &SearchSpace) 
         }
         return Ok(all);
     };
-    if asked.is_empty() || asked.len() > space.dims().len() {
-        return Err(format!("expected 1 to {} searched parameter names", space.dims().len().max(1)));
+    let searched = space.searched().count();
+    if asked.is_empty() || asked.len() > searched {
+        return Err(format!("expected 1 to {} searched parameter names", searched.max(1)));
     }
     for name in &asked {
         if fixed.contains(&name.as_str()) {
@@ -622,9 +624,19 @@ impl Config {
             ));
         }
 
-        raw.search.check(&space).map_err(|(key, message)| bad(key, message))?;
-        raw.scheduler.check(max_epochs).map_err(|(key, message)| bad(key, message))?;
-        if let SchedulerConfig::Pbt(pbt) = &mut raw.scheduler {
+        let search =
+            tagged(file, "search", "algorithm", raw.search.take(), SearchConfig::KINDS, SearchConfig::from_keys)?;
+        let mut scheduler = tagged(
+            file,
+            "scheduler",
+            "kind",
+            raw.scheduler.take(),
+            SchedulerConfig::KINDS,
+            SchedulerConfig::from_keys,
+        )?;
+        search.check(&space).map_err(|(key, message)| bad(key, message))?;
+        scheduler.check(max_epochs).map_err(|(key, message)| bad(key, message))?;
+        if let SchedulerConfig::Pbt(pbt) = &mut scheduler {
             pbt.mutate = Some(
                 pbt_mutable(pbt.mutate.take(), model_kind.fixed_under_pbt(), &space)
                     .map_err(|m| bad("scheduler.mutate", m))?,
@@ -668,8 +680,8 @@ impl Config {
             model: model_kind,
             max_epochs,
             space,
-            search: raw.search,
-            scheduler: raw.scheduler,
+            search,
+            scheduler,
             fault: raw.fault,
             chaos: raw.chaos,
         })
@@ -705,9 +717,19 @@ impl Config {
     }
 
     /// What a valid config may still get wrong, in words (`validate` and
-    /// `run` print them): a grid larger than the trials allowed.
+    /// `run` print them): a grid larger than the trials allowed, a median
+    /// rule with no epoch left to judge.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if let SchedulerConfig::Median(m) = &self.scheduler {
+            if m.warmup_epochs + 1 >= self.max_epochs {
+                out.push(format!(
+                    "scheduler.kind = \"median\" judges the epochs after warmup_epochs ({}) and before the last \
+                     (train.max_epochs = {}): there are none, so it never stops a trial; lower warmup_epochs",
+                    m.warmup_epochs, self.max_epochs
+                ));
+            }
+        }
         if let crate::search::SearchConfig::Grid(g) = &self.search {
             let size = crate::search::GridSearch::new(&self.space, g.grid_points.max(1) as usize).size();
             let max = self.experiment.max_trials;
@@ -772,12 +794,58 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
     }
 }
 
+/// A `[search]` or `[scheduler]` table: `tag` names its kind, the other
+/// keys are that kind's, read by `from_keys` so that an error names its
+/// key. A table left out, or empty, is the default kind.
+fn tagged<T: Default>(
+    file: &Path,
+    section: &str,
+    tag: &str,
+    table: Option<serde_json::Value>,
+    kinds: &[&str],
+    from_keys: fn(&str, serde_json::Value) -> Option<crate::schedule::KeyedResult<T>>,
+) -> Result<T, ConfigError> {
+    let bad = |key: String, message: String| ConfigError::invalid(file, key, message);
+    let expected = || format!("expected one of {}", kinds.join(", "));
+    let Some(table) = table else { return Ok(T::default()) };
+    let serde_json::Value::Object(mut keys) = table else {
+        return Err(bad(section.into(), "expected a table of keys and values".into()));
+    };
+    let kind = match keys.remove(tag) {
+        None if keys.is_empty() => return Ok(T::default()),
+        None => return Err(bad(format!("{section}.{tag}"), format!("missing; {}", expected()))),
+        Some(serde_json::Value::String(kind)) => kind,
+        Some(other) => return Err(bad(format!("{section}.{tag}"), format!("{other}: {}", expected()))),
+    };
+    match from_keys(&kind, serde_json::Value::Object(keys)) {
+        None => Err(bad(format!("{section}.{tag}"), format!("unknown {tag} `{kind}`; {}", expected()))),
+        Some(Ok(value)) => Ok(value),
+        Some(Err(e)) => {
+            let path = e.path().to_string();
+            let key = if path == "." { section.to_owned() } else { format!("{section}.{path}") };
+            Err(bad(key, humane(&e.inner().to_string())))
+        }
+    }
+}
+
+/// A serde message in words: `expected u32` is a whole number's range.
+fn humane(message: &str) -> String {
+    message
+        .replace("expected u32", "expected a whole number from 0 to 4294967295")
+        .replace("expected u64", "expected a whole number, 0 or more")
+        .replace("expected usize", "expected a whole number, 0 or more")
+        .replace("expected i64", "expected a whole number")
+        .replace("expected i32", "expected a whole number")
+        .replace("expected f64", "expected a number")
+}
+
 fn path_error<E: std::fmt::Display>(file: &Path, e: serde_path_to_error::Error<E>) -> ConfigError {
     let key = e.path().to_string();
     let key = if key == "." { "(document)".to_owned() } else { key };
     let message = e.inner().to_string();
     // toml prefixes its own position report; keep the first useful line.
-    let message = message.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let message = humane(message.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim());
+    let message = message.as_str();
     // The YAML parser starts its message with the key, which the error names already.
     let message = message.strip_prefix(&format!("{key}: ")).unwrap_or(message);
     let message = if message.contains("$__toml_private_datetime") {
@@ -897,6 +965,27 @@ max_epochs = 3
         let sleep = "[experiment]\nname = \"t\"\n[model]\nkind = \"sleep\"\n";
         assert_eq!(parse(sleep).unwrap().model.data(), DataUse::Unused);
         assert!(parse(&format!("{sleep}[data]\nsource = \"synthetic\"\n")).is_ok());
+    }
+
+    #[test]
+    fn search_and_scheduler_tables_name_their_keys_and_default_when_empty() {
+        let err = |text: &str| match parse(text) {
+            Err(ConfigError::Invalid { key, message, .. }) => format!("{key}: {message}"),
+            other => panic!("expected an error, got {other:?}"),
+        };
+        let e = err(&format!("{GOOD}[scheduler]\nkind = \"median\"\nwarmup_epochs = -1\n"));
+        assert!(e.starts_with("scheduler.warmup_epochs: invalid value") && e.contains("whole number"), "{e}");
+        let e = err(&format!("{GOOD}[search]\nalgorithm = \"grid\"\ngrid_points = \"3\"\n"));
+        assert!(e.starts_with("search.grid_points: invalid type"), "{e}");
+        // An empty table is the default kind.
+        let c = parse(&format!("{GOOD}[search]\n[scheduler]\n")).unwrap();
+        assert_eq!((c.search, c.scheduler), (SearchConfig::default(), SchedulerConfig::default()));
+        // PBT's list of names counts searched parameters (3 here), not every field.
+        let e = err(&format!("{GOOD}[scheduler]\nkind = \"pbt\"\ninterval = 1\nmutate = []\n"));
+        assert!(e.ends_with("expected 1 to 3 searched parameter names"), "{e}");
+        // A median rule left no epoch to judge is warned of.
+        let c = parse(&format!("{GOOD}[scheduler]\nkind = \"median\"\nwarmup_epochs = 2\n")).unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("never stops a trial")), "{:?}", c.warnings());
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! stopping.
 //!
 //! Trials go to brackets by Hyperband's own weights: the bracket with `s`
-//! halvings gets `ceil((s_max + 1) / (s + 1) * eta^s)` trials in each round
-//! of the original algorithm. The assignment is a smooth weighted
+//! halvings (its rungs below the budget) gets `ceil((S + 1) / (s + 1) *
+//! eta^s)` trials in each round of the original algorithm, `S` being the
+//! first bracket's halvings (one more than `s_max` when the budget is not
+//! `grace * eta^k`: 10 epochs, eta 3 halve at 1, 3 and 9). The assignment is a smooth weighted
 //! round-robin over trial ids, so trial `n`'s bracket is a function of `n`
 //! alone: no random draw, nothing to store, and a resumed run assigns the
 //! same.

@@ -95,6 +95,32 @@ pub struct View<'a> {
     pub space: &'a SearchSpace,
 }
 
+/// A section's keys read with the path of the one at fault kept.
+pub type KeyedResult<T> = Result<T, serde_path_to_error::Error<serde_json::Error>>;
+
+/// Reads `keys` as a `T`, keeping the path of a key at fault.
+pub fn keyed<T: serde::de::DeserializeOwned>(keys: serde_json::Value) -> KeyedResult<T> {
+    serde_path_to_error::deserialize(keys)
+}
+
+impl SchedulerConfig {
+    /// The kinds, as `kind` names them.
+    pub const KINDS: &'static [&'static str] = &["fifo", "asha", "median", "hyperband", "pbt"];
+
+    /// The kind `kind` with `keys` (the table but `kind`), read key by key
+    /// so that an error names its key; `None` for an unknown kind.
+    pub fn from_keys(kind: &str, keys: serde_json::Value) -> Option<KeyedResult<Self>> {
+        Some(match kind {
+            "fifo" => keyed(keys).map(SchedulerConfig::Fifo),
+            "asha" => keyed(keys).map(SchedulerConfig::Asha),
+            "median" => keyed(keys).map(SchedulerConfig::Median),
+            "hyperband" => keyed(keys).map(SchedulerConfig::Hyperband),
+            "pbt" => keyed(keys).map(SchedulerConfig::Pbt),
+            _ => return None,
+        })
+    }
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig::Fifo(FifoConfig {})

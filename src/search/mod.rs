@@ -37,6 +37,23 @@ pub enum SearchConfig {
     Tpe(TpeConfig),
 }
 
+impl SearchConfig {
+    /// The algorithms, as `algorithm` names them.
+    pub const KINDS: &'static [&'static str] = &["random", "grid", "sobol", "tpe"];
+
+    /// The algorithm `kind` with `keys` (the table but `algorithm`), read
+    /// key by key so that an error names its key; `None` for an unknown one.
+    pub fn from_keys(kind: &str, keys: serde_json::Value) -> Option<crate::schedule::KeyedResult<Self>> {
+        Some(match kind {
+            "random" => crate::schedule::keyed(keys).map(SearchConfig::Random),
+            "grid" => crate::schedule::keyed(keys).map(SearchConfig::Grid),
+            "sobol" => crate::schedule::keyed(keys).map(SearchConfig::Sobol),
+            "tpe" => crate::schedule::keyed(keys).map(SearchConfig::Tpe),
+            _ => return None,
+        })
+    }
+}
+
 impl Default for SearchConfig {
     fn default() -> Self {
         SearchConfig::Random(NoKeys {})
