@@ -316,6 +316,9 @@ def put_short(case, tool, attempt, launched, ended, first, last, epoch_s, ideal,
 def fashion_config(search, scheduler, seed, budget, concurrency, threads):
     sched = {"asha": 'kind = "asha"', "asha-promotion": 'kind = "asha"\npromotion = true',
              "hyperband": 'kind = "hyperband"'}[scheduler]
+    # Optuna's TPESampler defaults, for a like-for-like diagnostic: one density per dimension, no liar.
+    algorithm = {"tpe-univariate": 'algorithm = "tpe"\nmultivariate = false\nconstant_liar = false'}.get(
+        search, f'algorithm = "{search}"')
     return f"""# scripts/compare: configs/quickstart.toml's space, sampler and scheduler varied
 [experiment]
 name = "fashion-{search}-{scheduler}"
@@ -342,7 +345,7 @@ weight_decay = 0.0
 batch_size = {{ choice = [64, 128, 256] }}
 max_epochs = 15
 [search]
-algorithm = "{search}"
+{algorithm}
 [scheduler]
 {sched}
 grace_epochs = 1
@@ -390,7 +393,9 @@ def gauntlet_test_accuracy(run_dir, work, labels):
 FASHION_METHODS = [("random-asha", "gauntlet random + ASHA", "random", "asha"),
                    ("tpe-asha", "gauntlet TPE + ASHA", "tpe", "asha"),
                    ("random-hyperband", "gauntlet random + Hyperband", "random", "hyperband"),
-                   ("tpe-asha-promotion", "gauntlet TPE + ASHA, promotion form", "tpe", "asha-promotion")]
+                   ("tpe-asha-promotion", "gauntlet TPE + ASHA, promotion form", "tpe", "asha-promotion"),
+                   ("tpe-univariate-asha", "gauntlet TPE univariate, no liar (Optuna's defaults) + ASHA",
+                    "tpe-univariate", "asha")]
 
 
 def fashion_case(budget):
