@@ -755,6 +755,12 @@ fn the_best_model_of_a_finished_experiment_predicts_over_http() {
     let other = format!("/api/v1/experiments/{id}x/predict");
     let (status, body) = d.post(&other, "application/json", rows(1, 12).as_bytes());
     assert_eq!(status, 404, "{id}: {body}");
+    // A kind that leaves no model says so (it said the model appears when the experiment ends).
+    let sleep = d.submit(&sleep_experiment("no-model", 1, 1, 1, 1));
+    let (status, body) =
+        d.post(&format!("/api/v1/experiments/{sleep}/predict"), "application/json", rows(1, 1).as_bytes());
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("model.kind = \"sleep\" leaves no model"), "{body}");
 }
 
 #[test]

@@ -515,10 +515,11 @@ fn run_experiment(
 fn execute(run: Run, json: bool, cluster: &cluster::ClusterArgs) -> anyhow::Result<ExitCode> {
     let config = run.config.clone();
     let run_dir = run.run_dir.clone();
-    let done = run.resumed.as_ref().map_or(0, |s| s.trials().iter().filter(|t| t.status.is_final()).count());
     let progress =
         progress::Progress::new(config.experiment.max_trials, &config.experiment.metric, config.experiment.mode);
-    progress.advance(done as u64);
+    if let Some(state) = &run.resumed {
+        progress.prior(state.trials());
+    }
     let observer = progress.clone();
     let e = &config.experiment;
     let options = cluster.engine_options(

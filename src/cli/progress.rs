@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
-use gauntlet::{Mode, SweepEvent, TrialId, TrialStatus};
+use gauntlet::{Mode, SweepEvent, Trial, TrialId, TrialStatus};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Clone)]
@@ -91,8 +91,27 @@ impl Progress {
     }
 
     /// Counts trials that ended before this process started (a resumed run).
-    pub fn advance(&self, done: u64) {
-        let p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// Counts what a resumed run did before (its ended trials and best), so
+    /// that the counters go on from there rather than from 0.
+    pub fn prior(&self, trials: &[Trial]) {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut done = 0;
+        for t in trials {
+            let slot = match t.status {
+                TrialStatus::Completed => COMPLETED,
+                TrialStatus::Pruned => PRUNED,
+                TrialStatus::Failed => FAILED,
+                TrialStatus::Diverged => DIVERGED,
+                _ => continue,
+            };
+            p.ended[slot] += 1;
+            done += 1;
+            if let Some(v) = t.best_metric.filter(|v| v.is_finite()) {
+                if p.best.is_none_or(|(_, b)| p.mode.score(v) > p.mode.score(b)) {
+                    p.best = Some((t.id, v));
+                }
+            }
+        }
         if let Some(bar) = &p.bar {
             bar.inc(done);
         }

@@ -625,6 +625,14 @@ async fn predict(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let entry = state.entry(&id)?;
+    let kind = entry.model_kind();
+    if crate::trainable::kind::named(kind).is_some_and(|k| k.predictor.is_none()) {
+        let kinds = crate::trainable::kind::KINDS.iter().filter(|k| k.predictor.is_some());
+        return Err(ApiError::conflict(format!(
+            "model.kind = \"{kind}\" leaves no model to predict with; {} do",
+            crate::trainable::kind::names(kinds)
+        )));
+    }
     // Taken before the body is read: a request's parsed rows count against the bound too.
     let Ok(permit) = Arc::clone(&state.predictions).try_acquire_owned() else {
         return Err(ApiError::new(

@@ -147,6 +147,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Its config's `[model] kind`.
+    pub fn model_kind(&self) -> &'static str {
+        self.config.model.kind()
+    }
+
     fn new(id: String, dir: PathBuf, config: Config, phase: Phase, trials: Option<Vec<Trial>>) -> Arc<Entry> {
         let concurrency = config.experiment.slots();
         let entry = Arc::new(Entry {

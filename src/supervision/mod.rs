@@ -168,7 +168,7 @@ pub fn failures(standings: &[Trial]) -> Vec<Failure> {
     let mut groups: Vec<(String, Failure)> = Vec::new();
     for s in standings.iter().filter(|s| s.status == TrialStatus::Failed) {
         let error = s.error.clone().unwrap_or_else(|| "(no error text)".into());
-        let key: String = error
+        let key: String = masked_scratch(&error)
             .chars()
             .map(|c| if c.is_ascii_digit() { '#' } else { c })
             .collect::<String>()
@@ -183,6 +183,22 @@ pub fn failures(standings: &[Trial]) -> Vec<Failure> {
     }
     let mut out: Vec<Failure> = groups.into_iter().map(|(_, f)| f).collect();
     out.sort_by(|a, b| b.count.cmp(&a.count).then(a.first_trial.cmp(&b.first_trial)));
+    out
+}
+
+/// `error` with each trial's scratch directory name (`gauntlet-trial-3-0-5WQRd2`,
+/// random) made one word, so that errors that differ only there group together.
+fn masked_scratch(error: &str) -> String {
+    let prefix = crate::files::TRIAL_SCRATCH;
+    let mut out = String::with_capacity(error.len());
+    let mut rest = error;
+    while let Some(at) = rest.find(prefix) {
+        out.push_str(&rest[..at + prefix.len()]);
+        out.push('*');
+        let tail = &rest[at + prefix.len()..];
+        rest = &tail[tail.find(|c: char| c == '/' || c.is_whitespace()).unwrap_or(tail.len())..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -576,5 +592,27 @@ impl Sweep {
             .build()
             .map_err(SweepError::Threads)?;
         rt.block_on(self.run())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_that_differ_in_a_scratch_directory_name_group_together() {
+        let trial = |id: u32, error: &str| Trial {
+            status: TrialStatus::Failed,
+            error: Some(error.to_owned()),
+            ..Trial::pending(crate::trial::TrialId(id), crate::config::Params::new())
+        };
+        let trials = [
+            trial(0, "can't open file '/tmp/gauntlet-trial-11-0-5WQRd2/x.py': No such file"),
+            trial(1, "can't open file '/tmp/gauntlet-trial-11-1-Zq0aBc/x.py': No such file"),
+            trial(2, "another error"),
+        ];
+        let f = failures(&trials);
+        assert_eq!(f.iter().map(|f| f.count).collect::<Vec<_>>(), [2, 1], "{f:?}");
+        assert_eq!(masked_scratch("a gauntlet-trial-1-2-xyz b"), "a gauntlet-trial-* b");
     }
 }
