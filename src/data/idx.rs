@@ -10,7 +10,7 @@
 use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
-use super::source::{self, KeyError, Known, Source, SourceKeys, SourceKind};
+use super::source::{self, FilePair, KeyError, Known, Source, SourceKind};
 use super::{read_full, DataError, FASHION_CLASSES, FASHION_FILES, FASHION_MNIST_DIR, MAX_VALUES};
 
 /// `[data] source = "fashion-mnist"`.
@@ -20,16 +20,9 @@ pub(super) const FASHION_MNIST: SourceKind = SourceKind {
     take: |keys| Ok(Box::new(FashionMnist { dir: keys.path.take() })),
 };
 
-/// `[data] source = "idx"`.
-pub(super) const SOURCE: SourceKind = SourceKind {
-    name: "idx",
-    keys: &["x", "y"],
-    take: |keys| {
-        let why = "this source needs `x` (the samples file) and `y` (the labels file)";
-        let x = SourceKeys::require(&mut keys.x, "x", why)?;
-        Ok(Box::new(IdxFiles { x, y: SourceKeys::require(&mut keys.y, "y", why)? }))
-    },
-};
+/// `[data] source = "idx"`: a pair of IDX files (samples, labels), gzipped or not.
+pub(super) const SOURCE: SourceKind =
+    SourceKind { name: "idx", keys: &["x", "y"], take: |keys| FilePair::take(SOURCE.name, keys, read_pair) };
 
 /// Zalando's Fashion-MNIST as gzipped IDX files.
 #[derive(Debug, Clone)]
@@ -101,50 +94,11 @@ impl Source for FashionMnist {
     }
 }
 
-/// Any pair of IDX files (samples, labels), gzipped or not.
-#[derive(Debug, Clone)]
-pub struct IdxFiles {
-    /// The samples file.
-    pub x: PathBuf,
-    /// The labels file.
-    pub y: PathBuf,
-}
-
-impl Source for IdxFiles {
-    fn name(&self) -> &'static str {
-        SOURCE.name
-    }
-
-    fn resolve_paths(&mut self, base: &Path) {
-        for p in [&mut self.x, &mut self.y] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
-    }
-
-    fn check_files(&self) -> Result<(), KeyError> {
-        super::check_file("data.x", &self.x)?;
-        super::check_file("data.y", &self.y)
-    }
-
-    fn samples_file(&self) -> PathBuf {
-        self.x.clone()
-    }
-
-    fn labels_file(&self) -> PathBuf {
-        self.y.clone()
-    }
-
-    fn read(&self, _seed: u64) -> Result<source::SourceData, DataError> {
-        let (x, y, dims) = super::load_idx_pair(&self.x, &self.y, None)?;
-        let classes = super::classes_of(&y, &self.y)?;
-        Ok(source::SourceData { x, y, dims, classes, class_names: None, feature_names: None })
-    }
-
-    fn boxed(&self) -> Box<dyn Source> {
-        Box::new(self.clone())
-    }
+/// Samples and labels from a pair of IDX files.
+fn read_pair(x: &Path, y: &Path) -> Result<source::SourceData, DataError> {
+    let (samples, labels, dims) = super::load_idx_pair(x, y, None)?;
+    let classes = super::classes_of(&labels, y)?;
+    Ok(source::SourceData { x: samples, y: labels, dims, classes, class_names: None, feature_names: None })
 }
 
 /// An IDX file of unsigned bytes.

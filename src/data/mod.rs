@@ -16,10 +16,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::Config;
 
-pub use idx::{read_idx, FashionMnist, IdxFiles};
+pub use idx::{read_idx, FashionMnist};
 pub use npy::read_samples as read_npy;
-pub use npy::{NpyFiles, NpzFile};
-pub use source::{Known, Source};
+pub use npy::NpzFile;
+pub use source::{FilePair, Known, Source};
 pub use synthetic::Synthetic;
 pub(crate) use tabular::csv_reader;
 pub use tabular::CsvFile;

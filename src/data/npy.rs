@@ -11,7 +11,7 @@
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::source::{KeyError, Source, SourceData, SourceKeys, SourceKind};
+use super::source::{FilePair, KeyError, Source, SourceData, SourceKeys, SourceKind};
 use super::{read_full, DataError, Values, MAX_VALUES};
 
 /// The longest `.npy` header read (NumPy writes well under a kilobyte).
@@ -112,15 +112,11 @@ impl Array {
     }
 }
 
-/// `[data] source = "npy"`.
+/// `[data] source = "npy"`: two `.npy` files, samples (any shape after the first axis) and labels.
 pub(super) const NPY: SourceKind = SourceKind {
     name: "npy",
     keys: &["x", "y"],
-    take: |keys| {
-        let why = "this source needs `x` (the samples file) and `y` (the labels file)";
-        let x = SourceKeys::require(&mut keys.x, "x", why)?;
-        Ok(Box::new(NpyFiles { x, y: SourceKeys::require(&mut keys.y, "y", why)? }))
-    },
+    take: |keys| FilePair::take(NPY.name, keys, |x, y| pair(read_file(x)?, read_file(y)?, x, y)),
 };
 
 /// `[data] source = "npz"`.
@@ -134,50 +130,6 @@ pub(super) const NPZ: SourceKind = SourceKind {
         Ok(Box::new(NpzFile { path, x: name(keys.x.take(), "x"), y: name(keys.y.take(), "y") }))
     },
 };
-
-/// Two `.npy` files: samples (any shape after the first axis) and labels.
-#[derive(Debug, Clone)]
-pub struct NpyFiles {
-    /// The samples file.
-    pub x: PathBuf,
-    /// The labels file.
-    pub y: PathBuf,
-}
-
-impl Source for NpyFiles {
-    fn name(&self) -> &'static str {
-        NPY.name
-    }
-
-    fn resolve_paths(&mut self, base: &Path) {
-        for p in [&mut self.x, &mut self.y] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
-    }
-
-    fn check_files(&self) -> Result<(), KeyError> {
-        super::check_file("data.x", &self.x)?;
-        super::check_file("data.y", &self.y)
-    }
-
-    fn samples_file(&self) -> PathBuf {
-        self.x.clone()
-    }
-
-    fn labels_file(&self) -> PathBuf {
-        self.y.clone()
-    }
-
-    fn read(&self, _seed: u64) -> Result<SourceData, DataError> {
-        pair(read_file(&self.x)?, read_file(&self.y)?, &self.x, &self.y)
-    }
-
-    fn boxed(&self) -> Box<dyn Source> {
-        Box::new(self.clone())
-    }
-}
 
 /// A `.npz` archive holding a samples and a labels array.
 #[derive(Debug, Clone)]

@@ -126,6 +126,68 @@ impl Clone for Box<dyn Source> {
     }
 }
 
+/// A source of two files, samples (`x`) and labels (`y`), of one format.
+#[derive(Debug, Clone)]
+pub struct FilePair {
+    /// The source's name (`idx`, `npy`).
+    pub name: &'static str,
+    /// The samples file.
+    pub x: PathBuf,
+    /// The labels file.
+    pub y: PathBuf,
+    /// Reads the pair.
+    pub read: fn(&Path, &Path) -> Result<SourceData, DataError>,
+}
+
+impl FilePair {
+    /// Takes the required `x` and `y` for the source `name`, read by `read`.
+    pub fn take(
+        name: &'static str,
+        keys: &mut SourceKeys,
+        read: fn(&Path, &Path) -> Result<SourceData, DataError>,
+    ) -> Result<Box<dyn Source>, KeyError> {
+        let why = "this source needs `x` (the samples file) and `y` (the labels file)";
+        let x = SourceKeys::require(&mut keys.x, "x", why)?;
+        let y = SourceKeys::require(&mut keys.y, "y", why)?;
+        Ok(Box::new(FilePair { name, x, y, read }))
+    }
+}
+
+impl Source for FilePair {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.x, &mut self.y] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    fn check_files(&self) -> Result<(), KeyError> {
+        super::check_file("data.x", &self.x)?;
+        super::check_file("data.y", &self.y)
+    }
+
+    fn samples_file(&self) -> PathBuf {
+        self.x.clone()
+    }
+
+    fn labels_file(&self) -> PathBuf {
+        self.y.clone()
+    }
+
+    fn read(&self, _seed: u64) -> Result<SourceData, DataError> {
+        (self.read)(&self.x, &self.y)
+    }
+
+    fn boxed(&self) -> Box<dyn Source> {
+        Box::new(self.clone())
+    }
+}
+
 /// A data source, as `[data] source` names it.
 pub struct SourceKind {
     /// The name.
