@@ -52,16 +52,21 @@ pub fn scratch_prefix(prefix: &str) -> String {
 /// Removes the scratch directories (`{prefix}{pid}-...`, see
 /// [`scratch_prefix`]) that processes which no longer run left in the
 /// temporary directory: a worker killed with SIGKILL, or one that ended
-/// with `_exit`, cannot remove its own. Those of running processes, and
-/// names of any other form, are left as they are.
-pub fn remove_stale_scratch(prefix: &str) {
+/// with `_exit`, cannot remove its own. The name must hold `numbers`
+/// numbers after the prefix (the pid first: 1 for a worker's, 2 for a
+/// trial's `{pid}-{trial}-`), so that names of another form, an earlier
+/// version's included, are left as they are, as are those of running processes.
+pub fn remove_stale_scratch(prefix: &str, numbers: usize) {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
     for entry in entries.flatten().take(1_000_000) {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|rest| rest.split_once('-')) else {
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        let fields: Vec<&str> = rest.splitn(numbers + 1, '-').collect();
+        let numeric = |f: &&str| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit());
+        if fields.len() != numbers + 1 || !fields[..numbers].iter().all(numeric) {
             continue;
-        };
-        let Ok(pid) = pid.0.parse::<i32>() else { continue };
+        }
+        let Ok(pid) = fields[0].parse::<i32>() else { continue };
         if pid <= 0 || pid == std::process::id() as i32 || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
@@ -87,16 +92,18 @@ mod tests {
         let gone_pid = gone.id();
         let mut gone = gone;
         gone.wait().unwrap();
-        let dead = tmp.join(format!("{prefix}{gone_pid}-abc"));
-        let alive = tmp.join(format!("{prefix}{}-abc", std::process::id()));
+        let dead = tmp.join(format!("{prefix}{gone_pid}-7-abc"));
+        let alive = tmp.join(format!("{prefix}{}-7-abc", std::process::id()));
         let other = tmp.join(format!("{prefix}notapid"));
-        for d in [&dead, &alive, &other] {
+        // An earlier version's `{trial}-{random}`: one number only, so not this form.
+        let earlier = tmp.join(format!("{prefix}{gone_pid}-abc"));
+        for d in [&dead, &alive, &other, &earlier] {
             std::fs::create_dir_all(d.join("inner")).unwrap();
         }
-        remove_stale_scratch(&prefix);
+        remove_stale_scratch(&prefix, 2);
         assert!(!dead.exists(), "a gone process's scratch is removed");
-        assert!(alive.exists() && other.exists());
-        for d in [&alive, &other] {
+        assert!(alive.exists() && other.exists() && earlier.exists());
+        for d in [&alive, &other, &earlier] {
             std::fs::remove_dir_all(d).unwrap();
         }
     }

@@ -527,8 +527,8 @@ fn host_name() -> String {
 /// coordinator, the programs of its `command` trials are killed with it.
 pub fn run(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
     // What workers killed before (SIGKILL, `_exit`) left in the temporary directory.
-    crate::files::remove_stale_scratch(crate::files::WORKER_SCRATCH);
-    crate::files::remove_stale_scratch(crate::files::TRIAL_SCRATCH);
+    crate::files::remove_stale_scratch(crate::files::WORKER_SCRATCH, 1);
+    crate::files::remove_stale_scratch(crate::files::TRIAL_SCRATCH, 2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
