@@ -74,8 +74,6 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn init_daemon_logging(dir: &Path) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
-    use tracing_subscriber::prelude::*;
-    use tracing_subscriber::{fmt, EnvFilter};
     let path = dir.join("daemon.log");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -83,20 +81,11 @@ fn init_daemon_logging(dir: &Path) -> anyhow::Result<tracing_appender::non_block
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     let (writer, guard) = tracing_appender::non_blocking(file);
-    let file_filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,ractor_cluster=error,actix_server=warn"));
-    let stderr_filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,ractor=error,ractor_cluster=error,actix_server=error"));
-    tracing_subscriber::registry()
-        .with(fmt::layer().with_writer(writer).with_ansi(false).with_filter(file_filter))
-        .with(
-            fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter(stderr_filter),
-        )
-        .init();
+    super::install_logs(
+        writer,
+        "info,ractor=warn,ractor_cluster=error,actix_server=warn",
+        "warn,ractor=error,ractor_cluster=error,actix_server=error",
+    );
     Ok(guard)
 }
 

@@ -658,8 +658,6 @@ async fn shutdown_signal() {
 /// Logs to `DIR/gauntlet.log` (info and up) and to stderr (warnings);
 /// `RUST_LOG` overrides both.
 fn init_logging(run_dir: &RunDir, append: bool) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
-    use tracing_subscriber::prelude::*;
-    use tracing_subscriber::{fmt, EnvFilter};
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(append)
@@ -668,22 +666,32 @@ fn init_logging(run_dir: &RunDir, append: bool) -> anyhow::Result<tracing_append
         .open(run_dir.log_file())
         .with_context(|| format!("cannot create {}", run_dir.log_file().display()))?;
     let (writer, guard) = tracing_appender::non_blocking(file);
-    let file_filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,ractor_cluster=error"));
-    let stderr_filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,ractor=error,ractor_cluster=error"));
+    install_logs(writer, "info,ractor=warn,ractor_cluster=error", "warn,ractor=error,ractor_cluster=error");
+    Ok(guard)
+}
+
+/// Logs to `file` (everything at `file_default` and up, plain text) and to
+/// stderr (`stderr_default` and up, coloured on a terminal only); `RUST_LOG`
+/// overrides both levels.
+pub(crate) fn install_logs(
+    file: tracing_appender::non_blocking::NonBlocking,
+    file_default: &str,
+    stderr_default: &str,
+) {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = |default: &str| EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::registry()
-        .with(fmt::layer().with_writer(writer).with_ansi(false).with_filter(file_filter))
+        .with(fmt::layer().with_writer(file).with_ansi(false).with_filter(filter(file_default)))
         .with(
             fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_target(false)
                 // Colour for a terminal only: a file or a pipe gets the text.
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter(stderr_filter),
+                .with_filter(filter(stderr_default)),
         )
         .init();
-    Ok(guard)
 }
 
 /// Panics on slot threads are trial crashes, handled and logged by the

@@ -44,7 +44,8 @@ impl Source for FashionMnist {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        if let Some(d) = self.dir.as_mut().filter(|d| d.is_relative()) {
+        // An absolute path stays as it is: `join` replaces the base with it.
+        if let Some(d) = &mut self.dir {
             *d = base.join(&*d);
         }
     }

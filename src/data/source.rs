@@ -159,11 +159,9 @@ impl Source for FilePair {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        for p in [&mut self.x, &mut self.y] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        // An absolute path stays as it is: `join` replaces the base with it.
+        self.x = base.join(&self.x);
+        self.y = base.join(&self.y);
     }
 
     fn check_files(&self) -> Result<(), KeyError> {

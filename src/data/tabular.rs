@@ -38,9 +38,8 @@ impl Source for CsvFile {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        if self.path.is_relative() {
-            self.path = base.join(&self.path);
-        }
+        // An absolute path stays as it is: `join` replaces the base with it.
+        self.path = base.join(&self.path);
     }
 
     fn check_files(&self) -> Result<(), KeyError> {

@@ -85,9 +85,8 @@ impl Model for ScriptModel {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        if self.module.is_relative() {
-            self.module = base.join(&self.module);
-        }
+        // An absolute path stays as it is: `join` replaces the base with it.
+        self.module = base.join(&self.module);
     }
 
     fn check_files(&self) -> Result<(), KeyError> {
